@@ -1,0 +1,48 @@
+"""Small helpers shared by several modules: argument checks and per-timestep lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def check_choice(what: str, value: str, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise a ``ValueError`` naming them all."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_timesteps(t: torch.Tensor, num_timesteps: int, batch_size: int | None = None) -> torch.Tensor:
+    """Validate discrete timesteps ``t``: integers in {0, ..., T-1}, shape (N,) or a scalar.
+
+    A scalar is broadcast to ``batch_size`` when that is given. Returns an int64 tensor.
+    """
+    t = torch.as_tensor(t)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"timesteps must be integers in {{0, ..., {num_timesteps - 1}}}, got dtype {t.dtype}")
+    if t.ndim > 1:
+        raise ValueError(f"timesteps must be a scalar or have shape (N,), got shape {tuple(t.shape)}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
+        raise ValueError(
+            f"timesteps must lie in {{0, ..., {num_timesteps - 1}}} (T = {num_timesteps}); "
+            f"got values from {int(t.min())} to {int(t.max())}"
+        )
+    t = t.long()
+    if batch_size is not None:
+        if t.ndim == 0:
+            t = t.expand(batch_size)
+        elif t.shape[0] != batch_size:
+            raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch_size}; give one per example")
+    return t
+
+
+def extract(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Pick ``table[t]`` per example and shape it to broadcast against ``x``.
+
+    table: (T,) float64 schedule quantity; t: (N,) int64; x: (N, ...) -> (N, 1, ..., 1) in x's dtype.
+    """
+    values = table.to(device=t.device)[t].to(dtype=x.dtype, device=x.device)
+    return values.reshape(t.shape + (1,) * (x.ndim - t.ndim))

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS = $(wildcard book/[0-9]*.ipynb solutions/*.ipynb exercises/*.ipynb)
 PYTEST = $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile
 
-.PHONY: test unit notebooks book clean
+.PHONY: test unit notebooks book clean sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,8 @@ book: $(STAMP)
 
 clean:
 	rm -rf _build $(VENV)
+
+# Regenerate what is derived from sources: chapter .ipynb from their .md, exercises from solutions.
+sync: $(STAMP)
+	$(BIN)/jupytext --sync book/[0-9]*.md
+	$(BIN)/ddpm-course assign solutions exercises

@@ -1,0 +1,80 @@
+"""The book's machinery: every chapter's .md and .ipynb say the same thing, notebooks are committed
+without outputs, every chapter is in the table of contents and starts with the Colab install cell
+that points at the repository named in _config.yml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
+
+
+def _cells(notebook) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+
+def _toc_files() -> set[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {toc["root"]}
+    stack = [toc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "file" in node:
+                files.add(node["file"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return files
+
+
+def _repository_url() -> str:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def test_launch_buttons_and_repository_are_top_level_config_keys():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert config["repository"]["url"].startswith("https://github.com/")
+    assert "launch_buttons" not in config.get("html", {}).get("theme_options", {})
+
+
+@pytest.mark.parametrize("markdown", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_markdown_and_notebook_are_in_sync(markdown: Path):
+    notebook_path = markdown.with_suffix(".ipynb")
+    assert notebook_path.exists(), f"{notebook_path.name} is missing: run `make sync`"
+    from_markdown = jupytext.read(markdown)
+    committed = nbformat.read(notebook_path, as_version=4)
+    assert _cells(from_markdown) == _cells(committed), f"{markdown.name} and its .ipynb differ: run `make sync`"
+
+
+@pytest.mark.parametrize("markdown", CHAPTERS, ids=lambda p: p.stem)
+def test_committed_notebook_has_no_outputs(markdown: Path):
+    committed = nbformat.read(markdown.with_suffix(".ipynb"), as_version=4)
+    dirty = [i for i, cell in enumerate(committed.cells) if cell.cell_type == "code" and (cell.outputs or cell.execution_count)]
+    assert not dirty, f"cells {dirty} of {markdown.stem}.ipynb have outputs: clear them before committing"
+
+
+@pytest.mark.parametrize("markdown", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_is_in_the_table_of_contents(markdown: Path):
+    assert f"book/{markdown.stem}" in _toc_files()
+
+
+@pytest.mark.parametrize("markdown", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_starts_with_the_hidden_colab_install_cell(markdown: Path):
+    notebook = jupytext.read(markdown)
+    first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    assert "hide-output" in first_code.metadata.get("tags", [])
+    assert 'find_spec("ddpm_course") is None' in first_code.source
+    assert f"git+{_repository_url()}" in first_code.source
+    assert "torch" not in first_code.source.replace("ddpm_course", ""), "the install cell must never (re)install torch"
+
+
+def test_there_is_at_least_one_chapter_to_check():
+    assert CHAPTERS, "no book/NN_*.md chapters found"

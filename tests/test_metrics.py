@@ -52,3 +52,25 @@ def test_gaussian_stats_are_the_sample_mean_and_unbiased_covariance():
 def test_frechet_distance_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="shapes do not match"):
         frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(4), torch.eye(4))
+
+
+def test_shipped_digits_classifier_is_at_least_97_percent_accurate_on_the_held_out_split():
+    from ddpm_course.data import digits
+    from ddpm_course.metrics import load_digits_classifier
+
+    images, labels = digits(size=16, split="test")
+    with torch.no_grad():
+        accuracy = (load_digits_classifier()(images).argmax(1) == labels).float().mean().item()
+    assert accuracy >= 0.97
+
+
+def test_digits_fd_separates_real_digits_from_noise():
+    from ddpm_course.metrics import digits_fd, digits_fd_floor
+
+    generator = torch.Generator().manual_seed(0)
+    floor = digits_fd_floor(300, generator=generator)
+    noise = torch.rand(300, 1, 16, 16, generator=generator) * 2 - 1
+    blank = torch.full((300, 1, 16, 16), -1.0)
+    # real digits sit at the floor; noise and blank images are far from the test split
+    assert digits_fd(noise) > 10 * floor
+    assert digits_fd(blank) > 10 * floor

@@ -67,8 +67,11 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     x: data in [-1, 1] on the grid {-1, -1 + 2/255, ..., 1}; means, log_scales: the Gaussian's mean
     and log standard deviation, broadcastable to x. Each bin is [x - 1/255, x + 1/255]; the edge
     bins are open (-inf at the bottom, +inf at the top). Returns per-element log-probabilities in
-    nats. Uses the exact normal CDF (``torch.special.ndtr``) and computes each bin's mass in the
-    tail where it is not a difference of two numbers close to 1.
+    nats. Works in log space with ``torch.special.log_ndtr``, which stays accurate far in the tails
+    (``ndtr`` itself does not: in float32 it returns 0 six standard deviations below the mean):
+    :math:`\log(\Phi(b) - \Phi(a)) = \log\Phi(b) + \log(1 - \Phi(a)/\Phi(b))`, evaluated on the side of
+    the mean where :math:`b \le 0` so that nothing cancels. Middle-bin masses are floored at 1e-12
+    (as in improved-diffusion), so one element costs at most 27.6 nats.
     """
     if torch.broadcast_shapes(x.shape, means.shape, log_scales.shape) != x.shape:
         raise ValueError(
@@ -78,12 +81,14 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     inv_stdv = torch.exp(-log_scales)
     upper = inv_stdv * (centered + 1.0 / 255.0)
     lower = inv_stdv * (centered - 1.0 / 255.0)
-    ndtr = torch.special.ndtr
-    # mass of the bin, from whichever side of the mean avoids cancellation
-    bin_mass = torch.where(lower > 0, ndtr(-lower) - ndtr(-upper), ndtr(upper) - ndtr(lower))
-    log_mid = torch.log(bin_mass.clamp(min=1e-12))
-    log_bottom = torch.special.log_ndtr(upper)  # P(X <= x + 1/255)
-    log_top = torch.special.log_ndtr(-lower)  # P(X >= x - 1/255)
+    log_ndtr = torch.special.log_ndtr
+    # a bin above the mean is mirrored below it: P(lower < Z < upper) = P(-upper < Z < -lower)
+    above = lower > 0
+    a, b = torch.where(above, -upper, lower), torch.where(above, -lower, upper)
+    log_cdf_b = log_ndtr(b)
+    log_mid = (log_cdf_b + torch.log1p(-torch.exp(log_ndtr(a) - log_cdf_b))).clamp(min=math.log(1e-12))
+    log_bottom = log_ndtr(upper)  # P(X <= x + 1/255)
+    log_top = log_ndtr(-lower)  # P(X >= x - 1/255)
     return torch.where(x < -0.999, log_bottom, torch.where(x > 0.999, log_top, log_mid))
 
 
@@ -410,6 +415,8 @@ class UniformSampler:
     """Draw t uniformly from {0, ..., T-1}; every weight is 1."""
 
     def __init__(self, num_timesteps: int) -> None:
+        if not isinstance(num_timesteps, int) or num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
         self.num_timesteps = num_timesteps
 
     def probabilities(self) -> np.ndarray:
@@ -452,6 +459,7 @@ class LossSecondMomentResampler(UniformSampler):
 
     def update_with_all_losses(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Record the per-example losses (N,) observed at timesteps t (N,)."""
+        t = check_timesteps(t, self.num_timesteps, batch_size=losses.shape[0])
         for step, loss in zip(t.tolist(), losses.detach().float().tolist()):
             if self._counts[step] == self.history_per_term:
                 self._history[step, :-1] = self._history[step, 1:]

@@ -42,7 +42,9 @@ def timestep_sequence(num_timesteps: int, steps: int, spacing: str = "leading") 
     if spacing == "leading":
         seq = np.arange(steps) * (num_timesteps // steps)
     elif spacing == "trailing":
-        seq = np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(np.int64) - 1
+        # the first `steps` values only: np.arange(T, 0, -T/steps) (diffusers' expression) can overshoot
+        # by one float rounding and append a timestep -1 (T = 50, steps = 29)
+        seq = np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)[:steps]).astype(np.int64) - 1
     else:
         seq = np.linspace(0, num_timesteps - 1, steps + 1).round().astype(np.int64)[1:]
     seq = np.unique(seq)

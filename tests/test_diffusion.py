@@ -1,0 +1,277 @@
+"""GaussianDiffusion against formulas written out here: Gaussian conditioning for the posterior,
+torch.distributions for KLs, losses rebuilt by hand from the same t and noise, and the
+timestep samplers of Nichol & Dhariwal 2021 (Sec. 3.3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from ddpm_course.diffusion import (
+    GaussianDiffusion,
+    LossSecondMomentResampler,
+    UniformSampler,
+    normal_kl,
+)
+from ddpm_course.samplers import respace
+
+T = 100
+BETAS = np.linspace(1e-4, 0.02, T)
+ALPHAS_CUMPROD = np.cumprod(1 - BETAS)
+FLOAT64_TOL = {"rtol": 1e-10, "atol": 1e-12}  # float64 round-off of a few operations
+
+
+def per_example(values: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """values[t] shaped (N, 1, ..., 1) to broadcast against an ndim tensor."""
+    return torch.from_numpy(values)[t].reshape(-1, *([1] * (ndim - 1)))
+
+
+def alpha_bar_prev() -> np.ndarray:
+    return np.concatenate([[1.0], ALPHAS_CUMPROD[:-1]])
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture
+def diffusion() -> GaussianDiffusion:
+    return GaussianDiffusion(torch.from_numpy(BETAS))
+
+
+# ----------------------------------------------------------------------- forward process
+def test_q_sample_is_eq_4_of_ho_et_al(diffusion):
+    x0, noise, t = randn(5, 3, 4, 4, seed=0), randn(5, 3, 4, 4, seed=1), torch.tensor([0, 1, 17, 50, 99])
+    a = per_example(np.sqrt(ALPHAS_CUMPROD), t, 4)
+    b = per_example(np.sqrt(1 - ALPHAS_CUMPROD), t, 4)
+    torch.testing.assert_close(diffusion.q_sample(x0, t, noise=noise), a * x0 + b * noise, **FLOAT64_TOL)
+    mean, variance, log_variance = diffusion.q_mean_variance(x0, t)
+    torch.testing.assert_close(mean, a * x0, **FLOAT64_TOL)
+    torch.testing.assert_close(variance.expand_as(x0), (b**2).expand_as(x0), **FLOAT64_TOL)
+    torch.testing.assert_close(log_variance.exp().expand_as(x0), (b**2).expand_as(x0), **FLOAT64_TOL)
+
+
+def test_q_posterior_is_the_gaussian_conditioning_of_x_t_minus_1_on_x_t(diffusion):
+    r"""Given x0, (x_{t-1}, x_t) is jointly Gaussian with Var x_{t-1} = P = 1 - abar_{t-1},
+    Cov = sqrt(alpha_t) P, Var x_t = alpha_t P + beta_t; condition with the Schur complement."""
+    x0, x_t, t = randn(4, 2, 3, 3, seed=2), randn(4, 2, 3, 3, seed=3), torch.tensor([1, 2, 50, 99])
+    prior_var = per_example(1 - alpha_bar_prev(), t, 4)
+    prior_mean = per_example(np.sqrt(alpha_bar_prev()), t, 4) * x0
+    alpha = per_example(1 - BETAS, t, 4)
+    covariance = alpha.sqrt() * prior_var
+    var_t = alpha * prior_var + per_example(BETAS, t, 4)
+    mean_t = per_example(np.sqrt(ALPHAS_CUMPROD), t, 4) * x0
+    expected_mean = prior_mean + covariance / var_t * (x_t - mean_t)
+    expected_var = prior_var - covariance**2 / var_t
+    mean, variance, log_variance = diffusion.q_posterior(x0, x_t, t)
+    torch.testing.assert_close(mean, expected_mean, **FLOAT64_TOL)
+    torch.testing.assert_close(variance.expand_as(x0), expected_var.expand_as(x0), **FLOAT64_TOL)
+    torch.testing.assert_close(log_variance.expand_as(x0), expected_var.log().expand_as(x0), **FLOAT64_TOL)
+
+
+def test_q_posterior_at_t0_is_x0(diffusion):
+    x0, x_t = randn(3, 1, 2, 2, seed=4), randn(3, 1, 2, 2, seed=5)
+    mean, variance, _ = diffusion.q_posterior(x0, x_t, torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(mean, x0, **FLOAT64_TOL)
+    assert float(variance.abs().max()) == 0.0
+
+
+def test_normal_kl_matches_torch_distributions():
+    mean1, mean2 = randn(50, seed=6), randn(50, seed=7)
+    logvar1, logvar2 = randn(50, seed=8), randn(50, seed=9)
+    expected = kl_divergence(Normal(mean1, (0.5 * logvar1).exp()), Normal(mean2, (0.5 * logvar2).exp()))
+    torch.testing.assert_close(normal_kl(mean1, logvar1, mean2, logvar2), expected, **FLOAT64_TOL)
+    assert float(normal_kl(mean1, logvar1, mean1, logvar1).abs().max()) < 1e-15
+
+
+# ------------------------------------------------------------------------- reverse process
+def test_clipped_prediction_keeps_x0_and_eps_consistent(diffusion):
+    """With clip_denoised, pred_x0 lies in [-1, 1] and x_t = sqrt(abar) pred_x0 + sqrt(1 - abar) pred_eps still holds."""
+    x_t, t = 3 * randn(4, 1, 4, 4, seed=10), torch.tensor([5, 40, 80, 99])
+    p = diffusion.p_mean_variance(lambda x, t: -x, x_t, t, clip_denoised=True)
+    assert float(p.pred_x0.abs().max()) <= 1.0 and float(p.pred_x0.abs().max()) == 1.0
+    rebuilt = per_example(np.sqrt(ALPHAS_CUMPROD), t, 4) * p.pred_x0 + per_example(np.sqrt(1 - ALPHAS_CUMPROD), t, 4) * p.pred_eps
+    torch.testing.assert_close(rebuilt, x_t, **FLOAT64_TOL)
+
+
+@pytest.mark.parametrize("v,end", [(-1.0, "posterior"), (1.0, "beta"), (0.0, "geometric mean")])
+def test_learned_range_variance_interpolates_the_log_between_the_two_ends(v, end):
+    """Eq. (15) of Nichol & Dhariwal 2021: v = -1 gives beta-tilde_t (t = 1's at t = 0), v = +1 gives beta_t."""
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), var_type="learned_range")
+    t = torch.tensor([0, 1, 30, 99])
+    x_t = randn(4, 2, 3, 3, seed=11)
+    p = diffusion.p_mean_variance(lambda x, t: torch.cat([x, torch.full_like(x, v)], dim=1), x_t, t, clip_denoised=False)
+    posterior = BETAS * (1 - alpha_bar_prev()) / (1 - ALPHAS_CUMPROD)
+    posterior[0] = posterior[1]
+    expected = {"posterior": posterior, "beta": BETAS, "geometric mean": np.sqrt(posterior * BETAS)}[end]
+    torch.testing.assert_close(p.variance, per_example(expected, t, 4).expand_as(x_t), **FLOAT64_TOL)
+
+
+def test_fixed_large_variance_is_beta_except_at_t0():
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), var_type="fixed_large")
+    t = torch.tensor([0, 1, 99])
+    p = diffusion.p_mean_variance(lambda x, t: x, randn(3, 1, 2, 2, seed=12), t, clip_denoised=False)
+    posterior_1 = BETAS[1] * (1 - ALPHAS_CUMPROD[0]) / (1 - ALPHAS_CUMPROD[1])
+    torch.testing.assert_close(p.variance.flatten(), torch.tensor([posterior_1, BETAS[1], BETAS[99]], dtype=torch.float64), **FLOAT64_TOL)
+
+
+# ----------------------------------------------------------------------------- losses
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_simple_loss_is_the_mse_to_the_objective_target(objective):
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), objective=objective)
+    x0, noise, t = randn(6, 3, 4, 4, seed=13), randn(6, 3, 4, 4, seed=14), torch.tensor([0, 1, 10, 50, 98, 99])
+
+    def model(x, t):
+        return 0.5 * x + 0.01 * t[:, None, None, None]
+
+    a = per_example(np.sqrt(ALPHAS_CUMPROD), t, 4)
+    b = per_example(np.sqrt(1 - ALPHAS_CUMPROD), t, 4)
+    x_t = a * x0 + b * noise
+    target = {"eps": noise, "x0": x0, "v": a * noise - b * x0}[objective]
+    expected = ((model(x_t, t) - target) ** 2).mean(dim=(1, 2, 3))
+    losses = diffusion.training_losses(model, x0, t=t, noise=noise)
+    torch.testing.assert_close(losses["loss"], expected, **FLOAT64_TOL)
+    torch.testing.assert_close(losses["mse"], expected, **FLOAT64_TOL)
+
+
+class MeanAndVarianceModel(torch.nn.Module):
+    """Two scalar parameters: one scales the predicted noise (C channels), one the variance channels v."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean_weight = torch.nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+        self.var_weight = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return torch.cat([self.mean_weight * x, torch.tanh(self.var_weight * x)], dim=1)
+
+
+def hand_vb_bits(model: MeanAndVarianceModel, x0, t, noise) -> torch.Tensor:
+    r"""KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) in bits/dim for t >= 1 and learned_range, from
+    Eq. (7) of Ho et al. 2020 and Eq. (15) of Nichol & Dhariwal 2021, with torch.distributions."""
+    nd = x0.ndim
+    a, b = per_example(np.sqrt(ALPHAS_CUMPROD), t, nd), per_example(np.sqrt(1 - ALPHAS_CUMPROD), t, nd)
+    betas, abar, abar_prev = (per_example(v, t, nd) for v in (BETAS, ALPHAS_CUMPROD, alpha_bar_prev()))
+    coef1 = abar_prev.sqrt() * betas / (1 - abar)
+    coef2 = (1 - betas).sqrt() * (1 - abar_prev) / (1 - abar)
+    posterior_variance = betas * (1 - abar_prev) / (1 - abar)
+    x_t = a * x0 + b * noise
+    eps, v = model(x_t, t).chunk(2, dim=1)
+    pred_x0 = (x_t - b * eps) / a
+    frac = (v + 1) / 2
+    log_variance = frac * betas.log() + (1 - frac) * posterior_variance.log()
+    q = Normal(coef1 * x0 + coef2 * x_t, posterior_variance.sqrt())
+    p = Normal(coef1 * pred_x0 + coef2 * x_t, (0.5 * log_variance).exp())
+    return kl_divergence(q, p).mean(dim=tuple(range(1, nd))) / math.log(2)
+
+
+def test_hybrid_loss_adds_0_001_T_times_the_vb_term():
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), var_type="learned_range")
+    model = MeanAndVarianceModel()
+    x0, noise, t = randn(4, 2, 3, 3, seed=15), randn(4, 2, 3, 3, seed=16), torch.tensor([1, 20, 60, 99])
+    losses = diffusion.training_losses(model, x0, t=t, noise=noise, loss_type="hybrid")
+    vb = hand_vb_bits(model, x0, t, noise)
+    torch.testing.assert_close(losses["vb"], vb, **FLOAT64_TOL)
+    torch.testing.assert_close(losses["loss"], losses["mse"] + 0.001 * T * vb, **FLOAT64_TOL)
+
+
+def test_hybrid_loss_trains_the_mean_only_through_the_simple_loss():
+    """The vb term sees the mean detached: d(hybrid)/d(mean weight) = d(simple)/d(mean weight),
+    while the variance weight gets a gradient only from the hybrid loss."""
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), var_type="learned_range")
+    x0, noise, t = randn(4, 2, 3, 3, seed=17), randn(4, 2, 3, 3, seed=18), torch.tensor([1, 20, 60, 99])
+    gradients = {}
+    for loss_type in ("simple", "hybrid"):
+        model = MeanAndVarianceModel()
+        diffusion.training_losses(model, x0, t=t, noise=noise, loss_type=loss_type)["loss"].sum().backward()
+        gradients[loss_type] = (model.mean_weight.grad, model.var_weight.grad)
+    torch.testing.assert_close(gradients["hybrid"][0], gradients["simple"][0], **FLOAT64_TOL)
+    assert gradients["simple"][1] is None or float(gradients["simple"][1]) == 0.0
+    assert abs(float(gradients["hybrid"][1])) > 1e-3
+
+
+def test_vlb_loss_is_T_times_the_hand_computed_kl():
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), var_type="learned_range")
+    model = MeanAndVarianceModel()
+    x0, noise, t = randn(3, 2, 3, 3, seed=19), randn(3, 2, 3, 3, seed=20), torch.tensor([3, 33, 99])
+    losses = diffusion.training_losses(model, x0, t=t, noise=noise, loss_type="vlb")
+    torch.testing.assert_close(losses["loss"], T * hand_vb_bits(model, x0, t, noise), **FLOAT64_TOL)
+
+
+def test_vlb_is_smaller_at_the_exact_model_of_gaussian_data(gaussian_eps_model):
+    """Data N(0.2, 0.3^2) on the 8-bit grid; the exact model of N(0.2, 0.3^2) against that of
+    N(0.2, 0.6^2), on the same t and noise: the paired difference is > 5 standard errors."""
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS))
+    generator = torch.Generator().manual_seed(21)
+    n = 4000
+    x0 = ((0.2 + 0.3 * torch.randn(n, 1, generator=generator, dtype=torch.float64)).clamp(-1, 1) * 127.5).round() / 127.5
+    t = torch.randint(0, T, (n,), generator=generator)
+    noise = torch.randn(n, 1, generator=generator, dtype=torch.float64)
+    exact = diffusion.training_losses(gaussian_eps_model(ALPHAS_CUMPROD, 0.2, 0.3), x0, t, noise, loss_type="vlb")["loss"]
+    wrong = diffusion.training_losses(gaussian_eps_model(ALPHAS_CUMPROD, 0.2, 0.6), x0, t, noise, loss_type="vlb")["loss"]
+    difference = wrong - exact
+    assert float(difference.mean()) > 5 * float(difference.std()) / math.sqrt(n)
+
+
+# ----------------------------------------------------------------------------- respacing
+def test_respace_keeps_alpha_bar_at_the_kept_steps_and_maps_the_model_time(diffusion):
+    respaced = respace(diffusion, 10, "leading")
+    kept = list(range(0, 100, 10))
+    assert respaced.timestep_map.tolist() == kept
+    torch.testing.assert_close(respaced.alphas_cumprod, torch.from_numpy(ALPHAS_CUMPROD[kept]), **FLOAT64_TOL)
+    seen = []
+
+    def model(x, t):
+        seen.append(t.tolist())
+        return torch.zeros_like(x)
+
+    respaced.p_mean_variance(model, randn(2, 1, 2, 2, seed=22), torch.tensor([3, 9]))
+    assert seen == [[30, 90]]
+
+
+def test_respace_of_explicit_timesteps_sorts_them_and_chains_the_maps(diffusion):
+    once = respace(diffusion, [90, 0, 40, 70])
+    assert once.timestep_map.tolist() == [0, 40, 70, 90]
+    torch.testing.assert_close(once.alphas_cumprod, torch.from_numpy(ALPHAS_CUMPROD[[0, 40, 70, 90]]), **FLOAT64_TOL)
+    twice = respace(once, [1, 3])
+    assert twice.timestep_map.tolist() == [40, 90]
+    torch.testing.assert_close(twice.alphas_cumprod, torch.from_numpy(ALPHAS_CUMPROD[[40, 90]]), **FLOAT64_TOL)
+
+
+# ---------------------------------------------------------------------- timestep samplers
+def test_uniform_sampler_draws_every_t_with_weight_one():
+    sampler = UniformSampler(5)
+    np.testing.assert_allclose(sampler.probabilities(), np.full(5, 0.2), rtol=1e-15)
+    t, weights = sampler.sample(50_000, generator=torch.Generator().manual_seed(23))
+    counts = torch.bincount(t, minlength=5).double() / 50_000
+    assert float((counts - 0.2).abs().max()) < 5 * math.sqrt(0.2 * 0.8 / 50_000)  # 5 binomial standard errors
+    assert torch.equal(weights, torch.ones(50_000))
+
+
+def test_loss_second_moment_resampler_is_uniform_until_warmed_up():
+    sampler = LossSecondMomentResampler(4, history_per_term=3)
+    sampler.update_with_all_losses(torch.tensor([0, 1, 2, 3, 0, 1, 2]), torch.tensor([9.0, 1, 1, 1, 9, 1, 1]))
+    assert not sampler.warmed_up()
+    np.testing.assert_allclose(sampler.probabilities(), np.full(4, 0.25), rtol=1e-15)
+
+
+def test_loss_second_moment_resampler_weights_t_by_the_rms_of_its_recent_losses():
+    """p_t proportional to sqrt(mean of the last 3 squared losses), mixed with 0.001 of uniform;
+    the weights are 1 / (T p_t), and the oldest loss of a full history is dropped."""
+    sampler = LossSecondMomentResampler(3, history_per_term=3, uniform_prob=0.001)
+    history = {0: [1.0, 2.0, 3.0, 100.0], 1: [4.0, 4.0, 4.0], 2: [0.5, 1.0, 1.5]}  # t = 0's 1.0 falls out
+    for step, losses in history.items():
+        for loss in losses:
+            sampler.update_with_all_losses(torch.tensor([step]), torch.tensor([loss]))
+    assert sampler.warmed_up()
+    rms = np.array([math.sqrt(sum(v**2 for v in losses[-3:]) / 3) for losses in history.values()])
+    expected = 0.999 * rms / rms.sum() + 0.001 / 3
+    np.testing.assert_allclose(sampler.probabilities(), expected, rtol=1e-12)
+    t, weights = sampler.sample(20_000, generator=torch.Generator().manual_seed(24))
+    np.testing.assert_allclose(weights.double().numpy(), 1 / (3 * expected[t.numpy()]), rtol=1e-6)  # weights are float32
+    counts = torch.bincount(t, minlength=3).double().numpy() / 20_000
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected * (1 - expected) / 20_000))

@@ -1,0 +1,294 @@
+r"""The exercises of chapter 03 (The ELBO): the forward process, its posterior and the bound's terms.
+
+Each exercise is a standalone function of explicit tensors; its reference calls
+:class:`~ddpm_course.diffusion.GaussianDiffusion` and the helpers of :mod:`ddpm_course.diffusion`.
+Schedule tensors (``betas``, ``alphas_cumprod``) are (T,) float64, as everywhere in the package;
+data tensors are float32 or float64 and every answer comes back in the data's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..diffusion import (
+    GaussianDiffusion,
+    PMeanVariance,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+)
+from ..schedules import get_betas
+from .exercise import (
+    ROUNDING,
+    ROUNDING_REASON,
+    Case,
+    Exercise,
+    Tolerance,
+    draw_normal,
+    draw_uniform,
+    dtype_name,
+    per_example_shape,
+)
+
+__all__ = ["EXERCISES"]
+
+# (data dtype, data shape, schedule, T): images and flat data, both dtypes, long and short schedules
+CONFIGS = (
+    (torch.float32, (4, 3, 8, 8), "linear", 1000),
+    (torch.float64, (4, 3, 8, 8), "cosine", 1000),
+    (torch.float32, (6, 2), "cosine", 50),
+    (torch.float64, (6, 2), "linear", 50),
+    (torch.float32, (2, 1, 16, 16), "sigmoid", 200),
+    (torch.float64, (3, 5), "sigmoid", 10),
+)
+
+
+def _label(dtype: torch.dtype, shape: tuple, schedule: str, T: int) -> str:
+    return f"{dtype_name(dtype)}, x {shape}, {schedule} T={T}"
+
+
+def _timesteps(n: int, T: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) int64 timesteps, uniform in {0, ..., T-1}, with the two ends t = 0 and t = T-1 included."""
+    t = torch.randint(0, T, (n,), generator=generator)
+    t[0] = 0
+    if n > 1:
+        t[-1] = T - 1
+    return t
+
+
+def _eight_bit(shape: tuple, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """Data on the 8-bit grid {-1, -1 + 2/255, ..., 1}, with both edge values present."""
+    levels = torch.randint(0, 256, shape, generator=generator)
+    levels.view(-1)[:2] = torch.tensor([0, 255])
+    return (levels.double() / 127.5 - 1.0).to(dtype)
+
+
+def _diffusion_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> GaussianDiffusion:
+    r""":math:`\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}` recovers the process from its :math:`\bar\alpha`."""
+    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    return GaussianDiffusion(1.0 - alphas_cumprod / previous)
+
+
+# ------------------------------------------------------------------------------ q_sample
+def reference_q_sample(x0, t, noise, alphas_cumprod):
+    return _diffusion_from_alphas_cumprod(alphas_cumprod).q_sample(x0, t, noise=noise)
+
+
+def cases_q_sample(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, schedule, T in CONFIGS:
+        alphas_cumprod = torch.cumprod(1.0 - get_betas(schedule, T), dim=0)
+        args = (
+            draw_normal(shape, dtype, generator),
+            _timesteps(shape[0], T, generator),
+            draw_normal(shape, dtype, generator),
+            alphas_cumprod,
+        )
+        cases.append(Case(_label(dtype, shape, schedule, T), args))
+    return cases
+
+
+# ------------------------------------------------------------------ predict_x0_from_eps
+def reference_predict_x0_from_eps(x_t, t, eps, alphas_cumprod):
+    return _diffusion_from_alphas_cumprod(alphas_cumprod).predict_x0_from_eps(x_t, t, eps)
+
+
+def cases_predict_x0_from_eps(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for case in cases_q_sample(
+        generator
+    ):  # the same arguments: a data-shaped tensor, t, noise, alphas_cumprod
+        x_t, t, eps, alphas_cumprod = case.args
+        # near t = T-1 the formula divides terms of size |x_t| + |eps| by sqrt(abar_t) << 1 (and they cancel):
+        # rounding errors grow by the same factor, in any evaluation order
+        inverse_sqrt = alphas_cumprod[t].rsqrt().reshape(per_example_shape(tuple(x_t.shape)))
+        cases.append(
+            Case(case.label, case.args, scale=inverse_sqrt * (x_t.abs() + eps.abs()).double())
+        )
+    return cases
+
+
+# ------------------------------------------------------------------------------ normal_kl
+def cases_normal_kl(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, schedule, T in CONFIGS:
+        per_example = per_example_shape(shape)
+        # log-variances per element or per example (as the fixed reverse variances are), in [-5, 1]
+        logvar1_shape = shape if len(shape) > 2 else per_example
+        args = (
+            draw_normal(shape, dtype, generator),
+            draw_uniform(logvar1_shape, -5.0, 1.0, dtype, generator),
+            draw_normal(shape, dtype, generator),
+            draw_uniform(per_example, -5.0, 1.0, dtype, generator),
+        )
+        cases.append(
+            Case(
+                f"{dtype_name(dtype)}, means {shape}, log-variances {logvar1_shape} and {per_example}",
+                args,
+            )
+        )
+    return cases
+
+
+# ------------------------------------------------------------- q_posterior_mean_variance
+def reference_q_posterior_mean_variance(x0, x_t, t, betas):
+    mean, variance, _ = GaussianDiffusion(betas).q_posterior(x0, x_t, t)
+    return mean, variance
+
+
+def cases_q_posterior(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, schedule, T in CONFIGS:
+        args = (
+            draw_normal(shape, dtype, generator),
+            draw_normal(shape, dtype, generator),
+            _timesteps(shape[0], T, generator),
+            get_betas(schedule, T),
+        )
+        cases.append(Case(_label(dtype, shape, schedule, T), args))
+    return cases
+
+
+# -------------------------------------------------- discretized_gaussian_log_likelihood
+def cases_discretized(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, _, _ in CONFIGS:
+        x = _eight_bit(shape, dtype, generator)
+        scale_shape = per_example_shape(shape) if len(shape) > 2 else shape
+        log_scales = draw_uniform(scale_shape, math.log(0.005), math.log(0.5), dtype, generator)
+        # means within 2.5 standard deviations of x: every bin then holds a probability > 1e-4
+        means = x + torch.exp(log_scales) * draw_uniform(shape, -2.5, 2.5, dtype, generator)
+        label = f"{dtype_name(dtype)}, x {shape}, log_scales {scale_shape}"
+        cases.append(Case(label, (x, means, log_scales)))
+    return cases
+
+
+# ------------------------------------------------------------------------------- vlb_term
+def reference_vlb_term(x0, x_t, t, betas, model_mean, model_log_variance):
+    nan = torch.full_like(x0, math.nan)  # the bound's terms use only the mean and the variance of p
+    p = PMeanVariance(
+        model_mean, torch.exp(model_log_variance), model_log_variance, pred_x0=nan, pred_eps=nan
+    )
+    return GaussianDiffusion(betas)._vb_terms_bpd(p, x0, x_t, t)
+
+
+def cases_vlb_term(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, schedule, T in CONFIGS:
+        diffusion = GaussianDiffusion(get_betas(schedule, T))
+        x0 = _eight_bit(shape, dtype, generator)
+        t = _timesteps(shape[0], T, generator)
+        x_t = diffusion.q_sample(x0, t, noise=draw_normal(shape, dtype, generator))
+        # a model close to the true posterior: its mean off by half a posterior std, its log-variance by <= 0.5
+        true_mean, _, true_log_variance = diffusion.q_posterior(x0, x_t, t)
+        model_log_variance = true_log_variance + draw_uniform(
+            per_example_shape(shape), -0.5, 0.5, dtype, generator
+        )
+        model_mean = true_mean + 0.5 * torch.exp(0.5 * true_log_variance) * draw_normal(
+            shape, dtype, generator
+        )
+        args = (x0, x_t, t, diffusion.betas, model_mean, model_log_variance)
+        cases.append(Case(_label(dtype, shape, schedule, T), args))
+    return cases
+
+
+DIFFUSION = "ddpm_course.diffusion"
+
+EXERCISES = (
+    Exercise(
+        name="q_sample",
+        signature="q_sample(x0, t, noise, alphas_cumprod)",
+        reference=reference_q_sample,
+        make_cases=cases_q_sample,
+        tolerances=ROUNDING,
+        tolerance_reason=ROUNDING_REASON,
+        hint="x_t = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * noise, with alphas_cumprod[t] "
+        "reshaped to (N, 1, ..., 1) so that it broadcasts against x0; return x0's dtype.",
+        package_functions=(
+            f"{DIFFUSION}.GaussianDiffusion.q_sample",
+            f"{DIFFUSION}.GaussianDiffusion.q_mean_variance",
+        ),
+    ),
+    Exercise(
+        name="predict_x0_from_eps",
+        signature="predict_x0_from_eps(x_t, t, eps, alphas_cumprod)",
+        reference=reference_predict_x0_from_eps,
+        make_cases=cases_predict_x0_from_eps,
+        tolerances=ROUNDING,
+        tolerance_reason=ROUNDING_REASON
+        + ", scaled by (|x_t| + |eps|) / sqrt(abar_t) where the division amplifies them",
+        hint="Solve x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for x0; reshape abar_t = alphas_cumprod[t] "
+        "to (N, 1, ..., 1) and return x_t's dtype.",
+        package_functions=(f"{DIFFUSION}.GaussianDiffusion.predict_x0_from_eps",),
+    ),
+    Exercise(
+        name="normal_kl",
+        signature="normal_kl(mean1, logvar1, mean2, logvar2)",
+        reference=normal_kl,
+        make_cases=cases_normal_kl,
+        # exp(logvar1 - logvar2) and exp(logvar1) / exp(logvar2) differ by a rounding of exp's argument,
+        # which exp turns into a relative error of |logvar| * eps, |logvar| <= 6
+        tolerances={
+            torch.float32: Tolerance(rtol=1e-5, atol=1e-5),
+            torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
+        },
+        tolerance_reason=(
+            "exp of a difference and a ratio of exps round differently (relative error up to |logvar| · eps)"
+        ),
+        hint="KL = 0.5 * (logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)**2 * exp(-logvar2) - 1), "
+        "element-wise, with broadcasting.",
+        package_functions=(f"{DIFFUSION}.normal_kl",),
+    ),
+    Exercise(
+        name="q_posterior_mean_variance",
+        signature="q_posterior_mean_variance(x0, x_t, t, betas)",
+        reference=reference_q_posterior_mean_variance,
+        make_cases=cases_q_posterior,
+        tolerances=ROUNDING,
+        tolerance_reason=ROUNDING_REASON + " (with the schedule computed in float64)",
+        hint="Compute alphas_cumprod and alphas_cumprod_prev (1 at t = 0) in float64 from betas; the mean is "
+        "beta_t sqrt(abar_{t-1}) / (1 - abar_t) * x0 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) * x_t and the "
+        "variance beta_t (1 - abar_{t-1}) / (1 - abar_t), shaped (N, 1, ..., 1); return x0's dtype.",
+        output_names=("mean", "variance"),
+        package_functions=(f"{DIFFUSION}.GaussianDiffusion.q_posterior",),
+    ),
+    Exercise(
+        name="discretized_gaussian_log_likelihood",
+        signature="discretized_gaussian_log_likelihood(x, means, log_scales)",
+        reference=discretized_gaussian_log_likelihood,
+        make_cases=cases_discretized,
+        # a bin 2.5 std from the mean holds ~1e-4 of the mass; Phi(upper) - Phi(lower) of two float32 numbers
+        # near 1 keeps ~3 of its digits, a log error up to ~3e-4 (the stable form below keeps ~1e-6)
+        tolerances={
+            torch.float32: Tolerance(rtol=1e-4, atol=1e-3),
+            torch.float64: Tolerance(rtol=1e-9, atol=1e-10),
+        },
+        tolerance_reason="in float32 a difference of two CDF values near 1 keeps only ~3 digits of a bin mass of 1e-4",
+        hint="Each bin is [x - 1/255, x + 1/255]; its mass is Phi(upper) - Phi(lower) with Phi = torch.special.ndtr "
+        "(or from the other tail, Phi(-lower) - Phi(-upper), when lower > 0, which keeps float32 digits); "
+        "the bin at x = -1 extends to -inf and the bin at x = 1 to +inf.",
+        package_functions=(f"{DIFFUSION}.discretized_gaussian_log_likelihood",),
+    ),
+    Exercise(
+        name="vlb_term",
+        signature="vlb_term(x0, x_t, t, betas, model_mean, model_log_variance)",
+        reference=reference_vlb_term,
+        make_cases=cases_vlb_term,
+        tolerances={
+            torch.float32: Tolerance(rtol=1e-5, atol=1e-5),
+            torch.float64: Tolerance(rtol=1e-9, atol=1e-10),
+        },
+        tolerance_reason="the KL and the decoder log-likelihood, averaged over up to 256 elements",
+        hint="For t > 0: the mean over all but the first dimension of KL(q(x_{t-1} | x_t, x0) || N(model_mean, "
+        "exp(model_log_variance))) divided by log 2; for t = 0: minus the mean of the discretised Gaussian "
+        "log-likelihood of x0 with log_scales = model_log_variance / 2, divided by log 2. Use torch.where on t == 0.",
+        output_names=("bits_per_dim",),
+        package_functions=(
+            f"{DIFFUSION}.GaussianDiffusion._vb_terms_bpd",
+            f"{DIFFUSION}.GaussianDiffusion.q_posterior",
+            f"{DIFFUSION}.normal_kl",
+            f"{DIFFUSION}.discretized_gaussian_log_likelihood",
+        ),
+    ),
+)

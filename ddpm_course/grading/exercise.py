@@ -1,0 +1,264 @@
+"""What an exercise is: a fixed signature, a reference, randomised test cases and a comparison.
+
+Every exercise of the course is a function with a fixed signature that the package also implements.
+An :class:`Exercise` holds the package's answer (``reference``), a generator of test cases (several
+shapes, float32 and float64, values drawn from a ``torch.Generator``), the tolerance of the
+comparison per dtype with the reason for it, and a hint for students. ``check()`` (in the notebook)
+and the instructor grader (in its own process) both use :meth:`Exercise.compare`, so a case passes
+or fails for the same reason in both places.
+
+Some exercises take functions as arguments (a drift, a score model). Those are :class:`InputFunction`
+objects: plain callables described by a name and tensor / float parameters, so that the grader can
+send them to the process that runs a student's notebook as data (:func:`encode_args`) and rebuild
+them there (:func:`decode_args`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = [
+    "ROUNDING",
+    "ROUNDING_REASON",
+    "Case",
+    "CaseResult",
+    "Exercise",
+    "InputFunction",
+    "OutputError",
+    "Tolerance",
+    "as_outputs",
+    "clone_args",
+    "decode_args",
+    "draw_normal",
+    "draw_uniform",
+    "dtype_name",
+    "encode_args",
+    "per_example_shape",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test case: a short description for feedback (``"float32, x0 (4, 3, 8, 8)"``), the
+    positional arguments of the exercise function, and the size of the terms that rounding acts on
+    (``scale``, a float or a tensor that broadcasts against the output; the absolute tolerance is
+    multiplied by it where a formula is ill-conditioned, e.g. a division by a small number)."""
+
+    label: str
+    args: tuple
+    scale: float | torch.Tensor = 1.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A case passes when ``|actual - expected| <= atol * scale + rtol * |expected|`` element-wise
+    (``scale`` is the case's, 1 unless the formula is ill-conditioned)."""
+
+    rtol: float
+    atol: float
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Whether one case passed, and why not: the largest error or what was wrong with the output."""
+
+    passed: bool
+    message: str
+
+
+class OutputError(ValueError):
+    """The function returned something of the wrong kind (not a tensor, or the wrong number of them)."""
+
+
+class InputFunction:
+    """A callable argument of an exercise (a drift, a diffusion, a score model), described by data.
+
+    Subclasses set ``kind`` (a unique name) and keep their parameters, floats or tensors, in
+    ``self.params``; they are rebuilt from ``(kind, params)`` by :func:`decode_args`.
+    """
+
+    kind: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[InputFunction]]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        known = InputFunction.registry.get(cls.kind)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"{known.__qualname__} and {cls.__qualname__} are both called {cls.kind!r}; give each a unique kind"
+            )
+        InputFunction.registry[cls.kind] = cls
+
+    def __init__(self, **params: float | torch.Tensor) -> None:
+        self.params = params
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{key}={tuple(value.shape)}" if torch.is_tensor(value) else f"{key}={value:g}"
+            for key, value in self.params.items()
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+def clone_args(args: tuple) -> tuple:
+    """A copy of the arguments in which every tensor is a fresh clone (so in-place edits do not leak)."""
+    return tuple(arg.clone() if torch.is_tensor(arg) else arg for arg in args)
+
+
+def encode_args(args: tuple) -> list:
+    """Arguments as plain data for ``torch.save`` / ``torch.load(weights_only=True)``: tensors, numbers,
+    and ``{"function": kind, "params": {...}}`` for each :class:`InputFunction`."""
+    return [
+        {"function": arg.kind, "params": dict(arg.params)}
+        if isinstance(arg, InputFunction)
+        else arg
+        for arg in args
+    ]
+
+
+def decode_args(encoded: list) -> tuple:
+    """The inverse of :func:`encode_args`."""
+    return tuple(
+        InputFunction.registry[arg["function"]](**arg["params"]) if isinstance(arg, dict) else arg
+        for arg in encoded
+    )
+
+
+def as_outputs(value: Any, n_outputs: int) -> tuple[torch.Tensor, ...]:
+    """What a function returned, as a tuple of ``n_outputs`` tensors; an :class:`OutputError` otherwise."""
+    if n_outputs == 1:
+        if not torch.is_tensor(value):
+            raise OutputError(f"returned a {type(value).__name__}; return a torch.Tensor")
+        return (value,)
+    if not isinstance(value, (tuple, list)) or len(value) != n_outputs:
+        got = (
+            f"{len(value)} values"
+            if isinstance(value, (tuple, list))
+            else f"a {type(value).__name__}"
+        )
+        raise OutputError(f"returned {got}; return a tuple of {n_outputs} tensors")
+    for position, item in enumerate(value):
+        if not torch.is_tensor(item):
+            raise OutputError(f"output {position} is a {type(item).__name__}; return torch.Tensors")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: the function a student writes and how it is checked.
+
+    Args:
+        name: the function's name in the notebook (``"q_sample"``).
+        signature: how it is called, shown in messages (``"q_sample(x0, t, noise, alphas_cumprod)"``).
+        reference: the package's answer, a thin wrapper with the same signature.
+        make_cases: draws the test cases from a ``torch.Generator``.
+        tolerances: the :class:`Tolerance` per output dtype; ``tolerance_reason`` says why.
+        hint: one or two sentences shown when a case fails.
+        output_names: the names of the returned tensors (one name: a tensor; more: a tuple).
+        package_functions: dotted names of the package functions that compute the answer (the
+            grader flags a submission that calls them).
+    """
+
+    name: str
+    signature: str
+    reference: Callable[..., Any]
+    make_cases: Callable[[torch.Generator], list[Case]]
+    tolerances: Mapping[torch.dtype, Tolerance]
+    tolerance_reason: str
+    hint: str
+    output_names: tuple[str, ...] = ("output",)
+    package_functions: tuple[str, ...] = field(default=())
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.output_names)
+
+    def cases(self, seed: int) -> list[Case]:
+        """The test cases drawn with a generator seeded with ``seed`` (the same seed, the same cases)."""
+        return self.make_cases(torch.Generator().manual_seed(seed))
+
+    def expected(self, case: Case) -> tuple[torch.Tensor, ...]:
+        """The reference's outputs for ``case``."""
+        return as_outputs(self.reference(*clone_args(case.args)), self.n_outputs)
+
+    def compare(
+        self,
+        expected: tuple[torch.Tensor, ...],
+        actual: tuple[torch.Tensor, ...],
+        scale: float | torch.Tensor = 1.0,
+    ) -> CaseResult:
+        """Compare a function's outputs with the reference's: same shape, same dtype, and values within
+        the tolerance of that dtype (see :class:`Tolerance`; NaN only where the reference has NaN)."""
+        errors = []
+        for name, want, got in zip(self.output_names, expected, actual):
+            label = f"{name}: " if self.n_outputs > 1 else ""
+            if tuple(got.shape) != tuple(want.shape):
+                return CaseResult(
+                    False, f"{label}shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+                )
+            if got.dtype != want.dtype:
+                return CaseResult(
+                    False, f"{label}dtype {got.dtype}, expected {want.dtype} (the inputs' dtype)"
+                )
+            tolerance = self.tolerances[want.dtype]
+            want64 = want.detach().cpu().double()
+            got64 = got.detach().cpu().double()
+            difference = (got64 - want64).abs()
+            allowed = (
+                tolerance.atol * torch.as_tensor(scale, dtype=torch.float64)
+                + tolerance.rtol * want64.abs()
+            ).expand_as(want64)
+            # equal infinities or NaN in both count as equal; an infinity must be matched exactly
+            same_special = (got64 == want64) | (got64.isnan() & want64.isnan())
+            close = same_special | (want64.isfinite() & (difference <= allowed))
+            difference = torch.where(same_special, 0.0, difference.nan_to_num(nan=math.inf))
+            largest = difference.max().item() if difference.numel() else 0.0
+            if not bool(close.all()):
+                index = tuple(torch.nonzero(~close)[0].tolist())
+                where = f" at index {index}" if index else ""
+                return CaseResult(
+                    False,
+                    f"{label}largest error {largest:.2e}{where}: expected {want64[index].item():.6g}, "
+                    f"got {got64[index].item():.6g} (allowed error there: {allowed[index].item():.1e})",
+                )
+            errors.append(largest)
+        return CaseResult(True, f"largest error {max(errors):.1e}")
+
+
+# ------------------------------------------------------------------ helpers for the case generators
+# float32 keeps about 7 significant digits; the same formula evaluated in a different order (or with a
+# float64 coefficient cast at a different point) differs by a few units in the last place.
+ROUNDING = {
+    torch.float32: Tolerance(rtol=1e-5, atol=1e-6),
+    torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
+}
+ROUNDING_REASON = "a few roundings of a different but equivalent evaluation order"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def per_example_shape(shape: tuple) -> tuple:
+    """(N, 1, ..., 1): one value per example, broadcastable against data of ``shape``."""
+    return (shape[0],) + (1,) * (len(shape) - 1)
+
+
+def draw_normal(shape: tuple, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 1) values drawn in float64 (the same numbers for either dtype) and cast to ``dtype``."""
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
+def draw_uniform(
+    shape: tuple, low: float, high: float, dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
+    """Uniform values in [low, high), drawn in float64 and cast to ``dtype``."""
+    return (low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)).to(
+        dtype
+    )

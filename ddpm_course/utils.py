@@ -18,14 +18,16 @@ def check_choice(what: str, value: str, allowed: Iterable[str]) -> str:
 def check_timesteps(t: torch.Tensor, num_timesteps: int, batch_size: int | None = None) -> torch.Tensor:
     """Validate discrete timesteps ``t``: integers in {0, ..., T-1}, shape (N,) or a scalar.
 
-    A scalar is broadcast to ``batch_size`` when that is given. Returns an int64 tensor.
+    A scalar is broadcast to ``batch_size`` when that is given. Returns an int64 tensor. Values are
+    range-checked for CPU tensors only (checking CUDA tensors would synchronise the device).
     """
     t = torch.as_tensor(t)
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
         raise ValueError(f"timesteps must be integers in {{0, ..., {num_timesteps - 1}}}, got dtype {t.dtype}")
     if t.ndim > 1:
         raise ValueError(f"timesteps must be a scalar or have shape (N,), got shape {tuple(t.shape)}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
+    # the range check reads values back, which would stall a GPU on every step: done on the CPU only
+    if t.numel() and t.device.type == "cpu" and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
         raise ValueError(
             f"timesteps must lie in {{0, ..., {num_timesteps - 1}}} (T = {num_timesteps}); "
             f"got values from {int(t.min())} to {int(t.max())}"

@@ -1,0 +1,173 @@
+"""Saving and loading training state safely: atomic writes, safe loads, the last K checkpoints.
+
+* A file is written atomically: into a temporary file in the same folder, flushed to disk, then
+  renamed over the target with ``os.replace``. A crash half-way leaves the previous file as it was.
+* Loading never unpickles code: checkpoints go through ``torch.load(weights_only=True)`` (plain
+  dicts, lists, numbers, strings and tensors only) and weights through safetensors.
+* A missing, truncated or foreign file raises :class:`CheckpointError` with a message that says
+  which file and what to do, not a traceback from deep inside the unpickler.
+
+Layout of a run folder: ``checkpoints/step_0001000.pt`` (full training state), and for inference
+``model.safetensors`` (EMA weights) next to ``model.json`` (the model's configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_path",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "save_weights",
+    "load_weights",
+    "sidecar_path",
+]
+
+CHECKPOINT_FORMAT = "ddpm_course.checkpoint"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file that is missing, unreadable or not what it should be."""
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Create or replace ``path`` with what ``write(file)`` writes, all or nothing.
+
+    ``write`` fills a temporary file in the same folder (same file system, so the rename is
+    atomic); the file is flushed and fsync'ed, then ``os.replace`` puts it in place. If ``write``
+    raises, the temporary file is removed and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    """``folder/step_0001000.pt`` for step 1000 (seven digits, so that names sort by step)."""
+    return Path(folder) / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """The ``step_*.pt`` files in ``folder``, oldest step first (an empty list if there is no folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``folder``, or None."""
+    checkpoints = list_checkpoints(folder)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recent checkpoints in ``folder``; returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the checkpoint just written), got {keep}")
+    stale = list_checkpoints(folder)[:-keep]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a training state (a dict of tensors, numbers, strings, lists and dicts) atomically
+    with ``torch.save``, tagged with its format so that :func:`load_checkpoint` recognises it."""
+    tagged = {"format": CHECKPOINT_FORMAT, **state}
+    return atomic_write(path, lambda file: torch.save(tagged, file))
+
+
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU, refusing to unpickle code.
+
+    ``required``: keys the state must have. Raises :class:`CheckpointError` when the file is missing,
+    truncated, holds anything but plain data (``torch.load(weights_only=True)``), or is not a
+    ddpm_course checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by damage
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"cannot read the checkpoint {path}: it is truncated, corrupt, or holds more than plain "
+            f"tensors and numbers (only weights_only loading is allowed) [{type(error).__name__}: {reason}]. "
+            "Delete it to fall back to the previous checkpoint."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a ddpm_course training checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint {path} lacks {', '.join(missing)}; it was not written by this trainer")
+    return state
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    """The JSON file that describes a weights file: ``model.safetensors`` -> ``model.json``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write ``state_dict`` to a ``.safetensors`` file and ``metadata`` (JSON-serialisable) to its
+    sidecar :func:`sidecar_path`, both atomically. Returns the weights path."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"weights go to a .safetensors file, got {path}")
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    payload = save(tensors)
+    atomic_write(path, lambda file: file.write(payload))
+    text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    atomic_write(sidecar_path(path), lambda file: file.write(text.encode()))
+    return path
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a ``.safetensors`` file and its JSON sidecar: (state_dict on the CPU, metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    if not sidecar.is_file():
+        raise CheckpointError(f"{path} has no sidecar {sidecar.name} describing the model; it is written next to the weights by the trainer")
+    try:
+        state_dict = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read the weights {path}: {error}") from None
+    try:
+        metadata = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"the sidecar {sidecar} is not valid JSON: {error}") from None
+    return state_dict, metadata

@@ -1,0 +1,96 @@
+"""``ddpm-course train``: train a U-Net from a preset, on the CPU, one GPU, or many under torchrun.
+
+    ddpm-course train --preset digits --max-seconds 600 --out runs/digits
+    ddpm-course train --out runs/digits --resume --max-steps 8000
+    torchrun --nproc_per_node 8 -m ddpm_course.cli train --preset cifar10-ddpm --out runs/cifar10
+
+Common settings have their own flag; any other field of ``ddpm_course.train.TrainConfig`` is set
+with ``--set FIELD=VALUE`` (VALUE in JSON: ``--set ema_decay=0.999 --set model_overrides='{"dropout": 0}'``).
+With ``--resume`` the run folder's ``config.json`` is the starting point and the flags change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# flag -> (TrainConfig field, type, help)
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "--max-steps": ("max_steps", int, "stop after this many optimiser steps"),
+    "--max-seconds": ("max_seconds", float, "stop after this many seconds of training (then save and sample)"),
+    "--batch-size": ("batch_size", int, "global batch size"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--seed": ("seed", int, "random seed"),
+    "--dataset": ("dataset", str, "digits, mnist, fashion_mnist or cifar10"),
+    "--data-dir": ("data_dir", str, "folder of the torchvision data sets"),
+    "--precision": ("precision", str, "bf16, fp16 or fp32 on CUDA (the CPU always trains in fp32)"),
+    "--grad-accum": ("grad_accum", int, "micro-batches per optimiser step"),
+    "--num-workers": ("num_workers", int, "DataLoader worker processes"),
+    "--log-every": ("log_every", int, "steps between log lines"),
+    "--sample-every": ("sample_every", int, "steps between sample grids (0: only at the end)"),
+    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="training preset, e.g. digits (the default) or cifar10-ddpm; see ddpm_course.train.TRAIN_PRESETS")
+    parser.add_argument("--out", help="the run folder (default runs/PRESET)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    for flag, (name, kind, help_text) in FLAGS.items():
+        parser.add_argument(flag, dest=name, type=kind, help=help_text)
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                        help="set any field of ddpm_course.train.TrainConfig; VALUE is JSON (a bare word is a string)")  # fmt: skip
+
+
+def _parse_settings(settings: list[str]) -> dict[str, Any]:
+    values = {}
+    for setting in settings:
+        name, sep, text = setting.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set takes FIELD=VALUE, got {setting!r}")
+        try:
+            values[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[name.strip()] = text
+    return values
+
+
+def _config(args: argparse.Namespace):
+    from ..train import TrainConfig
+
+    overrides = {name: getattr(args, name) for name, _, _ in FLAGS.values() if getattr(args, name) is not None}
+    if args.compile:
+        overrides["compile"] = True
+    overrides.update(_parse_settings(args.settings))
+    out_dir = args.out or f"runs/{args.preset or 'digits'}"
+    overrides["out_dir"] = out_dir
+    saved = Path(out_dir) / "config.json"
+    if args.resume and saved.is_file():
+        base = TrainConfig.from_json(saved).to_dict()
+        if args.preset is not None and args.preset != base["preset"]:
+            raise ValueError(f"{out_dir} was trained with preset {base['preset']!r}, not {args.preset!r}")
+        return TrainConfig.from_dict({**base, **overrides})
+    return TrainConfig.from_preset(args.preset or "digits", **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError
+    from ..train import NonFiniteLossError, Trainer
+
+    try:
+        config = _config(args)
+        out_dir = Trainer(config).train(resume=args.resume)
+    except (ValueError, FileExistsError, CheckpointError) as error:
+        print(f"ddpm-course train: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"ddpm-course train: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {out_dir} (load it with ddpm_course.train.load_model)")
+    return 0

@@ -1,0 +1,816 @@
+r"""Training a diffusion model: a config in, a run folder out.
+
+Chapter 04 (Training a DDPM). :class:`Trainer` runs Algorithm 1 of Ho et al. 2020: draw a batch
+x0, timesteps t ~ U{0, ..., T-1} and noise ε ~ N(0, I), take a gradient step on
+``diffusion.training_losses(model, x0, t, noise)["loss"].mean()`` (:math:`L_\text{simple}` by
+default), and keep an exponential moving average (EMA) of the weights for sampling. Around that
+loop it does what a real run needs:
+
+* AdamW (fused on CUDA) with a linear warm-up of the learning rate (:func:`warmup_lr`), gradient
+  clipping and gradient accumulation; the EMA with its warm-up (:func:`ema_decay_at`);
+* CUDA when available (bf16 autocast, or fp16 with a GradScaler; channels_last; optional
+  ``torch.compile``), else the CPU in fp32; DDP when started by ``torchrun`` (the same command on
+  1 or N GPUs: a ``DistributedSampler``, one seed per process, rank 0 alone logs and saves);
+* atomic checkpoints of everything (model, EMA, optimiser, scaler, step, data position, every
+  random state) so that N steps + resume + N steps equals 2N steps bit for bit on the CPU;
+* a tqdm bar, a JSON-lines log, sample grids from the EMA model, a wall-clock budget, and a
+  clear :class:`NonFiniteLossError` when the loss diverges.
+
+A run folder holds ``config.json``, ``log.jsonl``, ``checkpoints/step_XXXXXXX.pt`` (the last K),
+``samples/step_XXXXXXX.png`` and, at the end, ``model.safetensors`` + ``model.json`` (EMA weights
+and the model's configuration) for :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    prune_checkpoints,
+    save_checkpoint,
+    save_weights,
+)
+from .diffusion import LOSS_TYPES, OBJECTIVES, VAR_TYPES, GaussianDiffusion
+from .profiles import default_device
+from .samplers import ddim_sample
+from .schedules import get_betas
+from .utils import check_choice
+from .viz import save_image_grid
+
+__all__ = [
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "Trainer",
+    "NonFiniteLossError",
+    "load_model",
+    "build_model",
+    "build_diffusion",
+    "load_dataset",
+    "warmup_lr",
+    "ema_decay_at",
+    "ema_update",
+    "ResumableSampler",
+    "DATASETS",
+    "PRECISIONS",
+]
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+NATIVE_IMAGE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+TRAIN_SCHEDULES = ("linear", "cosine")
+PRECISIONS = ("bf16", "fp16", "fp32")
+# Settings that a resumed run must share with its checkpoint (anything else, e.g. lr or max_steps, may change).
+RESUME_INVARIANTS = ("preset", "dataset", "image_size", "channels", "class_conditional", "num_classes", "schedule",
+                     "timesteps", "objective", "var_type", "batch_size", "grad_accum", "seed")  # fmt: skip
+
+
+def _option(default: Any, help: str) -> Any:
+    """A config field with its one-line help in ``metadata["help"]``."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; JSON-serialisable (:meth:`to_dict`, :meth:`from_dict`).
+
+    Start from a preset, ``TrainConfig.from_preset("digits", max_steps=2000)``, or from
+    :meth:`quick` for a short CPU run. Each field says what it does in ``metadata["help"]``.
+    """
+
+    preset: str = _option("digits", "U-Net preset of ddpm_course.nn (also names the training preset)")
+    model_overrides: dict = _option({}, "U-Net constructor arguments that replace the preset's")
+    dataset: str = _option("digits", "training images: " + ", ".join(DATASETS))
+    data_dir: str = _option("data", "folder of the torchvision data sets (downloaded there if missing)")
+    image_size: int = _option(16, "height and width of the training images")
+    channels: int = _option(1, "image channels (1 grey, 3 colour)")
+    random_flip: bool = _option(False, "flip torchvision images horizontally at random (CIFAR-10 augmentation)")
+    class_conditional: bool = _option(False, "condition the model on the class label")
+    num_classes: int = _option(10, "number of classes of a class-conditional model")
+    p_uncond: float = _option(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
+    schedule: str = _option("linear", "beta schedule: linear or cosine")
+    timesteps: int = _option(1000, "number of diffusion steps T")
+    objective: str = _option("eps", "what the network predicts: eps, x0 or v")
+    var_type: str = _option("fixed_small", "reverse variance: fixed_small, fixed_large or learned_range")
+    loss_type: str = _option("simple", "loss: simple, hybrid or vlb")
+    batch_size: int = _option(128, "global batch size (over all processes and accumulation steps)")
+    lr: float = _option(2e-4, "peak learning rate of AdamW, reached after the warm-up")
+    weight_decay: float = _option(0.0, "AdamW weight decay")
+    warmup_steps: int = _option(0, "steps of linear learning-rate warm-up")
+    grad_clip: float = _option(1.0, "clip the global gradient norm to this (0: no clipping)")
+    grad_accum: int = _option(1, "micro-batches accumulated per optimiser step")
+    ema_decay: float = _option(0.9999, "EMA decay of the sampling weights")
+    ema_warmup: bool = _option(True, "use min(ema_decay, (1 + t) / (10 + t)) at update t")
+    max_steps: int | None = _option(10_000, "stop after this many optimiser steps (None: no limit)")
+    max_seconds: float | None = _option(None, "stop after this many seconds of training in this invocation")
+    seed: int = _option(0, "random seed (model initialisation, data order, noise)")
+    precision: str = _option("bf16", "CUDA precision: bf16 autocast, fp16 with GradScaler, or fp32 (the CPU is always fp32)")
+    channels_last: bool = _option(True, "channels_last memory format on CUDA")
+    compile: bool = _option(False, "torch.compile the model on CUDA")
+    log_every: int = _option(50, "write a log line every this many steps")
+    sample_every: int = _option(1000, "save a sample grid every this many steps (0: only at the end)")
+    sample_steps: int = _option(25, "DDIM steps of the sample grids")
+    num_samples: int = _option(64, "images in a sample grid")
+    checkpoint_every: int = _option(1000, "save a checkpoint every this many steps (0: only at the end)")
+    keep_checkpoints: int = _option(3, "keep the last K checkpoints")
+    num_workers: int = _option(0, "DataLoader worker processes")
+    out_dir: str = _option("runs/digits", "the run folder")
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("schedule", self.schedule, TRAIN_SCHEDULES)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("var_type", self.var_type, VAR_TYPES)
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("precision", self.precision, PRECISIONS)
+        for name in ("image_size", "channels", "num_classes", "timesteps", "batch_size", "grad_accum", "log_every",
+                     "sample_steps", "num_samples", "keep_checkpoints"):  # fmt: skip
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "sample_every", "checkpoint_every", "num_workers", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.max_steps is not None:
+            _check_int("max_steps", self.max_steps, minimum=1)
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("set max_steps or max_seconds (or both); with neither the run would never stop")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.sample_steps > self.timesteps:
+            raise ValueError(f"sample_steps {self.sample_steps} exceeds the {self.timesteps} timesteps")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"need lr > 0, weight_decay >= 0 and grad_clip >= 0; got {self.lr}, {self.weight_decay}, {self.grad_clip}")
+        if not 0 <= self.ema_decay < 1 or not 0 <= self.p_uncond < 1:
+            raise ValueError(f"ema_decay and p_uncond must lie in [0, 1); got {self.ema_decay} and {self.p_uncond}")
+        try:
+            json.dumps(self.model_overrides)
+        except TypeError as error:
+            raise ValueError(f"model_overrides must be JSON-serialisable: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config with these fields; an unknown field is an error that names the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; the fields are {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The training settings of preset ``name`` (see :data:`TRAIN_PRESETS`), with ``overrides``."""
+        check_choice("preset", name, TRAIN_PRESETS)
+        return cls.from_dict({"preset": name, "out_dir": f"runs/{name}", **TRAIN_PRESETS[name], **overrides})
+
+    @classmethod
+    def quick(cls, name: str = "digits", **overrides: Any) -> TrainConfig:
+        """A short CPU run of preset ``name``: 200 steps of 64 images, fp32, one sample grid at
+        the end. For smoke tests and the ``quick`` profile of the book."""
+        return cls.from_preset(name, **{**QUICK_OVERRIDES, **overrides})
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# digits on 2 CPU cores: 4,000 steps of 64 images (about 170 passes over the 1,497 training digits)
+_DIGITS = dict(dataset="digits", image_size=16, channels=1, batch_size=64, lr=1e-3, warmup_steps=200, grad_clip=1.0,
+               ema_decay=0.999, max_steps=4000, log_every=25, sample_every=500, checkpoint_every=500)  # fmt: skip
+_CIFAR = dict(dataset="cifar10", image_size=32, channels=3, random_flip=True, batch_size=128, lr=2e-4, warmup_steps=5000,
+              grad_clip=1.0, ema_decay=0.9999, max_steps=800_000, log_every=100, sample_every=10_000,
+              checkpoint_every=5000, num_workers=4)  # fmt: skip
+# Training settings per preset (the model comes from ddpm_course.nn.PRESETS under the same name).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "digits": _DIGITS,
+    "digits-cond": {**_DIGITS, "class_conditional": True, "num_classes": 10, "p_uncond": 0.1},
+    "mnist": dict(dataset="mnist", image_size=28, channels=1, batch_size=128, lr=2e-4, warmup_steps=1000, grad_clip=1.0,
+                  ema_decay=0.9995, max_steps=50_000, log_every=100, sample_every=5000, checkpoint_every=5000, num_workers=4),
+    "cifar10-ddpm": _CIFAR,  # Ho et al. 2020, Appendix B: batch 128, lr 2e-4 after 5,000 warm-up steps, EMA 0.9999, 800k steps
+    "ddpm-default": _CIFAR,
+}  # fmt: skip
+QUICK_OVERRIDES = dict(batch_size=64, max_steps=200, warmup_steps=50, log_every=10, sample_every=0, checkpoint_every=0,
+                       num_samples=16, sample_steps=20, precision="fp32", num_workers=0)  # fmt: skip
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: training diverged. ``step``, ``loss`` and ``checkpoint``
+    (the last good one, or None) say where; nothing after the divergence was saved."""
+
+    def __init__(self, step: int, loss: float, lr: float, checkpoint: Path | None) -> None:
+        self.step, self.loss, self.checkpoint = step, loss, checkpoint
+        saved = f"the last good checkpoint, {checkpoint}, is intact" if checkpoint else "no checkpoint had been written yet"
+        super().__init__(
+            f"the loss is {loss} at step {step} (learning rate {lr:.3g}): training diverged, and {saved}. "
+            f"Try a lower learning rate (e.g. lr={lr / 4:.3g}), a longer warm-up, or gradient clipping (grad_clip)."
+        )
+
+
+# ------------------------------------------------------------------- the pieces of a step
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    r"""The learning rate of optimiser step ``step`` (0 for the first) under a linear warm-up:
+    :math:`\text{lr}\cdot\min(1, (\text{step} + 1)/\text{warmup\_steps})`; constant without warm-up."""
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def ema_decay_at(update: int, ema_decay: float) -> float:
+    r"""The EMA decay at update ``update`` (0 for the first): :math:`\min(\text{ema\_decay}, (1+t)/(10+t))`.
+
+    The warm-up (as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)``) lets the average
+    forget the random initial weights quickly: 0.1 at the first update, 0.5 at t = 8, 0.9 at t = 80.
+    """
+    return min(ema_decay, (1 + update) / (10 + update))
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    r""":math:`\theta_\text{EMA} \leftarrow \text{decay}\cdot\theta_\text{EMA} + (1-\text{decay})\cdot\theta`
+    for every parameter (in place, as a lerp); buffers are copied."""
+    ema_params, params = list(ema_model.parameters()), list(model.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError(f"the EMA model has {len(ema_params)} parameters but the model has {len(params)}")
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused kernel over all tensors
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way, for exact resume.
+
+    Epoch e visits a permutation seeded by ``seed + e`` (the same on every process), of which rank
+    r takes every ``num_replicas``-th index from r. ``set_epoch(e, skip=k)`` leaves out the first k
+    indices of this rank's share: the ones consumed before the checkpoint.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+# ------------------------------------------------------------------ building from a config
+def build_model(config: TrainConfig) -> nn.Module:
+    """The U-Net of ``config``: preset ``config.preset`` with the image size, channels, classes and
+    learned variance of the config, then ``config.model_overrides``."""
+    from .nn import unet_from_preset
+
+    overrides = dict(
+        image_size=config.image_size,
+        in_channels=config.channels,
+        num_classes=config.num_classes if config.class_conditional else None,
+        learned_variance=config.var_type == "learned_range",
+    )
+    return unet_from_preset(config.preset, **{**overrides, **config.model_overrides})
+
+
+def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
+    """The :class:`~ddpm_course.diffusion.GaussianDiffusion` of ``config`` (schedule, T, objective, variance)."""
+    return GaussianDiffusion(get_betas(config.schedule, config.timesteps), objective=config.objective, var_type=config.var_type)
+
+
+def load_dataset(config: TrainConfig) -> Dataset:
+    """The training split of ``config.dataset`` as (image (C, H, W) in [-1, 1], label) pairs."""
+    from . import data
+
+    if config.dataset == "digits":
+        return TensorDataset(*data.digits(size=config.image_size, split="train"))
+    size = None if config.image_size == NATIVE_IMAGE_SIZE[config.dataset] else config.image_size
+    loader = {"mnist": data.mnist, "fashion_mnist": data.fashion_mnist, "cifar10": data.cifar10}[config.dataset]
+    return loader(config.data_dir, train=True, download=True, size=size, random_flip=config.random_flip)
+
+
+def _as_dataset(dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig) -> Dataset:
+    if dataset is None:
+        return load_dataset(config)
+    if isinstance(dataset, torch.Tensor):
+        return TensorDataset(dataset)
+    if isinstance(dataset, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in dataset):
+        return TensorDataset(*dataset)
+    if isinstance(dataset, Dataset):
+        return dataset
+    raise TypeError(f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}")
+
+
+def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A collated batch -> (images, labels or None)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    return batch[0], (batch[1] if len(batch) > 1 else None)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """An independent seed for each process (numpy's SeedSequence of (seed, rank)), below 2**32."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Train ``model`` (default: :func:`build_model` of ``config``) on ``dataset`` (default:
+    :func:`load_dataset`; also an images tensor or an (images, labels) tuple) as ``config`` says.
+
+    ``Trainer(config).train()`` returns the run folder. Under ``torchrun`` (RANK, WORLD_SIZE and
+    LOCAL_RANK in the environment) every process builds its Trainer from the same config; the
+    process group is created here and destroyed at the end of :meth:`train`. The constructor seeds
+    the global random number generators (torch, numpy, python) from ``config.seed``.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None, dataset: Dataset | torch.Tensor | tuple | None = None) -> None:
+        self.config = config
+        self._owns_process_group = False
+        self.rank, self.world_size, local_rank = self._setup_distributed()
+        self.is_main = self.rank == 0
+        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        self.autocast_dtype = self._autocast_dtype()
+
+        # identical initial weights on every process, then one random stream per process
+        _seed_everything(config.seed)
+        self.model = (model if model is not None else build_model(config)).to(self.device)
+        self.channels_last = config.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.diffusion = build_diffusion(config)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+
+        self.dataset = _as_dataset(dataset, config)
+        if config.batch_size % (self.world_size * config.grad_accum):
+            raise ValueError(
+                f"batch_size {config.batch_size} must split evenly over {self.world_size} process(es) × "
+                f"{config.grad_accum} accumulation step(s)"
+            )
+        self.rank_batch_size = config.batch_size // self.world_size
+        rank_seed = _rank_seed(config.seed, self.rank)
+        self.sampler = ResumableSampler(self.dataset, self.world_size, self.rank, config.seed)
+        self.loader = DataLoader(
+            self.dataset, batch_size=self.rank_batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=config.num_workers > 0, generator=torch.Generator().manual_seed(rank_seed),
+        )  # fmt: skip
+        self.steps_per_epoch = self.sampler.num_samples // self.rank_batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {len(self.dataset)} images, fewer than one batch of {self.rank_batch_size} per "
+                f"process; lower batch_size"
+            )
+        _seed_everything(rank_seed)
+        self.generator = torch.Generator(self.device).manual_seed(rank_seed)  # timesteps, noise, label dropout
+
+        self.train_model: nn.Module = self.model
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.compile and self.device.type == "cuda":
+            self.train_model = torch.compile(self.train_model)
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.elapsed = 0.0  # seconds of training before this invocation (from the checkpoint)
+        self.last_grad_norm = float("nan")
+        self.last_checkpoint: Path | None = None
+        self._last_sample_step: int | None = None
+        self.out_dir = Path(config.out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.samples_dir = self.out_dir / "samples"
+        self.log_path = self.out_dir / "log.jsonl"
+
+    # ------------------------------------------------------------------ process group
+    def _setup_distributed(self) -> tuple[int, int, int]:
+        """(rank, world size, local rank); joins the torchrun process group when there is one."""
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return 0, 1, 0
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        self._owns_process_group = True
+        return dist.get_rank(), dist.get_world_size(), local_rank
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group if this Trainer created it (:meth:`train` does this at its end)."""
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_process_group = False
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """bf16 on GPUs that compute in it natively (compute capability 8+), fp16 where asked or
+        where bf16 is only emulated; None (fp32) on the CPU."""
+        if self.device.type != "cuda" or self.config.precision == "fp32":
+            return None
+        if self.config.precision == "bf16" and torch.cuda.get_device_capability(self.device)[0] < 8:
+            logger.warning("this GPU has no native bf16; training in fp16 with a GradScaler instead")
+            return torch.float16
+        return torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+
+    def _autocast(self):
+        """Mixed precision on CUDA (bf16 or fp16), nothing on the CPU."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+
+    # ------------------------------------------------------------------------ one step
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> float:
+        """One optimiser step on this process's batch ``images`` (n, C, H, W) in [-1, 1] (and
+        ``labels`` (n,) for a class-conditional model); returns the loss averaged over all processes.
+
+        t, ε and the label dropout are drawn for the whole batch, which is then split into
+        ``grad_accum`` micro-batches, each contributing ``loss / grad_accum`` to the gradient.
+        Raises :class:`NonFiniteLossError` (before touching the weights) when the loss or, outside
+        fp16, the gradient norm is not finite.
+        """
+        config, k = self.config, self.config.grad_accum
+        expected = (config.channels, config.image_size, config.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"the config says images of shape (n, {', '.join(map(str, expected))}) but the data has {tuple(images.shape)}")
+        if images.shape[0] % k:
+            raise ValueError(f"a batch of {images.shape[0]} images does not split into grad_accum={k} equal micro-batches")
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        n = images.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=self.generator, device=self.device)
+        noise = torch.randn(images.shape, generator=self.generator, device=self.device, dtype=images.dtype)
+        y = self._conditioning(labels, n)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        micro_labels = y.chunk(k) if y is not None else [None] * k
+        for i, (x0, t_i, noise_i, y_i) in enumerate(zip(images.chunk(k), t.chunk(k), noise.chunk(k), micro_labels)):
+            skip_sync = self.world_size > 1 and i < k - 1  # all-reduce the gradients once, after the last micro-batch
+            with self.train_model.no_sync() if skip_sync else nullcontext():
+                with self._autocast():
+                    losses = self.diffusion.training_losses(
+                        self.train_model, x0, t_i, noise=noise_i, loss_type=config.loss_type,
+                        model_kwargs={"y": y_i} if y_i is not None else None,
+                    )  # fmt: skip
+                    loss = losses["loss"].float().mean() / k
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.world_size > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+            loss_sum /= self.world_size
+        loss_value, self.last_grad_norm = torch.stack([loss_sum, grad_norm.float()]).tolist()  # the step's one sync
+        lr = warmup_lr(self.step, config.lr, config.warmup_steps)
+        if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(self.last_grad_norm)):
+            bad = loss_value if not math.isfinite(loss_value) else f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
+            raise NonFiniteLossError(self.step + 1, bad, lr, self.last_checkpoint)
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        decay = ema_decay_at(self.step, config.ema_decay) if config.ema_warmup else config.ema_decay
+        ema_update(self.ema_model, self.model, decay)
+        self.step += 1
+        return loss_value
+
+    def _conditioning(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """Class labels with probability p_uncond replaced by the null class ``num_classes``; None if unconditional."""
+        if not self.config.class_conditional:
+            return None
+        if labels is None:
+            raise ValueError("class_conditional training needs labels: the dataset must yield (image, label) pairs")
+        labels = labels.to(self.device).long()
+        drop = torch.rand(n, generator=self.generator, device=self.device) < self.config.p_uncond
+        return torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
+
+    # ------------------------------------------------------------------- the run loop
+    def train(self, resume: bool = False) -> Path:
+        """Train until ``max_steps`` or ``max_seconds``; write the run folder and return its path.
+
+        ``resume=True`` continues from the latest checkpoint in ``out_dir/checkpoints`` (and refuses
+        to start without one); without it, a folder that already holds checkpoints is refused
+        rather than overwritten. ``max_seconds`` counts the training loop of this call only; the
+        final checkpoint, sample grid and weights are written after it.
+        """
+        try:
+            self._start(resume)
+            self._loop()
+            self._finish()
+        finally:
+            self.close()
+        return self.out_dir
+
+    def _start(self, resume: bool) -> None:
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if resume:
+            if latest is None:
+                raise CheckpointError(f"nothing to resume: {self.checkpoint_dir} holds no step_*.pt checkpoint")
+            self.load_checkpoint(latest)
+        elif latest is not None:
+            raise FileExistsError(
+                f"{self.out_dir} already holds checkpoints (latest {latest.name}); resume it (resume=True, "
+                "--resume) or choose another out_dir"
+            )
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+            atomic_write(self.out_dir / "config.json", lambda file: file.write(text.encode()))
+            self._trim_log(keep_through=self.step)
+        self._barrier()
+
+    def _trim_log(self, keep_through: int) -> None:
+        """Drop log lines of steps after ``keep_through`` (steps that a resumed run will redo)."""
+        kept = ""
+        for line in self.log_path.read_text().splitlines(keepends=True) if self.log_path.is_file() else []:
+            try:
+                if json.loads(line)["step"] <= keep_through:
+                    kept += line
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a crash
+                continue
+        atomic_write(self.log_path, lambda file: file.write(kept.encode()))
+
+    def _batches(self):
+        """This process's batches, epoch after epoch, from the saved data position on."""
+        while True:
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.rank_batch_size)
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                yield _split_batch(batch)
+
+    def _out_of_time(self, start: float) -> bool:
+        if self.config.max_seconds is None:
+            return False
+        late = torch.tensor(float(time.perf_counter() - start >= self.config.max_seconds), device=self.device)
+        if self.world_size > 1:  # the processes must agree, or one would wait for the others forever
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        return bool(late.item())
+
+    def _loop(self) -> None:
+        config = self.config
+        start = time.perf_counter()
+        batches = self._batches()
+        window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+        bar = tqdm(total=config.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main)
+        with bar:
+            while (config.max_steps is None or self.step < config.max_steps) and not self._out_of_time(start):
+                step_start = time.perf_counter()
+                loss = self.train_step(*next(batches))
+                window_seconds += time.perf_counter() - step_start
+                window_loss, window_steps = window_loss + loss, window_steps + 1
+                bar.update(1)
+                if self.step % config.log_every == 0:
+                    self._log(window_loss / window_steps, window_steps, window_seconds, start, bar)
+                    window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+                if config.sample_every and self.step % config.sample_every == 0:
+                    self.save_samples()
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if window_steps:
+                self._log(window_loss / window_steps, window_steps, window_seconds, start, bar)
+        self.elapsed += time.perf_counter() - start
+
+    def _log(self, loss: float, steps: int, seconds: float, start: float, bar) -> None:
+        """One line of log.jsonl: the step, the mean loss since the last line, lr, throughput, time."""
+        if not self.is_main:
+            return
+        images_per_s = steps * self.config.batch_size / max(seconds, 1e-9)
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": warmup_lr(self.step - 1, self.config.lr, self.config.warmup_steps),
+            "grad_norm": self.last_grad_norm,
+            "images_per_s": round(images_per_s, 2),
+            "time": round(self.elapsed + time.perf_counter() - start, 3),
+        }
+        with self.log_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+
+    def _finish(self) -> None:
+        if self.last_checkpoint != checkpoint_path(self.checkpoint_dir, self.step):
+            self.save_checkpoint()
+        if self._last_sample_step != self.step:
+            self.save_samples()
+        if self.is_main:
+            save_weights(self.ema_model.state_dict(), self.out_dir / "model.safetensors", self._model_metadata())
+        self._barrier()
+
+    # ------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def sample(self, num_samples: int | None = None, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images from the EMA model by deterministic DDIM (η = 0, ``steps`` trailing timesteps):
+        (num_samples, C, H, W) in [-1, 1] on the CPU. A class-conditional model gets the labels
+        0, 1, 2, ... in turn. Uses only ``generator``, never the training random state."""
+        config = self.config
+        n = num_samples or config.num_samples
+        model_kwargs = None
+        if config.class_conditional:
+            model_kwargs = {"y": torch.arange(n, device=self.device) % config.num_classes}
+        with self._autocast():
+            images = ddim_sample(
+                self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
+                steps=steps or config.sample_steps, spacing="trailing", generator=generator,
+                model_kwargs=model_kwargs, device=self.device,
+            )  # fmt: skip
+        return images.float().clamp(-1, 1).cpu()
+
+    def save_samples(self) -> Path:
+        """Write ``samples/step_XXXXXXX.png``: a grid of :meth:`sample` from a fixed seed, so that
+        the grids of one run show the same starting noise step after step."""
+        path = self.samples_dir / f"step_{self.step:07d}.png"
+        if self.is_main:
+            generator = torch.Generator(self.device).manual_seed(self.config.seed)
+            save_image_grid(self.sample(generator=generator), path)
+        self._last_sample_step = self.step
+        return path
+
+    # --------------------------------------------------------------- checkpoints
+    def _rng_state(self) -> dict[str, Any]:
+        """This process's random state, as plain tensors and numbers (loadable with weights_only)."""
+        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        version, python_state, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "generator": self.generator.get_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": position,
+                "has_gauss": has_gauss,
+                "cached_gaussian": cached_gaussian,
+            },
+            "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss_next": gauss_next},
+        }
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+        self.generator.set_state(state["generator"])
+        numpy_state = state["numpy"]
+        np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
+        python_state = state["python"]
+        random.setstate((python_state["version"], tuple(python_state["state"].tolist()), python_state["gauss_next"]))
+
+    def _model_metadata(self) -> dict[str, Any]:
+        model_config = getattr(self.model, "config", None)
+        return {"format": "ddpm_course.model", "step": self.step, "model_config": model_config, "train_config": self.config.to_dict()}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_XXXXXXX.pt`` atomically (rank 0) and keep the last K. Every
+        process contributes its random state; all wait until the file is in place."""
+        rng_states = [self._rng_state()]
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        path = checkpoint_path(self.checkpoint_dir, self.step)
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "config": self.config.to_dict(),
+                "model_config": self._model_metadata()["model_config"],
+                "model": self.model.state_dict(),
+                "ema": self.ema_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+                "rng": rng_states,
+            }
+            save_checkpoint(state, path)
+            prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
+        self._barrier()
+        self.last_checkpoint = path
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote, so that training continues exactly."""
+        path = Path(path)
+        state = load_checkpoint(path, required=("step", "config", "model", "ema", "optimizer", "scaler", "data", "rng"))
+        saved = state["config"]
+        changed = [f"{name}: {saved.get(name)!r} -> {getattr(self.config, name)!r}"
+                   for name in RESUME_INVARIANTS if saved.get(name) != getattr(self.config, name)]  # fmt: skip
+        if changed:
+            raise ValueError(f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema_model.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"the checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from None
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.config.weight_decay
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
+        self.epoch, self.batch_in_epoch = state["data"]["epoch"], state["data"]["batch_in_epoch"]
+        if len(state["rng"]) == self.world_size:
+            self._set_rng_state(state["rng"][self.rank])
+        else:
+            logger.warning("the checkpoint holds the random state of %d process(es), not %d: reseeding, so the resume is not exact",
+                           len(state["rng"]), self.world_size)  # fmt: skip
+            self.generator.manual_seed(_rank_seed(self.config.seed + self.step, self.rank))
+        self.last_checkpoint = path
+        self._last_sample_step = None
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# ------------------------------------------------------------------------- inference
+def load_model(
+    path: str | Path, model: nn.Module | None = None, device: torch.device | str | None = None
+) -> tuple[nn.Module, GaussianDiffusion, TrainConfig]:
+    """The EMA model of a run for sampling: ``(model in eval mode, diffusion, config)``.
+
+    ``path`` is a run folder (its latest checkpoint, else its ``model.safetensors``), a
+    ``checkpoints/step_XXXXXXX.pt`` file, or a ``.safetensors`` file with its ``.json`` sidecar.
+    The U-Net is rebuilt from the saved configuration; pass ``model`` to load into your own
+    architecture instead. Raises :class:`~ddpm_course.checkpoint.CheckpointError` for a bad path.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no run folder, checkpoint or weights file at {path}")
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints")
+        if found is None and (path / "model.safetensors").is_file():
+            found = path / "model.safetensors"
+        if found is None:
+            raise CheckpointError(f"{path} holds neither checkpoints/step_*.pt nor model.safetensors; is it a run folder?")
+        path = found
+    if path.suffix == ".safetensors":
+        state_dict, metadata = load_weights(path)
+        if "train_config" not in metadata:
+            raise CheckpointError(f"the sidecar of {path} lacks 'train_config'; it was not written by the trainer")
+        config_dict, model_config = metadata["train_config"], metadata.get("model_config")
+    elif path.suffix == ".pt":
+        state = load_checkpoint(path, required=("ema", "config"))
+        state_dict, config_dict, model_config = state["ema"], state["config"], state.get("model_config")
+    else:
+        raise CheckpointError(f"cannot load {path}: give a run folder, a step_*.pt checkpoint or a .safetensors file")
+    config = TrainConfig.from_dict(config_dict)
+    if model is None:
+        from .nn import UNet
+
+        if model_config is None:
+            raise CheckpointError(f"{path} was trained with a custom model; build it and pass it as load_model(path, model=...)")
+        model = UNet(**model_config)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights in {path} do not fit the model: {str(error).splitlines()[0]}") from None
+    device = torch.device(device) if device is not None else default_device()
+    return model.to(device).eval(), build_diffusion(config), config
+

@@ -33,15 +33,20 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     device = torch.device(args.device) if args.device else default_device()
-    model, diffusion, config = load_any(args.checkpoint, device=device)
-    shape = (args.n, config["channels"], config["image_size"], config["image_size"])
+    from ..checkpoint import CheckpointError
+
+    try:
+        model, diffusion, config = load_any(args.checkpoint, device=device)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    shape = (args.n, config.channels, config.image_size, config.image_size)
     if not 1 <= args.steps <= diffusion.num_timesteps:
         raise SystemExit(f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}")
     model_kwargs = None
-    if config.get("num_classes"):
-        label = config["num_classes"] if args.class_label is None else args.class_label
-        if not 0 <= label <= config["num_classes"]:
-            raise SystemExit(f"--class-label must lie in 0..{config['num_classes'] - 1} (or be omitted), got {label}")
+    if config.class_conditional:
+        label = config.num_classes if args.class_label is None else args.class_label  # num_classes is the null class
+        if not 0 <= label <= config.num_classes:
+            raise SystemExit(f"--class-label must lie in 0..{config.num_classes - 1} (or be omitted), got {label}")
         model_kwargs = {"y": torch.full((args.n,), label, dtype=torch.long, device=device)}
     generator = torch.Generator(device).manual_seed(args.seed)
     common = dict(model_kwargs=model_kwargs, generator=generator, progress=True, device=device)

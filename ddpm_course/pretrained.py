@@ -1,0 +1,68 @@
+"""Small pretrained checkpoints shipped with the package, so that every chapter runs in minutes on a CPU.
+
+Each entry is an EMA weights file ``weights/<name>.safetensors`` with its ``.json`` sidecar (the
+model and training configuration, written by the trainer), the exact command that reproduces it
+on a 2-core CPU, and its model card (``weights/MODEL_CARDS.md``). Loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .diffusion import GaussianDiffusion
+from .utils import check_choice
+
+__all__ = ["PRETRAINED", "Pretrained", "load_pretrained", "load_any", "WEIGHTS_DIR"]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    name: str
+    description: str
+    command: str
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.safetensors"
+
+
+def _command(preset: str) -> str:
+    return (
+        f"OMP_NUM_THREADS=1 ddpm-course train --preset {preset} --out runs/{preset} --max-seconds 2400 && "
+        f"cp runs/{preset}/model.safetensors ddpm_course/weights/{preset}.safetensors && "
+        f"cp runs/{preset}/model.json ddpm_course/weights/{preset}.json"
+    )
+
+
+PRETRAINED = {
+    "digits": Pretrained("digits", "unconditional U-Net (digits preset) on the 16×16 digits", _command("digits")),
+    "digits-cond": Pretrained(
+        "digits-cond", "class-conditional U-Net with a null class (p_uncond 0.1) on the 16×16 digits", _command("digits-cond")
+    ),
+}
+
+
+def load_pretrained(name: str, device: torch.device | str | None = None) -> tuple[nn.Module, GaussianDiffusion, "TrainConfig"]:  # noqa: F821
+    """A shipped model by name: ``(EMA model in eval mode, diffusion, training config)``."""
+    from .train import load_model
+
+    check_choice("pretrained model", name, PRETRAINED)
+    entry = PRETRAINED[name]
+    if not entry.path.exists():
+        raise FileNotFoundError(f"{entry.path} is missing from this installation; rebuild it with: {entry.command}")
+    return load_model(entry.path, device=device)
+
+
+def load_any(spec: str | Path, device: torch.device | str | None = None):
+    """A shipped model name (see :data:`PRETRAINED`), else a run folder / checkpoint / weights path."""
+    from .train import load_model
+
+    if isinstance(spec, str) and spec in PRETRAINED:
+        return load_pretrained(spec, device=device)
+    return load_model(spec, device=device)

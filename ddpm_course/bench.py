@@ -69,14 +69,16 @@ def _diffusers(width: int, image_size: int, channels: int) -> nn.Module:
 
 
 def _lucidrains(width: int, image_size: int, channels: int) -> nn.Module:
+    """``width`` = 1000 * attention head size + base width (its counts jump by ~50% per width step of 8)."""
     from denoising_diffusion_pytorch import Unet
 
-    net = Unet(dim=width, dim_mults=(1, 2, 2), channels=channels, flash_attn=True)
+    dim_head, dim = divmod(width, 1000)
+    net = Unet(dim=dim, dim_mults=(1, 2, 2), channels=channels, attn_dim_head=dim_head, flash_attn=True)
     return _Wrapped(net, lambda m, x, t: m(x, t))
 
 
-def _match_width(build: Callable[[int], nn.Module], target: int, widths: range) -> tuple[nn.Module, int]:
-    """The width (multiple of 8) whose parameter count is closest to ``target``."""
+def _match_width(build: Callable[[int], nn.Module], target: int, widths: list[int]) -> tuple[nn.Module, int]:
+    """The width whose parameter count is closest to ``target``."""
     best = min(widths, key=lambda w: abs(count_parameters(build(w)) - target))
     return build(best), best
 
@@ -86,9 +88,13 @@ def build_contenders(image_size: int, channels: int = 1) -> dict[str, nn.Module 
     ours = _ours(image_size, channels)
     target = count_parameters(ours)
     contenders: dict[str, nn.Module | str] = {"ours": ours}
-    for name, builder in (("diffusers", _diffusers), ("lucidrains", _lucidrains)):
+    search = {
+        "diffusers": (_diffusers, list(range(8, 129, 8))),
+        "lucidrains": (_lucidrains, [head * 1000 + dim for head in (32, 64) for dim in range(8, 129, 8)]),
+    }
+    for name, (builder, widths) in search.items():
         try:
-            model, _ = _match_width(lambda w: builder(w, image_size, channels), target, range(8, 129, 8))
+            model, _ = _match_width(lambda w: builder(w, image_size, channels), target, widths)
         except ImportError as error:
             contenders[name] = f"not installed ({error.name}); pip install 'ddpm-course[bench]'"
             continue

@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS = $(wildcard book/[0-9]*.ipynb solutions/*.ipynb exercises/*.ipynb)
-PYTEST = $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile
+# two pytest workers with one torch thread each: on 2 cores, 2 threads per worker wait on each other
+PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile
 
 .PHONY: test unit notebooks book clean sync
 

@@ -63,7 +63,8 @@ class DDPM(nn.Module):
 
     Args:
         model: the noise predictor ``forward(x, t)``; default: the ``ddpm-default`` U-Net preset
-            (about 21M parameters at 32×32×3) built for ``image_size`` and ``channels``.
+            (about 21M parameters at 32×32×3) built for ``image_size`` and ``channels`` (with two
+            down-samplings instead of three when ``image_size`` is not a multiple of 8, e.g. 28).
         image_size, channels: the shape of one image.
         timesteps: T of the diffusion (default 1000).
         diffuser: a :class:`GaussianDiffuser` (default: linear betas in [1e-4, 0.02] with ``timesteps`` steps).
@@ -83,7 +84,9 @@ class DDPM(nn.Module):
         if model is None:
             from .nn import unet_from_preset
 
-            model = unet_from_preset("ddpm-default", image_size=image_size, in_channels=channels)
+            # three down-samplings need image_size % 8 == 0; 28×28 (MNIST) gets two
+            overrides = {} if image_size % 8 == 0 else {"channel_mults": (1, 2, 2), "attention_resolutions": (image_size // 2,)}
+            model = unet_from_preset("ddpm-default", image_size=image_size, in_channels=channels, **overrides)
         self.model = model
         self.image_size = image_size
         self.channels = channels

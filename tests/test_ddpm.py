@@ -67,3 +67,12 @@ def test_wrong_image_shape_is_refused_with_the_expected_shape():
 def test_denoise_refuses_a_timestep_out_of_range():
     with pytest.raises(ValueError, match="0, ..., 49"):
         GaussianDiffuser(timesteps=50).denoise(lambda x, t: x, torch.zeros(1, 1, 2, 2), 50)
+
+
+def test_default_model_is_the_seed_sized_unet_and_mnist_sized_images_work():
+    ddpm = DDPM(image_size=32, channels=3)
+    # the seed's docs state 20,907,649 parameters; our U-Net of the same role is within 1%
+    assert sum(p.numel() for p in ddpm.model.parameters()) == pytest.approx(20_907_649, rel=0.01)
+    mnist = DDPM(image_size=28, channels=1, timesteps=10)
+    loss = mnist(torch.rand(2, 1, 28, 28))
+    assert loss.ndim == 0 and torch.isfinite(loss)

@@ -229,7 +229,9 @@ class UNet(nn.Module):
         out_channels: channels of the prediction (default ``in_channels``); doubled when
             ``learned_variance`` (the extra channels parameterise the variance, ``learned_range``).
         channel_mults: one multiplier per resolution level; one down-sampling between levels.
-        num_res_blocks: ResBlocks per level on the way down (``num_res_blocks + 1`` on the way up).
+        num_res_blocks: ResBlocks per level on the way down (``num_res_blocks + 1`` on the way up);
+            an int for every level, or a tuple with one count per level (e.g. ``(1, 2, 2)``: fewer
+            blocks at full resolution, where a block costs the most arithmetic per parameter).
         attention_resolutions: the resolutions (e.g. 16 for 16×16) with self-attention after each
             ResBlock; the middle block always has attention.
         dropout: dropout rate inside the ResBlocks.
@@ -254,7 +256,7 @@ class UNet(nn.Module):
         model_channels: int,
         out_channels: int | None = None,
         channel_mults: tuple[int, ...] = (1, 2, 2, 2),
-        num_res_blocks: int = 2,
+        num_res_blocks: int | tuple[int, ...] = 2,
         attention_resolutions: tuple[int, ...] = (16,),
         dropout: float = 0.0,
         num_heads: int = 1,
@@ -267,6 +269,8 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         channel_mults, attention_resolutions = tuple(channel_mults), tuple(attention_resolutions)
+        if not isinstance(num_res_blocks, int):
+            num_res_blocks = tuple(num_res_blocks)
         self.config: dict[str, Any] = {
             "image_size": image_size,
             "in_channels": in_channels,
@@ -285,6 +289,9 @@ class UNet(nn.Module):
             "resample_with_conv": resample_with_conv,
         }
         _check_unet_arguments(**self.config)
+        blocks_per_level = (
+            (num_res_blocks,) * len(channel_mults) if isinstance(num_res_blocks, int) else num_res_blocks
+        )
         self.image_size = image_size
         self.in_channels = in_channels
         self.model_channels = model_channels
@@ -313,7 +320,7 @@ class UNet(nn.Module):
         skip_channels = [model_channels]
         channels, resolution = model_channels, image_size
         for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
+            for _ in range(blocks_per_level[level]):
                 layers: list[nn.Module] = [res_block(channels, model_channels * mult)]
                 channels = model_channels * mult
                 if resolution in attention_resolutions:
@@ -331,12 +338,12 @@ class UNet(nn.Module):
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
-            for block in range(num_res_blocks + 1):
+            for block in range(blocks_per_level[level] + 1):
                 layers = [res_block(channels + skip_channels.pop(), model_channels * mult)]
                 channels = model_channels * mult
                 if resolution in attention_resolutions:
                     layers.append(attention(channels))
-                if level != 0 and block == num_res_blocks:
+                if level != 0 and block == blocks_per_level[level]:
                     layers.append(Upsample(channels, resample_with_conv))
                     resolution *= 2
                 self.up.append(EmbedSequential(*layers))
@@ -408,7 +415,7 @@ def _check_unet_arguments(
     model_channels: int,
     out_channels: int | None,
     channel_mults: tuple[int, ...],
-    num_res_blocks: int,
+    num_res_blocks: int | tuple[int, ...],
     attention_resolutions: tuple[int, ...],
     dropout: float,
     num_heads: int,
@@ -422,11 +429,20 @@ def _check_unet_arguments(
         ("image_size", image_size),
         ("in_channels", in_channels),
         ("model_channels", model_channels),
-        ("num_res_blocks", num_res_blocks),
         ("num_groups", num_groups),
     ]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    counts = (num_res_blocks,) if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
+    if (
+        any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts)
+        or not isinstance(num_res_blocks, int)
+        and len(counts) != len(channel_mults)
+    ):
+        raise ValueError(
+            f"num_res_blocks must be a positive integer or a tuple of {len(channel_mults)} positive integers "
+            f"(one per level of channel_mults {channel_mults!r}), got {num_res_blocks!r}"
+        )
     if model_channels % 2:
         raise ValueError(
             f"model_channels must be even (it is also the size of the sinusoidal time embedding), got {model_channels}"
@@ -527,15 +543,20 @@ class MLP2D(nn.Module):
 
 
 # Architectures by name, with their parameter counts (checked in tests/test_nn.py):
-#   digits 1,623,169 (37 GFLOP per forward + backward at batch 64); digits-cond 1,624,577;
+#   digits 1,566,305 (32 GFLOP per forward + backward at batch 64; 37 with two full-resolution
+#   blocks); digits-cond 1,567,713;
 #   mnist 6,469,889; cifar10-ddpm 35,746,307 (exactly Ho et al. 2020's "35.7M": the same layers);
 #   ddpm-default 20,861,955 (the seed documented 20,907,649 for its default U-Net: 0.22% fewer).
 
-# 16×16 digits on a CPU: levels 16, 8, 4; small and quick rather than best (no dropout: it costs
-# ~7% of a CPU step, and short runs on 1,497 images do not need it).
+# 16×16 digits on a CPU: levels 16, 8, 4; small and quick rather than best. One ResBlock at full
+# resolution (two below): a 32-channel block at 16×16 holds 1.4% of the parameters (22,752) but
+# costs as much arithmetic as a 64-channel block at 8×8 with 3.4× its parameters (and runs less
+# efficiently: 32 channels fill the vector units less well), while these digits are 8×8 images
+# upscaled, so the full-resolution level has little to add. No dropout: it costs ~7% of a CPU
+# step, and short runs on 1,497 images do not need it.
 _DIGITS: dict[str, Any] = {
     "image_size": 16, "in_channels": 1, "model_channels": 32, "channel_mults": (1, 2, 2),
-    "num_res_blocks": 2, "attention_resolutions": (8,), "dropout": 0.0, "num_groups": 8,
+    "num_res_blocks": (1, 2, 2), "attention_resolutions": (8,), "dropout": 0.0, "num_groups": 8,
 }  # fmt: skip
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": _DIGITS,

@@ -32,9 +32,9 @@ class Pretrained:
         return WEIGHTS_DIR / f"{self.name}.safetensors"
 
 
-# the step each shipped model was trained to (on 1 thread of a 2-core CPU, about 35-40 minutes each
-# on a loaded machine; the run is deterministic on the CPU, so --max-steps reproduces it)
-TRAINED_STEPS = {"digits": 2243, "digits-cond": 2233}
+# the step each shipped model was trained to (on 1 thread of a 2-core CPU, 16 minutes each with the
+# two runs side by side; the run is deterministic on the CPU, so --max-steps reproduces it)
+TRAINED_STEPS = {"digits": 2500, "digits-cond": 2500}
 
 
 def _command(preset: str) -> str:

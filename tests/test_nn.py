@@ -299,12 +299,53 @@ def test_ddpm_default_preset_is_within_one_percent_of_the_seed_default():
     assert count == 20_861_955
 
 
+def _resblock_count(cin: int, cout: int, emb: int) -> int:
+    """Parameters of a ResBlock (no scale-shift), by hand: GN, 3×3 conv, embedding projection, GN, 3×3 conv, 1×1 skip."""
+    skip = cin * cout + cout if cin != cout else 0
+    return 2 * cin + (9 * cin * cout + cout) + (emb * cout + cout) + 2 * cout + (9 * cout * cout + cout) + skip
+
+
 def test_digits_preset_parameter_count():
-    # regression values: about 1.6M parameters, small enough to train on two CPU cores
-    assert _count(unet_from_preset("digits")) == 1_623_169
-    assert (
-        _count(unet_from_preset("digits-cond")) == 1_623_169 + 11 * 128
-    )  # + (10 + null) × 4·32 embedding
+    # The same levels with two ResBlocks everywhere has 1,623,169 parameters, equal to diffusers'
+    # twin (test_preset_parameter_count_equals_diffusers_twin). The preset keeps one ResBlock at
+    # full resolution: one down block 32 -> 32 and one up block (32 + 32 skip) -> 32 fewer.
+    two_everywhere = _count(unet_from_preset("digits", num_res_blocks=2))
+    assert two_everywhere == _count(_diffusers_twin({**PRESETS["digits"], "num_res_blocks": 2}))
+    expected = two_everywhere - _resblock_count(32, 32, 128) - _resblock_count(64, 32, 128)
+    assert _count(unet_from_preset("digits")) == expected == 1_566_305
+    # + (10 + null) × 4·32 class embedding
+    assert _count(unet_from_preset("digits-cond")) == expected + 11 * 128
+
+
+def test_per_level_res_blocks_with_equal_counts_build_the_int_form():
+    torch.manual_seed(0)
+    as_int = UNet(**{**TINY, "num_res_blocks": 2})
+    torch.manual_seed(0)
+    as_tuple = UNet(**{**TINY, "num_res_blocks": (2, 2)})
+    assert [(k, v.shape) for k, v in as_int.state_dict().items()] == [
+        (k, v.shape) for k, v in as_tuple.state_dict().items()
+    ]
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3, 500])
+    _randomise(as_int), _randomise(as_tuple)
+    torch.testing.assert_close(as_tuple(x, t), as_int(x, t), rtol=0, atol=0)
+
+
+def test_per_level_res_blocks_set_the_blocks_of_each_level():
+    model = UNet(**{**TINY, "num_res_blocks": (1, 3)})
+    # down: level 0 one ResBlock + the strided conv, level 1 three ResBlocks (with attention)
+    kinds = [type(block[0]).__name__ for block in model.down]
+    assert kinds == ["ResBlock", "Downsample", "ResBlock", "ResBlock", "ResBlock"]
+    # up: num_res_blocks + 1 per level, level 1 first: 4 blocks (the last up-samples), then 2
+    assert len(model.up) == 4 + 2
+    assert [type(block[-1]).__name__ for block in model.up] == ["AttentionBlock"] * 3 + ["Upsample"] + ["ResBlock"] * 2
+    x = torch.randn(2, 2, 8, 8)
+    assert model(x, torch.tensor([0, 999])).shape == x.shape
+
+
+@pytest.mark.parametrize("blocks", [(1,), (1, 2, 2), (0, 2), (1, True), 0])
+def test_per_level_res_blocks_need_one_positive_count_per_level(blocks):
+    with pytest.raises(ValueError, match=r"num_res_blocks must be a positive integer or a tuple of 2"):
+        UNet(**{**TINY, "num_res_blocks": blocks})
 
 
 def _expected_tiny_count(
@@ -485,7 +526,7 @@ def test_unet_equals_diffusers_unet2dmodel_with_the_same_weights(name):
         torch.testing.assert_close(model(x, t, y=y), expected, atol=FLOAT64_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["digits", "digits-cond", "mnist", "ddpm-default"])
+@pytest.mark.parametrize("name", ["mnist", "ddpm-default", "cifar10-ddpm"])
 def test_preset_parameter_count_equals_diffusers_twin(name):
     assert _count(unet_from_preset(name)) == _count(_diffusers_twin(PRESETS[name]))
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from ddpm_course.metrics import digits_fd
@@ -63,3 +64,11 @@ def test_sample_cli_writes_a_grid_from_a_shipped_model(tmp_path: Path):
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
     assert out.stat().st_size > 0 and samples.shape == (4, 1, 16, 16)
     assert samples.min() >= 0 and samples.max() <= 1
+    # the PNG shows the saved [0, 1] images as they are: a 2×2 grid with 2-pixel borders, pixel = 255·value
+    from PIL import Image
+
+    grid = torch.from_numpy(np.asarray(Image.open(out), dtype=np.float64)) / 255
+    for i in range(4):
+        row, col = divmod(i, 2)
+        top, left = 2 + row * 18, 2 + col * 18
+        torch.testing.assert_close(grid[top : top + 16, left : left + 16], samples[i, 0].double(), atol=0.5 / 255 + 1e-6, rtol=0)

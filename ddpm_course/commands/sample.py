@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         samples = dpm_solver_sample(model, diffusion, shape, steps=args.steps, spacing=args.spacing or "linspace", **common)
     images = ((samples.float().cpu() + 1) / 2).clamp(0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, args.out)
+    save_image_grid(images, args.out, value_range=(0.0, 1.0))
     print(f"wrote {args.out}")
     if args.save_tensor is not None:
         torch.save(images, args.save_tensor)

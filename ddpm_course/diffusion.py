@@ -304,9 +304,13 @@ class GaussianDiffusion:
         return PMeanVariance(mean, variance, log_variance, pred_x0, pred_eps)
 
     # -------------------------------------------------------------------------- losses
-    def _vb_terms_bpd(self, p: PMeanVariance, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def vb_terms_bpd(self, p: PMeanVariance, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r"""One term of the bound in bits/dim, (N,): :math:`L_{t-1} = KL(q(x_{t-1}|x_t,x_0) \| p_\theta(x_{t-1}|x_t))`
-        for t > 0 and the decoder NLL :math:`L_0 = -\log p_\theta(x_0 \mid x_1)` at t = 0."""
+        for t > 0 and the decoder NLL :math:`L_0 = -\log p_\theta(x_0 \mid x_1)` at t = 0.
+
+        ``p`` is the reverse step of :meth:`p_mean_variance` (only its ``mean`` and ``log_variance``
+        are used); x0, x_t: (N, ...) in [-1, 1]; t: (N,) int64. Each KL and NLL is averaged over the
+        non-batch dimensions and divided by log 2."""
         true_mean, _, true_log_variance = self.q_posterior(x0, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, p.mean, p.log_variance)) / math.log(2.0)
         decoder_nll = -mean_flat(
@@ -356,11 +360,11 @@ class GaussianDiffusion:
             else:
                 frozen = out.detach()
             p = self.p_mean_variance(model, x_t, t, clip_denoised=False, model_out=frozen)
-            terms["vb"] = self._vb_terms_bpd(p, x0, x_t, t)
+            terms["vb"] = self.vb_terms_bpd(p, x0, x_t, t)
             terms["loss"] = terms["mse"] + HYBRID_VLB_WEIGHT * self.num_timesteps * terms["vb"]
             return terms
         p = self.p_mean_variance(model, x_t, t, clip_denoised=False, model_out=out)
-        terms["vb"] = self._vb_terms_bpd(p, x0, x_t, t)
+        terms["vb"] = self.vb_terms_bpd(p, x0, x_t, t)
         terms["loss"] = self.num_timesteps * terms["vb"]
         return terms
 
@@ -396,7 +400,7 @@ class GaussianDiffusion:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
             x_t = self.q_sample(x0, t, noise=noise)
             p = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
-            vb.append(self._vb_terms_bpd(p, x0, x_t, t))
+            vb.append(self.vb_terms_bpd(p, x0, x_t, t))
             x0_mse.append(mean_flat((p.pred_x0 - x0) ** 2))
             mse.append(mean_flat((p.pred_eps - noise) ** 2))
         vb_t = torch.stack(vb[::-1], dim=1)

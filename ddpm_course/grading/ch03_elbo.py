@@ -170,7 +170,7 @@ def reference_vlb_term(x0, x_t, t, betas, model_mean, model_log_variance):
     p = PMeanVariance(
         model_mean, torch.exp(model_log_variance), model_log_variance, pred_x0=nan, pred_eps=nan
     )
-    return GaussianDiffusion(betas)._vb_terms_bpd(p, x0, x_t, t)
+    return GaussianDiffusion(betas).vb_terms_bpd(p, x0, x_t, t)
 
 
 def cases_vlb_term(generator: torch.Generator) -> list[Case]:
@@ -285,7 +285,7 @@ EXERCISES = (
         "log-likelihood of x0 with log_scales = model_log_variance / 2, divided by log 2. Use torch.where on t == 0.",
         output_names=("bits_per_dim",),
         package_functions=(
-            f"{DIFFUSION}.GaussianDiffusion._vb_terms_bpd",
+            f"{DIFFUSION}.GaussianDiffusion.vb_terms_bpd",
             f"{DIFFUSION}.GaussianDiffusion.q_posterior",
             f"{DIFFUSION}.normal_kl",
             f"{DIFFUSION}.discretized_gaussian_log_likelihood",

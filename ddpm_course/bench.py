@@ -8,7 +8,9 @@ same way, the way our trainer runs on the CPU: channels_last memory format and f
 NCHW with ``layout="nchw"``). Measured side by side in one process, interleaved round by round
 (the machine is noisy), so the ratios are what to read:
 
-* training throughput: images/s of forward + backward + AdamW step at batch 64;
+* training throughput: images/s of forward + backward + AdamW step at batch 64; the ratio to ours
+  is the median over rounds of the ratio within a round (the two are timed back to back, so a
+  slow spell of the machine hits both), with its range over the rounds;
 * sampling: milliseconds per network evaluation (no grad) at batch 64;
 * optionally quality at an equal wall-clock budget: each network trained on the 16×16 digits by
   :class:`~ddpm_course.train.Trainer` with the ``digits`` recipe (lr 1e-3 after 200 warm-up steps,
@@ -110,14 +112,19 @@ def _match_width(build: Callable[[int], nn.Module], target: int, widths: list[in
     return build(best)
 
 
-def build_contenders(image_size: int, channels: int = 1, seed: int = 0) -> dict[str, nn.Module | str]:
+def build_contenders(image_size: int, channels: int = 1, seed: int = 0, ablation: bool = False) -> dict[str, nn.Module | str]:
     """Our U-Net and each available peer at a matched parameter count, initialised from ``seed``;
-    a peer that is missing (or cannot be matched within 10%) maps to the reason."""
+    a peer that is missing (or cannot be matched within 10%) maps to the reason. With ``ablation``,
+    also ``ours-2-per-level``: our U-Net with two ResBlocks at every level, the architecture of the
+    diffusers peer, which separates our implementation from our choice of blocks."""
     config = our_config(image_size, channels)
     torch.manual_seed(seed)
     ours = _ours(config)
     target = count_parameters(ours)
     contenders: dict[str, nn.Module | str] = {"ours": ours}
+    if ablation:
+        torch.manual_seed(seed)
+        contenders["ours-2-per-level"] = _ours({**config, "num_res_blocks": 2})
     search = {
         "diffusers": (_diffusers, list(range(8, 129, 8))),
         "lucidrains": (_lucidrains, [head * 1000 + dim for head in (32, 64) for dim in range(8, 129, 8)]),
@@ -188,10 +195,11 @@ def run_bench(
     quality_seconds: float = 0.0,
     quality_seeds=(0,),
     layout: str = "channels_last",
+    ablation: bool = False,
 ) -> list[BenchResult]:
     """Interleaved rounds: in each round every contender does ``steps`` training steps and ``steps``
     forward passes. With ``quality_seconds`` > 0, the equal-wall-clock quality run (16×16 digits,
-    one grey channel) for each seed of ``quality_seeds``."""
+    one grey channel) for each seed of ``quality_seeds``. ``ablation``: see :func:`build_contenders`."""
     from tqdm.auto import tqdm
 
     check_choice("layout", layout, LAYOUTS)
@@ -201,7 +209,7 @@ def run_bench(
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     results: list[BenchResult] = []
     for size in image_sizes:
-        contenders = build_contenders(size, channels)
+        contenders = build_contenders(size, channels, ablation=ablation)
         models = {name: m.to(memory_format=memory_format) for name, m in contenders.items() if isinstance(m, nn.Module)}
         for name, reason in contenders.items():
             if isinstance(reason, str):
@@ -220,7 +228,7 @@ def run_bench(
         if quality_seconds > 0 and size == 16 and channels == 1:
             for seed in quality_seeds:
                 for name in models:
-                    fd, trained_steps = _quality(name, quality_seconds, seed, layout)
+                    fd, trained_steps = _quality(name, quality_seconds, seed, layout, ablation)
                     size_results[name].fd.append(fd)
                     size_results[name].quality_steps.append(trained_steps)
                     print(f"quality seed {seed}: {name} FD {fd:.1f} after {trained_steps} steps")
@@ -228,14 +236,14 @@ def run_bench(
     return results
 
 
-def _quality(name: str, seconds: float, seed: int, layout: str) -> tuple[float, int]:
+def _quality(name: str, seconds: float, seed: int, layout: str, ablation: bool = False) -> tuple[float, int]:
     """Train a fresh ``name`` on the 16×16 digits for ``seconds`` with the ``digits`` recipe; (FD of
     400 DDIM-50 samples of its EMA weights, optimiser steps taken)."""
     from .metrics import digits_fd
     from .samplers import ddim_sample
     from .train import TrainConfig, Trainer
 
-    model = build_contenders(16, 1, seed=seed)[name]
+    model = build_contenders(16, 1, seed=seed, ablation=ablation)[name]
     with tempfile.TemporaryDirectory() as out_dir:
         config = TrainConfig.from_preset(
             "digits", max_steps=None, max_seconds=seconds, seed=seed, out_dir=out_dir, sample_every=0,
@@ -253,6 +261,10 @@ def write_results(results: list[BenchResult], out_dir: Path, layout: str = "chan
     """Write ``bench.json`` and ``bench.md`` (a table with ratios to ours) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in results]
+    for row in rows:  # ours ÷ this, paired within each round
+        ours = next(r for r in rows if r["image_size"] == row["image_size"] and r["name"] == "ours")
+        ratios = [a / b for a, b in zip(ours["train_images_per_s_rounds"], row["train_images_per_s_rounds"])]
+        row["ratio_median"], row["ratio_min"], row["ratio_max"] = statistics.median(ratios), min(ratios), max(ratios)
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -268,17 +280,16 @@ def write_results(results: list[BenchResult], out_dir: Path, layout: str = "chan
         f"Benchmark (batch {BATCH}, torch {meta['torch']}, {meta['threads']} threads, CPU, {layout}, fused AdamW; "
         "medians of interleaved rounds; FD: 400 DDIM-50 samples after equal training seconds, one per seed)",
         "",
-        "| size | network | parameters | train images/s | ours ÷ this | sample ms/NFE | FD (digits) per seed | steps trained |",
+        "| size | network | parameters | train images/s | ours ÷ this (range over rounds) | sample ms/NFE | FD (digits) per seed | steps trained |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ours = next(r for r in rows if r["image_size"] == row["image_size"] and r["name"] == "ours")
-        ratio = ours["train_images_per_s"] / row["train_images_per_s"]
+        ratio = f"{row['ratio_median']:.2f}× ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
         fd = ", ".join(f"{v:.1f}" for v in row["fd"]) or "—"
         trained = ", ".join(str(v) for v in row["quality_steps"]) or "—"
         lines.append(
             f"| {row['image_size']} | {row['name']} | {row['parameters']:,} | {row['train_images_per_s']:.1f} | "
-            f"{ratio:.2f}× | {row['sample_ms_per_nfe']:.1f} | {fd} | {trained} |"
+            f"{ratio} | {row['sample_ms_per_nfe']:.1f} | {fd} | {trained} |"
         )
     markdown_path = out_dir / "bench.md"
     markdown_path.write_text("\n".join(lines) + "\n")

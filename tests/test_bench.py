@@ -63,13 +63,31 @@ def test_bench_table_reports_the_measured_ratios(tmp_path, monkeypatch):
     ours = next(r for r in rows if r["name"] == "ours")
     table = markdown_path.read_text()
     for row in rows:
-        ratio = ours["train_images_per_s"] / row["train_images_per_s"]
+        # one round: the paired ratio is the ratio of the two throughputs
+        ratio = ours["train_images_per_s_rounds"][0] / row["train_images_per_s_rounds"][0]
         assert f"| {row['name']} | {row['parameters']:,} |" in table
-        assert f"{ratio:.2f}×" in table
+        assert f"{ratio:.2f}× ({ratio:.2f}–{ratio:.2f})" in table
         assert row["train_images_per_s"] > 0 and row["sample_ms_per_nfe"] > 0
+
+
+def test_ratio_is_the_median_of_ratios_paired_within_rounds(tmp_path):
+    # ours is twice as fast in every round although both slow down together: the paired ratio is 2
+    ours = bench.BenchResult(16, "ours", 10, [200.0, 100.0, 50.0], [1.0] * 3)
+    peer = bench.BenchResult(16, "peer", 10, [100.0, 50.0, 25.0], [1.0] * 3)
+    _, markdown_path = bench.write_results([ours, peer], tmp_path)
+    assert "| 16 | peer | 10 | 50.0 | 2.00× (2.00–2.00) |" in markdown_path.read_text()
 
 
 @pytest.mark.parametrize("kwargs, message", [({"layout": "nhwc"}, "layout"), ({"rounds": 0}, "rounds")])
 def test_bench_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         bench.run_bench((16,), **kwargs)
+
+
+def test_ablation_adds_our_unet_with_the_peers_blocks_per_level():
+    contenders = bench.build_contenders(16, ablation=True)
+    uniform = contenders["ours-2-per-level"]
+    assert uniform.config["num_res_blocks"] == 2
+    # the same architecture as the diffusers peer: the same parameter count
+    assert bench.count_parameters(uniform) == bench.count_parameters(contenders["diffusers"])
+    assert "ours-2-per-level" not in bench.build_contenders(16)

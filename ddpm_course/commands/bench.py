@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also train each network on the digits for this many seconds and report digits FD (default 0: skip)")
     parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0],
                         help="one quality run per network for each of these seeds (default 0)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also time our U-Net with two ResBlocks per level (the peer's layout)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench.json and bench.md")
 
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_bench(
         tuple(args.sizes), rounds=args.rounds, steps=args.steps, quality_seconds=args.quality_seconds,
-        quality_seeds=tuple(args.quality_seeds), layout=args.layout,
+        quality_seeds=tuple(args.quality_seeds), layout=args.layout, ablation=args.ablation,
     )  # fmt: skip
     json_path, markdown_path = write_results(results, args.out, layout=args.layout)
     print(markdown_path.read_text())

@@ -743,6 +743,7 @@ class Trainer:
                    for name in RESUME_INVARIANTS if saved.get(name) != getattr(self.config, name)]  # fmt: skip
         if changed:
             raise ValueError(f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were")
+        self._check_architecture(path, state.get("model_config"))
         try:
             self.model.load_state_dict(state["model"])
             self.ema_model.load_state_dict(state["ema"])
@@ -763,6 +764,27 @@ class Trainer:
             self.generator.manual_seed(_rank_seed(self.config.seed + self.step, self.rank))
         self.last_checkpoint = path
         self._last_sample_step = None
+
+
+    def _check_architecture(self, path: Path, saved: Any) -> None:
+        """Refuse a checkpoint written by a model of another configuration (e.g. a preset that changed
+        since), naming the differences and the ``model_overrides`` that rebuild the saved model."""
+        current = getattr(self.model, "config", None)
+        if not isinstance(saved, dict) or not isinstance(current, dict):
+            return
+        def plain(value: Any) -> Any:  # tuples and lists alike, as in JSON
+            return json.loads(json.dumps(value))
+
+        differ = sorted(key for key in saved.keys() | current.keys() if plain(saved.get(key)) != plain(current.get(key)))
+        if differ:
+            was = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
+            now = ", ".join(f"{key}={current.get(key)!r}" for key in differ)
+            overrides = json.dumps({key: plain(saved.get(key)) for key in differ if key in saved})
+            raise CheckpointError(
+                f"the checkpoint {path} was written by a model with {was}, but this run builds {now} (did the preset "
+                f"change?); resume with the checkpoint's architecture: --set model_overrides='{overrides}' "
+                f"(TrainConfig.model_overrides)"
+            )
 
 
 def _seed_everything(seed: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,20 @@ def test_resume_refuses_a_changed_batch_size(tmp_path):
     Trainer(tiny_config(tmp_path, max_steps=2), dataset=data).train()
     with pytest.raises(ValueError, match="batch_size: 8 -> 4"):
         Trainer(tiny_config(tmp_path, max_steps=4, batch_size=4), dataset=data).train(resume=True)
+
+
+def test_resume_with_another_architecture_names_it_and_the_overrides_that_fit(tmp_path):
+    data = tiny_data()
+    Trainer(tiny_config(tmp_path, max_steps=2), dataset=data).train()
+    changed = tiny_config(tmp_path, max_steps=3, model_overrides={**TINY_UNET, "num_res_blocks": 2})
+    with pytest.raises(CheckpointError, match=r"num_res_blocks=1, but this run builds num_res_blocks=2") as error:
+        Trainer(changed, dataset=data).train(resume=True)
+    suggested = re.search(r"model_overrides='(.*?)'", str(error.value)).group(1)
+    assert json.loads(suggested) == {"num_res_blocks": 1}
+    # the suggested overrides on top of the changed ones rebuild the saved model, and the run goes on
+    fixed = tiny_config(tmp_path, max_steps=3, model_overrides={**changed.model_overrides, **json.loads(suggested)})
+    Trainer(fixed, dataset=data).train(resume=True)
+    assert read_log(tmp_path)[-1]["step"] == 3
 
 
 def test_a_new_run_refuses_a_folder_with_checkpoints_and_resume_needs_one(tmp_path):

@@ -2,8 +2,9 @@
 
 Each network is wrapped as ``model(x, t) -> eps`` and sized to within 10% of our U-Net's parameter
 count; diffusers' model is built like ours (the same channel multipliers, GroupNorm groups,
-attention at the same resolutions with one head, the same time embedding) with its fixed two
-ResBlocks per level, lucidrains' is its own design with multipliers (1, 2, 2). All of them run the
+attention at the same resolutions with one head, a sinusoidal time embedding of the same size in
+diffusers' default sin/cos order) with its fixed two ResBlocks per level; lucidrains' is its own
+design with multipliers (1, 2, 2). All of them run the
 same way, the way our trainer runs on the CPU: channels_last memory format and fused AdamW (or
 NCHW with ``layout="nchw"``). Measured side by side in one process, interleaved round by round
 (the machine is noisy), so the ratios are what to read:
@@ -17,9 +18,10 @@ NCHW with ``layout="nchw"``). Measured side by side in one process, interleaved 
   gradient clipping, EMA) for the same number of seconds, then ``digits_fd`` of 400 DDIM-50
   samples of its EMA weights, for each seed.
 
-Where our speed comes from: the ``digits`` U-Net has one ResBlock at full resolution (two at the
-lower ones), where a block costs the most arithmetic per parameter; the peers at the same parameter
-count put more of their computation at full resolution. Equal layout and optimiser for everyone.
+Where our speed comes from (``ablation=True`` measures the split): partly the implementation (our
+U-Net with diffusers' two blocks per level is about 1.1× diffusers' model), partly the ``digits``
+preset's single ResBlock at full resolution, where a block costs the most arithmetic per parameter
+(about 1.1× again). Equal layout and optimiser for everyone.
 
 Peers come from the optional ``[bench]`` extra; a missing peer is reported, not fatal.
 """

@@ -162,6 +162,14 @@ class Exercise:
         output_names: the names of the returned tensors (one name: a tensor; more: a tuple).
         package_functions: dotted names of the package functions that compute the answer (the
             grader flags a submission that calls them).
+        driver: the name of a function in :mod:`~ddpm_course.grading.drivers` that calls the
+            student's function (``DRIVERS[driver](student_fn, *case.args)`` -> the outputs), for an
+            exercise graded by what a procedure built from it produces (e.g. a few training
+            steps); None: the outputs are ``student_fn(*case.args)``. It runs where the student's
+            code runs (in the sandbox, and in ``check()``).
+        judge: ``judge(case, outputs) -> CaseResult``, run in the grader's process (and in
+            ``check()``) instead of comparing with the reference's outputs; ``reference`` is then
+            the package's answer that the judge must accept (tests show it does).
     """
 
     name: str
@@ -173,10 +181,36 @@ class Exercise:
     hint: str
     output_names: tuple[str, ...] = ("output",)
     package_functions: tuple[str, ...] = field(default=())
+    driver: str | None = None
+    judge: Callable[[Case, tuple[torch.Tensor, ...]], CaseResult] | None = None
 
     @property
     def n_outputs(self) -> int:
         return len(self.output_names)
+
+    def call(self, fn: Callable[..., Any], args: tuple) -> tuple[torch.Tensor, ...]:
+        """The outputs of the student's ``fn`` on ``args`` (through the driver, if any), as a tuple
+        of ``n_outputs`` tensors; :class:`OutputError` when it returns something else."""
+        from .drivers import call_with_driver
+
+        return as_outputs(call_with_driver(self.driver, fn, clone_args(args)), self.n_outputs)
+
+    def grade_case(
+        self,
+        case: Case,
+        actual: tuple[torch.Tensor, ...],
+        expected: tuple[torch.Tensor, ...] | None = None,
+    ) -> CaseResult:
+        """Judge one case: with ``judge`` when it is set, else :meth:`compare` with ``expected``
+        (computed from the reference when not given)."""
+        if self.judge is not None:
+            result = self.judge(case, tuple(actual))
+            if not isinstance(result, CaseResult):
+                raise TypeError(f"the judge of {self.name} returned {type(result).__name__}")
+            return result
+        if expected is None:
+            expected = self.expected(case)
+        return self.compare(expected, tuple(actual), case.scale)
 
     def cases(self, seed: int) -> list[Case]:
         """The test cases drawn with a generator seeded with ``seed`` (the same seed, the same cases)."""
@@ -219,12 +253,16 @@ class Exercise:
             difference = torch.where(same_special, 0.0, difference.nan_to_num(nan=math.inf))
             largest = difference.max().item() if difference.numel() else 0.0
             if not bool(close.all()):
-                index = tuple(torch.nonzero(~close)[0].tolist())
+                # the failing element with the largest error (a NaN counts as an infinite error)
+                failing = torch.where(close, -1.0, difference)
+                flat = int(torch.argmax(failing.reshape(-1)).item())
+                index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), want64.shape))
                 where = f" at index {index}" if index else ""
                 return CaseResult(
                     False,
-                    f"{label}largest error {largest:.2e}{where}: expected {want64[index].item():.6g}, "
-                    f"got {got64[index].item():.6g} (allowed error there: {allowed[index].item():.1e})",
+                    f"{label}largest error {difference[index].item():.2e}{where}: "
+                    f"expected {want64[index].item():.6g}, got {got64[index].item():.6g} "
+                    f"(allowed error there: {allowed[index].item():.1e})",
                 )
             errors.append(largest)
         return CaseResult(True, f"largest error {max(errors):.1e}")

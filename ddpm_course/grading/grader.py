@@ -277,7 +277,7 @@ def _grade_exercise(
         elif any(tensor is None for tensor in got):
             message = "no output"
         else:
-            result = exercise.compare(want, tuple(got), case.scale)
+            result = exercise.grade_case(case, tuple(got), want)
             grade.passed += result.passed
             if result.passed:
                 continue
@@ -317,8 +317,11 @@ def _grade_one(
         exercise.name: exercise.cases(_case_seed(seed, student, exercise.name))
         for exercise in exercises
     }
-    expected = {
-        exercise.name: [exercise.expected(case) for case in cases[exercise.name]]
+    expected = {  # an exercise with a judge is not compared with the reference's outputs
+        exercise.name: [
+            None if exercise.judge is not None else exercise.expected(case)
+            for case in cases[exercise.name]
+        ]
         for exercise in exercises
     }
     (job / "cells.json").write_text(json.dumps(sources))

@@ -298,9 +298,7 @@ def _evaluate(
                 error_text = None
                 tripwires.window = name
                 try:
-                    outputs = as_outputs(
-                        function(*clone_args(decode_args(encoded))), exercise.n_outputs
-                    )
+                    outputs = exercise.call(function, decode_args(encoded))
                     tripwires.window = None
                     for position, tensor in enumerate(outputs):
                         tensors[f"{number}.{position}"] = _saveable(tensor)

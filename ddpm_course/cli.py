@@ -1,4 +1,4 @@
-"""The ``ddpm-course`` command: ``train``, ``sample``, ``grade``, ``assign`` and ``bench``.
+"""The ``ddpm-course`` command: ``train``, ``sample``, ``grade``, ``assign``, ``bench`` and ``ablate``.
 
 Each subcommand lives beside the module that does the work (``add_arguments`` + ``run`` in
 ``ddpm_course/commands/``); this file only wires them together, and imports each lazily so that
@@ -18,6 +18,8 @@ COMMANDS = {
     "grade": ("grade", "grade a folder of submitted exercise notebooks into a CSV"),
     "assign": ("assign", "write student exercise notebooks from solution notebooks"),
     "bench": ("bench", "benchmark training throughput and sampling speed against peers"),
+    "nfe-sweep": ("nfe", "FD and wall time against the number of network evaluations per sampler"),
+    "ablate": ("ablate", "schedules, objectives and min-SNR weighting at an equal step budget (digits)"),
 }
 
 

@@ -34,8 +34,6 @@ __all__ = [
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "mean_flat",
-    "UniformSampler",
-    "LossSecondMomentResampler",
 ]
 
 OBJECTIVES = ("eps", "x0", "v")
@@ -138,6 +136,12 @@ class GaussianDiffusion:
         if timestep_map.shape != (T,):
             raise ValueError(f"timestep_map must have shape ({T},), got {tuple(timestep_map.shape)}")
         self.timestep_map = timestep_map
+        # (T,) float64 tables of the eps / x0 / v conversions, computed once (as improved-diffusion)
+        alphas_cumprod = self.schedule.alphas_cumprod
+        self.sqrt_alphas_cumprod = alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).sqrt()
+        self.sqrt_recip_alphas_cumprod = alphas_cumprod.rsqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / alphas_cumprod - 1.0).sqrt()
 
     def __repr__(self) -> str:
         return (
@@ -165,7 +169,7 @@ class GaussianDiffusion:
         r"""Mean, variance and log-variance of :math:`q(x_t \mid x_0)` (Eq. (4) of Ho et al. 2020)."""
         t = self._t(t, x0)
         s = self.schedule
-        mean = extract(s.alphas_cumprod.sqrt(), t, x0) * x0
+        mean = extract(self.sqrt_alphas_cumprod, t, x0) * x0
         variance = extract(1.0 - s.alphas_cumprod, t, x0)
         log_variance = extract(torch.log1p(-s.alphas_cumprod), t, x0)
         return mean, variance, log_variance
@@ -186,8 +190,10 @@ class GaussianDiffusion:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}")
-        s = self.schedule
-        return extract(s.alphas_cumprod.sqrt(), t, x0) * x0 + extract((1.0 - s.alphas_cumprod).sqrt(), t, x0) * noise
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0) * x0
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
 
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -211,32 +217,41 @@ class GaussianDiffusion:
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         r""":math:`x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}` (Eq. (4) solved for x0)."""
         t = self._t(t, x_t)
-        s = self.schedule
-        return extract((1.0 / s.alphas_cumprod).sqrt(), t, x_t) * x_t - extract((1.0 / s.alphas_cumprod - 1).sqrt(), t, x_t) * eps
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         r""":math:`\epsilon = (x_t - \sqrt{\bar\alpha_t}\,x_0)/\sqrt{1-\bar\alpha_t}`."""
         t = self._t(t, x_t)
-        s = self.schedule
-        return (extract((1.0 / s.alphas_cumprod).sqrt(), t, x_t) * x_t - x0) / extract((1.0 / s.alphas_cumprod - 1).sqrt(), t, x_t)
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
 
     def predict_v(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         r""":math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0` (Salimans & Ho 2022, Sec. 4)."""
         t = self._t(t, x0)
-        s = self.schedule
-        return extract(s.alphas_cumprod.sqrt(), t, x0) * eps - extract((1.0 - s.alphas_cumprod).sqrt(), t, x0) * x0
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0) * eps
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        )
 
     def predict_x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         r""":math:`x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,v`."""
         t = self._t(t, x_t)
-        s = self.schedule
-        return extract(s.alphas_cumprod.sqrt(), t, x_t) * x_t - extract((1.0 - s.alphas_cumprod).sqrt(), t, x_t) * v
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        )
 
     def predict_eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         r""":math:`\epsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,v`."""
         t = self._t(t, x_t)
-        s = self.schedule
-        return extract((1.0 - s.alphas_cumprod).sqrt(), t, x_t) * x_t + extract(s.alphas_cumprod.sqrt(), t, x_t) * v
+        return (
+            extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+            + extract(self.sqrt_alphas_cumprod, t, x_t) * v
+        )
 
     # ------------------------------------------------------------ reverse process p_theta
     def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
@@ -327,17 +342,29 @@ class GaussianDiffusion:
         model_kwargs: dict[str, Any] | None = None,
         loss_type: str = "simple",
         generator: torch.Generator | None = None,
+        min_snr_gamma: float | None = None,
     ) -> dict[str, torch.Tensor]:
         r"""Per-example training losses at timesteps ``t`` (uniform when None): a dict of (N,) tensors.
 
         * ``"simple"``: ``loss = mse``, the mean squared error between the network output and its
-          target (ε, x0 or v): :math:`L_\text{simple}`, Eq. (14) of Ho et al. 2020.
+          target (ε, x0 or v): :math:`L_\text{simple}`, Eq. (14) of Ho et al. 2020. With
+          ``min_snr_gamma`` γ, ``loss = w_t · mse`` with the min-SNR-γ weight of Hang et al. 2023,
+          :math:`w_t = \min(\text{SNR}_t, \gamma)` divided by :math:`\text{SNR}_t` (ε),
+          1 (x0) or :math:`\text{SNR}_t + 1` (v): in each case :math:`\min(\text{SNR}_t, \gamma)`
+          times the x0-error.
         * ``"hybrid"``: ``loss = mse + 0.001 · T · vb`` where ``vb`` is :math:`L_{t-1}` in bits/dim
           computed with the mean detached, so that it trains only the learned variance
           (:math:`L_\text{hybrid}`, Sec. 3.1 of Nichol & Dhariwal 2021; T·vb estimates :math:`\sum_t L_t`).
         * ``"vlb"``: ``loss = T · vb``, an unbiased estimate of :math:`\sum_t L_t` (bits/dim).
         """
         check_choice("loss_type", loss_type, LOSS_TYPES)
+        if loss_type != "simple" and self.var_type != "learned_range":
+            raise ValueError(
+                f"loss_type {loss_type!r} trains the reverse variance, but var_type {self.var_type!r} fixes it "
+                "(the bound's mean term would only rescale L_simple); use var_type='learned_range' or loss_type='simple'"
+            )
+        if min_snr_gamma is not None and (loss_type != "simple" or not min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be positive and needs loss_type 'simple', got {min_snr_gamma!r}")
         if x0.ndim < 2:
             raise ValueError(f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}")
         if t is None:
@@ -353,12 +380,13 @@ class GaussianDiffusion:
         terms = {"mse": mean_flat((target - mean_out) ** 2)}
         if loss_type == "simple":
             terms["loss"] = terms["mse"]
+            if min_snr_gamma is not None:
+                snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).to(t.device)[t]  # (N,) float64
+                divisor = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.objective]
+                terms["loss"] = terms["mse"] * (snr.clamp(max=min_snr_gamma) / divisor).to(terms["mse"].dtype)
             return terms
         if loss_type == "hybrid":
-            if self.var_type == "learned_range":
-                frozen = torch.cat([mean_out.detach(), out.chunk(2, dim=1)[1]], dim=1)
-            else:
-                frozen = out.detach()
+            frozen = torch.cat([mean_out.detach(), out.chunk(2, dim=1)[1]], dim=1)
             p = self.p_mean_variance(model, x_t, t, clip_denoised=False, model_out=frozen)
             terms["vb"] = self.vb_terms_bpd(p, x0, x_t, t)
             terms["loss"] = terms["mse"] + HYBRID_VLB_WEIGHT * self.num_timesteps * terms["vb"]
@@ -412,62 +440,3 @@ class GaussianDiffusion:
             "x0_mse": torch.stack(x0_mse[::-1], dim=1),
             "mse": torch.stack(mse[::-1], dim=1),
         }
-
-
-# ---------------------------------------------------------------------- timestep samplers
-class UniformSampler:
-    """Draw t uniformly from {0, ..., T-1}; every weight is 1."""
-
-    def __init__(self, num_timesteps: int) -> None:
-        if not isinstance(num_timesteps, int) or num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
-        self.num_timesteps = num_timesteps
-
-    def probabilities(self) -> np.ndarray:
-        return np.full(self.num_timesteps, 1.0 / self.num_timesteps)
-
-    def sample(self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, weights), both (batch_size,): t ~ p, weights 1/(T p_t) so that the weighted loss stays unbiased."""
-        p = torch.as_tensor(self.probabilities(), dtype=torch.float64)
-        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
-        weights = 1.0 / (self.num_timesteps * p[t])
-        return t.to(device), weights.float().to(device)
-
-    def update_with_all_losses(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Uniform sampling ignores the losses."""
-
-
-class LossSecondMomentResampler(UniformSampler):
-    r"""Importance sampling of t with :math:`p_t \propto \sqrt{E[L_t^2]}` (Sec. 3.3 of Nichol & Dhariwal 2021).
-
-    Uniform until every t has ``history_per_term`` losses recorded; then the second moment of the
-    last ``history_per_term`` losses per t, mixed with ``uniform_prob`` of the uniform law.
-    """
-
-    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
-        super().__init__(num_timesteps)
-        self.history_per_term = history_per_term
-        self.uniform_prob = uniform_prob
-        self._history = np.zeros((num_timesteps, history_per_term))
-        self._counts = np.zeros(num_timesteps, dtype=np.int64)
-
-    def warmed_up(self) -> bool:
-        return bool((self._counts == self.history_per_term).all())
-
-    def probabilities(self) -> np.ndarray:
-        if not self.warmed_up():
-            return super().probabilities()
-        weights = np.sqrt(np.mean(self._history**2, axis=-1))
-        weights = weights / weights.sum()
-        return weights * (1 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
-
-    def update_with_all_losses(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the per-example losses (N,) observed at timesteps t (N,)."""
-        t = check_timesteps(t, self.num_timesteps, batch_size=losses.shape[0])
-        for step, loss in zip(t.tolist(), losses.detach().float().tolist()):
-            if self._counts[step] == self.history_per_term:
-                self._history[step, :-1] = self._history[step, 1:]
-                self._history[step, -1] = loss
-            else:
-                self._history[step, self._counts[step]] = loss
-                self._counts[step] += 1

@@ -54,7 +54,7 @@ PRETRAINED = {
 
 def load_pretrained(name: str, device: torch.device | str | None = None) -> tuple[nn.Module, GaussianDiffusion, "TrainConfig"]:  # noqa: F821
     """A shipped model by name: ``(EMA model in eval mode, diffusion, training config)``."""
-    from .train import load_model
+    from .loading import load_model
 
     check_choice("pretrained model", name, PRETRAINED)
     entry = PRETRAINED[name]
@@ -65,7 +65,7 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> tupl
 
 def load_any(spec: str | Path, device: torch.device | str | None = None):
     """A shipped model name (see :data:`PRETRAINED`), else a run folder / checkpoint / weights path."""
-    from .train import load_model
+    from .loading import load_model
 
     if isinstance(spec, str) and spec in PRETRAINED:
         return load_pretrained(spec, device=device)

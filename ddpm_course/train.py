@@ -8,7 +8,7 @@ loop it does what a real run needs:
 
 * AdamW (the fused kernel, on CUDA and the CPU) with a linear warm-up of the learning rate
   (:func:`warmup_lr`), gradient clipping and gradient accumulation; the EMA with its warm-up
-  (:func:`ema_decay_at`);
+  (:mod:`ddpm_course.ema`);
 * the channels_last memory format (convolutions in NHWC: about 1.15× faster on the CPU too);
 * CUDA when available (bf16 autocast, or fp16 with a GradScaler; optional ``torch.compile``),
   else the CPU in fp32; DDP when started by ``torchrun`` (the same command on
@@ -20,7 +20,8 @@ loop it does what a real run needs:
 
 A run folder holds ``config.json``, ``log.jsonl``, ``checkpoints/step_XXXXXXX.pt`` (the last K),
 ``samples/step_XXXXXXX.png`` and, at the end, ``model.safetensors`` + ``model.json`` (EMA weights
-and the model's configuration) for :func:`load_model`.
+and the model's configuration) for :func:`ddpm_course.loading.load_model`. The run's settings are
+a :class:`~ddpm_course.config.TrainConfig` (:mod:`ddpm_course.config`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,181 +51,33 @@ from .checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
-    load_weights,
     prune_checkpoints,
     save_checkpoint,
     save_weights,
 )
-from .diffusion import LOSS_TYPES, OBJECTIVES, VAR_TYPES, GaussianDiffusion
-from .profiles import default_device
+from .config import NATIVE_IMAGE_SIZE, RESUME_INVARIANTS, TRAIN_PRESETS, TrainConfig, build_diffusion, build_model
+from .ema import ema_decay_at, ema_update
+from .loading import load_model
 from .samplers import ddim_sample
-from .schedules import get_betas
-from .utils import check_choice
 from .viz import save_image_grid
 
 __all__ = [
-    "TrainConfig",
-    "TRAIN_PRESETS",
     "Trainer",
     "NonFiniteLossError",
-    "load_model",
-    "build_model",
-    "build_diffusion",
     "load_dataset",
     "warmup_lr",
+    "ResumableSampler",
+    # defined in config, ema and loading; importable from here too
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "build_model",
+    "build_diffusion",
     "ema_decay_at",
     "ema_update",
-    "ResumableSampler",
-    "DATASETS",
-    "PRECISIONS",
+    "load_model",
 ]
 
 logger = logging.getLogger(__name__)
-
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-NATIVE_IMAGE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
-TRAIN_SCHEDULES = ("linear", "cosine")
-PRECISIONS = ("bf16", "fp16", "fp32")
-# Settings that a resumed run must share with its checkpoint (anything else, e.g. lr or max_steps, may change).
-RESUME_INVARIANTS = ("preset", "dataset", "image_size", "channels", "class_conditional", "num_classes", "schedule",
-                     "timesteps", "objective", "var_type", "batch_size", "grad_accum", "seed")  # fmt: skip
-
-
-def _option(default: Any, help: str) -> Any:
-    """A config field with its one-line help in ``metadata["help"]``."""
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; JSON-serialisable (:meth:`to_dict`, :meth:`from_dict`).
-
-    Start from a preset, ``TrainConfig.from_preset("digits", max_steps=2000)``, or from
-    :meth:`quick` for a short CPU run. Each field says what it does in ``metadata["help"]``.
-    """
-
-    preset: str = _option("digits", "U-Net preset of ddpm_course.nn (also names the training preset)")
-    model_overrides: dict = _option({}, "U-Net constructor arguments that replace the preset's")
-    dataset: str = _option("digits", "training images: " + ", ".join(DATASETS))
-    data_dir: str = _option("data", "folder of the torchvision data sets (downloaded there if missing)")
-    image_size: int = _option(16, "height and width of the training images")
-    channels: int = _option(1, "image channels (1 grey, 3 colour)")
-    random_flip: bool = _option(False, "flip torchvision images horizontally at random (CIFAR-10 augmentation)")
-    class_conditional: bool = _option(False, "condition the model on the class label")
-    num_classes: int = _option(10, "number of classes of a class-conditional model")
-    p_uncond: float = _option(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
-    schedule: str = _option("linear", "beta schedule: linear or cosine")
-    timesteps: int = _option(1000, "number of diffusion steps T")
-    objective: str = _option("eps", "what the network predicts: eps, x0 or v")
-    var_type: str = _option("fixed_small", "reverse variance: fixed_small, fixed_large or learned_range")
-    loss_type: str = _option("simple", "loss: simple, hybrid or vlb")
-    batch_size: int = _option(128, "global batch size (over all processes and accumulation steps)")
-    lr: float = _option(2e-4, "peak learning rate of AdamW, reached after the warm-up")
-    weight_decay: float = _option(0.0, "AdamW weight decay")
-    warmup_steps: int = _option(0, "steps of linear learning-rate warm-up")
-    grad_clip: float = _option(1.0, "clip the global gradient norm to this (0: no clipping)")
-    grad_accum: int = _option(1, "micro-batches accumulated per optimiser step")
-    ema_decay: float = _option(0.9999, "EMA decay of the sampling weights")
-    ema_warmup: bool = _option(True, "use min(ema_decay, (1 + t) / (10 + t)) at update t")
-    max_steps: int | None = _option(10_000, "stop after this many optimiser steps (None: no limit)")
-    max_seconds: float | None = _option(None, "stop after this many seconds of training in this invocation")
-    seed: int = _option(0, "random seed (model initialisation, data order, noise)")
-    precision: str = _option("bf16", "CUDA precision: bf16 autocast, fp16 with GradScaler, or fp32 (the CPU is always fp32)")
-    channels_last: bool = _option(True, "channels_last memory format (faster convolutions on CUDA and on the CPU)")
-    compile: bool = _option(False, "torch.compile the model on CUDA")
-    log_every: int = _option(50, "write a log line every this many steps")
-    sample_every: int = _option(1000, "save a sample grid every this many steps (0: only at the end)")
-    sample_steps: int = _option(25, "DDIM steps of the sample grids")
-    num_samples: int = _option(64, "images in a sample grid")
-    checkpoint_every: int = _option(1000, "save a checkpoint every this many steps (0: only at the end)")
-    keep_checkpoints: int = _option(3, "keep the last K checkpoints")
-    num_workers: int = _option(0, "DataLoader worker processes")
-    out_dir: str = _option("runs/digits", "the run folder")
-
-    def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("schedule", self.schedule, TRAIN_SCHEDULES)
-        check_choice("objective", self.objective, OBJECTIVES)
-        check_choice("var_type", self.var_type, VAR_TYPES)
-        check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        check_choice("precision", self.precision, PRECISIONS)
-        for name in ("image_size", "channels", "num_classes", "timesteps", "batch_size", "grad_accum", "log_every",
-                     "sample_steps", "num_samples", "keep_checkpoints"):  # fmt: skip
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "sample_every", "checkpoint_every", "num_workers", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
-        if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, minimum=1)
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
-        if self.max_steps is None and self.max_seconds is None:
-            raise ValueError("set max_steps or max_seconds (or both); with neither the run would never stop")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
-        if self.sample_steps > self.timesteps:
-            raise ValueError(f"sample_steps {self.sample_steps} exceeds the {self.timesteps} timesteps")
-        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0 and grad_clip >= 0; got {self.lr}, {self.weight_decay}, {self.grad_clip}")
-        if not 0 <= self.ema_decay < 1 or not 0 <= self.p_uncond < 1:
-            raise ValueError(f"ema_decay and p_uncond must lie in [0, 1); got {self.ema_decay} and {self.p_uncond}")
-        try:
-            json.dumps(self.model_overrides)
-        except TypeError as error:
-            raise ValueError(f"model_overrides must be JSON-serialisable: {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """The config with these fields; an unknown field is an error that names the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; the fields are {sorted(known)}")
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
-        """The training settings of preset ``name`` (see :data:`TRAIN_PRESETS`), with ``overrides``."""
-        check_choice("preset", name, TRAIN_PRESETS)
-        return cls.from_dict({"preset": name, "out_dir": f"runs/{name}", **TRAIN_PRESETS[name], **overrides})
-
-    @classmethod
-    def quick(cls, name: str = "digits", **overrides: Any) -> TrainConfig:
-        """A short CPU run of preset ``name``: 200 steps of 64 images, fp32, one sample grid at
-        the end. For smoke tests and the ``quick`` profile of the book."""
-        return cls.from_preset(name, **{**QUICK_OVERRIDES, **overrides})
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-# digits on 2 CPU cores: 4,000 steps of 64 images (about 170 passes over the 1,497 training digits)
-_DIGITS = dict(dataset="digits", image_size=16, channels=1, batch_size=64, lr=1e-3, warmup_steps=200, grad_clip=1.0,
-               ema_decay=0.999, max_steps=4000, log_every=25, sample_every=500, checkpoint_every=500)  # fmt: skip
-_CIFAR = dict(dataset="cifar10", image_size=32, channels=3, random_flip=True, batch_size=128, lr=2e-4, warmup_steps=5000,
-              grad_clip=1.0, ema_decay=0.9999, max_steps=800_000, log_every=100, sample_every=10_000,
-              checkpoint_every=5000, num_workers=4)  # fmt: skip
-# Training settings per preset (the model comes from ddpm_course.nn.PRESETS under the same name).
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "digits": _DIGITS,
-    "digits-cond": {**_DIGITS, "class_conditional": True, "num_classes": 10, "p_uncond": 0.1},
-    "mnist": dict(dataset="mnist", image_size=28, channels=1, batch_size=128, lr=2e-4, warmup_steps=1000, grad_clip=1.0,
-                  ema_decay=0.9995, max_steps=50_000, log_every=100, sample_every=5000, checkpoint_every=5000, num_workers=4),
-    "cifar10-ddpm": _CIFAR,  # Ho et al. 2020, Appendix B: batch 128, lr 2e-4 after 5,000 warm-up steps, EMA 0.9999, 800k steps
-    "ddpm-default": _CIFAR,
-}  # fmt: skip
-QUICK_OVERRIDES = dict(batch_size=64, max_steps=200, warmup_steps=50, log_every=10, sample_every=0, checkpoint_every=0,
-                       num_samples=16, sample_steps=20, precision="fp32", num_workers=0)  # fmt: skip
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -248,27 +100,6 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return lr
     return lr * min(1.0, (step + 1) / warmup_steps)
-
-
-def ema_decay_at(update: int, ema_decay: float) -> float:
-    r"""The EMA decay at update ``update`` (0 for the first): :math:`\min(\text{ema\_decay}, (1+t)/(10+t))`.
-
-    The warm-up (as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)``) lets the average
-    forget the random initial weights quickly: 0.1 at the first update, 0.5 at t = 8, 0.9 at t = 80.
-    """
-    return min(ema_decay, (1 + update) / (10 + update))
-
-
-@torch.no_grad()
-def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    r""":math:`\theta_\text{EMA} \leftarrow \text{decay}\cdot\theta_\text{EMA} + (1-\text{decay})\cdot\theta`
-    for every parameter (in place, as a lerp); buffers are copied."""
-    ema_params, params = list(ema_model.parameters()), list(model.parameters())
-    if len(ema_params) != len(params):
-        raise ValueError(f"the EMA model has {len(ema_params)} parameters but the model has {len(params)}")
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused kernel over all tensors
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
 
 
 class ResumableSampler(DistributedSampler):
@@ -294,26 +125,7 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-# ------------------------------------------------------------------ building from a config
-def build_model(config: TrainConfig) -> nn.Module:
-    """The U-Net of ``config``: preset ``config.preset`` with the image size, channels, classes and
-    learned variance of the config, then ``config.model_overrides``."""
-    from .nn import unet_from_preset
-
-    overrides = dict(
-        image_size=config.image_size,
-        in_channels=config.channels,
-        num_classes=config.num_classes if config.class_conditional else None,
-        learned_variance=config.var_type == "learned_range",
-    )
-    return unet_from_preset(config.preset, **{**overrides, **config.model_overrides})
-
-
-def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
-    """The :class:`~ddpm_course.diffusion.GaussianDiffusion` of ``config`` (schedule, T, objective, variance)."""
-    return GaussianDiffusion(get_betas(config.schedule, config.timesteps), objective=config.objective, var_type=config.var_type)
-
-
+# ---------------------------------------------------------------------------- the data
 def load_dataset(config: TrainConfig) -> Dataset:
     """The training split of ``config.dataset`` as (image (C, H, W) in [-1, 1], label) pairs."""
     from . import data
@@ -464,11 +276,29 @@ class Trainer:
         """One optimiser step on this process's batch ``images`` (n, C, H, W) in [-1, 1] (and
         ``labels`` (n,) for a class-conditional model); returns the loss averaged over all processes.
 
-        t, ε and the label dropout are drawn for the whole batch, which is then split into
-        ``grad_accum`` micro-batches, each contributing ``loss / grad_accum`` to the gradient.
-        Raises :class:`NonFiniteLossError` (before touching the weights) when the loss or, outside
-        fp16, the gradient norm is not finite.
+        Algorithm 1 of Ho et al. 2020 (chapter 04, section 1), plus four named additions:
+        gradient accumulation and AMP (:meth:`_backward`), clipping (:meth:`_clip_gradients`), the
+        learning-rate warm-up (:meth:`_optimizer_step`) and the EMA (:meth:`_update_ema`). Raises
+        :class:`NonFiniteLossError` (before touching the weights) when the loss or, outside fp16,
+        the gradient norm is not finite.
         """
+        x0 = self._to_device(images)                                   # x0 ~ q(x0)
+        n = x0.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=self.generator, device=self.device)
+        noise = torch.randn(x0.shape, generator=self.generator, device=self.device, dtype=x0.dtype)  # ε ~ N(0, I)
+        y = self._conditioning(labels, n)                              # label dropout (class-conditional)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._backward(x0, t, noise, y)                         # x_t, predict, MSE, backward
+        grad_norm = self._clip_gradients()
+        loss_value = self._check_finite(loss, grad_norm)
+        self._optimizer_step()
+        self._update_ema()
+        self.step += 1
+        return loss_value
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """Check the batch's shape against the config; move it to the device (channels_last when set)."""
         config, k = self.config, self.config.grad_accum
         expected = (config.channels, config.image_size, config.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -476,49 +306,60 @@ class Trainer:
         if images.shape[0] % k:
             raise ValueError(f"a batch of {images.shape[0]} images does not split into grad_accum={k} equal micro-batches")
         images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        n = images.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=self.generator, device=self.device)
-        noise = torch.randn(images.shape, generator=self.generator, device=self.device, dtype=images.dtype)
-        y = self._conditioning(labels, n)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
-        self.optimizer.zero_grad(set_to_none=True)
+    def _backward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Accumulate the gradient of the mean loss over ``grad_accum`` micro-batches (each adds
+        ``loss / grad_accum``), under autocast on CUDA and through the fp16 GradScaler; returns the
+        batch's mean loss (a 0-d tensor, averaged over the processes under DDP)."""
+        config, k = self.config, self.config.grad_accum
         loss_sum = torch.zeros((), device=self.device)
         micro_labels = y.chunk(k) if y is not None else [None] * k
-        for i, (x0, t_i, noise_i, y_i) in enumerate(zip(images.chunk(k), t.chunk(k), noise.chunk(k), micro_labels)):
+        for i, (x0_i, t_i, noise_i, y_i) in enumerate(zip(x0.chunk(k), t.chunk(k), noise.chunk(k), micro_labels)):
             skip_sync = self.world_size > 1 and i < k - 1  # all-reduce the gradients once, after the last micro-batch
             with self.train_model.no_sync() if skip_sync else nullcontext():
                 with self._autocast():
                     losses = self.diffusion.training_losses(
-                        self.train_model, x0, t_i, noise=noise_i, loss_type=config.loss_type,
-                        model_kwargs={"y": y_i} if y_i is not None else None,
+                        self.train_model, x0_i, t_i, noise=noise_i, loss_type=config.loss_type,
+                        model_kwargs={"y": y_i} if y_i is not None else None, min_snr_gamma=config.min_snr_gamma,
                     )  # fmt: skip
                     loss = losses["loss"].float().mean() / k
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
-
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if self.world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
             loss_sum /= self.world_size
-        loss_value, self.last_grad_norm = torch.stack([loss_sum, grad_norm.float()]).tolist()  # the step's one sync
-        lr = warmup_lr(self.step, config.lr, config.warmup_steps)
+        return loss_sum
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the global gradient norm to ``grad_clip`` (unscaling fp16 gradients first); the norm before clipping."""
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> float:
+        """The loss as a float (the step's one device sync); raise :class:`NonFiniteLossError` if it
+        or (outside fp16, whose scaler skips such steps) the gradient norm is not finite."""
+        loss_value, self.last_grad_norm = torch.stack([loss, grad_norm.float()]).tolist()
         if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(self.last_grad_norm)):
             bad = loss_value if not math.isfinite(loss_value) else f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
+            lr = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
             raise NonFiniteLossError(self.step + 1, bad, lr, self.last_checkpoint)
+        return loss_value
 
+    def _optimizer_step(self) -> None:
+        """AdamW at the warmed-up learning rate of this step (through the fp16 GradScaler when on)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _update_ema(self) -> None:
+        """Move the EMA weights towards the model's (with the decay's warm-up when ``ema_warmup``)."""
+        config = self.config
         decay = ema_decay_at(self.step, config.ema_decay) if config.ema_warmup else config.ema_decay
         ema_update(self.ema_model, self.model, decay)
-        self.step += 1
-        return loss_value
 
     def _conditioning(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """Class labels with probability p_uncond replaced by the null class ``num_classes``; None if unconditional."""
@@ -791,50 +632,3 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-# ------------------------------------------------------------------------- inference
-def load_model(
-    path: str | Path, model: nn.Module | None = None, device: torch.device | str | None = None
-) -> tuple[nn.Module, GaussianDiffusion, TrainConfig]:
-    """The EMA model of a run for sampling: ``(model in eval mode, diffusion, config)``.
-
-    ``path`` is a run folder (its latest checkpoint, else its ``model.safetensors``), a
-    ``checkpoints/step_XXXXXXX.pt`` file, or a ``.safetensors`` file with its ``.json`` sidecar.
-    The U-Net is rebuilt from the saved configuration; pass ``model`` to load into your own
-    architecture instead. Raises :class:`~ddpm_course.checkpoint.CheckpointError` for a bad path.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no run folder, checkpoint or weights file at {path}")
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints")
-        if found is None and (path / "model.safetensors").is_file():
-            found = path / "model.safetensors"
-        if found is None:
-            raise CheckpointError(f"{path} holds neither checkpoints/step_*.pt nor model.safetensors; is it a run folder?")
-        path = found
-    if path.suffix == ".safetensors":
-        state_dict, metadata = load_weights(path)
-        if "train_config" not in metadata:
-            raise CheckpointError(f"the sidecar of {path} lacks 'train_config'; it was not written by the trainer")
-        config_dict, model_config = metadata["train_config"], metadata.get("model_config")
-    elif path.suffix == ".pt":
-        state = load_checkpoint(path, required=("ema", "config"))
-        state_dict, config_dict, model_config = state["ema"], state["config"], state.get("model_config")
-    else:
-        raise CheckpointError(f"cannot load {path}: give a run folder, a step_*.pt checkpoint or a .safetensors file")
-    config = TrainConfig.from_dict(config_dict)
-    if model is None:
-        from .nn import UNet
-
-        if model_config is None:
-            raise CheckpointError(f"{path} was trained with a custom model; build it and pass it as load_model(path, model=...)")
-        model = UNet(**model_config)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise CheckpointError(f"the weights in {path} do not fit the model: {str(error).splitlines()[0]}") from None
-    device = torch.device(device) if device is not None else default_device()
-    return model.to(device).eval(), build_diffusion(config), config
-

@@ -1,6 +1,5 @@
 """GaussianDiffusion against formulas written out here: Gaussian conditioning for the posterior,
-torch.distributions for KLs, losses rebuilt by hand from the same t and noise, and the
-timestep samplers of Nichol & Dhariwal 2021 (Sec. 3.3)."""
+torch.distributions for KLs, losses rebuilt by hand from the same t and noise."""
 
 from __future__ import annotations
 
@@ -11,12 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ddpm_course.diffusion import (
-    GaussianDiffusion,
-    LossSecondMomentResampler,
-    UniformSampler,
-    normal_kl,
-)
+from ddpm_course.diffusion import GaussianDiffusion, normal_kl
 from ddpm_course.samplers import respace
 
 T = 100
@@ -202,6 +196,30 @@ def test_vlb_loss_is_T_times_the_hand_computed_kl():
     torch.testing.assert_close(losses["loss"], T * hand_vb_bits(model, x0, t, noise), **FLOAT64_TOL)
 
 
+@pytest.mark.parametrize("loss_type", ["hybrid", "vlb"])
+def test_a_loss_that_trains_the_variance_refuses_a_fixed_variance(loss_type):
+    """hybrid with a fixed variance would silently equal simple; both name var_type."""
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), var_type="fixed_small")
+    x0 = randn(2, 1, 2, 2, seed=25)
+    with pytest.raises(ValueError, match="var_type 'fixed_small'.*learned_range"):
+        diffusion.training_losses(lambda x, t: torch.zeros_like(x), x0, loss_type=loss_type)
+
+
+@pytest.mark.parametrize("objective, divisor", [("eps", "snr"), ("x0", "one"), ("v", "snr+1")])
+def test_min_snr_weight_is_min_snr_gamma_over_the_objectives_snr_factor(objective, divisor):
+    """Hang et al. 2023, Eq. (8)-(9): the weight of the eps / x0 / v error is min(SNR, γ) / SNR,
+    min(SNR, γ) and min(SNR, γ) / (SNR + 1); SNR = ᾱ / (1 - ᾱ) from the table written here."""
+    diffusion = GaussianDiffusion(torch.from_numpy(BETAS), objective=objective)
+    x0, noise, t = randn(4, 1, 2, 2, seed=26), randn(4, 1, 2, 2, seed=27), torch.tensor([0, 10, 50, 99])
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    plain = diffusion.training_losses(model, x0, t, noise)["loss"]
+    weighted = diffusion.training_losses(model, x0, t, noise, min_snr_gamma=5.0)["loss"]
+    snr = torch.from_numpy(ALPHAS_CUMPROD / (1 - ALPHAS_CUMPROD))[t]
+    factor = {"snr": snr, "one": torch.ones_like(snr), "snr+1": snr + 1}[divisor]
+    torch.testing.assert_close(weighted, plain * snr.clamp(max=5.0) / factor, **FLOAT64_TOL)
+    assert float(snr[0]) > 5 > float(snr[-1])  # both sides of the clamp are exercised
+
+
 def test_vlb_is_smaller_at_the_exact_model_of_gaussian_data(gaussian_eps_model):
     """Data N(0.2, 0.3^2) on the 8-bit grid; the exact model of N(0.2, 0.3^2) against that of
     N(0.2, 0.6^2), on the same t and noise: the paired difference is > 5 standard errors."""
@@ -211,8 +229,14 @@ def test_vlb_is_smaller_at_the_exact_model_of_gaussian_data(gaussian_eps_model):
     x0 = ((0.2 + 0.3 * torch.randn(n, 1, generator=generator, dtype=torch.float64)).clamp(-1, 1) * 127.5).round() / 127.5
     t = torch.randint(0, T, (n,), generator=generator)
     noise = torch.randn(n, 1, generator=generator, dtype=torch.float64)
-    exact = diffusion.training_losses(gaussian_eps_model(ALPHAS_CUMPROD, 0.2, 0.3), x0, t, noise, loss_type="vlb")["loss"]
-    wrong = diffusion.training_losses(gaussian_eps_model(ALPHAS_CUMPROD, 0.2, 0.6), x0, t, noise, loss_type="vlb")["loss"]
+    x_t = diffusion.q_sample(x0, t, noise=noise)
+
+    def vb(model):
+        p = diffusion.p_mean_variance(model, x_t, t, clip_denoised=False)
+        return diffusion.vb_terms_bpd(p, x0, x_t, t)
+
+    exact = vb(gaussian_eps_model(ALPHAS_CUMPROD, 0.2, 0.3))
+    wrong = vb(gaussian_eps_model(ALPHAS_CUMPROD, 0.2, 0.6))
     difference = wrong - exact
     assert float(difference.mean()) > 5 * float(difference.std()) / math.sqrt(n)
 
@@ -240,38 +264,3 @@ def test_respace_of_explicit_timesteps_sorts_them_and_chains_the_maps(diffusion)
     twice = respace(once, [1, 3])
     assert twice.timestep_map.tolist() == [40, 90]
     torch.testing.assert_close(twice.alphas_cumprod, torch.from_numpy(ALPHAS_CUMPROD[[40, 90]]), **FLOAT64_TOL)
-
-
-# ---------------------------------------------------------------------- timestep samplers
-def test_uniform_sampler_draws_every_t_with_weight_one():
-    sampler = UniformSampler(5)
-    np.testing.assert_allclose(sampler.probabilities(), np.full(5, 0.2), rtol=1e-15)
-    t, weights = sampler.sample(50_000, generator=torch.Generator().manual_seed(23))
-    counts = torch.bincount(t, minlength=5).double() / 50_000
-    assert float((counts - 0.2).abs().max()) < 5 * math.sqrt(0.2 * 0.8 / 50_000)  # 5 binomial standard errors
-    assert torch.equal(weights, torch.ones(50_000))
-
-
-def test_loss_second_moment_resampler_is_uniform_until_warmed_up():
-    sampler = LossSecondMomentResampler(4, history_per_term=3)
-    sampler.update_with_all_losses(torch.tensor([0, 1, 2, 3, 0, 1, 2]), torch.tensor([9.0, 1, 1, 1, 9, 1, 1]))
-    assert not sampler.warmed_up()
-    np.testing.assert_allclose(sampler.probabilities(), np.full(4, 0.25), rtol=1e-15)
-
-
-def test_loss_second_moment_resampler_weights_t_by_the_rms_of_its_recent_losses():
-    """p_t proportional to sqrt(mean of the last 3 squared losses), mixed with 0.001 of uniform;
-    the weights are 1 / (T p_t), and the oldest loss of a full history is dropped."""
-    sampler = LossSecondMomentResampler(3, history_per_term=3, uniform_prob=0.001)
-    history = {0: [1.0, 2.0, 3.0, 100.0], 1: [4.0, 4.0, 4.0], 2: [0.5, 1.0, 1.5]}  # t = 0's 1.0 falls out
-    for step, losses in history.items():
-        for loss in losses:
-            sampler.update_with_all_losses(torch.tensor([step]), torch.tensor([loss]))
-    assert sampler.warmed_up()
-    rms = np.array([math.sqrt(sum(v**2 for v in losses[-3:]) / 3) for losses in history.values()])
-    expected = 0.999 * rms / rms.sum() + 0.001 / 3
-    np.testing.assert_allclose(sampler.probabilities(), expected, rtol=1e-12)
-    t, weights = sampler.sample(20_000, generator=torch.Generator().manual_seed(24))
-    np.testing.assert_allclose(weights.double().numpy(), 1 / (3 * expected[t.numpy()]), rtol=1e-6)  # weights are float32
-    counts = torch.bincount(t, minlength=3).double().numpy() / 20_000
-    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected * (1 - expected) / 20_000))

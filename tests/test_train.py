@@ -21,16 +21,10 @@ from ddpm_course.checkpoint import CheckpointError
 from ddpm_course.cli import main as cli_main
 from ddpm_course.nn import PRESETS as NN_PRESETS
 from ddpm_course.nn import UNet, unet_from_preset
-from ddpm_course.train import (
-    TRAIN_PRESETS,
-    NonFiniteLossError,
-    ResumableSampler,
-    TrainConfig,
-    Trainer,
-    ema_decay_at,
-    ema_update,
-    load_model,
-)
+from ddpm_course.config import TRAIN_PRESETS, TrainConfig
+from ddpm_course.ema import ema_decay_at, ema_update
+from ddpm_course.loading import load_model
+from ddpm_course.train import NonFiniteLossError, ResumableSampler, Trainer
 from ddpm_course.viz import image_grid, save_image_grid, show_images
 
 TINY_UNET = dict(model_channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[], num_groups=4, dropout=0.1)
@@ -403,3 +397,44 @@ def test_show_images_draws_the_grid_in_grey_without_axes():
     drawn = ax.images[0]
     assert np.array_equal(drawn.get_array(), image_grid(images))
     assert drawn.get_cmap().name == "gray" and ax.get_title() == "four" and not ax.axison
+
+
+# ------------------------------------------------------------- the split and the new options
+def test_inference_imports_no_training_code():
+    """Sampling a shipped model and the sample command load neither the trainer nor its optimiser."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import ddpm_course.commands.sample; from ddpm_course.pretrained import load_any; "
+        "load_any('digits', device='cpu'); "
+        "print(sorted(m for m in sys.modules if m in ('ddpm_course.train', 'ddpm_course.ema', 'ddpm_course.ablation')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("loss_type", ["hybrid", "vlb"])
+def test_a_config_that_trains_a_fixed_variance_is_refused(tmp_path, loss_type):
+    with pytest.raises(ValueError, match="var_type 'fixed_small'.*learned_range"):
+        tiny_config(tmp_path, loss_type=loss_type)
+    tiny_config(tmp_path, loss_type=loss_type, var_type="learned_range")  # fine with a learned variance
+
+
+def test_min_snr_gamma_reaches_the_loss_of_a_training_step(tmp_path):
+    """The same seed, batch, t and noise: the step's loss is the min-SNR-weighted mean of the
+    per-example losses that diffusion.training_losses gives for those t and that noise."""
+    images, _ = tiny_data()
+    trainer = Trainer(tiny_config(tmp_path, min_snr_gamma=2.0, schedule="sigmoid", grad_clip=0.0), dataset=images)
+    model_before = copy.deepcopy(trainer.model)
+    state = trainer.generator.get_state()
+    batch = images[:8]
+    loss = trainer.train_step(batch)
+    trainer.generator.set_state(state)
+    t = torch.randint(0, 50, (8,), generator=trainer.generator)
+    noise = torch.randn(batch.shape, generator=trainer.generator)
+    with torch.no_grad():
+        expected = trainer.diffusion.training_losses(model_before, batch, t, noise, min_snr_gamma=2.0)["loss"].mean()
+        plain = trainer.diffusion.training_losses(model_before, batch, t, noise)["loss"].mean()
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(expected) - float(plain)) > 1e-3  # the weighting changed something

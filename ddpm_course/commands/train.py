@@ -4,7 +4,7 @@
     ddpm-course train --out runs/digits --resume --max-steps 8000
     torchrun --nproc_per_node 8 -m ddpm_course.cli train --preset cifar10-ddpm --out runs/cifar10
 
-Common settings have their own flag; any other field of ``ddpm_course.train.TrainConfig`` is set
+Common settings have their own flag; any other field of ``ddpm_course.config.TrainConfig`` is set
 with ``--set FIELD=VALUE`` (VALUE in JSON: ``--set ema_decay=0.999 --set model_overrides='{"dropout": 0}'``).
 With ``--resume`` the run folder's ``config.json`` is the starting point and the flags change it.
 """
@@ -37,14 +37,14 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help="training preset, e.g. digits (the default) or cifar10-ddpm; see ddpm_course.train.TRAIN_PRESETS")
+    parser.add_argument("--preset", help="training preset, e.g. digits (the default) or cifar10-ddpm; see ddpm_course.config.TRAIN_PRESETS")
     parser.add_argument("--out", help="the run folder (default runs/PRESET)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
     for flag, (name, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=name, type=kind, help=help_text)
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
-                        help="set any field of ddpm_course.train.TrainConfig; VALUE is JSON (a bare word is a string)")  # fmt: skip
+                        help="set any field of ddpm_course.config.TrainConfig; VALUE is JSON (a bare word is a string)")  # fmt: skip
 
 
 def _parse_settings(settings: list[str]) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def _parse_settings(settings: list[str]) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace):
-    from ..train import TrainConfig
+    from ..config import TrainConfig
 
     overrides = {name: getattr(args, name) for name, _, _ in FLAGS.values() if getattr(args, name) is not None}
     if args.compile:
@@ -92,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"ddpm-course train: {error}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run folder: {out_dir} (load it with ddpm_course.train.load_model)")
+        print(f"run folder: {out_dir} (load it with ddpm_course.loading.load_model)")
     return 0

@@ -7,7 +7,10 @@ import torch
 
 from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.samplers import (
+    ddim_invert,
     ddim_sample,
+    ddim_sigma,
+    ddim_step,
     ddpm_sample,
     dpm_solver_sample,
     respace,
@@ -57,10 +60,13 @@ def test_one_timestep_per_example_is_required(diffusion):
 
 
 @pytest.mark.parametrize("steps", [0, T + 1, 2.5])
-@pytest.mark.parametrize("sampler", [ddim_sample, dpm_solver_sample])
+@pytest.mark.parametrize("sampler", [ddim_sample, dpm_solver_sample, "ddim_invert"])
 def test_sampler_steps_outside_1_to_T_are_refused(diffusion, sampler, steps):
     with pytest.raises(ValueError, match=r"steps must be an integer in 1\.\.50"):
-        sampler(identity_model, diffusion, (1, 1, 4, 4), steps=steps)
+        if sampler == "ddim_invert":
+            ddim_invert(identity_model, diffusion, x(1), steps=steps)
+        else:
+            sampler(identity_model, diffusion, (1, 1, 4, 4), steps=steps)
 
 
 @pytest.mark.parametrize("steps", [0, T + 1])
@@ -89,15 +95,24 @@ def test_unknown_var_type_names_the_variance_types():
         GaussianDiffusion(NoiseSchedule.from_name("linear", T), var_type="learned")
 
 
-@pytest.mark.parametrize("spacing_user", ["timestep_sequence", "ddim_sample", "respace"])
+@pytest.mark.parametrize(
+    "spacing_user",
+    ["timestep_sequence", "ddim_sample", "respace", "dpm_solver_sample", "ddim_invert", "respace_list"],
+)
 def test_unknown_spacing_names_the_spacings(diffusion, spacing_user):
     with pytest.raises(ValueError, match="unknown spacing 'uniform'; choose one of 'leading', 'trailing', 'linspace'"):
         if spacing_user == "timestep_sequence":
             timestep_sequence(T, 10, "uniform")
         elif spacing_user == "ddim_sample":
             ddim_sample(identity_model, diffusion, (1, 1, 4, 4), steps=10, spacing="uniform")
-        else:
+        elif spacing_user == "dpm_solver_sample":
+            dpm_solver_sample(identity_model, diffusion, (1, 1, 4, 4), steps=10, spacing="uniform")
+        elif spacing_user == "ddim_invert":
+            ddim_invert(identity_model, diffusion, x(1), steps=10, spacing="uniform")
+        elif spacing_user == "respace":
             respace(diffusion, 10, "uniform")
+        else:
+            respace(diffusion, [0, 10], "uniform")
 
 
 def test_unknown_loss_type_names_the_loss_types(diffusion):
@@ -137,9 +152,37 @@ def test_model_of_the_wrong_shape_is_caught_inside_samplers(diffusion):
         ddim_sample(lambda x, t: x[:, :, :2], diffusion, (1, 1, 4, 4), steps=5)
 
 
-def test_negative_eta_is_refused(diffusion):
+@pytest.mark.parametrize("call", ["ddim_sample", "ddim_step", "ddim_sigma"])
+def test_negative_eta_is_refused(diffusion, call):
     with pytest.raises(ValueError, match=r"eta must be >= 0"):
-        ddim_sample(identity_model, diffusion, (1, 1, 4, 4), steps=5, eta=-0.1)
+        if call == "ddim_sample":
+            ddim_sample(identity_model, diffusion, (1, 1, 4, 4), steps=5, eta=-0.1)
+        elif call == "ddim_step":
+            ddim_step(x(), x(), 0.5, 0.7, eta=-0.1, noise=x())
+        else:
+            ddim_sigma(0.5, 0.7, float("nan"))
+
+
+@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample, dpm_solver_sample])
+def test_a_shape_the_model_rejects_is_reported_as_the_shape_argument(diffusion, sampler):
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)  # a model for 3-channel images
+
+    def model(x, t):
+        return conv(x)
+
+    with pytest.raises(ValueError, match=r"model failed on x_t of shape \(1, 1, 4, 4\) \(the `shape` argument"):
+        sampler(model, diffusion, (1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 0), (2,), "2x1x4x4", (2, 1.0, 4, 4)])
+def test_a_malformed_shape_is_refused(diffusion, shape):
+    with pytest.raises(ValueError, match=r"shape must be a tuple of positive ints"):
+        ddim_sample(identity_model, diffusion, shape, steps=5)
+
+
+def test_lambda_min_clipped_that_leaves_too_few_timesteps_is_refused(diffusion):
+    with pytest.raises(ValueError, match=r"lambda_min_clipped=2.0 leaves \d+ timesteps, fewer than steps=20"):
+        dpm_solver_sample(identity_model, diffusion, (1, 1, 4, 4), steps=20, lambda_min_clipped=2.0)
 
 
 @pytest.mark.parametrize("T_bad", [0, -3, 2.0, True])

@@ -82,6 +82,33 @@ def test_normal_kl_matches_torch_distributions():
     assert float(normal_kl(mean1, logvar1, mean1, logvar1).abs().max()) < 1e-15
 
 
+# ------------------------------------------------------------------ eps / x0 / v conversions
+def test_conversion_tables_are_the_closed_forms_of_alpha_bar(diffusion):
+    tables = {
+        "sqrt_alphas_cumprod": np.sqrt(ALPHAS_CUMPROD),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ALPHAS_CUMPROD),
+        "sqrt_recip_alphas_cumprod": 1 / np.sqrt(ALPHAS_CUMPROD),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / ALPHAS_CUMPROD - 1),
+    }
+    for name, expected in tables.items():
+        table = getattr(diffusion, name)
+        assert table.dtype == torch.float64, name
+        torch.testing.assert_close(table, torch.from_numpy(expected), **FLOAT64_TOL)
+
+
+def test_eps_x0_v_conversions_recover_the_pair_that_made_x_t(diffusion):
+    """x_t = a x0 + b eps and v = a eps - b x0 (a = sqrt(abar), b = sqrt(1 - abar)): each conversion
+    returns the x0 or eps that built x_t (Salimans & Ho 2022, Sec. 4)."""
+    x0, eps, t = randn(4, 2, 3, seed=30), randn(4, 2, 3, seed=31), torch.tensor([0, 7, 50, 99])
+    a, b = per_example(np.sqrt(ALPHAS_CUMPROD), t, 3), per_example(np.sqrt(1 - ALPHAS_CUMPROD), t, 3)
+    x_t, v = a * x0 + b * eps, a * eps - b * x0
+    torch.testing.assert_close(diffusion.predict_x0_from_eps(x_t, t, eps), x0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(diffusion.predict_eps_from_x0(x_t, t, x0), eps, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(diffusion.predict_v(x0, t, eps), v, **FLOAT64_TOL)
+    torch.testing.assert_close(diffusion.predict_x0_from_v(x_t, t, v), x0, **FLOAT64_TOL)
+    torch.testing.assert_close(diffusion.predict_eps_from_v(x_t, t, v), eps, **FLOAT64_TOL)
+
+
 # ------------------------------------------------------------------------- reverse process
 def test_clipped_prediction_keeps_x0_and_eps_consistent(diffusion):
     """With clip_denoised, pred_x0 lies in [-1, 1] and x_t = sqrt(abar) pred_x0 + sqrt(1 - abar) pred_eps still holds."""

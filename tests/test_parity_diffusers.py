@@ -14,10 +14,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+)
 
 from ddpm_course.diffusion import GaussianDiffusion
-from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, timestep_sequence
+from ddpm_course.samplers import (
+    ddim_inversion_step,
+    ddim_sample,
+    ddim_step,
+    ddpm_sample,
+    ddpm_step,
+    dpm_solver_2m_step,
+    dpm_solver_sample,
+    respace,
+    timestep_sequence,
+    usable_timesteps,
+)
 from ddpm_course.schedules import NoiseSchedule
 
 T = 1000
@@ -49,31 +65,41 @@ def ddpm_scheduler(schedule: str = "linear", objective: str = "eps") -> DDPMSche
     )
 
 
-def ddim_scheduler(spacing: str) -> DDIMScheduler:
-    return DDIMScheduler(
+def ddim_scheduler(
+    spacing: str, schedule: str = "linear", objective: str = "eps", inverse: bool = False
+) -> DDIMScheduler | DDIMInverseScheduler:
+    config = dict(
         num_train_timesteps=T,
         beta_start=1e-4,
         beta_end=0.02,
-        beta_schedule="linear",
+        beta_schedule=DIFFUSERS_SCHEDULE[schedule],
         clip_sample=False,
-        thresholding=False,
         set_alpha_to_one=True,
         steps_offset=0,
-        prediction_type="epsilon",
+        prediction_type=PREDICTION_TYPE[objective],
         timestep_spacing=spacing,
     )
+    if inverse:
+        return DDIMInverseScheduler(**config)
+    return DDIMScheduler(**config, thresholding=False)
 
 
-def dpm_solver_scheduler(num_train_timesteps: int = T) -> DPMSolverMultistepScheduler:
+def dpm_solver_scheduler(
+    num_train_timesteps: int = T,
+    schedule: str = "linear",
+    objective: str = "eps",
+    lambda_min_clipped: float = -float("inf"),
+) -> DPMSolverMultistepScheduler:
     return DPMSolverMultistepScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_start=1e-4,
         beta_end=0.02,
-        beta_schedule="linear",
+        beta_schedule=DIFFUSERS_SCHEDULE[schedule],
         algorithm_type="dpmsolver++",
         solver_order=2,
         solver_type="midpoint",
-        prediction_type="epsilon",
+        prediction_type=PREDICTION_TYPE[objective],
+        lambda_min_clipped=lambda_min_clipped,
         thresholding=False,
         timestep_spacing="linspace",
         final_sigmas_type="zero",
@@ -223,11 +249,169 @@ def test_ddim_loop_matches_diffusers(steps, spacing, eta, toy_noise_predictor):
 def test_dpm_solver_loop_matches_diffusers(steps, toy_noise_predictor):
     diffusion = GaussianDiffusion(NoiseSchedule.from_name("linear", T))
     x_T = image_batch(5)
-    ours = dpm_solver_sample(toy_noise_predictor, diffusion, x_T.shape, steps=steps, x_T=x_T, clip_denoised=False)
+    ours = dpm_solver_sample(
+        toy_noise_predictor, diffusion, x_T.shape, steps=steps, spacing="linspace", x_T=x_T,
+        clip_denoised=False,
+    )
 
     scheduler = dpm_solver_scheduler()
     scheduler.set_timesteps(steps)
     assert scheduler.timesteps.tolist() == timestep_sequence(T, steps, "linspace").tolist()
+    x = x_T
+    with torch.no_grad():
+        for step in scheduler.timesteps.tolist():
+            output = toy_noise_predictor(x, torch.full((x.shape[0],), step))
+            x = scheduler.step(output, step, x).prev_sample
+    assert relative_error(ours, x) < FLOAT32_TOL
+    assert float(x.std()) > 0.05
+
+
+# ------------------------------------------------------------------ the step functions
+# Each step function against the matching scheduler's ``step``, one step at a time: both sides get
+# the same x_t and the same network output at every visited timestep (the x_t is diffusers' own
+# previous output), for the linear and cosine schedules and the eps and v objectives. Our
+# predictions come from GaussianDiffusion.p_mean_variance(model_out=...), as in the loops.
+SCHEDULES_AND_OBJECTIVES = [(s, o) for s in ("linear", "cosine") for o in ("eps", "v")]
+
+
+def _alpha_bar(diffusion: GaussianDiffusion, step: int) -> float:
+    return 1.0 if step < 0 else float(diffusion.alphas_cumprod[step])
+
+
+def _predictions(diffusion, output, x, step):
+    t = torch.full((x.shape[0],), step)
+    return diffusion.p_mean_variance(None, x, t, clip_denoised=False, model_out=output)
+
+
+@pytest.mark.parametrize("schedule, objective", SCHEDULES_AND_OBJECTIVES)
+def test_ddpm_step_matches_ddpm_scheduler_on_a_respaced_trailing_grid(
+    schedule, objective, toy_noise_predictor
+):
+    """``ddpm_step`` between the visited steps of a 10-step trailing grid (diffusers' DDPMScheduler
+    with num_inference_steps = 10 forms beta = 1 - abar_t / abar_prev, as ``respace`` does), and
+    the whole respaced ancestral loop, with float64 alpha-bars for diffusers (see the one-step test)."""
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name(schedule, T), objective=objective)
+    scheduler = DDPMScheduler.from_config(
+        ddpm_scheduler(schedule, objective).config, timestep_spacing="trailing"
+    )
+    scheduler.alphas_cumprod = torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps.tolist()
+    assert timesteps == timestep_sequence(T, 10).tolist()
+    x = image_batch(8)
+    x_T = x
+    for k, step in enumerate(timesteps):
+        prev_step = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+        output = toy_noise_predictor(x, torch.full((x.shape[0],), step))
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(k)) if k + 1 < 10 else None
+        theirs = scheduler.step(output, step, x, generator=torch.Generator().manual_seed(k))
+        p = _predictions(diffusion, output, x, step)
+        ours = ddpm_step(x, p.pred_x0, _alpha_bar(diffusion, step), _alpha_bar(diffusion, prev_step), z)
+        assert relative_error(ours, theirs.prev_sample) < FLOAT32_TOL, step
+        x = theirs.prev_sample
+
+    respaced = respace(diffusion, 10)
+    generator, x = torch.Generator().manual_seed(9), x_T
+    for step in timesteps:
+        output = toy_noise_predictor(x, torch.full((x.shape[0],), step))
+        x = scheduler.step(output, step, x, generator=generator).prev_sample
+    ours = ddpm_sample(toy_noise_predictor, respaced, x_T.shape, x_T=x_T, clip_denoised=False,
+                       generator=torch.Generator().manual_seed(9))
+    assert relative_error(ours, x) < FLOAT32_TOL
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+@pytest.mark.parametrize("schedule, objective", SCHEDULES_AND_OBJECTIVES)
+def test_ddim_step_matches_ddim_scheduler(schedule, objective, eta, toy_noise_predictor):
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name(schedule, T), objective=objective)
+    scheduler = ddim_scheduler("trailing", schedule, objective)
+    scheduler.set_timesteps(10)
+    x = image_batch(10)
+    for k, step in enumerate(scheduler.timesteps.tolist()):
+        prev_step = step - T // 10  # diffusers' previous timestep (-1: abar = 1)
+        output = toy_noise_predictor(x, torch.full((x.shape[0],), step))
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(k))
+        theirs = scheduler.step(output, step, x, eta=eta, variance_noise=z)
+        p = _predictions(diffusion, output, x, step)
+        ours = ddim_step(
+            p.pred_x0, p.pred_eps, _alpha_bar(diffusion, step), _alpha_bar(diffusion, prev_step), eta, z
+        )
+        assert relative_error(p.pred_x0, theirs.pred_original_sample) < FLOAT32_TOL, step
+        assert relative_error(ours, theirs.prev_sample) < FLOAT32_TOL, step
+        x = theirs.prev_sample
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ddim_inversion_step_matches_ddim_inverse_scheduler(schedule, toy_noise_predictor):
+    """diffusers' inverse step calls the model at the target timestep and forms x0 at the current
+    noise level (abar = 1 before the first step). Both go up a 10-step trailing grid from data.
+    (eps only: for v, diffusers converts the output with the current alpha-bar, not the one the
+    model was called at; ``ddim_invert`` converts with the model's own timestep.)"""
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name(schedule, T))
+    scheduler = ddim_scheduler("trailing", schedule, inverse=True)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps.tolist()
+    assert timesteps == timestep_sequence(T, 10).flip(0).tolist()
+    x = image_batch(11).clamp(-1, 1)
+    current = -1
+    for step in timesteps:
+        output = toy_noise_predictor(x, torch.full((x.shape[0],), step))
+        theirs = scheduler.step(output, step, x).prev_sample
+        ours = ddim_inversion_step(x, output, _alpha_bar(diffusion, current), _alpha_bar(diffusion, step))
+        assert relative_error(ours, theirs) < FLOAT32_TOL, step
+        x, current = theirs, step
+
+
+@pytest.mark.parametrize("lambda_min_clipped", [-float("inf"), -5.1])
+@pytest.mark.parametrize("schedule, objective", SCHEDULES_AND_OBJECTIVES)
+def test_dpm_solver_2m_step_matches_dpm_solver_multistep_scheduler(
+    schedule, objective, lambda_min_clipped, toy_noise_predictor
+):
+    """Step by step over a 10-step grid: first order first, second order after, first order into
+    abar = 1 (``final_sigmas_type="zero"``). With ``lambda_min_clipped`` the grid stops below the
+    timesteps whose half-log-SNR is under it (diffusers' cosine recommendation, -5.1)."""
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name(schedule, T), objective=objective)
+    scheduler = dpm_solver_scheduler(T, schedule, objective, lambda_min_clipped)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps.tolist()
+    usable = usable_timesteps(diffusion, lambda_min_clipped)
+    assert timesteps == timestep_sequence(usable, 10, "linspace").tolist()
+    x = image_batch(12)
+    previous_x0, previous_step = None, None
+    for k, step in enumerate(timesteps):
+        next_step = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+        output = toy_noise_predictor(x, torch.full((x.shape[0],), step))
+        theirs = scheduler.step(output, step, x).prev_sample
+        pred_x0 = _predictions(diffusion, output, x, step).pred_x0
+        second_order = previous_x0 is not None and next_step >= 0
+        ours = dpm_solver_2m_step(
+            x, pred_x0, _alpha_bar(diffusion, step), _alpha_bar(diffusion, next_step),
+            previous_x0 if second_order else None,
+            _alpha_bar(diffusion, previous_step) if second_order else None,
+        )  # fmt: skip
+        assert relative_error(ours, theirs) < FLOAT32_TOL, step
+        x, previous_x0, previous_step = theirs, pred_x0, step
+
+
+def test_lambda_clipping_drops_the_noisiest_cosine_steps_as_diffusers_does():
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name("cosine", T))
+    scheduler = dpm_solver_scheduler(T, "cosine", "v", lambda_min_clipped=-5.1)
+    scheduler.set_timesteps(20)
+    usable = usable_timesteps(diffusion, -5.1)
+    assert 950 < usable < T  # abar_t < e^{-10.2} only in the last few dozen cosine steps
+    assert max(scheduler.timesteps.tolist()) == usable - 1
+
+
+@pytest.mark.parametrize("lambda_min_clipped", [-float("inf"), -5.1])
+def test_dpm_solver_loop_with_cosine_and_v_matches_diffusers(lambda_min_clipped, toy_noise_predictor):
+    diffusion = GaussianDiffusion(NoiseSchedule.from_name("cosine", T), objective="v")
+    x_T = image_batch(13)
+    ours = dpm_solver_sample(
+        toy_noise_predictor, diffusion, x_T.shape, steps=15, spacing="linspace",
+        lambda_min_clipped=lambda_min_clipped, x_T=x_T, clip_denoised=False,
+    )  # fmt: skip
+    scheduler = dpm_solver_scheduler(T, "cosine", "v", lambda_min_clipped)
+    scheduler.set_timesteps(15)
     x = x_T
     with torch.no_grad():
         for step in scheduler.timesteps.tolist():

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# samplers.SPACINGS and DEFAULT_SPACING, written out so that --help does not import torch
+# (tests/test_samplers.py checks that they agree)
+SPACINGS = ("leading", "trailing", "linspace")
+DEFAULT_SPACING = "trailing"
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 
 
@@ -13,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (ddpm: respaced to this many; default 50)")
-    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None, help="timestep spacing (default: leading for ddpm/ddim, linspace for dpm-solver)")
+    parser.add_argument(
+        "--spacing", choices=SPACINGS, default=DEFAULT_SPACING,
+        help=f"timestep spacing (default {DEFAULT_SPACING}: the first step is T - 1)",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
     parser.add_argument("--class-label", type=int, default=None, help="class to sample from for class-conditional models")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,11 +58,11 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator(device).manual_seed(args.seed)
     common = dict(model_kwargs=model_kwargs, generator=generator, progress=True, device=device)
     if args.sampler == "ddpm":
-        samples = ddpm_sample(model, respace(diffusion, args.steps, args.spacing or "leading"), shape, **common)
+        samples = ddpm_sample(model, respace(diffusion, args.steps, args.spacing), shape, **common)
     elif args.sampler == "ddim":
-        samples = ddim_sample(model, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing or "leading", **common)
+        samples = ddim_sample(model, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing, **common)
     else:
-        samples = dpm_solver_sample(model, diffusion, shape, steps=args.steps, spacing=args.spacing or "linspace", **common)
+        samples = dpm_solver_sample(model, diffusion, shape, steps=args.steps, spacing=args.spacing, **common)
     images = ((samples.float().cpu() + 1) / 2).clamp(0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(images, args.out, value_range=(0.0, 1.0))

@@ -8,14 +8,20 @@ NOTEBOOKS = $(wildcard book/[0-9]*.ipynb solutions/*.ipynb exercises/*.ipynb)
 # two pytest workers with one torch thread each: on 2 cores, 2 threads per worker wait on each other
 PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile
 
-.PHONY: test unit notebooks book clean sync
+.PHONY: test lint unit notebooks book browser-test clean sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[book,test]'
 	touch $(STAMP)
 
-test: unit notebooks
+test: lint unit notebooks
+
+# ruff's settings (rules, 88 columns, notebooks included) are in pyproject.toml.
+LINT_PATHS = ddpm_course tests scripts book/[0-9]*.ipynb solutions exercises
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 unit: $(STAMP)
 	DDPM_COURSE_PROFILE=quick $(PYTEST) tests
@@ -28,6 +34,14 @@ notebooks: $(STAMP)
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "built _build/html/index.html"
+
+# The built book in headless Chromium, offline (scripts/browser_test.py says what it checks);
+# installs Debian's chromium and chromium-driver when missing. Screenshots: _build/screenshots/.
+browser-test: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium chromium-driver; }
+	$(BIN)/python scripts/browser_test.py _build/html
 
 clean:
 	rm -rf _build $(VENV)

@@ -17,7 +17,6 @@ import math
 import shutil
 import sys
 import time
-import types
 from pathlib import Path
 
 import nbformat
@@ -35,7 +34,6 @@ from ddpm_course.grading.exercise import (
 )
 from ddpm_course.grading.integrity import find_violations
 from ddpm_course.grading.registry import EXERCISES, get_exercise
-from ddpm_course.grading.runner import ReferenceCalled, Tripwires
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -385,7 +383,7 @@ FLAGGED = {
             "import torch",
             "def f(*a):\n    return torch.sys.modules['ddpm_course.diffusion'].normal_kl(*a)",
         ],
-        "uses `torch.sys` (that is `sys`)",
+        "uses `torch.sys.modules` (that is `sys.modules`)",
     ),
     "getattr with a computed name": (
         ["import torch", "def f(x):\n    return getattr(torch, 's' + 'ys')"],
@@ -400,10 +398,6 @@ FLAGGED = {
         "uses `torch.load`",
     ),
     "exec and eval": (["def f(x):\n    return eval('x')"], "uses `eval`"),
-    "a subprocess": (
-        ["import subprocess", "def f(x):\n    return subprocess.run(['python'])"],
-        "imports `subprocess`",
-    ),
     "a module the notebook wrote": (
         ["open('m.py', 'w').write('x = 1')", "import m", "def f(x):\n    return m.x"],
         "imports `m`",
@@ -435,33 +429,6 @@ def test_static_check_judges_each_exercise_by_what_it_reaches():
     ]
     report = find_violations(sources, ["a", "b"])
     assert report["a"] and report["b"] == []
-
-
-# ------------------------------------------------------------------------------------ tripwires
-def test_tripwires_record_calls_inside_the_window_and_pass_through_outside():
-    module = types.ModuleType("tripwire_fixture")
-    exec(
-        "def answer(x):\n    return x + 1\nclass Model:\n    def method(self, x):\n        return 2 * x",
-        module.__dict__,
-    )
-    alias = types.ModuleType("tripwire_fixture_alias")
-    alias.renamed = module.answer  # the same function under another name in another module
-    sys.modules.update({module.__name__: module, alias.__name__: alias})
-    try:
-        tripwires = Tripwires()
-        tripwires.install({"tripwire_fixture.answer", "tripwire_fixture.Model.method"})
-        assert module.answer(1) == 2 and alias.renamed(1) == 2 and module.Model().method(3) == 6
-        tripwires.window = "exercise_a"
-        with pytest.raises(ReferenceCalled):
-            alias.renamed(1)
-        with pytest.raises(ReferenceCalled):
-            module.Model().method(1)
-        tripwires.window = None
-        assert tripwires.calls == {
-            "exercise_a": {"tripwire_fixture.answer", "tripwire_fixture.Model.method"}
-        }
-    finally:
-        del sys.modules[module.__name__], sys.modules[alias.__name__]
 
 
 # ------------------------------------------------------------------------------------- the batch
@@ -530,13 +497,11 @@ def test_every_submission_gets_a_feedback_file(graded):
         ("judy_os_exit", "exited with code 0 during code cell 15"),
         ("ken_sigkill", "killed by signal 9"),
         ("leo_output_flood", "printed more than 10000 characters"),
-        ("mallory_memory_bomb", "MemoryError"),
-        (
-            "olivia_reference",
-            "calls `ddpm_course.diffusion.GaussianDiffusion.q_sample` (the package's answer)",
-        ),
+        ("mallory_memory_bomb", "can't allocate memory"),
+        ("olivia_reference", "imports `ddpm_course.diffusion`"),
+        ("olivia_reference", "is not available while a notebook is graded"),
         ("olivia_reference", "imports `importlib`"),
-        ("olivia_reference", "uses `torch.sys` (that is `sys`)"),
+        ("olivia_reference", "uses `torch.sys.modules` (that is `sys.modules`)"),
         ("solutions_03_elbo", "**Total: 10 / 10 points.** Status: ok."),
     ],
 )

@@ -41,11 +41,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the test inputs (default: 0; pick your own)"
     )
+    parser.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the notebooks without bubblewrap (trusted notebooks only; recorded in the CSV "
+        "and every feedback file)",
+    )
+    parser.add_argument(
+        "--copy-policy",
+        choices=("flag", "zero"),
+        default="flag",
+        help="functions too similar to the package's or another submission's: flag them in "
+        "similarity.csv and the feedback (default), or also score them 0",
+    )
+    parser.add_argument(
+        "--similarity-threshold",
+        type=float,
+        default=None,
+        help="similarity (0-1) at which two functions count as copies (default: 0.9)",
+    )
+    parser.add_argument(
+        "--roster",
+        default=None,
+        help="CSV with columns student (file name without .ipynb), name, id, sis_user_id, "
+        "sis_login_id, section: also write gradebook.csv for Canvas's gradebook import",
+    )
+    parser.add_argument(
+        "--analysis-timeout",
+        type=float,
+        default=30.0,
+        help="seconds for the static check of one notebook (default: 30)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..grading.grader import grade
     from ..grading.runner import Limits
+    from ..grading.sandbox import SandboxUnavailable
 
     limits = Limits(
         timeout=args.timeout,
@@ -62,8 +94,13 @@ def run(args: argparse.Namespace) -> int:
             limits=limits,
             seed=args.seed,
             progress=True,
+            sandbox=not args.no_sandbox,
+            copy_policy=args.copy_policy,
+            similarity_threshold=args.similarity_threshold,
+            roster=args.roster,
+            analysis_timeout=args.analysis_timeout,
         )
-    except ValueError as error:
+    except (ValueError, SandboxUnavailable) as error:
         print(f"ddpm-course grade: {error}", file=sys.stderr)
         return 2
     not_ok = sum(result.status != "ok" for result in results)

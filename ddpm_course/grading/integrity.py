@@ -30,25 +30,36 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import importlib
+import json
+import os
+import select
+import subprocess
 import symtable
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 
 from .notebook import python_source
 
-__all__ = ["ALLOWED_MODULES", "find_violations"]
+__all__ = ["ALLOWED_MODULES", "Analyser", "AnalysisTimeout", "find_violations"]
 
-# what an answer may import (and anything below these, except DENIED)
-ALLOWED_MODULES = (
-    "torch", "numpy", "scipy", "math", "cmath", "numbers", "typing", "collections", "functools",
-    "itertools", "dataclasses", "statistics", "abc", "enum", "warnings", "einops",
+# what an answer may import (and anything below these, except DENIED): the standard library and
+# the scientific stack; a progress bar is never a reason to flag
+ALLOWED_MODULES = tuple(sorted(set(sys.stdlib_module_names) - {"__future__"})) + (
+    "__future__", "torch", "numpy", "scipy", "einops", "tqdm", "matplotlib",
 )  # fmt: skip
-# parts of the allowed modules that load or run code from files, strings or the network
+# parts of the allowed modules that load or run code from files, strings or by name, or reach
+# every loaded module (the package included, when it is importable)
 DENIED = (
     "torch.hub", "torch.package", "torch.serialization", "torch.utils", "torch.jit", "torch.ops",
     "torch.library", "torch.multiprocessing", "torch.distributed", "torch.compiler",
     "numpy.f2py", "numpy.distutils", "numpy.lib.npyio", "numpy.load", "numpy.fromfile", "torch.load",
+    "importlib", "builtins", "ctypes", "runpy", "pickle", "marshal", "zipimport", "code", "codeop",
+    "imp", "pkgutil", "sys.modules", "sys.meta_path", "sys.path_hooks", "gc", "inspect",
 )  # fmt: skip
 FORBIDDEN_NAMES = {
     "__import__", "eval", "exec", "compile", "globals", "vars", "locals", "open", "setattr", "delattr",
@@ -63,7 +74,7 @@ FORBIDDEN_ATTRIBUTES = {
     "tb_next", "co_code", "co_consts",
 }  # fmt: skip
 # names the runner defines in every notebook (Jupyter's display())
-RUNNER_NAMES = {"display"}
+RUNNER_NAMES = {"display", "get_ipython"}
 
 
 @dataclass
@@ -148,9 +159,14 @@ def _parse_cells(sources: list[str]) -> list[_Statement]:
             tree = ast.parse(python_source(source))
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue  # the runner cannot run this cell either
-        statements += [
-            _statement(cell + 1, node) for node in tree.body
-        ]  # code cells counted from 1
+        for node in tree.body:  # code cells counted from 1
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and len(node.names) > 1:
+                # `import math, os, sys`: each name is its own binding, judged on its own
+                for alias in node.names:
+                    single = ast.copy_location(type(node)(**{**vars(node), "names": [alias]}), node)
+                    statements.append(_statement(cell + 1, single))
+            else:
+                statements.append(_statement(cell + 1, node))
     return statements
 
 
@@ -160,6 +176,7 @@ def _is_allowed_module(dotted: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _resolve(dotted: str) -> object:
     """The object ``dotted`` names inside an allowed module (imported here, in the grader): a module,
     or an attribute of one; ``AttributeError`` / ``ImportError`` when there is none."""
@@ -185,12 +202,17 @@ def _object_origin(value: object) -> str | None:
 
 
 def _check_attribute_chain(dotted: str, findings: set[str]) -> None:
-    """Follow ``torch.a.b`` in the real modules; flag chains that leave the allowed modules or do not exist."""
+    """Follow ``torch.a.b`` in the real modules; flag chains that lead to a denied or unknown
+    place (``torch.sys.modules`` is ``sys.modules``) or do not exist."""
     parts = dotted.split(".")
+    canonical = parts[0]
     for depth in range(1, len(parts) + 1):
         prefix = ".".join(parts[:depth])
-        if not _is_allowed_module(prefix):
-            findings.add(f"uses `{prefix}`, which answers may not use")
+        if depth > 1:
+            canonical = f"{canonical}.{parts[depth - 1]}"
+        if not _is_allowed_module(canonical):
+            shown = f" (that is `{canonical}`)" if canonical != prefix else ""
+            findings.add(f"uses `{prefix}`{shown}, which answers may not use")
             return
         if depth > 1 and parts[depth - 1].startswith("_") and not parts[depth - 1].startswith("__"):
             findings.add(f"uses the private `{prefix}`, which the grader does not allow")
@@ -205,9 +227,12 @@ def _check_attribute_chain(dotted: str, findings: set[str]) -> None:
         except Exception:  # an allowed module that fails to import here: nothing more to follow
             return
         origin = _object_origin(value)
-        if origin is not None and not _is_allowed_module(origin):
-            findings.add(f"uses `{prefix}` (that is `{origin}`), which answers may not use")
-            return
+        if origin is not None:
+            if not _is_allowed_module(origin):
+                findings.add(f"uses `{prefix}` (that is `{origin}`), which answers may not use")
+                return
+            if isinstance(value, ModuleType):
+                canonical = origin
 
 
 def _attribute_chain(node: ast.Attribute) -> tuple[str | None, list[str]]:
@@ -223,8 +248,9 @@ def _attribute_chain(node: ast.Attribute) -> tuple[str | None, list[str]]:
 def _check_statement(
     statement: _Statement, module_aliases: dict[str, str], findings: set[str]
 ) -> None:
-    """Flag what :func:`find_violations` forbids inside one statement of a closure."""
-    for node in ast.walk(statement.node):
+    """Flag what :func:`find_violations` forbids inside one statement of a closure (string
+    annotations included: they are code that ``typing.get_type_hints`` evaluates)."""
+    for node in _walk_with_annotations(statement.node):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             if isinstance(node, ast.ImportFrom) and node.level:
                 findings.add("uses a relative import")
@@ -269,6 +295,23 @@ def _check_statement(
         findings.add("uses `getattr` with a computed name; the grader cannot verify it")
 
 
+def _walk_with_annotations(root: ast.AST):
+    """``ast.walk(root)``, plus the expressions parsed from every string constant (an annotation
+    written as text, or any string that could be evaluated as code)."""
+    queue = [root]
+    while queue:
+        tree = queue.pop()
+        for node in ast.walk(tree):
+            yield node
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                if len(text) < 10_000 and any(c in text for c in "(._["):
+                    try:
+                        queue.append(ast.parse(text.strip(), mode="eval"))
+                    except (SyntaxError, ValueError, RecursionError, MemoryError):
+                        pass
+
+
 def _is_literal_getattr(node: ast.AST) -> bool:
     """``getattr(x, "name")`` or ``getattr(x, "name", default)``: an attribute access with a literal name."""
     return (
@@ -297,6 +340,26 @@ def _star_sources(name: str, star_statements: list[_Statement]) -> list[_Stateme
             except Exception:  # an allowed module that does not import here
                 continue
     return sources
+
+
+def _live(statements: list[_Statement], name: str) -> list[_Statement]:
+    """The bindings of ``name`` that are live at the end of the notebook: the last one, and the
+    ones before it as long as each uses the name itself (``f = wrap(f)``, ``x += 1``) or binds
+    it only conditionally (inside an ``if``, ``for``, ``try``...). An earlier draft that a later
+    ``def`` replaces is not live."""
+    live = []
+    for statement in reversed(statements):
+        live.append(statement)
+        node = statement.node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            decorators = [d for d in node.decorator_list if name in _names_in(d)]
+            if not decorators:
+                break  # the body reads its globals when it runs: the live ones
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            break
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and name not in _names_in(node.value or ast.Pass()):
+            break
+    return live[::-1]
 
 
 def find_violations(sources: list[str], exercise_names: list[str]) -> dict[str, list[str]]:
@@ -329,19 +392,21 @@ def find_violations(sources: list[str], exercise_names: list[str]) -> dict[str, 
             ]
             continue
         closure: list[_Statement] = []
+        in_closure: set[int] = set()
         seen_names, queue = set(), [exercise]
         while queue:
             name = queue.pop()
             if name in seen_names:
                 continue
             seen_names.add(name)
-            sources = bindings.get(name, [])
+            sources = _live(bindings.get(name, []), name)
             if not sources and name not in known:
                 sources = _star_sources(name, star_statements)
                 if not sources:
                     findings.add(f"uses `{name}`, which the notebook never defines")
             for statement in sources + mutations.get(name, []):
-                if all(statement is not other for other in closure):
+                if id(statement) not in in_closure:
+                    in_closure.add(id(statement))
                     closure.append(statement)
                     queue += sorted(statement.uses)
         for statement in closure:
@@ -352,3 +417,85 @@ def find_violations(sources: list[str], exercise_names: list[str]) -> dict[str, 
             }
         report[exercise] = sorted(findings)
     return report
+
+
+# ------------------------------------------------------------------- under a time limit, elsewhere
+def _worker() -> None:
+    """``python -m ddpm_course.grading.integrity --worker``: one JSON request per line on stdin
+    (``{"sources": [...], "names": [...]}``), one JSON answer per line on stdout."""
+    sys.setrecursionlimit(3000)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = {"report": find_violations(request["sources"], request["names"])}
+        except (RecursionError, MemoryError) as error:
+            answer = {"error": f"{type(error).__name__}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+class AnalysisTimeout(RuntimeError):
+    """The static check did not finish in time (or could not run) on one notebook."""
+
+
+class Analyser:
+    """Runs :func:`find_violations` in worker processes, each call under a time limit: a notebook
+    too large or too slow to analyse gets :class:`AnalysisTimeout`, and its worker is replaced."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._idle: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        environment = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+        return subprocess.Popen(
+            [sys.executable, "-m", "ddpm_course.grading.integrity", "--worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=environment, start_new_session=True,
+        )  # fmt: skip
+
+    def analyse(self, sources: list[str], names: list[str], first: bool = False) -> dict:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None or worker.poll() is not None:
+            worker = self._start()
+            first = True  # the worker's imports are not the notebook's fault
+        request = (json.dumps({"sources": sources, "names": names}) + "\n").encode()
+        deadline = time.monotonic() + self.timeout + (30.0 if first else 0.0)
+        try:
+            worker.stdin.write(request)
+            worker.stdin.flush()
+            line = b""
+            while not line.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([worker.stdout], [], [], left)[0]:
+                    raise AnalysisTimeout(
+                        f"the static check did not finish within {self.timeout:g} s"
+                    )
+                chunk = worker.stdout.readline()
+                if not chunk:
+                    raise AnalysisTimeout("the static check stopped")
+                line += chunk
+            answer = json.loads(line)
+        except BaseException:
+            worker.kill()
+            worker.wait()
+            raise
+        with self._lock:
+            self._idle.append(worker)
+        if "error" in answer:
+            raise AnalysisTimeout(f"the static check could not analyse it ({answer['error']})")
+        return answer["report"]
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._idle = self._idle, []
+        for worker in workers:
+            worker.stdin.close()
+            worker.kill()
+            worker.wait()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker()

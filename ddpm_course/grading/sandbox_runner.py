@@ -1,0 +1,656 @@
+"""The program that runs submitted notebooks: a fork server (the "zygote") inside the sandbox.
+
+It imports ONLY the Python standard library, torch and safetensors (``tests/test_sandbox.py``
+checks it), never the package: the grader copies this file into the student view
+(:mod:`~ddpm_course.grading.sandbox`) and starts it with ``python -I -S`` inside a bubblewrap
+sandbox whose file system holds the interpreter, site-packages (without ``ddpm_course``), the
+student view and the job folders, and nothing else.
+
+The zygote imports torch once, then reads one JSON request per line on stdin:
+
+* ``{"run": id, "job": folder, "uid": uid or null, "limits": {...}}``: fork a child C that
+  (sandboxed mode) drops to the unprivileged ``uid`` (when the zygote runs as root), enters new
+  user, mount, PID, network, IPC and UTS namespaces, binds its own job folder on ``/job``, hides
+  every other job folder and ``/proc`` behind empty tmpfs mounts, mounts size-capped tmpfs on
+  ``/tmp`` and ``/dev/shm``, and forks G, the PID 1 of the new PID namespace, which sets the
+  rlimits, drops every capability and runs the notebook (:func:`run_notebook`). When G ends, the
+  kernel kills everything left in its namespace: nothing a notebook starts outlives it.
+* ``{"kill": id}``: SIGKILL C and G (G has a parent-death SIGKILL too); the namespace goes with G.
+
+It writes ``{"id": id, "exit": code, "reason": ...}`` on stdout once C and G have both been
+reaped, i.e. once no process of that notebook exists (the zygote is a child subreaper, so an
+orphaned G is reaped here). A watchdog kills a job whose processes together hold more than the
+memory limit (resident set sizes summed over the job's process tree: the substitute for a memory
+cgroup, see ARCHITECTURE.md) or whose job folder grows past its size cap.
+
+In ``--no-sandbox`` mode C skips the namespaces (only setsid and the rlimits): the grader records
+that mode in the CSV and every feedback file.
+
+What G writes in the job folder: ``cells.jsonl`` (each cell's start and end), ``output.txt``
+(what the notebook printed, capped), ``<exercise>.json`` and ``<exercise>.safetensors``, ``done``.
+The grader reads them only after the job has ended, and trusts none of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import linecache
+import math
+import os
+import resource
+import select
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+CELL_LOG = "cells.jsonl"
+OUTPUT_FILE = "output.txt"
+DONE_FILE = "done"
+STDIO_FILE = "stdio.txt"
+MAX_FILE_BYTES = 64 * 2**20  # RLIMIT_FSIZE
+MAX_OUTPUT_ELEMENTS = 2**24  # a returned tensor larger than this is not saved
+MAX_TRACEBACK = 2000
+MAX_REQUEST_BYTES = 2**16
+
+# Linux constants (linux/sched.h, linux/mount.h, linux/prctl.h)
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def _drop_capabilities() -> None:
+    """No capability left in any set (the bounding set included) and no way to gain one."""
+    for cap in range(64):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: ignored
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+# ------------------------------------------------------------------------------- the notebook (G)
+class CellTimeout(BaseException):
+    """A cell or an exercise ran past its time (not an Exception: ``except Exception`` misses it)."""
+
+
+class OutputError(ValueError):
+    """The function returned something other than the tensors the exercise expects."""
+
+
+class CappedText(io.TextIOBase):
+    """A text stream that keeps the first ``limit`` characters written to it and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.parts, self.kept, self.dropped = limit, [], 0, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        text = str(text)
+        room = self.limit - self.kept
+        if room > 0:
+            self.parts.append(text[:room])
+            self.kept += min(room, len(text))
+        self.dropped += max(0, len(text) - max(room, 0))
+        return len(text)
+
+    def take(self) -> str:
+        text, self.parts = "".join(self.parts), []
+        return text
+
+
+class _Shell:
+    """What ``get_ipython()`` returns in a graded notebook: the grader turned magics into calls
+    of these (IPython's input transformers); ``%time`` runs its statement, the rest do nothing."""
+
+    def __init__(self, namespace: dict) -> None:
+        self.namespace = namespace
+
+    def run_line_magic(self, name: str, line: str, *args: Any) -> None:
+        if name in ("time", "timeit") and line.strip():
+            exec(compile(line, "<magic>", "exec"), self.namespace)
+
+    def run_cell_magic(self, name: str, line: str, cell: str, *args: Any) -> None:
+        return None  # %%time / %%timeit / %%capture cells arrive unwrapped; others are skipped
+
+    def system(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def getoutput(self, *args: Any, **kwargs: Any) -> list:
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _display(*objects: Any, **_: Any) -> None:
+    for value in objects:
+        print(repr(value))
+
+
+def _on_timeout(signum, frame) -> None:
+    raise CellTimeout()
+
+
+def _timer(seconds: float) -> None:
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CellTimeout):
+        return "ran past the time limit of a cell"
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r})"
+    message = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _student_traceback(error: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith("<code")]
+    text = "".join(traceback.format_list(frames) + traceback.format_exception_only(type(error), error))
+    return text[:MAX_TRACEBACK]
+
+
+def _append_line(path: str, record: dict) -> None:
+    with open(path, "a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _as_outputs(value: Any, n_outputs: int) -> tuple:
+    import torch
+
+    if n_outputs == 1:
+        if not torch.is_tensor(value):
+            raise OutputError(f"returned a {type(value).__name__}; return a torch.Tensor")
+        return (value,)
+    if not isinstance(value, (tuple, list)) or len(value) != n_outputs:
+        got = f"{len(value)} values" if isinstance(value, (tuple, list)) else f"a {type(value).__name__}"
+        raise OutputError(f"returned {got}; return a tuple of {n_outputs} tensors")
+    for position, item in enumerate(value):
+        if not torch.is_tensor(item):
+            raise OutputError(f"output {position} is a {type(item).__name__}; return torch.Tensors")
+    return tuple(value)
+
+
+def _saveable(tensor):
+    if tensor.numel() > MAX_OUTPUT_ELEMENTS:
+        raise OutputError(f"returned a tensor of {tensor.numel()} elements, far more than expected")
+    import torch
+
+    return tensor.detach().as_subclass(torch.Tensor).to("cpu").contiguous().clone()
+
+
+def _evaluate(job: str, spec: dict, cases: list, namespace: dict, limits: dict) -> None:
+    """Call the function ``spec["name"]`` on every case; write ``<name>.safetensors`` and ``.json``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ddpm_course.grading.drivers import call_with_driver
+    from ddpm_course.grading.exercise import clone_args, decode_args
+
+    name, n_outputs, driver = spec["name"], int(spec["n_outputs"]), spec.get("driver")
+    function = namespace.get(name)
+    note: dict[str, Any] = {"status": "ok", "cases": []}
+    tensors: dict[str, torch.Tensor] = {}
+    if not callable(function):
+        note["status"] = "missing"
+        note["detail"] = "not defined" if function is None else f"is a {type(function).__name__}, not a function"
+    else:
+        _timer(limits["cell_timeout"])
+        try:
+            for number, encoded in enumerate(cases):
+                error_text = None
+                try:
+                    value = call_with_driver(driver, function, clone_args(decode_args(encoded)))
+                    for position, tensor in enumerate(_as_outputs(value, n_outputs)):
+                        tensors[f"{number}.{position}"] = _saveable(tensor)
+                except NotImplementedError:
+                    if number == 0:
+                        note["status"] = "not-attempted"
+                        break
+                    error_text = "raised NotImplementedError"
+                except (CellTimeout, KeyboardInterrupt):
+                    raise
+                except BaseException as error:  # a wrong answer that crashes fails this case only
+                    error_text = str(error) if isinstance(error, OutputError) else _describe(error)
+                note["cases"].append({"case": number, "error": error_text})
+        except CellTimeout:
+            note["status"] = "timeout"
+            note["detail"] = f"did not return within {limits['cell_timeout']:g} s"
+        finally:
+            _timer(0)
+    try:
+        save_file(tensors, os.path.join(job, f"{name}.safetensors"))
+    except Exception as error:
+        note["status"] = "unsaveable"
+        note["detail"] = _describe(error)
+    with open(os.path.join(job, f"{name}.json"), "w") as handle:
+        json.dump(note, handle)
+
+
+def _is_check_call(statement) -> bool:
+    """A top-level ``check(...)`` expression: the self-check cells, which the grader skips."""
+    import ast
+
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Call)
+        and isinstance(statement.value.func, ast.Name)
+        and statement.value.func.id == "check"
+    )
+
+
+def _compile_cell(source: str, filename: str):
+    import ast
+
+    tree = ast.parse(source, filename)
+    tree.body = [statement for statement in tree.body if not _is_check_call(statement)]
+    return compile(tree, filename, "exec")
+
+
+def run_notebook(job: str, limits: dict) -> None:
+    """Run ``job/cells.json`` (plain Python per code cell) in one namespace, each cell under the
+    cell timeout, recording every error and carrying on; then evaluate the exercises of
+    ``job/exercises.json`` on the inputs of ``job/inputs.pt`` and write the outputs."""
+    import torch
+
+    with open(os.path.join(job, "cells.json")) as handle:
+        cells = json.load(handle)
+    with open(os.path.join(job, "exercises.json")) as handle:
+        specs = json.load(handle)
+    inputs = torch.load(os.path.join(job, "inputs.pt"), weights_only=True)
+    output = CappedText(int(limits["output_chars"]))
+    sys.stdout = sys.stderr = output
+    signal.signal(signal.SIGALRM, _on_timeout)
+    namespace: dict[str, Any] = {"__name__": "__main__", "display": _display}
+    shell = _Shell(namespace)
+    namespace["get_ipython"] = lambda: shell
+    cell_log, printed = os.path.join(job, CELL_LOG), os.path.join(job, OUTPUT_FILE)
+    for number, source in enumerate(cells, start=1):
+        _append_line(cell_log, {"cell": number, "event": "start"})
+        error_text = traceback_text = None
+        try:
+            filename = f"<code cell {number}>"
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            code = _compile_cell(source, filename)
+            _timer(limits["cell_timeout"])
+            try:
+                exec(code, namespace)
+            finally:
+                _timer(0)
+        except BaseException as error:  # the notebook's errors are recorded, never fatal
+            error_text, traceback_text = _describe(error), _student_traceback(error)
+        with open(printed, "a") as handle:
+            handle.write(output.take())
+        _append_line(cell_log, {"cell": number, "event": "end", "error": error_text, "traceback": traceback_text})
+    try:
+        for spec in specs:
+            _evaluate(job, spec, inputs.get(spec["name"], []), namespace, limits)
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    with open(printed, "a") as handle:
+        handle.write(output.take())
+    with open(os.path.join(job, DONE_FILE), "w") as handle:
+        json.dump({"output_dropped": output.dropped}, handle)
+
+
+# ----------------------------------------------------------------------------- the child (C and G)
+def _address_space() -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _set_limits(limits: dict, base_address_space: int | None) -> None:
+    """Hard rlimits of G (its children inherit them; it cannot raise them again)."""
+    def hard(which: int, value: int) -> None:
+        resource.setrlimit(which, (value, value))
+
+    if base_address_space is not None:
+        hard(resource.RLIMIT_AS, base_address_space + int(limits["memory_mb"]) * 2**20)
+    hard(resource.RLIMIT_CPU, math.ceil(limits["timeout"]) + 5)
+    hard(resource.RLIMIT_FSIZE, MAX_FILE_BYTES)
+    hard(resource.RLIMIT_CORE, 0)
+    hard(resource.RLIMIT_NOFILE, int(limits["open_files"]))
+    hard(resource.RLIMIT_NPROC, int(limits["processes"]))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails instead of killing
+
+
+def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
+    """C's part in sandboxed mode: an unprivileged uid, new namespaces, the job's mounts."""
+    with open("/proc/cpuinfo") as handle:
+        cpuinfo = handle.read()  # torch reads it lazily; /proc is hidden below
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # all uids non-zero: every capability is gone
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # so that it may write its own /proc/self/uid_map
+    outer_uid, outer_gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    _check(_libc.unshare(flags), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"65534 {outer_uid} 1"), ("gid_map", f"65534 {outer_gid} 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount(job, "/job", None, MS_BIND | MS_REC)
+    _mount("tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+    tmp = f"size={int(limits['tmp_mb'])}m,mode=1777"
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
+    _mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=755")
+    with open("/proc/cpuinfo", "w") as handle:
+        handle.write(cpuinfo)
+    _mount(None, "/proc", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _close_fds(keep: set[int]) -> None:
+    for fd in range(3, 1024):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _init_of(notebook: int) -> None:
+    """In G (PID 1 of the namespace): return at once in the child (the notebook's process);
+    in G, reap every process until the notebook's ends, then exit with its status (and the
+    kernel kills whatever is left in the namespace). A notebook that kills itself therefore
+    dies as it would anywhere (PID 1 would ignore its own signals)."""
+    if notebook == 0:
+        return
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(72)
+        if pid == notebook:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(min(code, 255) if code >= 0 else min(128 - code, 255))
+
+
+def _child(request: dict, report_fd: int) -> None:
+    """C: prepare, fork G, tell the zygote G's pid, let G go, wait for it, exit with its status."""
+    sandboxed = request.get("sandboxed", True)
+    job, limits = request["job"], request["limits"]
+    base = _address_space()
+    if sandboxed:
+        _enter_namespaces(job, request.get("uid"), limits)
+        workdir = "/job"
+    else:
+        os.setsid()
+        workdir = job
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # G: PID 1 of the new namespace
+        try:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            os.close(go_write)
+            if os.read(go_read, 1) != b"g":  # C died before it let G go
+                os._exit(70)
+            os.close(go_read)
+            os.close(report_fd)
+            _close_fds(set())
+            if not sandboxed:
+                os.setpgid(0, 0)
+            os.chdir(workdir)
+            null = os.open(os.devnull, os.O_RDONLY)
+            stdio = os.open(STDIO_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            for target, source in ((0, null), (1, stdio), (2, stdio)):
+                os.dup2(source, target)
+            os.close(null)
+            os.close(stdio)
+            os.environ.clear()
+            os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "OMP_NUM_THREADS": "1",
+                               "MPLBACKEND": "Agg", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": "/tmp"})
+            _set_limits(limits, base)
+            if sandboxed:
+                _drop_capabilities()
+                _init_of(os.fork())  # G stays PID 1 (reaps orphans); the notebook runs below it
+            run_notebook(".", limits)
+            code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(go_read)
+    os.write(report_fd, json.dumps({"gpid": pid}).encode() + b"\n")
+    os.close(report_fd)
+    os.write(go_write, b"g")
+    os.close(go_write)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)  # minus the signal that killed G
+    os._exit(min(code, 255) if code >= 0 else min(128 - code, 255))
+
+
+# ------------------------------------------------------------------------------------- the zygote
+class _Job:
+    def __init__(self, ident: str, request: dict, cpid: int, pipe: int) -> None:
+        self.ident, self.request, self.cpid, self.pipe = ident, request, cpid, pipe
+        self.gpid: int | None = None
+        self.c_status: int | None = None
+        self.g_done = False
+        self.reason: str | None = None
+        self.buffer = b""
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/PID/task/*/children)."""
+    found, queue = [], [pid]
+    while queue and len(found) < 4096:
+        current = queue.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    queue += [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _private_bytes(pids: list[int]) -> int:
+    """The memory the processes hold on their own (Private_Clean + Private_Dirty of
+    /proc/PID/smaps_rollup): not the pages of torch they still share with the fork server."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _folder_bytes(folder: str, cap_entries: int = 20000) -> int:
+    total, queue, seen = 0, [folder], 0
+    while queue:
+        current = queue.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > cap_entries:
+                return 1 << 62
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    queue.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def serve() -> None:
+    """The zygote's loop (see the module docstring)."""
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    reports = os.fdopen(os.dup(1), "w")
+    reports.write(json.dumps({"ready": True}) + "\n")
+    reports.flush()
+    jobs: dict[str, _Job] = {}
+    by_pid: dict[int, _Job] = {}
+    pending, closed, last_watch = b"", False, 0.0
+
+    def report(job: _Job) -> None:
+        code = job.c_status if job.c_status is not None else -9
+        reports.write(json.dumps({"id": job.ident, "exit": code, "reason": job.reason}) + "\n")
+        reports.flush()
+        jobs.pop(job.ident, None)
+
+    def kill(job: _Job, reason: str | None) -> None:
+        job.reason = job.reason or reason
+        for pid in (job.cpid, job.gpid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        if job.gpid and not job.request.get("sandboxed", True):
+            try:  # without namespaces, G's process group is what can be reached
+                os.killpg(job.gpid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    while not closed or jobs:
+        watch = [job.pipe for job in jobs.values() if job.pipe >= 0]
+        ready, _, _ = select.select(([] if closed else [0]) + watch, [], [], 0.02)
+        for fd in ready:
+            if fd == 0:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    closed = True
+                    for job in list(jobs.values()):
+                        kill(job, "the grader stopped")
+                    continue
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    request = json.loads(line[:MAX_REQUEST_BYTES])
+                    if "kill" in request:
+                        if request["kill"] in jobs:
+                            kill(jobs[request["kill"]], request.get("reason", "killed"))
+                        continue
+                    read_fd, write_fd = os.pipe()
+                    cpid = os.fork()
+                    if cpid == 0:
+                        code = 0
+                        try:
+                            os.close(read_fd)
+                            os.close(0)
+                            _child(request, write_fd)
+                        except BaseException:
+                            traceback.print_exc()
+                            code = 71
+                        os._exit(code)
+                    os.close(write_fd)
+                    job = _Job(str(request["run"]), request, cpid, read_fd)
+                    jobs[job.ident] = by_pid[cpid] = job
+            else:
+                job = next(j for j in jobs.values() if j.pipe == fd)
+                chunk = os.read(fd, 4096)
+                job.buffer += chunk
+                if not chunk:
+                    os.close(fd)
+                    job.pipe = -1
+                    try:
+                        job.gpid = int(json.loads(job.buffer.split(b"\n")[0])["gpid"])
+                        by_pid[job.gpid] = job
+                    except (ValueError, KeyError, TypeError):
+                        job.g_done = True  # C died before it forked G: nothing to wait for
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            job = by_pid.pop(pid, None)
+            if job is None:
+                continue
+            if pid == job.cpid:
+                job.c_status = os.waitstatus_to_exitcode(status)
+                if job.c_status >= 0 and job.gpid is not None and job.reason is None:
+                    job.g_done = True  # C reaped G itself
+            else:
+                job.g_done = True
+        for job in list(jobs.values()):
+            if job.c_status is not None and job.pipe < 0 and (job.g_done or job.gpid is None):
+                by_pid.pop(job.gpid, None) if job.gpid else None
+                report(job)
+        now = time.monotonic()
+        if now - last_watch > 0.25:
+            last_watch = now
+            for job in list(jobs.values()):
+                if job.c_status is not None or job.reason:
+                    continue
+                limits = job.request["limits"]
+                tree = _tree(job.cpid)
+                if _private_bytes(tree[1:]) > int(limits["sandbox_memory_mb"]) * 2**20:
+                    kill(job, "memory")
+                elif _folder_bytes(job.request["job"]) > int(limits["job_folder_mb"]) * 2**20:
+                    kill(job, "disk")
+
+
+def main(argv: list[str]) -> None:
+    """``python -I -S sandbox_runner.py SITE_DIR...``: the view's folder and site-packages on
+    sys.path (no .pth files are processed, so no editable install of the package is found), then
+    import torch once and serve."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [here] + [p for p in sys.path if p and "site-packages" not in p] + argv
+    sys.dont_write_bytecode = True
+    import safetensors.torch  # noqa: F401  (imported once, here, for every child)
+    import torch
+
+    torch.set_num_threads(1)
+    import ddpm_course.grading.drivers  # noqa: F401
+    import ddpm_course.grading.exercise  # noqa: F401
+
+    serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

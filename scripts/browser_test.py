@@ -61,7 +61,7 @@ function imagesSettled() {
 function visibleTextOutsideCode() {
   const clone = document.body.cloneNode(true);
   clone.querySelectorAll("pre, code, script, style, mjx-container").forEach(el => el.remove());
-  return clone.innerText === undefined ? clone.textContent : clone.textContent;
+  return clone.textContent;
 }
 function report() {
   const imgs = Array.from(document.images).map(img => ({
@@ -84,11 +84,15 @@ function waitForImages() {
   if (imagesSettled() || Date.now() - start > timeoutMs) { report(); }
   else { setTimeout(waitForImages, 100); }
 }
+let loaded = null;
 function waitForMathJax() {
+  // MathJax's script is deferred: by the load event it has run, or failed to load
+  // (a short grace period covers an async script)
+  loaded = loaded || Date.now();
   const hasMathJaxScript = Array.from(document.scripts).some(s => /mathjax/i.test(s.src));
   if (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) {
     window.MathJax.startup.promise.then(waitForImages, waitForImages);
-  } else if (!hasMathJaxScript || Date.now() - start > timeoutMs) {
+  } else if (!hasMathJaxScript || Date.now() - loaded > 2000) {
     waitForImages();
   } else {
     setTimeout(waitForMathJax, 100);

@@ -157,7 +157,7 @@ def _flops_per_step(trainer, data: torch.Tensor) -> int:
 
 def _config(args, compile_model: bool = False):
     """The training config of the check: the preset's, with the check's batch and precision."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     return TrainConfig.from_preset(
         args.preset,
@@ -200,7 +200,7 @@ def _train(args, compile_model: bool, data: torch.Tensor, world_size: int):
 def run_check(args) -> dict[str, Any] | None:
     """Run every part of the check (see the module's docstring); rank 0 returns the report,
     the other ranks ``None``."""
-    from .train import build_model
+    from .config import build_model
     from .viz import save_image_grid
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

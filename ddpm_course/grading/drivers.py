@@ -17,9 +17,79 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DRIVERS", "call_with_driver"]
+import torch
+from torch import nn
+from torch.nn import functional as F
 
-DRIVERS: dict[str, Callable[..., Any]] = {}
+__all__ = ["DRIVERS", "call_with_driver", "TinyDenoiser", "tiny_denoiser", "train_tiny_denoiser", "in_place"]
+
+
+# ------------------------------------------------------------- chapter 04: a training step
+class TinyDenoiser(nn.Module):
+    """An ε-predictor for 8×8 one-channel images: ``model(x_t, t) -> (N, 1, 8, 8)``.
+
+    An MLP on the flattened x_t; t (N,) in {0, ..., T-1} enters as ``t / T`` through a small MLP
+    whose output is added to the first hidden layer. ``model(x_t)`` (t left out) runs without any
+    time input, so a step that forgets t trains a model that never learns when it is.
+    """
+
+    def __init__(self, num_timesteps: int, pixels: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.num_timesteps = num_timesteps
+        # random Fourier features of t / T (Tancik et al. 2020), frequencies fixed from seed 0
+        frequencies = torch.randn(16, generator=torch.Generator().manual_seed(0)) * 8.0
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.time = nn.Linear(32, hidden)
+        self.inp = nn.Linear(pixels, hidden)
+        self.mid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, pixels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(x.flatten(1))
+        if t is not None:
+            angles = 2 * torch.pi * (t.to(x.dtype)[:, None] / self.num_timesteps) * self.frequencies
+            h = h + self.time(torch.cat([angles.sin(), angles.cos()], dim=1))
+        return self.out(F.silu(self.mid(F.silu(h)))).view_as(x)
+
+
+def tiny_denoiser(seed: int, num_timesteps: int) -> TinyDenoiser:
+    """The :class:`TinyDenoiser` initialised from ``seed`` (without touching the global random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyDenoiser(num_timesteps)
+
+
+def train_tiny_denoiser(training_step: Callable[..., Any], seed: int, images: torch.Tensor,
+                        alphas_cumprod: torch.Tensor, steps: int, batch_size: int, lr: float):  # fmt: skip
+    """Run ``training_step(model, optimizer, x0, alphas_cumprod, generator)`` ``steps`` times on
+    random batches of ``images`` (N, 1, 8, 8), from a :func:`tiny_denoiser` of ``seed`` and Adam at
+    ``lr``. Returns ``(weights, losses)``: the final parameters as one vector and the (steps,)
+    losses that the step returned."""
+    model = tiny_denoiser(seed, alphas_cumprod.shape[0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)  # the step's t and noise
+    batches = torch.Generator().manual_seed(seed + 1)  # which images each step sees
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(0, images.shape[0], (batch_size,), generator=batches)
+        loss = training_step(model, optimizer, images[index], alphas_cumprod, generator)
+        if loss is None:
+            raise TypeError("training_step returned None; return the loss (a 0-d tensor)")
+        losses.append(float(torch.as_tensor(loss).detach()))
+    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(losses)
+
+
+def in_place(fn: Callable[..., Any], target: torch.Tensor, *args: Any) -> torch.Tensor:
+    """Call ``fn(target, *args)`` and return ``target`` itself: graded by what ``fn`` did to its
+    first argument in place (its return value is not looked at)."""
+    fn(target, *args)
+    return target
+
+
+DRIVERS: dict[str, Callable[..., Any]] = {
+    "train_tiny_denoiser": train_tiny_denoiser,
+    "in_place": in_place,
+}
 
 
 def call_with_driver(driver: str | None, fn: Callable[..., Any], args: tuple) -> Any:

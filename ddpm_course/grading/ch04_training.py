@@ -1,0 +1,281 @@
+r"""The exercises of chapter 04 (Training a DDPM): the pieces of a training step, then the step.
+
+Four exercises are compared element-wise with the package's answer: the sinusoidal timestep
+embedding (:func:`ddpm_course.nn.timestep_embedding`), one :math:`L_\text{simple}` loss
+(:meth:`~ddpm_course.diffusion.GaussianDiffusion.training_losses`), an in-place EMA update
+(:mod:`ddpm_course.ema`) and the cosine schedule's betas (:func:`ddpm_course.schedules.cosine`).
+
+The fifth, ``training_step``, is graded by its outcome: the driver ``train_tiny_denoiser``
+(:mod:`~ddpm_course.grading.drivers`, where the student's code runs) trains a
+:class:`~ddpm_course.grading.drivers.TinyDenoiser` with it for 300 steps on the 8×8 digits, and
+:func:`judge_training_step` (in the grader's process) measures the trained weights' denoising loss
+on the held-out digits. The threshold lies between what the correct step reaches (about 0.32 on
+every seed) and what the classic mistakes reach (0.45 or more: t not given to the model, one fixed
+t, no noise added, x0 as the target, a missing ``zero_grad``); the message names the mistake that
+the trained weights look like.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ..ema import ema_update
+from ..nn import timestep_embedding
+from ..schedules import cosine, get_betas
+from .ch03_elbo import _diffusion_from_alphas_cumprod
+from .drivers import tiny_denoiser
+from .exercise import (
+    ROUNDING,
+    ROUNDING_REASON,
+    Case,
+    CaseResult,
+    Exercise,
+    InputFunction,
+    Tolerance,
+    draw_normal,
+    draw_uniform,
+    dtype_name,
+)
+
+__all__ = ["EXERCISES", "LinearEpsModel", "judge_training_step", "held_out_losses", "THRESHOLD"]
+
+
+# ----------------------------------------------------------------------- timestep_embedding
+def reference_timestep_embedding(t, dim):
+    return timestep_embedding(t, dim)
+
+
+def cases_timestep_embedding(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for n, dim, kind in ((5, 8, "int64"), (7, 32, "int64"), (4, 128, "float32"), (3, 2 * 3, "int64")):
+        t = torch.randint(0, 1000, (n,), generator=generator)
+        t[0] = 0
+        if kind == "float32":
+            t = t.float() + torch.rand(n, generator=generator)
+        cases.append(Case(f"t ({n},) {kind}, dim {dim}", (t, dim)))
+    return cases
+
+
+# ---------------------------------------------------------------------------- l_simple_loss
+class LinearEpsModel(InputFunction):
+    r"""A stand-in ε-model :math:`\hat\epsilon(x_t, t) = a\,x_t + b_t` (a scalar ``scale``, a
+    (T,) ``time_bias``), so that the loss depends on x_t and on t."""
+
+    kind = "linear_eps_model"
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        bias = self.params["time_bias"].to(x.dtype)[t].reshape(-1, *([1] * (x.ndim - 1)))
+        return self.params["scale"].to(x.dtype) * x + bias
+
+
+def reference_l_simple_loss(model, x0, t, noise, alphas_cumprod):
+    diffusion = _diffusion_from_alphas_cumprod(alphas_cumprod)
+    return diffusion.training_losses(model, x0, t, noise=noise)["loss"].mean()
+
+
+def cases_l_simple_loss(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, schedule, T in ((torch.float32, (4, 1, 8, 8), "linear", 1000),
+                                      (torch.float64, (3, 3, 4, 4), "cosine", 100),
+                                      (torch.float32, (6, 2), "sigmoid", 50)):  # fmt: skip
+        alphas_cumprod = torch.cumprod(1 - get_betas(schedule, T), 0)
+        t = torch.randint(0, T, (shape[0],), generator=generator)
+        t[0], t[-1] = 0, T - 1
+        model = LinearEpsModel(scale=draw_uniform((), 0.2, 0.8, torch.float64, generator),
+                               time_bias=draw_normal((T,), torch.float64, generator) * 0.1)  # fmt: skip
+        x0 = draw_uniform(shape, -1.0, 1.0, dtype, generator)
+        args = (model, x0, t, draw_normal(shape, dtype, generator), alphas_cumprod)
+        cases.append(Case(f"{dtype_name(dtype)}, x0 {shape}, {schedule} T={T}", args))
+    return cases
+
+
+# ------------------------------------------------------------------------------- ema_update
+def reference_ema_update(ema, weights, decay):
+    ema_model, model = torch.nn.ParameterList([ema]), torch.nn.ParameterList([weights])  # views of the tensors
+    ema_update(ema_model, model, decay)
+    return ema
+
+
+def cases_ema_update(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for dtype, shape, decay in ((torch.float32, (16, 8), 0.999), (torch.float64, (3, 4, 5), 0.9),
+                                (torch.float32, (7,), 0.0), (torch.float64, (2, 2), 0.5)):  # fmt: skip
+        cases.append(Case(f"{dtype_name(dtype)}, {shape}, decay {decay}",
+                          (draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator), decay)))  # fmt: skip
+    return cases
+
+
+# ----------------------------------------------------------------------------- cosine_betas
+def reference_cosine_betas(T, s):
+    return cosine(T, s=s)
+
+
+def cases_cosine_betas(generator: torch.Generator) -> list[Case]:
+    del generator  # the cases are fixed: short and long schedules, the paper's offset and another
+    return [Case(f"T={T}, s={s}", (T, s)) for T, s in ((1000, 0.008), (50, 0.008), (10, 0.02), (4000, 0.008))]
+
+
+# ---------------------------------------------------------------------------- training_step
+STEPS, BATCH_SIZE, LR, T_TINY = 300, 128, 1e-3, 100
+THRESHOLD = 0.38  # the correct step reaches about 0.32 on every seed; the mistakes 0.45 or more
+
+
+def reference_training_step(model, optimizer, x0, alphas_cumprod, generator):
+    diffusion = _diffusion_from_alphas_cumprod(alphas_cumprod.double())
+    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    loss = diffusion.training_losses(model, x0, t, noise=noise)["loss"].mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _tiny_alphas_cumprod() -> torch.Tensor:
+    """ᾱ of the cosine schedule with T = 100, in float32 (the tiny model's dtype)."""
+    return torch.cumprod(1 - get_betas("cosine", T_TINY), 0).float()
+
+
+def cases_training_step(generator: torch.Generator) -> list[Case]:
+    from ..data import digits
+
+    images, _ = digits(size=8, split="train")
+    seeds = torch.randint(0, 2**16, (2,), generator=generator).tolist()
+    return [Case(f"seed {seed}: {STEPS} steps of {BATCH_SIZE} digits 8×8, cosine T={T_TINY}",
+                 (seed, images, _tiny_alphas_cumprod(), STEPS, BATCH_SIZE, LR)) for seed in seeds]  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _held_out() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 300 test digits (8×8) four times over, with fixed t and noise: (x0, t, noise, x_t)."""
+    from ..data import digits
+
+    x0 = digits(size=8, split="test")[0].repeat(4, 1, 1, 1)
+    generator = torch.Generator().manual_seed(123)
+    alphas_cumprod = _tiny_alphas_cumprod()
+    t = torch.randint(0, T_TINY, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return x0, t, noise, a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+@torch.no_grad()
+def held_out_losses(seed: int, weights: torch.Tensor) -> dict[str, float]:
+    """What the trained weights do on held-out digits: the ε-MSE (the graded number), the
+    x0-MSE of the same output, its mean square, the ε-MSE when the model is told t = 0, how far
+    the weights moved from their initialisation and whether the time pathway moved at all."""
+    model = tiny_denoiser(seed, T_TINY)
+    initial = torch.nn.utils.parameters_to_vector(model.parameters()).clone()
+    initial_time = torch.nn.utils.parameters_to_vector(model.time.parameters()).clone()
+    torch.nn.utils.vector_to_parameters(weights.float(), model.parameters())
+    x0, t, noise, x_t = _held_out()
+    out = model(x_t, t)
+    return {
+        "eps_mse": float(((out - noise) ** 2).mean()),
+        "x0_mse": float(((out - x0) ** 2).mean()),
+        "mean_square": float((out**2).mean()),
+        "eps_mse_t0": float(((model(x_t, torch.zeros_like(t)) - noise) ** 2).mean()),
+        "moved": float((weights.float() - initial).norm() / initial.norm()),
+        "time_moved": float((torch.nn.utils.parameters_to_vector(model.time.parameters()) - initial_time).abs().max()),
+    }
+
+
+def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseResult:
+    """Pass when the held-out ε-MSE is below :data:`THRESHOLD`; otherwise say which classic
+    mistake the trained weights look like."""
+    weights = outputs[0]
+    seed = case.args[0]
+    if weights.shape != (sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),):
+        return CaseResult(False, f"the driver returned weights of shape {tuple(weights.shape)}")
+    if not bool(weights.isfinite().all()):
+        return CaseResult(False, "the weights became NaN or infinite: the training diverged")
+    stats = held_out_losses(seed, weights)
+    loss = stats["eps_mse"]
+    if loss < THRESHOLD:
+        return CaseResult(True, f"held-out denoising loss {loss:.3f} < {THRESHOLD}")
+    if stats["moved"] > 2.0:
+        why = ("the weights moved far from where they started: gradients pile up from step to step; "
+               "is optimizer.zero_grad() called before loss.backward()?")  # fmt: skip
+    elif stats["mean_square"] < 0.05:
+        why = ("the model predicts about 0 everywhere, as if the noise were never added to x_t: "
+               "x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε")  # fmt: skip
+    elif stats["x0_mse"] < stats["eps_mse"]:
+        why = "the model predicts the clean image x0, not the noise ε: the target should be the noise"
+    elif stats["time_moved"] == 0.0:
+        why = "the model never used the timestep: pass t to the model, model(x_t, t)"
+    elif stats["eps_mse_t0"] < loss:
+        why = "the model does better when told t = 0 than its own t: give the model each example's t"
+    else:
+        why = "check the six steps: t, ε, x_t, the prediction, the MSE against ε, and the update"
+    return CaseResult(False, f"held-out denoising loss {loss:.3f}, not below {THRESHOLD}: {why}")
+
+
+DIFFUSION = "ddpm_course.diffusion.GaussianDiffusion"
+EXERCISES = (
+    Exercise(
+        name="timestep_embedding",
+        signature="timestep_embedding(t, dim)",
+        reference=reference_timestep_embedding,
+        make_cases=cases_timestep_embedding,
+        # angles t·ω up to 1000 rad: float32 spacing there is 6e-5, so sin and cos agree to ~1e-4
+        tolerances={torch.float32: Tolerance(rtol=0.0, atol=2e-4)},
+        tolerance_reason="float32 angles up to t = 1000 carry rounding errors of about 1e-4 rad",
+        hint="half = dim // 2 frequencies exp(-log(10000) * i / (half - 1)), i = 0..half-1; the angles "
+        "t[:, None] * freqs[None]; return torch.cat([sin, cos], dim=1) in float32.",
+        output_names=("embedding",),
+        package_functions=("ddpm_course.nn.timestep_embedding",),
+    ),
+    Exercise(
+        name="l_simple_loss",
+        signature="l_simple_loss(model, x0, t, noise, alphas_cumprod)",
+        reference=reference_l_simple_loss,
+        make_cases=cases_l_simple_loss,
+        tolerances=ROUNDING,
+        tolerance_reason=ROUNDING_REASON + " (a mean over up to 192 squared errors)",
+        hint="x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise with abar_t = alphas_cumprod[t] shaped (N, 1, ..., 1) "
+        "in x0's dtype; the loss is ((model(x_t, t) - noise) ** 2).mean().",
+        output_names=("loss",),
+        package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.q_sample"),
+    ),
+    Exercise(
+        name="ema_update",
+        signature="ema_update(ema, weights, decay)",
+        reference=reference_ema_update,
+        make_cases=cases_ema_update,
+        tolerances=ROUNDING,
+        tolerance_reason=ROUNDING_REASON,
+        hint="Change ema itself (in place: ema.mul_(decay).add_(weights, alpha=1 - decay), or ema.lerp_): "
+        "ema <- decay * ema + (1 - decay) * weights. Assigning ema = ... only renames it.",
+        output_names=("ema",),
+        package_functions=("ddpm_course.ema.ema_update",),
+        driver="in_place",
+    ),
+    Exercise(
+        name="cosine_betas",
+        signature="cosine_betas(T, s)",
+        reference=reference_cosine_betas,
+        make_cases=cases_cosine_betas,
+        tolerances={torch.float64: Tolerance(rtol=1e-10, atol=1e-12)},
+        tolerance_reason=ROUNDING_REASON + " in float64",
+        hint="f(u) = cos((u + s) / (1 + s) * pi / 2) ** 2 and abar(u) = f(u) / f(0) for u = t / T; "
+        "beta_t = min(1 - abar((t + 1) / T) / abar(t / T), 0.999) for t = 0..T-1, in float64.",
+        output_names=("betas",),
+        package_functions=("ddpm_course.schedules.cosine", "ddpm_course.schedules.get_betas"),
+    ),
+    Exercise(
+        name="training_step",
+        signature="training_step(model, optimizer, x0, alphas_cumprod, generator)",
+        reference=reference_training_step,
+        make_cases=cases_training_step,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the held-out loss of the trained weights",
+        hint="t = torch.randint(0, T, (n,), generator=generator); noise = torch.randn(x0.shape, generator=generator); "
+        "x_t from the closed form; loss = MSE(model(x_t, t), noise); then zero_grad, backward, step; return the loss.",
+        output_names=("weights", "losses"),
+        package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.q_sample"),
+        driver="train_tiny_denoiser",
+        judge=judge_training_step,
+    ),
+)

@@ -1,0 +1,300 @@
+r"""The measured numbers of chapter 06, written to ``book/results/06_guidance.json``.
+
+``python -m ddpm_course.guidance_eval`` (all sections, about 15 CPU-minutes on one thread) or
+``--only cfg classifier inpaint sr sdedit`` (the named sections, merged into the file). Every
+section uses the shipped models, fixed seeds, and the shipped digits classifier of
+:mod:`ddpm_course.metrics` for accuracy, features and FD:
+
+* ``cfg``: classifier-free guidance on ``digits-cond`` over a sweep of w (DDIM), 400 samples
+  each (40 per class): class accuracy, FD (and its floor at 400), diversity (mean pairwise feature
+  distance within a class, averaged over classes), saturation (fraction of pixels with
+  :math:`|x| > 0.98`); w = 3 also with DPM-Solver++(2M) in 15 steps. The acceptance test is
+  w = 3: accuracy >= 95 % and FD <= 2 × floor.
+* ``classifier``: the noisy classifier's test accuracy against t, and classifier guidance of the
+  unconditional ``digits`` model over a sweep of scales (DDIM with the ε shift; ancestral with the
+  mean shift at one scale).
+* ``inpaint``: the top half of 100 test digits known; replacement and RePaint (jump 5, 5 samples),
+  and replacement with as many network evaluations as RePaint: known-pixel error, class accuracy
+  of the completions, RMSE of the filled half to the truth, and the seam error (the jump between
+  rows 7 and 8 against the real image's).
+* ``sr``: 8×8 → 16×16 on the 300 test digits: consistency (RMSE between ``sr_downsample(output)``
+  and the input) next to bicubic upsampling's, RMSE to the truth, FD.
+* ``sdedit``: blurred test digits noised to each t0 of a sweep and denoised: distance to the guide
+  and class agreement with the digit that was blurred.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data import digits
+from .guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    classifier_guided_ddpm_sample,
+    inpaint,
+    repaint_schedule,
+    sdedit,
+    sr_downsample,
+    super_resolve,
+)
+from .metrics import digits_fd, digits_fd_floor, digits_features, load_digits_classifier
+from .samplers import ddim_sample, dpm_solver_sample, respace
+
+__all__ = [
+    "RESULTS_PATH",
+    "class_accuracy",
+    "within_class_diversity",
+    "saturation",
+    "seam_error",
+    "blur",
+    "evaluate_cfg",
+    "evaluate_classifier_guidance",
+    "evaluate_inpainting",
+    "evaluate_sr",
+    "evaluate_sdedit",
+]
+
+RESULTS_PATH = Path(__file__).resolve().parent.parent / "book" / "results" / "06_guidance.json"
+CFG_SCALES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0)
+CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0)
+SDEDIT_T0 = (100, 200, 300, 400, 500, 600, 700, 800, 900)
+
+
+@torch.no_grad()
+def class_accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images (N, 1, 16, 16) in [-1, 1] that the shipped digits classifier labels ``labels``."""
+    return (load_digits_classifier()(images.clamp(-1, 1)).argmax(1) == labels).float().mean().item()
+
+
+def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean pairwise Euclidean distance of the classifier features within each class, averaged
+    over the classes: lower means the samples of a class look more alike."""
+    features = digits_features(images.clamp(-1, 1)).double()
+    per_class = []
+    for label in labels.unique():
+        group = features[labels == label]
+        if group.shape[0] > 1:
+            distances = torch.cdist(group, group)
+            per_class.append(distances.sum() / (group.shape[0] * (group.shape[0] - 1)))
+    return float(torch.stack(per_class).mean())
+
+
+def saturation(images: torch.Tensor, threshold: float = 0.98) -> float:
+    """Fraction of pixels with |x| > threshold (x in [-1, 1]): over-guided samples saturate."""
+    return (images.abs() > threshold).float().mean().item()
+
+
+def seam_error(completions: torch.Tensor, truth: torch.Tensor, row: int = 8) -> float:
+    """Mean |(x[row] - x[row - 1]) - (truth[row] - truth[row - 1])|: how much the jump across the
+    border of the mask differs from the real image's (0 for a seamless completion)."""
+    jump = completions[..., row, :] - completions[..., row - 1, :]
+    true_jump = truth[..., row, :] - truth[..., row - 1, :]
+    return (jump - true_jump).abs().mean().item()
+
+
+def blur(images: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Gaussian blur (a separable kernel of width 2·ceil(2σ) + 1, reflect padding): (N, C, H, W)."""
+    radius = int(2 * sigma + 0.999)
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    horizontal = kernel.reshape(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    out = F.conv2d(padded, horizontal, groups=channels)
+    return F.conv2d(out, horizontal.transpose(2, 3), groups=channels)
+
+
+def _balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
+    return torch.arange(n) % num_classes
+
+
+def evaluate_cfg(n: int = 400, steps: int = 20, scales=CFG_SCALES, seed: int = 0) -> dict[str, Any]:
+    """Classifier-free guidance on digits-cond: one row per w (see the module docstring)."""
+    from .pretrained import load_pretrained
+
+    model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
+    labels = _balanced_labels(n)
+    rows = []
+    for w in scales:
+        generator = torch.Generator().manual_seed(seed)
+        guided = ClassifierFreeGuidance(model, w, labels)
+        samples = ddim_sample(guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator)
+        rows.append({
+            "w": w, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples),
+            "diversity": within_class_diversity(samples, labels), "saturation": saturation(samples),
+        })  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    samples = dpm_solver_sample(
+        ClassifierFreeGuidance(model, 3.0, labels), diffusion, (n, 1, 16, 16), steps=15,
+        generator=generator, clip_denoised=True,
+    )  # fmt: skip
+    dpm = {"w": 3.0, "steps": 15, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples)}
+    real, real_labels = digits(size=16, split="train")
+    return {
+        "n": n, "ddim_steps": steps, "rows": rows, "dpm_solver": dpm,
+        "floor": digits_fd_floor(n, generator=torch.Generator().manual_seed(seed)),
+        "real_diversity": within_class_diversity(real, real_labels),
+    }  # fmt: skip
+
+
+def evaluate_classifier_guidance(
+    n: int = 200, steps: int = 25, scales=CLASSIFIER_SCALES, seed: int = 0
+) -> dict[str, Any]:
+    """The noisy classifier's accuracy against t, and classifier guidance of ``digits``."""
+    from .guidance_models import load_noisy_classifier, noisy_accuracy
+    from .pretrained import load_pretrained
+
+    classifier, _, _ = load_noisy_classifier(device="cpu")
+    model, diffusion, _ = load_pretrained("digits", device="cpu")
+    timesteps = list(range(0, 1000, 100)) + [999]
+    accuracy = noisy_accuracy(classifier, diffusion, timesteps)
+    labels = _balanced_labels(n)
+    rows = []
+    for scale in scales:
+        guided = ClassifierGuidance(model, classifier, diffusion, labels, scale)
+        samples = ddim_sample(guided, diffusion, (n, 1, 16, 16), steps=steps,
+                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        rows.append({"scale": scale, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples),
+                     "diversity": within_class_diversity(samples, labels)})  # fmt: skip
+    ancestral_scale = 2.0
+    samples = classifier_guided_ddpm_sample(
+        model, respace(diffusion, 50), classifier, labels, ancestral_scale, (n, 1, 16, 16),
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    return {
+        "timesteps": timesteps, "noisy_accuracy": accuracy, "n": n, "ddim_steps": steps,
+        "rows": rows, "floor": digits_fd_floor(n, generator=torch.Generator().manual_seed(seed)),
+        "ancestral": {"scale": ancestral_scale, "steps": 50,
+                      "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples)},
+    }  # fmt: skip
+
+
+def _network_evaluations(steps: int, jump_length: int, resample: int) -> int:
+    """The steps down (one network call each) of :func:`repaint_schedule`."""
+    times = repaint_schedule(steps, jump_length, resample)
+    return sum(later < earlier for earlier, later in zip(times[:-1], times[1:]))
+
+
+def _top_half_mask(size: int = 16) -> torch.Tensor:
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., : size // 2, :] = 1
+    return mask
+
+
+def evaluate_inpainting(
+    n: int = 100, steps: int = 50, jump_length: int = 5, resample: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Replacement against RePaint on the test digits with the top half known (``digits``)."""
+    from .pretrained import load_pretrained
+
+    model, diffusion, _ = load_pretrained("digits", device="cpu")
+    images, labels = digits(size=16, split="test")
+    index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    truth, labels = images[index], labels[index]
+    mask = _top_half_mask()
+    nfe = _network_evaluations(steps, jump_length, resample)
+    methods = {
+        "replacement": (steps, 1, 1),
+        f"replacement, {nfe} steps": (nfe, 1, 1),
+        "repaint": (steps, jump_length, resample),
+    }
+    rows = []
+    for name, (method_steps, jump, count) in methods.items():
+        start = time.perf_counter()
+        out = inpaint(model, respace(diffusion, method_steps), truth * mask, mask, jump, count,
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        hole = (1 - mask).bool().expand_as(out)
+        rows.append({
+            "method": name, "steps": method_steps, "jump_length": jump, "resample": count,
+            "nfe": _network_evaluations(method_steps, jump, count),
+            "known_max_error": (out - truth)[~hole].abs().max().item(),
+            "accuracy": class_accuracy(out, labels),
+            "hole_rmse": (out - truth)[hole].pow(2).mean().sqrt().item(),
+            "seam_error": seam_error(out, truth), "seconds": time.perf_counter() - start,
+        })  # fmt: skip
+    return {"n": n, "mask": "top half known", "rows": rows}
+
+
+def evaluate_sr(steps: int = 50, seed: int = 0) -> dict[str, Any]:
+    """8×8 → 16×16 on the test digits: the SR model (DDIM, η = 0) against bicubic upsampling."""
+    from .guidance_models import load_sr_model
+
+    model, diffusion, _ = load_sr_model(device="cpu")
+    truth, _ = digits(size=16, split="test")
+    low = sr_downsample(truth)
+    out = super_resolve(model, diffusion, low, steps=steps, generator=torch.Generator().manual_seed(seed))
+    bicubic = F.interpolate(low, size=16, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+        return (a - b).pow(2).mean().sqrt().item()
+
+    return {
+        "n": truth.shape[0], "ddim_steps": steps,
+        "consistency_rmse": {"sr": rmse(sr_downsample(out), low), "bicubic": rmse(sr_downsample(bicubic), low)},
+        "truth_rmse": {"sr": rmse(out, truth), "bicubic": rmse(bicubic, truth)},
+        "fd": {"sr": digits_fd(out), "bicubic": digits_fd(bicubic), "truth": digits_fd(truth)},
+    }  # fmt: skip
+
+
+def evaluate_sdedit(n: int = 100, steps: int = 50, t0s=SDEDIT_T0, seed: int = 0) -> dict[str, Any]:
+    """SDEdit of blurred test digits with ``digits``: faithfulness against realism over t0."""
+    from .pretrained import load_pretrained
+
+    model, diffusion, _ = load_pretrained("digits", device="cpu")
+    images, labels = digits(size=16, split="test")
+    index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    guides, labels = blur(images[index]), labels[index]
+    rows = []
+    for t0 in t0s:
+        out = sdedit(model, diffusion, guides, t0, steps=steps, generator=torch.Generator().manual_seed(seed))
+        rows.append({
+            "t0": t0, "guide_rmse": (out - guides).pow(2).mean().sqrt().item(),
+            "accuracy": class_accuracy(out, labels), "fd": digits_fd(out),
+        })  # fmt: skip
+    return {"n": n, "blur_sigma": 1.5, "guide_accuracy": class_accuracy(guides, labels),
+            "guide_fd": digits_fd(guides), "rows": rows}  # fmt: skip
+
+
+SECTIONS = {
+    "cfg": evaluate_cfg,
+    "classifier": evaluate_classifier_guidance,
+    "inpaint": evaluate_inpainting,
+    "sr": evaluate_sr,
+    "sdedit": evaluate_sdedit,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure chapter 06's numbers into a JSON file")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS))
+    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for name in args.only:
+        start = time.perf_counter()
+        results[name] = SECTIONS[name]()
+        results[name]["minutes"] = round((time.perf_counter() - start) / 60, 1)
+        results["command"] = "python -m ddpm_course.guidance_eval"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        print(f"{name}: {json.dumps(results[name])[:400]}")
+    if "cfg" in results:
+        w3 = next(row for row in results["cfg"]["rows"] if row["w"] == 3.0)
+        ok = w3["accuracy"] >= 0.95 and w3["fd"] <= 2 * results["cfg"]["floor"]
+        print(f"acceptance (w = 3): accuracy {w3['accuracy']:.3f}, FD {w3['fd']:.1f} vs 2x floor "
+              f"{2 * results['cfg']['floor']:.1f}: {'met' if ok else 'NOT met'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,12 @@ Chapter 08. The Fréchet distance between two sets of features fitted by Gaussia
 penultimate layer of a small CNN trained on the 16×16 digits (``weights/digits_classifier.safetensors``,
 reproduced by ``python -m ddpm_course.metrics``). An FD means little alone: compare it with the
 **floor**, the FD between real training images and the test split at the same sample size
-(:func:`digits_fd_floor`).
+(:func:`digits_fd_floor`). The floor is real against real, not a lower bound: an FD estimated
+from n samples is biased upwards, by an amount that falls roughly like 1/n (Chong & Forsyth
+2020), which is why the floor is taken at the models' n; and it moves with the subset drawn.
+Samples can score below it: a model's samples may match the test split's feature mean and
+covariance better than a random subset of training digits does (for instance with classes as
+balanced as the test split), and one floor value is itself one draw.
 """
 
 from __future__ import annotations
@@ -120,7 +125,11 @@ def digits_fd(samples: torch.Tensor) -> float:
 
 
 def digits_fd_floor(n: int, generator: torch.Generator | None = None) -> float:
-    """The FD of ``n`` real training digits against the test split: what a perfect model would score at n."""
+    """The FD of ``n`` random real training digits against the test split (real against real).
+
+    What a model that reproduced the training set would score at this n, as a reference; not a
+    lower bound: it varies with the subset drawn, and samples can score below it (module
+    docstring)."""
     from .data import digits
 
     images, _ = digits(size=16, split="train")

@@ -4,6 +4,7 @@ that points at the repository named in _config.yml."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jupytext
@@ -70,11 +71,81 @@ def test_chapter_is_in_the_table_of_contents(markdown: Path):
 def test_chapter_starts_with_the_hidden_colab_install_cell(markdown: Path):
     notebook = jupytext.read(markdown)
     first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
-    assert "hide-output" in first_code.metadata.get("tags", [])
+    # Colab needs the cell; the rendered page leaves it out (scripts/browser_test.py checks the HTML)
+    assert "remove-cell" in first_code.metadata.get("tags", []), (
+        f"tag the install cell of {markdown.name} `remove-cell`"
+    )
     assert 'find_spec("ddpm_course") is None' in first_code.source
     assert f"git+{_repository_url()}" in first_code.source
     code_lines = "\n".join(line for line in first_code.source.splitlines() if not line.lstrip().startswith("#"))
     assert "torch" not in code_lines.replace("ddpm_course", ""), "the install cell must never (re)install torch"
+
+
+# [tool.ruff] line-length: a code line wider than this scrolls in the cell
+MAX_LINE = 88
+
+
+def _notebooks_with_code() -> list[Path]:
+    return [
+        *CHAPTERS,
+        *sorted((ROOT / "solutions").glob("*.ipynb")),
+        *sorted((ROOT / "exercises").glob("*.ipynb")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path", _notebooks_with_code(), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
+def test_no_code_line_is_wider_than_the_cell(path: Path):
+    notebook = jupytext.read(path)
+    too_long = [
+        f"cell {index}, line {number}: {len(line)} columns"
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+        for number, line in enumerate(cell.source.splitlines(), start=1)
+        if len(line) > MAX_LINE
+    ]
+    assert not too_long, (
+        f"{path.relative_to(ROOT)} has code lines over {MAX_LINE} columns (move long "
+        "explanations into the prose or a comment line above): " + "; ".join(too_long)
+    )
+
+
+def _exercises_section(markdown: Path) -> str:
+    """The text of the chapter's last `## Exercises` section, up to the next `## ` heading."""
+    text = markdown.read_text()
+    starts = [m.end() for m in re.finditer(r"^## Exercises[ \t]*$", text, flags=re.M)]
+    assert starts, f"{markdown.name} has no `## Exercises` section"
+    rest = text[starts[-1] :]
+    following = re.search(r"^## ", rest, flags=re.M)
+    return rest[: following.start()] if following else rest
+
+
+def _graded_chapters() -> list:
+    """(chapter number, grading module) for every ddpm_course/grading/chNN_*.py."""
+    from ddpm_course.grading import registry
+
+    modules = {module.__name__.split(".")[-1]: module for module in registry.CHAPTERS}
+    files = sorted((ROOT / "ddpm_course" / "grading").glob("ch[0-9][0-9]_*.py"))
+    return [pytest.param(f.stem[2:4], modules.get(f.stem), id=f.stem) for f in files]
+
+
+@pytest.mark.parametrize("number, module", _graded_chapters())
+def test_exercises_section_names_exactly_the_chapters_exercises(number, module):
+    from ddpm_course.grading import registry
+
+    assert module is not None, f"chapter {number}: grading module not in the registry"
+    chapters = sorted((ROOT / "book").glob(f"{number}_*.md"))
+    assert len(chapters) == 1, f"expected one book/{number}_*.md, found {chapters}"
+    section = _exercises_section(chapters[0])
+    named = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section))
+    expected = {exercise.name for exercise in module.EXERCISES}
+    named_exercises = named & set(registry.EXERCISES)
+    assert named_exercises == expected, (
+        f"the Exercises section of {chapters[0].name} should name (as inline code) "
+        f"{sorted(expected)}; missing {sorted(expected - named)}, "
+        f"not exercises of this chapter {sorted(named_exercises - expected)}"
+    )
 
 
 def test_there_is_at_least_one_chapter_to_check():

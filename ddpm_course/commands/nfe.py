@@ -5,7 +5,10 @@ For a shipped model (``digits`` by default) and each sampler — DDPM respaced t
 and records their Fréchet distance to the digits test split (:func:`ddpm_course.metrics.digits_fd`)
 and the wall time of the sampling loop. Every sampler clips :math:`\hat x_0` to [-1, 1] and uses
 trailing spacing. The FD floor (``--n`` real training digits, one random subset per seed) goes in
-the same file. The JSON is rewritten after every run, so an interrupted sweep keeps what it did.
+the same file. The JSON is rewritten after every run, so an interrupted sweep keeps what it did;
+``--append`` adds runs to an existing file (skipping those it holds) and records each command, so
+that a sweep can be grown in pieces (every run is deterministic on the CPU: the same sampler, NFE
+and seed give the same FD in any piece).
 
 Wall times come from whatever machine runs the sweep (the committed file: a 2-core machine shared
 with other jobs, one torch thread), so compare them as ratios within one file, not across machines.
@@ -32,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--append", action="store_true",
+        help="add to the runs already in --out (same model and n), skipping those it holds",
+    )
 
 
 def sample_with(sampler: str, model, diffusion, shape, nfe: int, x_T, generator):
@@ -58,25 +65,37 @@ def run(args: argparse.Namespace) -> int:
     if config.class_conditional:
         raise SystemExit(f"--model {args.model} is class-conditional; use an unconditional model")
     shape = (args.n, config.channels, config.image_size, config.image_size)
+    command = (
+        f"{COMMAND} --model {args.model} --n {args.n} --nfe {' '.join(map(str, args.nfe))} "
+        f"--seeds {' '.join(map(str, args.seeds))} --samplers {' '.join(args.samplers)}"
+    )
     result = {
-        "command": f"{COMMAND} --model {args.model} --n {args.n} "
-        f"--nfe {' '.join(map(str, args.nfe))} --seeds {' '.join(map(str, args.seeds))}",
+        "commands": [],
         "model": args.model,
         "n": args.n,
-        "nfe": args.nfe,
-        "seeds": args.seeds,
-        "samplers": args.samplers,
         "spacing": "trailing",
         "clip_denoised": True,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
-        "floor": [digits_fd_floor(args.n, torch.Generator().manual_seed(s)) for s in args.seeds],
+        "floor": {},
         "runs": [],
     }
+    if args.append and args.out.exists():
+        result = json.loads(args.out.read_text())
+        if (result["model"], result["n"]) != (args.model, args.n):
+            raise SystemExit(f"--append: {args.out} holds {result['model']} with n={result['n']}")
+    result["commands"].append(command + (" --append" if args.append else ""))
+    for seed in args.seeds:
+        if str(seed) not in result["floor"]:
+            floor = digits_fd_floor(args.n, torch.Generator().manual_seed(seed))
+            result["floor"][str(seed)] = floor
+    done = {(r["sampler"], r["nfe"], r["seed"]) for r in result["runs"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         for sampler in args.samplers:
             for nfe in args.nfe:
+                if (sampler, nfe, seed) in done:
+                    continue
                 generator = torch.Generator().manual_seed(10_000 + seed)
                 start = time.perf_counter()
                 samples = sample_with(sampler, model, diffusion, shape, nfe, x_T, generator)

@@ -157,7 +157,10 @@ def _save(model: nn.Module, config: TrainConfig, path: Path, extra: dict[str, An
         "step": config.max_steps,
         **extra,
     }
-    return save_weights(state, path, metadata)
+    save_weights(state, path, metadata)
+    for written in (path, path.with_suffix(".json")):
+        written.chmod(0o644)  # readable like the other shipped files (atomic writes make 0600)
+    return path
 
 
 def _load(name: str, model: nn.Module, device: torch.device | str | None):

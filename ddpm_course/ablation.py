@@ -36,12 +36,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sigmoid, eps": {"schedule": "sigmoid", "objective": "eps"},
     "linear, x0": {"schedule": "linear", "objective": "x0"},
     "linear, v": {"schedule": "linear", "objective": "v"},
-    "linear, eps, min-SNR-5": {"schedule": "linear", "objective": "eps", "min_snr_gamma": 5.0},
+    "linear, eps, min-SNR-5": {
+        "schedule": "linear",
+        "objective": "eps",
+        "min_snr_gamma": 5.0,
+    },
 }
 # the digits recipe with a warm-up that fits a budget of a few hundred steps, on the digits U-Net at
 # half width (16 channels at the first level: about a quarter of the arithmetic, so that 18 runs fit
 # in a shared 2-core machine's half hour)
-ABLATION_OVERRIDES: dict[str, Any] = {"warmup_steps": 50, "model_overrides": {"model_channels": 16}}
+ABLATION_OVERRIDES: dict[str, Any] = {
+    "warmup_steps": 50,
+    "model_overrides": {"model_channels": 16},
+}
 
 
 def _train_and_score(overrides: dict[str, Any], seed: int, steps: int, num_samples: int, sample_steps: int,
@@ -60,15 +67,29 @@ def _train_and_score(overrides: dict[str, Any], seed: int, steps: int, num_sampl
     trainer = Trainer(config)
     trainer.train()
     seconds = time.perf_counter() - start
-    log = [json.loads(line) for line in (work_dir / "log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (work_dir / "log.jsonl").read_text().splitlines()
+    ]
     generator = torch.Generator().manual_seed(10_000 + seed)
     samples = trainer.sample(num_samples, steps=sample_steps, generator=generator)
-    return {"fd": digits_fd(samples), "final_loss": log[-1]["loss"], "train_seconds": round(seconds, 1)}
+    return {
+        "fd": digits_fd(samples),
+        "final_loss": log[-1]["loss"],
+        "train_seconds": round(seconds, 1),
+    }
 
 
-def _run_in_folder(overrides: dict[str, Any], seed: int, steps: int, num_samples: int, sample_steps: int):
+def _run_in_folder(
+    overrides: dict[str, Any],
+    seed: int,
+    steps: int,
+    num_samples: int,
+    sample_steps: int,
+):
     with tempfile.TemporaryDirectory() as work_dir:
-        return _train_and_score(overrides, seed, steps, num_samples, sample_steps, Path(work_dir) / "run")
+        return _train_and_score(
+            overrides, seed, steps, num_samples, sample_steps, Path(work_dir) / "run"
+        )
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -80,7 +101,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for variant in variants:
         fds = [run["fd"] for run in runs if run["variant"] == variant]
         seeds = [run["seed"] for run in runs if run["variant"] == variant]
-        diffs = [by_seed[(variant, s)] - by_seed[(variants[0], s)] for s in seeds if (variants[0], s) in by_seed]
+        diffs = [
+            by_seed[(variant, s)] - by_seed[(variants[0], s)]
+            for s in seeds
+            if (variants[0], s) in by_seed
+        ]
         summary[variant] = {
             "mean": statistics.fmean(fds),
             "std": statistics.stdev(fds) if len(fds) > 1 else 0.0,
@@ -109,27 +134,51 @@ def run_ablation(steps: int = 300, seeds: tuple[int, ...] = (0, 1, 2), num_sampl
     if out is not None and out.is_file():
         saved = json.loads(out.read_text())
         if saved.get("budget") == budget:
-            results["runs"] = [run for run in saved["runs"] if run["seed"] in seeds and run["variant"] in VARIANTS]
-    results["floor"] = digits_fd_floor(num_samples, generator=torch.Generator().manual_seed(0))
+            results["runs"] = [
+                run
+                for run in saved["runs"]
+                if run["seed"] in seeds and run["variant"] in VARIANTS
+            ]
+    results["floor"] = digits_fd_floor(
+        num_samples, generator=torch.Generator().manual_seed(0)
+    )
     done = {(run["variant"], run["seed"]) for run in results["runs"]}
-    todo = [(variant, seed) for seed in seeds for variant in VARIANTS if (variant, seed) not in done]
+    todo = [
+        (variant, seed)
+        for seed in seeds
+        for variant in VARIANTS
+        if (variant, seed) not in done
+    ]
 
     def record(variant: str, seed: int, scored: dict[str, Any]) -> None:
-        results["runs"].append({"variant": variant, "seed": seed, **VARIANTS[variant], **scored})
+        results["runs"].append(
+            {"variant": variant, "seed": seed, **VARIANTS[variant], **scored}
+        )
         order = {name: i for i, name in enumerate(VARIANTS)}
         results["runs"].sort(key=lambda run: (order[run["variant"]], run["seed"]))
         results["summary"] = summarise(results["runs"])
         if progress:
-            print(f"{variant:24s} seed {seed}: FD {scored['fd']:.1f} ({scored['train_seconds']:.0f} s)", flush=True)
+            print(
+                f"{variant:24s} seed {seed}: FD {scored['fd']:.1f} ({scored['train_seconds']:.0f} s)",
+                flush=True,
+            )
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1) + "\n")
 
     if jobs <= 1:
         for variant, seed in todo:
-            record(variant, seed, _run_in_folder(VARIANTS[variant], seed, steps, num_samples, sample_steps))
+            record(
+                variant,
+                seed,
+                _run_in_folder(
+                    VARIANTS[variant], seed, steps, num_samples, sample_steps
+                ),
+            )
     else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             futures = {pool.submit(_run_in_folder, VARIANTS[variant], seed, steps, num_samples, sample_steps):
                        (variant, seed) for variant, seed in todo}  # fmt: skip
             for future in as_completed(futures):

@@ -54,41 +54,78 @@ class TrainConfig:
     :meth:`quick` for a short CPU run. Each field says what it does in ``metadata["help"]``.
     """
 
-    preset: str = _option("digits", "U-Net preset of ddpm_course.nn (also names the training preset)")
-    model_overrides: dict = _option({}, "U-Net constructor arguments that replace the preset's")
+    preset: str = _option(
+        "digits", "U-Net preset of ddpm_course.nn (also names the training preset)"
+    )
+    model_overrides: dict = _option(
+        {}, "U-Net constructor arguments that replace the preset's"
+    )
     dataset: str = _option("digits", "training images: " + ", ".join(DATASETS))
-    data_dir: str = _option("data", "folder of the torchvision data sets (downloaded there if missing)")
+    data_dir: str = _option(
+        "data", "folder of the torchvision data sets (downloaded there if missing)"
+    )
     image_size: int = _option(16, "height and width of the training images")
     channels: int = _option(1, "image channels (1 grey, 3 colour)")
-    random_flip: bool = _option(False, "flip torchvision images horizontally at random (CIFAR-10 augmentation)")
+    random_flip: bool = _option(
+        False, "flip torchvision images horizontally at random (CIFAR-10 augmentation)"
+    )
     class_conditional: bool = _option(False, "condition the model on the class label")
     num_classes: int = _option(10, "number of classes of a class-conditional model")
-    p_uncond: float = _option(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
+    p_uncond: float = _option(
+        0.1,
+        "probability of replacing the label by the null class (classifier-free guidance)",
+    )
     schedule: str = _option("linear", "beta schedule: linear, cosine or sigmoid")
     timesteps: int = _option(1000, "number of diffusion steps T")
     objective: str = _option("eps", "what the network predicts: eps, x0 or v")
-    var_type: str = _option("fixed_small", "reverse variance: fixed_small, fixed_large or learned_range")
-    loss_type: str = _option("simple", "loss: simple, hybrid or vlb (the last two need var_type learned_range)")
-    min_snr_gamma: float | None = _option(None, "min-SNR-γ weighting of the simple loss (Hang et al. 2023; None: off)")
-    batch_size: int = _option(128, "global batch size (over all processes and accumulation steps)")
+    var_type: str = _option(
+        "fixed_small", "reverse variance: fixed_small, fixed_large or learned_range"
+    )
+    loss_type: str = _option(
+        "simple",
+        "loss: simple, hybrid or vlb (the last two need var_type learned_range)",
+    )
+    min_snr_gamma: float | None = _option(
+        None, "min-SNR-γ weighting of the simple loss (Hang et al. 2023; None: off)"
+    )
+    batch_size: int = _option(
+        128, "global batch size (over all processes and accumulation steps)"
+    )
     lr: float = _option(2e-4, "peak learning rate of AdamW, reached after the warm-up")
     weight_decay: float = _option(0.0, "AdamW weight decay")
     warmup_steps: int = _option(0, "steps of linear learning-rate warm-up")
-    grad_clip: float = _option(1.0, "clip the global gradient norm to this (0: no clipping)")
+    grad_clip: float = _option(
+        1.0, "clip the global gradient norm to this (0: no clipping)"
+    )
     grad_accum: int = _option(1, "micro-batches accumulated per optimiser step")
     ema_decay: float = _option(0.9999, "EMA decay of the sampling weights")
-    ema_warmup: bool = _option(True, "use min(ema_decay, (1 + t) / (10 + t)) at update t")
-    max_steps: int | None = _option(10_000, "stop after this many optimiser steps (None: no limit)")
-    max_seconds: float | None = _option(None, "stop after this many seconds of training in this invocation")
+    ema_warmup: bool = _option(
+        True, "use min(ema_decay, (1 + t) / (10 + t)) at update t"
+    )
+    max_steps: int | None = _option(
+        10_000, "stop after this many optimiser steps (None: no limit)"
+    )
+    max_seconds: float | None = _option(
+        None, "stop after this many seconds of training in this invocation"
+    )
     seed: int = _option(0, "random seed (model initialisation, data order, noise)")
-    precision: str = _option("bf16", "CUDA precision: bf16 autocast, fp16 with GradScaler, or fp32 (the CPU is always fp32)")
-    channels_last: bool = _option(True, "channels_last memory format (faster convolutions on CUDA and on the CPU)")
+    precision: str = _option(
+        "bf16",
+        "CUDA precision: bf16 autocast, fp16 with GradScaler, or fp32 (the CPU is always fp32)",
+    )
+    channels_last: bool = _option(
+        True, "channels_last memory format (faster convolutions on CUDA and on the CPU)"
+    )
     compile: bool = _option(False, "torch.compile the model on CUDA")
     log_every: int = _option(50, "write a log line every this many steps")
-    sample_every: int = _option(1000, "save a sample grid every this many steps (0: only at the end)")
+    sample_every: int = _option(
+        1000, "save a sample grid every this many steps (0: only at the end)"
+    )
     sample_steps: int = _option(25, "DDIM steps of the sample grids")
     num_samples: int = _option(64, "images in a sample grid")
-    checkpoint_every: int = _option(1000, "save a checkpoint every this many steps (0: only at the end)")
+    checkpoint_every: int = _option(
+        1000, "save a checkpoint every this many steps (0: only at the end)"
+    )
     keep_checkpoints: int = _option(3, "keep the last K checkpoints")
     num_workers: int = _option(0, "DataLoader worker processes")
     out_dir: str = _option("runs/digits", "the run folder")
@@ -103,33 +140,57 @@ class TrainConfig:
         for name in ("image_size", "channels", "num_classes", "timesteps", "batch_size", "grad_accum", "log_every",
                      "sample_steps", "num_samples", "keep_checkpoints"):  # fmt: skip
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "sample_every", "checkpoint_every", "num_workers", "seed"):
+        for name in (
+            "warmup_steps",
+            "sample_every",
+            "checkpoint_every",
+            "num_workers",
+            "seed",
+        ):
             _check_int(name, getattr(self, name), minimum=0)
         if self.loss_type != "simple" and self.var_type != "learned_range":
             raise ValueError(
                 f"loss_type {self.loss_type!r} trains the reverse variance, but var_type {self.var_type!r} fixes it; "
                 "use var_type='learned_range' or loss_type='simple'"
             )
-        if self.min_snr_gamma is not None and not (self.min_snr_gamma > 0 and self.loss_type == "simple"):
-            raise ValueError(f"min_snr_gamma must be positive and needs loss_type 'simple', got {self.min_snr_gamma!r}")
+        if self.min_snr_gamma is not None and not (
+            self.min_snr_gamma > 0 and self.loss_type == "simple"
+        ):
+            raise ValueError(
+                f"min_snr_gamma must be positive and needs loss_type 'simple', got {self.min_snr_gamma!r}"
+            )
         if self.max_steps is not None:
             _check_int("max_steps", self.max_steps, minimum=1)
         if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
+            raise ValueError(
+                f"max_seconds must be positive or None, got {self.max_seconds!r}"
+            )
         if self.max_steps is None and self.max_seconds is None:
-            raise ValueError("set max_steps or max_seconds (or both); with neither the run would never stop")
+            raise ValueError(
+                "set max_steps or max_seconds (or both); with neither the run would never stop"
+            )
         if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
         if self.sample_steps > self.timesteps:
-            raise ValueError(f"sample_steps {self.sample_steps} exceeds the {self.timesteps} timesteps")
+            raise ValueError(
+                f"sample_steps {self.sample_steps} exceeds the {self.timesteps} timesteps"
+            )
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0 and grad_clip >= 0; got {self.lr}, {self.weight_decay}, {self.grad_clip}")
+            raise ValueError(
+                f"need lr > 0, weight_decay >= 0 and grad_clip >= 0; got {self.lr}, {self.weight_decay}, {self.grad_clip}"
+            )
         if not 0 <= self.ema_decay < 1 or not 0 <= self.p_uncond < 1:
-            raise ValueError(f"ema_decay and p_uncond must lie in [0, 1); got {self.ema_decay} and {self.p_uncond}")
+            raise ValueError(
+                f"ema_decay and p_uncond must lie in [0, 1); got {self.ema_decay} and {self.p_uncond}"
+            )
         try:
             json.dumps(self.model_overrides)
         except TypeError as error:
-            raise ValueError(f"model_overrides must be JSON-serialisable: {error}") from None
+            raise ValueError(
+                f"model_overrides must be JSON-serialisable: {error}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +201,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; the fields are {sorted(known)}")
+            raise ValueError(
+                f"unknown TrainConfig fields {unknown}; the fields are {sorted(known)}"
+            )
         return cls(**values)
 
     @classmethod
@@ -151,7 +214,14 @@ class TrainConfig:
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """The training settings of preset ``name`` (see :data:`TRAIN_PRESETS`), with ``overrides``."""
         check_choice("preset", name, TRAIN_PRESETS)
-        return cls.from_dict({"preset": name, "out_dir": f"runs/{name}", **TRAIN_PRESETS[name], **overrides})
+        return cls.from_dict(
+            {
+                "preset": name,
+                "out_dir": f"runs/{name}",
+                **TRAIN_PRESETS[name],
+                **overrides,
+            }
+        )
 
     @classmethod
     def quick(cls, name: str = "digits", **overrides: Any) -> TrainConfig:
@@ -201,6 +271,6 @@ def build_model(config: TrainConfig) -> nn.Module:
 def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
     """The :class:`~ddpm_course.diffusion.GaussianDiffusion` of ``config`` (schedule, T, objective, variance)."""
     betas = get_betas(config.schedule, config.timesteps)
-    return GaussianDiffusion(betas, objective=config.objective, var_type=config.var_type)
-
-
+    return GaussianDiffusion(
+        betas, objective=config.objective, var_type=config.var_type
+    )

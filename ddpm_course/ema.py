@@ -30,9 +30,11 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     for every parameter (in place, as a lerp); buffers are copied."""
     ema_params, params = list(ema_model.parameters()), list(model.parameters())
     if len(ema_params) != len(params):
-        raise ValueError(f"the EMA model has {len(ema_params)} parameters but the model has {len(params)}")
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused kernel over all tensors
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        raise ValueError(
+            f"the EMA model has {len(ema_params)} parameters but the model has {len(params)}"
+        )
+    torch._foreach_lerp_(
+        ema_params, params, 1.0 - decay
+    )  # one fused kernel over all tensors
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
-
-

@@ -11,7 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights
+from .checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+)
 from .config import TrainConfig, build_diffusion
 from .diffusion import GaussianDiffusion
 from .profiles import default_device
@@ -20,7 +25,9 @@ __all__ = ["load_model"]
 
 
 def load_model(
-    path: str | Path, model: nn.Module | None = None, device: torch.device | str | None = None
+    path: str | Path,
+    model: nn.Module | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[nn.Module, GaussianDiffusion, TrainConfig]:
     """The EMA model of a run for sampling: ``(model in eval mode, diffusion, config)``.
 
@@ -37,29 +44,45 @@ def load_model(
         if found is None and (path / "model.safetensors").is_file():
             found = path / "model.safetensors"
         if found is None:
-            raise CheckpointError(f"{path} holds neither checkpoints/step_*.pt nor model.safetensors; is it a run folder?")
+            raise CheckpointError(
+                f"{path} holds neither checkpoints/step_*.pt nor model.safetensors; is it a run folder?"
+            )
         path = found
     if path.suffix == ".safetensors":
         state_dict, metadata = load_weights(path)
         if "train_config" not in metadata:
-            raise CheckpointError(f"the sidecar of {path} lacks 'train_config'; it was not written by the trainer")
-        config_dict, model_config = metadata["train_config"], metadata.get("model_config")
+            raise CheckpointError(
+                f"the sidecar of {path} lacks 'train_config'; it was not written by the trainer"
+            )
+        config_dict, model_config = (
+            metadata["train_config"],
+            metadata.get("model_config"),
+        )
     elif path.suffix == ".pt":
         state = load_checkpoint(path, required=("ema", "config"))
-        state_dict, config_dict, model_config = state["ema"], state["config"], state.get("model_config")
+        state_dict, config_dict, model_config = (
+            state["ema"],
+            state["config"],
+            state.get("model_config"),
+        )
     else:
-        raise CheckpointError(f"cannot load {path}: give a run folder, a step_*.pt checkpoint or a .safetensors file")
+        raise CheckpointError(
+            f"cannot load {path}: give a run folder, a step_*.pt checkpoint or a .safetensors file"
+        )
     config = TrainConfig.from_dict(config_dict)
     if model is None:
         from .nn import UNet
 
         if model_config is None:
-            raise CheckpointError(f"{path} was trained with a custom model; build it and pass it as load_model(path, model=...)")
+            raise CheckpointError(
+                f"{path} was trained with a custom model; build it and pass it as load_model(path, model=...)"
+            )
         model = UNet(**model_config)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise CheckpointError(f"the weights in {path} do not fit the model: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model: {str(error).splitlines()[0]}"
+        ) from None
     device = torch.device(device) if device is not None else default_device()
     return model.to(device).eval(), build_diffusion(config), config
-

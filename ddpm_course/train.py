@@ -55,7 +55,14 @@ from .checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from .config import NATIVE_IMAGE_SIZE, RESUME_INVARIANTS, TRAIN_PRESETS, TrainConfig, build_diffusion, build_model
+from .config import (
+    NATIVE_IMAGE_SIZE,
+    RESUME_INVARIANTS,
+    TRAIN_PRESETS,
+    TrainConfig,
+    build_diffusion,
+    build_model,
+)
 from .ema import ema_decay_at, ema_update
 from .loading import load_model
 from .samplers import ddim_sample
@@ -84,9 +91,15 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite: training diverged. ``step``, ``loss`` and ``checkpoint``
     (the last good one, or None) say where; nothing after the divergence was saved."""
 
-    def __init__(self, step: int, loss: float, lr: float, checkpoint: Path | None) -> None:
+    def __init__(
+        self, step: int, loss: float, lr: float, checkpoint: Path | None
+    ) -> None:
         self.step, self.loss, self.checkpoint = step, loss, checkpoint
-        saved = f"the last good checkpoint, {checkpoint}, is intact" if checkpoint else "no checkpoint had been written yet"
+        saved = (
+            f"the last good checkpoint, {checkpoint}, is intact"
+            if checkpoint
+            else "no checkpoint had been written yet"
+        )
         super().__init__(
             f"the loss is {loss} at step {step} (learning rate {lr:.3g}): training diverged, and {saved}. "
             f"Try a lower learning rate (e.g. lr={lr / 4:.3g}), a longer warm-up, or gradient clipping (grad_clip)."
@@ -110,8 +123,17 @@ class ResumableSampler(DistributedSampler):
     indices of this rank's share: the ones consumed before the checkpoint.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -132,21 +154,41 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
     if config.dataset == "digits":
         return TensorDataset(*data.digits(size=config.image_size, split="train"))
-    size = None if config.image_size == NATIVE_IMAGE_SIZE[config.dataset] else config.image_size
-    loader = {"mnist": data.mnist, "fashion_mnist": data.fashion_mnist, "cifar10": data.cifar10}[config.dataset]
-    return loader(config.data_dir, train=True, download=True, size=size, random_flip=config.random_flip)
+    size = (
+        None
+        if config.image_size == NATIVE_IMAGE_SIZE[config.dataset]
+        else config.image_size
+    )
+    loader = {
+        "mnist": data.mnist,
+        "fashion_mnist": data.fashion_mnist,
+        "cifar10": data.cifar10,
+    }[config.dataset]
+    return loader(
+        config.data_dir,
+        train=True,
+        download=True,
+        size=size,
+        random_flip=config.random_flip,
+    )
 
 
-def _as_dataset(dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig) -> Dataset:
+def _as_dataset(
+    dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig
+) -> Dataset:
     if dataset is None:
         return load_dataset(config)
     if isinstance(dataset, torch.Tensor):
         return TensorDataset(dataset)
-    if isinstance(dataset, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in dataset):
+    if isinstance(dataset, (tuple, list)) and all(
+        isinstance(t, torch.Tensor) for t in dataset
+    ):
         return TensorDataset(*dataset)
     if isinstance(dataset, Dataset):
         return dataset
-    raise TypeError(f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}")
+    raise TypeError(
+        f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}"
+    )
 
 
 def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -172,25 +214,48 @@ class Trainer:
     the global random number generators (torch, numpy, python) from ``config.seed``.
     """
 
-    def __init__(self, config: TrainConfig, model: nn.Module | None = None, dataset: Dataset | torch.Tensor | tuple | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module | None = None,
+        dataset: Dataset | torch.Tensor | tuple | None = None,
+    ) -> None:
         self.config = config
         self._owns_process_group = False
         self.rank, self.world_size, local_rank = self._setup_distributed()
         self.is_main = self.rank == 0
-        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", local_rank)
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
         self.autocast_dtype = self._autocast_dtype()
 
         # identical initial weights on every process, then one random stream per process
         _seed_everything(config.seed)
-        self.model = (model if model is not None else build_model(config)).to(self.device)
-        self.channels_last = config.channels_last and self.device.type in ("cuda", "cpu")
+        self.model = (model if model is not None else build_model(config)).to(
+            self.device
+        )
+        self.channels_last = config.channels_last and self.device.type in (
+            "cuda",
+            "cpu",
+        )
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = build_diffusion(config)
-        fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}  # one kernel for all tensors
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        fused = (
+            {"fused": True} if self.device.type in ("cuda", "cpu") else {}
+        )  # one kernel for all tensors
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            **fused,
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.autocast_dtype == torch.float16
+        )
 
         self.dataset = _as_dataset(dataset, config)
         if config.batch_size % (self.world_size * config.grad_accum):
@@ -200,7 +265,9 @@ class Trainer:
             )
         self.rank_batch_size = config.batch_size // self.world_size
         rank_seed = _rank_seed(config.seed, self.rank)
-        self.sampler = ResumableSampler(self.dataset, self.world_size, self.rank, config.seed)
+        self.sampler = ResumableSampler(
+            self.dataset, self.world_size, self.rank, config.seed
+        )
         self.loader = DataLoader(
             self.dataset, batch_size=self.rank_batch_size, sampler=self.sampler, drop_last=True,
             num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
@@ -213,17 +280,23 @@ class Trainer:
                 f"process; lower batch_size"
             )
         _seed_everything(rank_seed)
-        self.generator = torch.Generator(self.device).manual_seed(rank_seed)  # timesteps, noise, label dropout
+        self.generator = torch.Generator(self.device).manual_seed(
+            rank_seed
+        )  # timesteps, noise, label dropout
 
         self.train_model: nn.Module = self.model
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=device_ids
+            )
         if config.compile and self.device.type == "cuda":
             self.train_model = torch.compile(self.train_model)
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.elapsed = 0.0  # seconds of training before this invocation (from the checkpoint)
+        self.elapsed = (
+            0.0  # seconds of training before this invocation (from the checkpoint)
+        )
         self.last_grad_norm = float("nan")
         self.last_checkpoint: Path | None = None
         self._last_sample_step: int | None = None
@@ -236,7 +309,11 @@ class Trainer:
     def _setup_distributed(self) -> tuple[int, int, int]:
         """(rank, world size, local rank); joins the torchrun process group when there is one."""
         if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+            return (
+                dist.get_rank(),
+                dist.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", "0")),
+            )
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return 0, 1, 0
@@ -262,17 +339,28 @@ class Trainer:
         where bf16 is only emulated; None (fp32) on the CPU."""
         if self.device.type != "cuda" or self.config.precision == "fp32":
             return None
-        if self.config.precision == "bf16" and torch.cuda.get_device_capability(self.device)[0] < 8:
-            logger.warning("this GPU has no native bf16; training in fp16 with a GradScaler instead")
+        if (
+            self.config.precision == "bf16"
+            and torch.cuda.get_device_capability(self.device)[0] < 8
+        ):
+            logger.warning(
+                "this GPU has no native bf16; training in fp16 with a GradScaler instead"
+            )
             return torch.float16
         return torch.bfloat16 if self.config.precision == "bf16" else torch.float16
 
     def _autocast(self):
         """Mixed precision on CUDA (bf16 or fp16), nothing on the CPU."""
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        return (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype
+            else nullcontext()
+        )
 
     # ------------------------------------------------------------------------ one step
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> float:
+    def train_step(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> float:
         """One optimiser step on this process's batch ``images`` (n, C, H, W) in [-1, 1] (and
         ``labels`` (n,) for a class-conditional model); returns the loss averaged over all processes.
 
@@ -282,14 +370,14 @@ class Trainer:
         :class:`NonFiniteLossError` (before touching the weights) when the loss or, outside fp16,
         the gradient norm is not finite.
         """
-        x0 = self._to_device(images)                                   # x0 ~ q(x0)
-        n = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=self.generator, device=self.device)
-        noise = torch.randn(x0.shape, generator=self.generator, device=self.device, dtype=x0.dtype)  # ε ~ N(0, I)
-        y = self._conditioning(labels, n)                              # label dropout (class-conditional)
+        x0 = self._to_device(images)  # x0 ~ q(x0)
+        n, T, rng = x0.shape[0], self.diffusion.num_timesteps, self.generator
+        t = torch.randint(0, T, (n,), generator=rng, device=self.device)  # t ~ U{0..T-1}
+        noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)  # ε
+        y = self._conditioning(labels, n)  # label dropout (class-conditional)
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._backward(x0, t, noise, y)                         # x_t, predict, MSE, backward
+        loss = self._backward(x0, t, noise, y)  # x_t, predict, MSE, backward
         grad_norm = self._clip_gradients()
         loss_value = self._check_finite(loss, grad_norm)
         self._optimizer_step()
@@ -302,21 +390,39 @@ class Trainer:
         config, k = self.config, self.config.grad_accum
         expected = (config.channels, config.image_size, config.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"the config says images of shape (n, {', '.join(map(str, expected))}) but the data has {tuple(images.shape)}")
+            raise ValueError(
+                f"the config says images of shape (n, {', '.join(map(str, expected))}) but the data has {tuple(images.shape)}"
+            )
         if images.shape[0] % k:
-            raise ValueError(f"a batch of {images.shape[0]} images does not split into grad_accum={k} equal micro-batches")
+            raise ValueError(
+                f"a batch of {images.shape[0]} images does not split into grad_accum={k} equal micro-batches"
+            )
         images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return (
+            images.contiguous(memory_format=torch.channels_last)
+            if self.channels_last
+            else images
+        )
 
-    def _backward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def _backward(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        y: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Accumulate the gradient of the mean loss over ``grad_accum`` micro-batches (each adds
         ``loss / grad_accum``), under autocast on CUDA and through the fp16 GradScaler; returns the
         batch's mean loss (a 0-d tensor, averaged over the processes under DDP)."""
         config, k = self.config, self.config.grad_accum
         loss_sum = torch.zeros((), device=self.device)
         micro_labels = y.chunk(k) if y is not None else [None] * k
-        for i, (x0_i, t_i, noise_i, y_i) in enumerate(zip(x0.chunk(k), t.chunk(k), noise.chunk(k), micro_labels)):
-            skip_sync = self.world_size > 1 and i < k - 1  # all-reduce the gradients once, after the last micro-batch
+        for i, (x0_i, t_i, noise_i, y_i) in enumerate(
+            zip(x0.chunk(k), t.chunk(k), noise.chunk(k), micro_labels, strict=True)
+        ):
+            skip_sync = (
+                self.world_size > 1 and i < k - 1
+            )  # all-reduce the gradients once, after the last micro-batch
             with self.train_model.no_sync() if skip_sync else nullcontext():
                 with self._autocast():
                     losses = self.diffusion.training_losses(
@@ -341,9 +447,17 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> float:
         """The loss as a float (the step's one device sync); raise :class:`NonFiniteLossError` if it
         or (outside fp16, whose scaler skips such steps) the gradient norm is not finite."""
-        loss_value, self.last_grad_norm = torch.stack([loss, grad_norm.float()]).tolist()
-        if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(self.last_grad_norm)):
-            bad = loss_value if not math.isfinite(loss_value) else f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
+        loss_value, self.last_grad_norm = torch.stack(
+            [loss, grad_norm.float()]
+        ).tolist()
+        if not math.isfinite(loss_value) or (
+            not self.scaler.is_enabled() and not math.isfinite(self.last_grad_norm)
+        ):
+            bad = (
+                loss_value
+                if not math.isfinite(loss_value)
+                else f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
+            )
             lr = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
             raise NonFiniteLossError(self.step + 1, bad, lr, self.last_checkpoint)
         return loss_value
@@ -358,7 +472,11 @@ class Trainer:
     def _update_ema(self) -> None:
         """Move the EMA weights towards the model's (with the decay's warm-up when ``ema_warmup``)."""
         config = self.config
-        decay = ema_decay_at(self.step, config.ema_decay) if config.ema_warmup else config.ema_decay
+        decay = (
+            ema_decay_at(self.step, config.ema_decay)
+            if config.ema_warmup
+            else config.ema_decay
+        )
         ema_update(self.ema_model, self.model, decay)
 
     def _conditioning(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -366,10 +484,17 @@ class Trainer:
         if not self.config.class_conditional:
             return None
         if labels is None:
-            raise ValueError("class_conditional training needs labels: the dataset must yield (image, label) pairs")
+            raise ValueError(
+                "class_conditional training needs labels: the dataset must yield (image, label) pairs"
+            )
         labels = labels.to(self.device).long()
-        drop = torch.rand(n, generator=self.generator, device=self.device) < self.config.p_uncond
-        return torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
+        drop = (
+            torch.rand(n, generator=self.generator, device=self.device)
+            < self.config.p_uncond
+        )
+        return torch.where(
+            drop, torch.full_like(labels, self.config.num_classes), labels
+        )
 
     # ------------------------------------------------------------------- the run loop
     def train(self, resume: bool = False) -> Path:
@@ -392,7 +517,9 @@ class Trainer:
         latest = latest_checkpoint(self.checkpoint_dir)
         if resume:
             if latest is None:
-                raise CheckpointError(f"nothing to resume: {self.checkpoint_dir} holds no step_*.pt checkpoint")
+                raise CheckpointError(
+                    f"nothing to resume: {self.checkpoint_dir} holds no step_*.pt checkpoint"
+                )
             self.load_checkpoint(latest)
         elif latest is not None:
             raise FileExistsError(
@@ -402,18 +529,28 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-            atomic_write(self.out_dir / "config.json", lambda file: file.write(text.encode()))
+            atomic_write(
+                self.out_dir / "config.json", lambda file: file.write(text.encode())
+            )
             self._trim_log(keep_through=self.step)
         self._barrier()
 
     def _trim_log(self, keep_through: int) -> None:
         """Drop log lines of steps after ``keep_through`` (steps that a resumed run will redo)."""
         kept = ""
-        for line in self.log_path.read_text().splitlines(keepends=True) if self.log_path.is_file() else []:
+        for line in (
+            self.log_path.read_text().splitlines(keepends=True)
+            if self.log_path.is_file()
+            else []
+        ):
             try:
                 if json.loads(line)["step"] <= keep_through:
                     kept += line
-            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a crash
+            except (
+                json.JSONDecodeError,
+                KeyError,
+                TypeError,
+            ):  # a line cut short by a crash
                 continue
         atomic_write(self.log_path, lambda file: file.write(kept.encode()))
 
@@ -422,7 +559,9 @@ class Trainer:
         while True:
             if self.batch_in_epoch >= self.steps_per_epoch:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.rank_batch_size)
+            self.sampler.set_epoch(
+                self.epoch, skip=self.batch_in_epoch * self.rank_batch_size
+            )
             for batch in self.loader:
                 self.batch_in_epoch += 1
                 yield _split_batch(batch)
@@ -430,8 +569,13 @@ class Trainer:
     def _out_of_time(self, start: float) -> bool:
         if self.config.max_seconds is None:
             return False
-        late = torch.tensor(float(time.perf_counter() - start >= self.config.max_seconds), device=self.device)
-        if self.world_size > 1:  # the processes must agree, or one would wait for the others forever
+        late = torch.tensor(
+            float(time.perf_counter() - start >= self.config.max_seconds),
+            device=self.device,
+        )
+        if (
+            self.world_size > 1
+        ):  # the processes must agree, or one would wait for the others forever
             dist.all_reduce(late, op=dist.ReduceOp.MAX)
         return bool(late.item())
 
@@ -440,23 +584,39 @@ class Trainer:
         start = time.perf_counter()
         batches = self._batches()
         window_loss, window_steps, window_seconds = 0.0, 0, 0.0
-        bar = tqdm(total=config.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.is_main,
+        )
         with bar:
-            while (config.max_steps is None or self.step < config.max_steps) and not self._out_of_time(start):
+            while (
+                config.max_steps is None or self.step < config.max_steps
+            ) and not self._out_of_time(start):
                 step_start = time.perf_counter()
                 loss = self.train_step(*next(batches))
                 window_seconds += time.perf_counter() - step_start
                 window_loss, window_steps = window_loss + loss, window_steps + 1
                 bar.update(1)
                 if self.step % config.log_every == 0:
-                    self._log(window_loss / window_steps, window_steps, window_seconds, start, bar)
+                    self._log(
+                        window_loss / window_steps,
+                        window_steps,
+                        window_seconds,
+                        start,
+                        bar,
+                    )
                     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
                 if config.sample_every and self.step % config.sample_every == 0:
                     self.save_samples()
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save_checkpoint()
             if window_steps:
-                self._log(window_loss / window_steps, window_steps, window_seconds, start, bar)
+                self._log(
+                    window_loss / window_steps, window_steps, window_seconds, start, bar
+                )
         self.elapsed += time.perf_counter() - start
 
     def _log(self, loss: float, steps: int, seconds: float, start: float, bar) -> None:
@@ -482,12 +642,21 @@ class Trainer:
         if self._last_sample_step != self.step:
             self.save_samples()
         if self.is_main:
-            save_weights(self.ema_model.state_dict(), self.out_dir / "model.safetensors", self._model_metadata())
+            save_weights(
+                self.ema_model.state_dict(),
+                self.out_dir / "model.safetensors",
+                self._model_metadata(),
+            )
         self._barrier()
 
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
-    def sample(self, num_samples: int | None = None, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        num_samples: int | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Images from the EMA model by deterministic DDIM (η = 0, ``steps`` trailing timesteps):
         (num_samples, C, H, W) in [-1, 1] on the CPU. A class-conditional model gets the labels
         0, 1, 2, ... in turn. Uses only ``generator``, never the training random state."""
@@ -495,7 +664,9 @@ class Trainer:
         n = num_samples or config.num_samples
         model_kwargs = None
         if config.class_conditional:
-            model_kwargs = {"y": torch.arange(n, device=self.device) % config.num_classes}
+            model_kwargs = {
+                "y": torch.arange(n, device=self.device) % config.num_classes
+            }
         with self._autocast():
             images = ddim_sample(
                 self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
@@ -521,7 +692,9 @@ class Trainer:
         version, python_state, gauss_next = random.getstate()
         return {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "cuda": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
             "generator": self.generator.get_state(),
             "numpy": {
                 "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -529,7 +702,11 @@ class Trainer:
                 "has_gauss": has_gauss,
                 "cached_gaussian": cached_gaussian,
             },
-            "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss_next": gauss_next},
+            "python": {
+                "version": version,
+                "state": torch.tensor(python_state, dtype=torch.int64),
+                "gauss_next": gauss_next,
+            },
         }
 
     def _set_rng_state(self, state: dict[str, Any]) -> None:
@@ -541,11 +718,22 @@ class Trainer:
         np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
                              numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
         python_state = state["python"]
-        random.setstate((python_state["version"], tuple(python_state["state"].tolist()), python_state["gauss_next"]))
+        random.setstate(
+            (
+                python_state["version"],
+                tuple(python_state["state"].tolist()),
+                python_state["gauss_next"],
+            )
+        )
 
     def _model_metadata(self) -> dict[str, Any]:
         model_config = getattr(self.model, "config", None)
-        return {"format": "ddpm_course.model", "step": self.step, "model_config": model_config, "train_config": self.config.to_dict()}
+        return {
+            "format": "ddpm_course.model",
+            "step": self.step,
+            "model_config": model_config,
+            "train_config": self.config.to_dict(),
+        }
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_XXXXXXX.pt`` atomically (rank 0) and keep the last K. Every
@@ -578,34 +766,54 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote, so that training continues exactly."""
         path = Path(path)
-        state = load_checkpoint(path, required=("step", "config", "model", "ema", "optimizer", "scaler", "data", "rng"))
+        state = load_checkpoint(
+            path,
+            required=(
+                "step",
+                "config",
+                "model",
+                "ema",
+                "optimizer",
+                "scaler",
+                "data",
+                "rng",
+            ),
+        )
         saved = state["config"]
         changed = [f"{name}: {saved.get(name)!r} -> {getattr(self.config, name)!r}"
                    for name in RESUME_INVARIANTS if saved.get(name) != getattr(self.config, name)]  # fmt: skip
         if changed:
-            raise ValueError(f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were")
+            raise ValueError(
+                f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were"
+            )
         self._check_architecture(path, state.get("model_config"))
         try:
             self.model.load_state_dict(state["model"])
             self.ema_model.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"the checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"the checkpoint {path} does not fit this model: {str(error).splitlines()[0]}"
+            ) from None
         for group in self.optimizer.param_groups:
             group["weight_decay"] = self.config.weight_decay
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
-        self.epoch, self.batch_in_epoch = state["data"]["epoch"], state["data"]["batch_in_epoch"]
+        self.epoch, self.batch_in_epoch = (
+            state["data"]["epoch"],
+            state["data"]["batch_in_epoch"],
+        )
         if len(state["rng"]) == self.world_size:
             self._set_rng_state(state["rng"][self.rank])
         else:
             logger.warning("the checkpoint holds the random state of %d process(es), not %d: reseeding, so the resume is not exact",
                            len(state["rng"]), self.world_size)  # fmt: skip
-            self.generator.manual_seed(_rank_seed(self.config.seed + self.step, self.rank))
+            self.generator.manual_seed(
+                _rank_seed(self.config.seed + self.step, self.rank)
+            )
         self.last_checkpoint = path
         self._last_sample_step = None
-
 
     def _check_architecture(self, path: Path, saved: Any) -> None:
         """Refuse a checkpoint written by a model of another configuration (e.g. a preset that changed
@@ -613,14 +821,21 @@ class Trainer:
         current = getattr(self.model, "config", None)
         if not isinstance(saved, dict) or not isinstance(current, dict):
             return
+
         def plain(value: Any) -> Any:  # tuples and lists alike, as in JSON
             return json.loads(json.dumps(value))
 
-        differ = sorted(key for key in saved.keys() | current.keys() if plain(saved.get(key)) != plain(current.get(key)))
+        differ = sorted(
+            key
+            for key in saved.keys() | current.keys()
+            if plain(saved.get(key)) != plain(current.get(key))
+        )
         if differ:
             was = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
             now = ", ".join(f"{key}={current.get(key)!r}" for key in differ)
-            overrides = json.dumps({key: plain(saved.get(key)) for key in differ if key in saved})
+            overrides = json.dumps(
+                {key: plain(saved.get(key)) for key in differ if key in saved}
+            )
             raise CheckpointError(
                 f"the checkpoint {path} was written by a model with {was}, but this run builds {now} (did the preset "
                 f"change?); resume with the checkpoint's architecture: --set model_overrides='{overrides}' "

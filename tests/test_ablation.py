@@ -29,7 +29,9 @@ def stubbed(monkeypatch):
         return fake_score(*args)
 
     monkeypatch.setattr(ablation, "_run_in_folder", run)
-    monkeypatch.setattr("ddpm_course.metrics.digits_fd_floor", lambda n, generator=None: 30.0)
+    monkeypatch.setattr(
+        "ddpm_course.metrics.digits_fd_floor", lambda n, generator=None: 30.0
+    )
     return calls
 
 
@@ -46,7 +48,9 @@ def test_summary_is_mean_sd_range_and_the_mean_paired_difference():
     assert summary["a"]["vs_first"] == 0.0
 
 
-def test_every_variant_runs_once_per_seed_and_a_rerun_continues_the_file(stubbed, tmp_path):
+def test_every_variant_runs_once_per_seed_and_a_rerun_continues_the_file(
+    stubbed, tmp_path
+):
     out = tmp_path / "ablation.json"
     results = ablation.run_ablation(steps=3, seeds=(0, 1), out=out, progress=False)
     assert len(stubbed) == 2 * len(ablation.VARIANTS)
@@ -79,5 +83,7 @@ def test_a_real_run_trains_the_variant_it_names(tmp_path):
     scored = ablation._train_and_score(overrides, 0, 2, 8, 1, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert {key: config[key] for key in overrides} == overrides
-    assert config["max_steps"] == 2 and config["model_overrides"] == {"model_channels": 16}
+    assert config["max_steps"] == 2 and config["model_overrides"] == {
+        "model_channels": 16
+    }
     assert scored["fd"] > 0

@@ -53,11 +53,15 @@ def cases():
     return get_exercise("training_step").cases(seed=0)
 
 
-@pytest.mark.parametrize("name", ["timestep_embedding", "l_simple_loss", "ema_update", "cosine_betas"])
+@pytest.mark.parametrize(
+    "name", ["timestep_embedding", "l_simple_loss", "ema_update", "cosine_betas"]
+)
 def test_each_reference_passes_its_own_cases(name):
     spec = get_exercise(name)
     for case in spec.cases(seed=1):
-        assert spec.grade_case(case, spec.call(spec.reference, case.args)).passed, case.label
+        assert spec.grade_case(case, spec.call(spec.reference, case.args)).passed, (
+            case.label
+        )
 
 
 def test_ema_update_is_graded_by_what_it_does_in_place():
@@ -97,6 +101,8 @@ def test_each_classic_mistake_fails_the_judge_and_is_named(cases, mistake, named
 
 
 def test_the_driver_returns_the_weights_and_the_losses(cases):
-    weights, losses = DRIVERS["train_tiny_denoiser"](student_step(), *clone_args(cases[0].args))
+    weights, losses = DRIVERS["train_tiny_denoiser"](
+        student_step(), *clone_args(cases[0].args)
+    )
     assert weights.ndim == 1 and losses.shape == (ch04.STEPS,)
     assert float(losses[-20:].mean()) < float(losses[:20].mean())  # it trained

@@ -39,7 +39,13 @@ from .exercise import (
     dtype_name,
 )
 
-__all__ = ["EXERCISES", "LinearEpsModel", "judge_training_step", "held_out_losses", "THRESHOLD"]
+__all__ = [
+    "EXERCISES",
+    "LinearEpsModel",
+    "judge_training_step",
+    "held_out_losses",
+    "THRESHOLD",
+]
 
 
 # ----------------------------------------------------------------------- timestep_embedding
@@ -49,7 +55,12 @@ def reference_timestep_embedding(t, dim):
 
 def cases_timestep_embedding(generator: torch.Generator) -> list[Case]:
     cases = []
-    for n, dim, kind in ((5, 8, "int64"), (7, 32, "int64"), (4, 128, "float32"), (3, 2 * 3, "int64")):
+    for n, dim, kind in (
+        (5, 8, "int64"),
+        (7, 32, "int64"),
+        (4, 128, "float32"),
+        (3, 2 * 3, "int64"),
+    ):
         t = torch.randint(0, 1000, (n,), generator=generator)
         t[0] = 0
         if kind == "float32":
@@ -66,7 +77,9 @@ class LinearEpsModel(InputFunction):
     kind = "linear_eps_model"
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        bias = self.params["time_bias"].to(x.dtype)[t].reshape(-1, *([1] * (x.ndim - 1)))
+        bias = (
+            self.params["time_bias"].to(x.dtype)[t].reshape(-1, *([1] * (x.ndim - 1)))
+        )
         return self.params["scale"].to(x.dtype) * x + bias
 
 
@@ -93,7 +106,10 @@ def cases_l_simple_loss(generator: torch.Generator) -> list[Case]:
 
 # ------------------------------------------------------------------------------- ema_update
 def reference_ema_update(ema, weights, decay):
-    ema_model, model = torch.nn.ParameterList([ema]), torch.nn.ParameterList([weights])  # views of the tensors
+    ema_model, model = (
+        torch.nn.ParameterList([ema]),
+        torch.nn.ParameterList([weights]),
+    )  # views of the tensors
     ema_update(ema_model, model, decay)
     return ema
 
@@ -113,13 +129,20 @@ def reference_cosine_betas(T, s):
 
 
 def cases_cosine_betas(generator: torch.Generator) -> list[Case]:
-    del generator  # the cases are fixed: short and long schedules, the paper's offset and another
-    return [Case(f"T={T}, s={s}", (T, s)) for T, s in ((1000, 0.008), (50, 0.008), (10, 0.02), (4000, 0.008))]
+    del (
+        generator
+    )  # the cases are fixed: short and long schedules, the paper's offset and another
+    return [
+        Case(f"T={T}, s={s}", (T, s))
+        for T, s in ((1000, 0.008), (50, 0.008), (10, 0.02), (4000, 0.008))
+    ]
 
 
 # ---------------------------------------------------------------------------- training_step
 STEPS, BATCH_SIZE, LR, T_TINY = 300, 128, 1e-3, 100
-THRESHOLD = 0.38  # the correct step reaches about 0.32 on every seed; the mistakes 0.45 or more
+THRESHOLD = (
+    0.38  # the correct step reaches about 0.32 on every seed; the mistakes 0.45 or more
+)
 
 
 def reference_training_step(model, optimizer, x0, alphas_cumprod, generator):
@@ -178,7 +201,14 @@ def held_out_losses(seed: int, weights: torch.Tensor) -> dict[str, float]:
         "mean_square": float((out**2).mean()),
         "eps_mse_t0": float(((model(x_t, torch.zeros_like(t)) - noise) ** 2).mean()),
         "moved": float((weights.float() - initial).norm() / initial.norm()),
-        "time_moved": float((torch.nn.utils.parameters_to_vector(model.time.parameters()) - initial_time).abs().max()),
+        "time_moved": float(
+            (
+                torch.nn.utils.parameters_to_vector(model.time.parameters())
+                - initial_time
+            )
+            .abs()
+            .max()
+        ),
     }
 
 
@@ -187,10 +217,16 @@ def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRe
     mistake the trained weights look like."""
     weights = outputs[0]
     seed = case.args[0]
-    if weights.shape != (sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),):
-        return CaseResult(False, f"the driver returned weights of shape {tuple(weights.shape)}")
+    if weights.shape != (
+        sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),
+    ):
+        return CaseResult(
+            False, f"the driver returned weights of shape {tuple(weights.shape)}"
+        )
     if not bool(weights.isfinite().all()):
-        return CaseResult(False, "the weights became NaN or infinite: the training diverged")
+        return CaseResult(
+            False, "the weights became NaN or infinite: the training diverged"
+        )
     stats = held_out_losses(seed, weights)
     loss = stats["eps_mse"]
     if loss < THRESHOLD:
@@ -209,7 +245,9 @@ def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRe
         why = "the model does better when told t = 0 than its own t: give the model each example's t"
     else:
         why = "check the six steps: t, ε, x_t, the prediction, the MSE against ε, and the update"
-    return CaseResult(False, f"held-out denoising loss {loss:.3f}, not below {THRESHOLD}: {why}")
+    return CaseResult(
+        False, f"held-out denoising loss {loss:.3f}, not below {THRESHOLD}: {why}"
+    )
 
 
 DIFFUSION = "ddpm_course.diffusion.GaussianDiffusion"
@@ -262,7 +300,10 @@ EXERCISES = (
         hint="f(u) = cos((u + s) / (1 + s) * pi / 2) ** 2 and abar(u) = f(u) / f(0) for u = t / T; "
         "beta_t = min(1 - abar((t + 1) / T) / abar(t / T), 0.999) for t = 0..T-1, in float64.",
         output_names=("betas",),
-        package_functions=("ddpm_course.schedules.cosine", "ddpm_course.schedules.get_betas"),
+        package_functions=(
+            "ddpm_course.schedules.cosine",
+            "ddpm_course.schedules.get_betas",
+        ),
     ),
     Exercise(
         name="training_step",

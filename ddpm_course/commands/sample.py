@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .guided_sample import add_arguments as add_guidance_arguments
+from .guided_sample import guided_samples
+
 # samplers.SPACINGS and DEFAULT_SPACING, written out so that --help does not import torch
 # (tests/test_samplers.py checks that they agree)
 SPACINGS = ("leading", "trailing", "linspace")
@@ -27,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write")
     parser.add_argument("--save-tensor", type=Path, default=None, help="also save the samples (N, C, H, W) in [0, 1] as a .pt file")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_guidance_arguments(parser)
+    parser.add_argument("--prompt", default=None, help="a digit's name (zero ... nine) for a prompted latent model such as digits-ldm")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         model, diffusion, config = load_any(args.checkpoint, device=device)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    if args.prompt is not None or hasattr(model, "latent_shape"):  # chapter 07: a LatentDiffusion
+        from ..latent import sample_from_cli
+
+        return sample_from_cli(args, model, diffusion, config, device)
     shape = (args.n, config.channels, config.image_size, config.image_size)
     if not 1 <= args.steps <= diffusion.num_timesteps:
         raise SystemExit(f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}")
@@ -57,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         model_kwargs = {"y": torch.full((args.n,), label, dtype=torch.long, device=device)}
     generator = torch.Generator(device).manual_seed(args.seed)
     common = dict(model_kwargs=model_kwargs, generator=generator, progress=True, device=device)
-    if args.sampler == "ddpm":
+    samples = guided_samples(args, model, diffusion, config, shape, generator, device)
+    if samples is not None:
+        pass  # drawn by a chapter-06 option (CFG, classifier guidance, inpainting, SR, SDEdit)
+    elif args.sampler == "ddpm":
         samples = ddpm_sample(model, respace(diffusion, args.steps, args.spacing), shape, **common)
     elif args.sampler == "ddim":
         samples = ddim_sample(model, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing, **common)

@@ -1,0 +1,202 @@
+"""The guidance options of ``ddpm-course sample`` (chapter 06): CFG, classifier guidance,
+inpainting, super-resolution and SDEdit.
+
+:func:`add_arguments` adds the flags; :func:`guided_samples` draws the samples when one of them is
+given (None otherwise, and ``sample`` samples as usual). Every misuse is a ``SystemExit`` that
+says what to change: CFG on an unconditional model, a class label outside the model's classes, a
+mask of the wrong shape, ``--sr`` without a super-resolution model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("guidance and conditioning (chapter 06)")
+    group.add_argument(
+        "--guidance-scale", type=float, default=None, metavar="W",
+        help="classifier-free guidance (1 + W) eps(y) - W eps(null) with --class-label; "
+        "W = 0 is conditional sampling (diffusers' guidance_scale is 1 + W)",
+    )  # fmt: skip
+    group.add_argument(
+        "--classifier-scale", type=float, default=None, metavar="S",
+        help="classifier guidance of an unconditional model towards --class-label with the "
+        "shipped digits-noisy-classifier (ddpm: mean shift; ddim/dpm-solver: eps shift)",
+    )  # fmt: skip
+    group.add_argument("--inpaint", type=Path, default=None, metavar="MASK",
+                       help="inpaint: a PNG or torch.save'd mask, 1 = known pixel (needs --known)")
+    group.add_argument("--known", type=Path, default=None, metavar="IMAGES",
+                       help="the known images in [0, 1] (PNG or (N, C, H, W) tensor file)")
+    group.add_argument("--jump-length", type=int, default=1, help="RePaint jump length (default 1)")
+    group.add_argument("--resample", type=int, default=1,
+                       help="RePaint resamplings per jump (default 1: plain replacement)")
+    group.add_argument("--sr", type=Path, default=None, metavar="LOWRES",
+                       help="super-resolve these low-resolution images in [0, 1] (e.g. with digits-sr)")
+    group.add_argument("--sdedit", type=Path, default=None, metavar="IMAGES",
+                       help="SDEdit: noise these guide images in [0, 1] to --t0 and denoise them")
+    group.add_argument("--t0", type=int, default=None, help="SDEdit's starting timestep (0..T-1)")
+
+
+def _load_images(path: Path, what: str):
+    """A PNG (one grey image, (1, 1, H, W)) or a ``torch.save``'d tensor, as float32 in [0, 1]."""
+    import numpy as np
+    import torch
+
+    if not path.is_file():
+        raise SystemExit(f"error: {what} {path} does not exist")
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        array = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array)[None, None]
+    try:
+        tensor = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise SystemExit(f"error: cannot read {what} {path} (a PNG or a torch.save'd tensor): {error}")
+    if not torch.is_tensor(tensor):
+        raise SystemExit(f"error: {what} {path} holds a {type(tensor).__name__}, not a tensor")
+    tensor = tensor.float()
+    if tensor.ndim == 2:
+        tensor = tensor[None, None]
+    elif tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.min() < 0 or tensor.max() > 1:
+        raise SystemExit(f"error: {what} must be images (N, C, H, W) with values in [0, 1]; "
+                         f"got shape {tuple(tensor.shape)}")  # fmt: skip
+    return tensor
+
+
+def _images(path: Path, what: str, n: int, channels: int, size: int, device):
+    """Images of ``path`` in [-1, 1], (n, channels, size, size) (one image is repeated n times)."""
+    images = _load_images(path, what)
+    if tuple(images.shape[1:]) != (channels, size, size):
+        raise SystemExit(f"error: {what} must be ({channels}, {size}, {size}) images for this model, "
+                         f"got shape {tuple(images.shape)}")  # fmt: skip
+    if images.shape[0] not in (1, n):
+        raise SystemExit(f"error: {what} holds {images.shape[0]} images but --n is {n}; give "
+                         f"--n {images.shape[0]} (or one image, repeated --n times)")  # fmt: skip
+    if images.shape[0] == 1:
+        images = images.expand(n, -1, -1, -1)
+    return (images * 2 - 1).to(device)
+
+
+def _labels(args, config, n: int, device, flag: str, num_classes: int):
+    import torch
+
+    if args.class_label is None:
+        raise SystemExit(f"error: {flag} needs --class-label K (the class to guide towards)")
+    if not 0 <= args.class_label < num_classes:
+        raise SystemExit(f"error: --class-label must lie in 0..{num_classes - 1} for {flag}, "
+                         f"got {args.class_label}")  # fmt: skip
+    return torch.full((n,), args.class_label, dtype=torch.long, device=device)
+
+
+def guided_samples(args, model, diffusion, config, shape, generator, device):
+    """The samples of the guidance option given in ``args`` ((N, C, H, W) in [-1, 1]), or None."""
+    from ..guidance import (
+        ClassifierFreeGuidance, ClassifierGuidance, classifier_guided_ddpm_sample, inpaint,
+        sdedit, super_resolve,
+    )  # fmt: skip
+    from ..nn import NoisyClassifier, SuperResUNet
+    from ..samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
+
+    chosen = [name for name, value in [
+        ("--guidance-scale", args.guidance_scale), ("--classifier-scale", args.classifier_scale),
+        ("--inpaint", args.inpaint), ("--sr", args.sr), ("--sdedit", args.sdedit),
+    ] if value is not None]  # fmt: skip
+    if isinstance(model, NoisyClassifier):
+        raise SystemExit("error: this model is the noisy classifier, not a denoiser; use it "
+                         "through --classifier-scale with a denoising model")  # fmt: skip
+    if isinstance(model, SuperResUNet) and args.sr is None:
+        raise SystemExit("error: a super-resolution model samples only with --sr LOWRES")
+    if args.known is not None and args.inpaint is None:
+        raise SystemExit("error: --known needs --inpaint MASK")
+    if args.t0 is not None and args.sdedit is None:
+        raise SystemExit("error: --t0 needs --sdedit IMAGES")
+    if not chosen:
+        return None
+    if len(chosen) > 1:
+        raise SystemExit(f"error: give one of {', '.join(chosen)}, not several")
+    n, channels, size = shape[0], shape[1], shape[-1]
+    common = dict(generator=generator, progress=True, device=device)
+
+    def sample(net, model_kwargs=None):
+        if args.sampler == "ddpm":
+            return ddpm_sample(net, respace(diffusion, args.steps, args.spacing), shape,
+                               model_kwargs=model_kwargs, **common)  # fmt: skip
+        if args.sampler == "ddim":
+            return ddim_sample(net, diffusion, shape, steps=args.steps, eta=args.eta,
+                               spacing=args.spacing, model_kwargs=model_kwargs, **common)  # fmt: skip
+        return dpm_solver_sample(net, diffusion, shape, steps=args.steps, spacing=args.spacing,
+                                 model_kwargs=model_kwargs, **common)  # fmt: skip
+
+    if args.guidance_scale is not None:
+        if not config.class_conditional:
+            raise SystemExit("error: --guidance-scale (classifier-free guidance) needs a "
+                             "class-conditional model with a null class, e.g. digits-cond; "
+                             "this one is unconditional (try --classifier-scale)")  # fmt: skip
+        if args.guidance_scale < 0:
+            raise SystemExit(f"error: --guidance-scale must be >= 0, got {args.guidance_scale}")
+        labels = _labels(args, config, n, device, "--guidance-scale", config.num_classes)
+        return sample(ClassifierFreeGuidance(model, args.guidance_scale, labels))
+    if args.classifier_scale is not None:
+        from ..guidance_models import load_noisy_classifier
+
+        if config.class_conditional:
+            raise SystemExit("error: --classifier-scale guides an unconditional model (e.g. "
+                             "digits); for digits-cond use --guidance-scale")  # fmt: skip
+        classifier, _, _ = load_noisy_classifier(device=device)
+        if (classifier.image_size, classifier.in_channels) != (size, channels):
+            raise SystemExit(f"error: the noisy classifier takes ({classifier.in_channels}, "
+                             f"{classifier.image_size}, {classifier.image_size}) images; this "
+                             f"model makes ({channels}, {size}, {size})")  # fmt: skip
+        if diffusion.objective != "eps":
+            raise SystemExit("error: --classifier-scale needs an eps-prediction model")
+        labels = _labels(args, config, n, device, "--classifier-scale", classifier.num_classes)
+        if args.sampler == "ddpm":
+            return classifier_guided_ddpm_sample(
+                model, respace(diffusion, args.steps, args.spacing), classifier, labels,
+                args.classifier_scale, shape, generator=generator, progress=True,
+            )  # fmt: skip
+        return sample(ClassifierGuidance(model, classifier, diffusion, labels, args.classifier_scale))
+    model_kwargs = None
+    if config.class_conditional:
+        label = config.num_classes if args.class_label is None else args.class_label
+        if not 0 <= label <= config.num_classes:
+            raise SystemExit(f"error: --class-label must lie in 0..{config.num_classes - 1}, "
+                             f"got {label}")  # fmt: skip
+        import torch
+
+        model_kwargs = {"y": torch.full((n,), label, dtype=torch.long, device=device)}
+    if args.inpaint is not None:
+        if args.known is None:
+            raise SystemExit("error: --inpaint MASK needs --known IMAGES (the image to complete)")
+        known = _images(args.known, "--known", n, channels, size, device)
+        mask = _load_images(args.inpaint, "--inpaint mask").to(device)
+        if mask.shape[-2:] != known.shape[-2:] or mask.shape[1] not in (1, channels) or \
+                mask.shape[0] not in (1, known.shape[0]):
+            raise SystemExit(f"error: the mask must be (1 or N, 1 or {channels}, {size}, {size}) "
+                             f"like the known images {tuple(known.shape)}; got "
+                             f"{tuple(mask.shape)}")  # fmt: skip
+        mask = (mask > 0.5).to(known.dtype)
+        try:
+            return inpaint(model, respace(diffusion, args.steps, args.spacing), known, mask,
+                           args.jump_length, args.resample, generator=generator,
+                           model_kwargs=model_kwargs, progress=True)  # fmt: skip
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+    if args.sr is not None:
+        if not isinstance(model, SuperResUNet):
+            raise SystemExit("error: --sr needs a super-resolution model (e.g. --checkpoint "
+                             "digits-sr); this one is not conditioned on a low-resolution image")
+        low = _images(args.sr, "--sr", n, channels, model.low_res_size, device)
+        return super_resolve(model, diffusion, low, steps=args.steps, generator=generator,
+                             eta=args.eta)  # fmt: skip
+    guides = _images(args.sdedit, "--sdedit", n, channels, size, device)
+    if args.t0 is None or not 0 <= args.t0 < diffusion.num_timesteps:
+        raise SystemExit(f"error: --sdedit needs --t0 in 0..{diffusion.num_timesteps - 1}, "
+                         f"got {args.t0}")  # fmt: skip
+    return sdedit(model, diffusion, guides, args.t0, steps=args.steps, generator=generator,
+                  model_kwargs=model_kwargs)  # fmt: skip

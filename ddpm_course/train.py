@@ -372,8 +372,9 @@ class Trainer:
         """
         x0 = self._to_device(images)  # x0 ~ q(x0)
         n, T, rng = x0.shape[0], self.diffusion.num_timesteps, self.generator
-        t = torch.randint(0, T, (n,), generator=rng, device=self.device)  # t ~ U{0..T-1}
-        noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)  # ε
+        # t ~ U{0, ..., T-1} and ε ~ N(0, I), one of each per image
+        t = torch.randint(0, T, (n,), generator=rng, device=self.device)
+        noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
         y = self._conditioning(labels, n)  # label dropout (class-conditional)
 
         self.optimizer.zero_grad(set_to_none=True)

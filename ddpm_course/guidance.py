@@ -28,7 +28,8 @@ Shapes: images (N, C, H, W) in [-1, 1]; labels (N,) int64; masks broadcast again
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,10 @@ class ClassifierFreeGuidance(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, guidance_scale: float, labels: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        guidance_scale: float,
+        labels: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         num_classes = getattr(model, "num_classes", None)
@@ -99,13 +103,27 @@ class ClassifierFreeGuidance(nn.Module):
                 "null class), but this model is unconditional; use e.g. the 'digits-cond' model"
             )
         if not guidance_scale >= 0:
-            raise ValueError(f"guidance_scale w must be >= 0 (0: no guidance), got {guidance_scale}")
-        self.model, self.guidance_scale, self.num_classes = model, float(guidance_scale), num_classes
-        self.labels = None if labels is None else self._check_labels(torch.as_tensor(labels))
+            raise ValueError(
+                f"guidance_scale w must be >= 0 (0: no guidance), got {guidance_scale}"
+            )
+        self.model, self.guidance_scale, self.num_classes = (
+            model,
+            float(guidance_scale),
+            num_classes,
+        )
+        self.labels = (
+            None if labels is None else self._check_labels(torch.as_tensor(labels))
+        )
 
     def _check_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be (N,) integers, got {tuple(labels.shape)} {labels.dtype}")
+        if (
+            labels.ndim != 1
+            or labels.dtype.is_floating_point
+            or labels.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"labels must be (N,) integers, got {tuple(labels.shape)} {labels.dtype}"
+            )
         if labels.numel() and bool(((labels < 0) | (labels >= self.num_classes)).any()):
             raise ValueError(
                 f"class labels must lie in 0..{self.num_classes - 1} for this model (its "
@@ -120,16 +138,22 @@ class ClassifierFreeGuidance(nn.Module):
         labels = self.labels if y is None else self._check_labels(torch.as_tensor(y))
         if labels is None or labels.shape != (x.shape[0],):
             got = None if labels is None else tuple(labels.shape)
-            raise ValueError(f"need ({x.shape[0]},) class labels for x_t {tuple(x.shape)}, got {got}")
+            raise ValueError(
+                f"need ({x.shape[0]},) class labels for x_t {tuple(x.shape)}, got {got}"
+            )
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         null = torch.full_like(labels, self.num_classes)
         both = self.model(
-            torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([labels, null]).to(x.device)
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            y=torch.cat([labels, null]).to(x.device),
         )
         cond, uncond = both.chunk(2, dim=0)
         channels = x.shape[1]
-        guided = cfg_combine(cond[:, :channels], uncond[:, :channels], self.guidance_scale)
+        guided = cfg_combine(
+            cond[:, :channels], uncond[:, :channels], self.guidance_scale
+        )
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
 
@@ -147,13 +171,18 @@ def classifier_log_prob_grad(
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         log_probs = F.log_softmax(classifier(x, t), dim=-1)
-        selected = log_probs[torch.arange(x.shape[0], device=x.device), labels.to(x.device)]
+        selected = log_probs[
+            torch.arange(x.shape[0], device=x.device), labels.to(x.device)
+        ]
         (grad,) = torch.autograd.grad(selected.sum(), x)
     return grad
 
 
 def classifier_guided_eps(
-    eps: torch.Tensor, grad: torch.Tensor, alpha_bar_t: float | torch.Tensor, scale: float
+    eps: torch.Tensor,
+    grad: torch.Tensor,
+    alpha_bar_t: float | torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     r"""The classifier-guided noise prediction, Eq. (14) of Dhariwal & Nichol 2021:
 
@@ -190,18 +219,26 @@ class ClassifierGuidance(nn.Module):
                 f"classifier guidance here shifts the predicted noise; the model's objective is "
                 f"{diffusion.objective!r}, not 'eps'"
             )
-        if not torch.equal(diffusion.timestep_map, torch.arange(diffusion.num_timesteps)):
-            raise ValueError("pass the trained diffusion, not a respaced one (the samplers map t)")
+        if not torch.equal(
+            diffusion.timestep_map, torch.arange(diffusion.num_timesteps)
+        ):
+            raise ValueError(
+                "pass the trained diffusion, not a respaced one (the samplers map t)"
+            )
         self.model, self.classifier, self.scale = model, classifier, float(scale)
         self.labels = torch.as_tensor(labels).long()
         self.alphas_cumprod = diffusion.alphas_cumprod
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any
+    ) -> torch.Tensor:
         eps = self.model(x, t, **model_kwargs)
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         grad = classifier_log_prob_grad(self.classifier, x, t, self.labels)
-        alpha_bar = self.alphas_cumprod.to(x.device)[t].reshape(-1, *([1] * (x.ndim - 1)))
+        alpha_bar = self.alphas_cumprod.to(x.device)[t].reshape(
+            -1, *([1] * (x.ndim - 1))
+        )
         return classifier_guided_eps(eps, grad, alpha_bar, self.scale)
 
 
@@ -274,7 +311,9 @@ def replacement_step(
     return mask * known_noisy + (1 - mask) * x_prev
 
 
-def repaint_schedule(num_steps: int, jump_length: int = 1, resample: int = 1) -> list[int]:
+def repaint_schedule(
+    num_steps: int, jump_length: int = 1, resample: int = 1
+) -> list[int]:
     r"""The RePaint time schedule (Lugmayr et al. 2022, Sec. 4.2): the visited step indices, from
     ``num_steps - 1`` (x_T) down to -1 (the data).
 
@@ -283,10 +322,16 @@ def repaint_schedule(num_steps: int, jump_length: int = 1, resample: int = 1) ->
     times (a jump back is noise added by :func:`forward_step`, one step each), then carries on
     down. ``jump_length=1, resample=1`` is plain sampling: num_steps - 1, ..., 0, -1.
     """
-    for name, value in [("num_steps", num_steps), ("jump_length", jump_length), ("resample", resample)]:
+    for name, value in [
+        ("num_steps", num_steps),
+        ("jump_length", jump_length),
+        ("resample", resample),
+    ]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    jumps_left = {j: resample - 1 for j in range(0, num_steps - jump_length, jump_length)}
+    jumps_left = {
+        j: resample - 1 for j in range(0, num_steps - jump_length, jump_length)
+    }
     t, times = num_steps - 1, [num_steps - 1]
     while t >= 0:
         t -= 1
@@ -310,7 +355,9 @@ def forward_step(
 
 def _check_inpainting(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if known.ndim != 4:
-        raise ValueError(f"known must be images (N, C, H, W), got shape {tuple(known.shape)}")
+        raise ValueError(
+            f"known must be images (N, C, H, W), got shape {tuple(known.shape)}"
+        )
     mask = torch.as_tensor(mask, dtype=known.dtype, device=known.device)
     try:
         torch.broadcast_shapes(mask.shape, known.shape)
@@ -320,7 +367,9 @@ def _check_inpainting(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"{tuple(known.shape)}; give (H, W), (1, 1, H, W) or (N, C, H, W) with 1 = known"
         ) from None
     if torch.broadcast_shapes(mask.shape, known.shape) != known.shape:
-        raise ValueError(f"mask {tuple(mask.shape)} is larger than the images {tuple(known.shape)}")
+        raise ValueError(
+            f"mask {tuple(mask.shape)} is larger than the images {tuple(known.shape)}"
+        )
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError("mask must hold only 0 (unknown) and 1 (known)")
     return mask
@@ -351,10 +400,14 @@ def inpaint(
     mask = _check_inpainting(known, mask)
     alphas_cumprod = diffusion.alphas_cumprod
     times = repaint_schedule(diffusion.num_timesteps, jump_length, resample)
-    x = torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
-    pairs = list(zip(times[:-1], times[1:]))
+    x = torch.randn(
+        known.shape, generator=generator, device=known.device, dtype=known.dtype
+    )
+    pairs = list(zip(times[:-1], times[1:], strict=True))
     for t_last, t_cur in tqdm(pairs, disable=not progress, desc="RePaint"):
-        noise = torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
+        noise = torch.randn(
+            known.shape, generator=generator, device=known.device, dtype=known.dtype
+        )
         if t_cur > t_last:
             x = forward_step(x, diffusion, t_cur, noise)
             continue
@@ -363,7 +416,12 @@ def inpaint(
         alpha_bar_prev = float(alphas_cumprod[t_cur]) if t_cur >= 0 else 1.0
         step_noise = noise if t_last > 0 else None
         x_prev = ddpm_step(
-            x, p.pred_x0, float(alphas_cumprod[t_last]), alpha_bar_prev, step_noise, p.log_variance
+            x,
+            p.pred_x0,
+            float(alphas_cumprod[t_last]),
+            alpha_bar_prev,
+            step_noise,
+            p.log_variance,
         )
         known_noise = torch.randn(
             known.shape, generator=generator, device=known.device, dtype=known.dtype
@@ -401,7 +459,10 @@ def super_resolve(
 
 # ------------------------------------------------------------------------------------ SDEdit
 def sdedit_start(
-    guide: torch.Tensor, diffusion: GaussianDiffusion, t0: int, noise: torch.Tensor | None = None
+    guide: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    t0: int,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""SDEdit's starting point (Meng et al. 2022, Algorithm 1, in DDPM's notation): the guide
     image noised to :math:`t_0` by the forward process,
@@ -433,7 +494,9 @@ def sdedit(
         raise ValueError(f"t0 must be a timestep in 0..{T - 1}, got {t0!r}")
     count = min(steps, t0 + 1)
     kept = torch.linspace(0, t0, count).round().long().unique().tolist()
-    noise = torch.randn(guide.shape, generator=generator, device=guide.device, dtype=guide.dtype)
+    noise = torch.randn(
+        guide.shape, generator=generator, device=guide.device, dtype=guide.dtype
+    )
     x_t0 = sdedit_start(guide, diffusion, t0, noise)
     return ddpm_sample(
         model, respace(diffusion, kept), tuple(guide.shape), x_T=x_t0, generator=generator,

@@ -63,7 +63,9 @@ __all__ = [
     "evaluate_sdedit",
 ]
 
-RESULTS_PATH = Path(__file__).resolve().parent.parent / "book" / "results" / "06_guidance.json"
+RESULTS_PATH = (
+    Path(__file__).resolve().parent.parent / "book" / "results" / "06_guidance.json"
+)
 CFG_SCALES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0)
 CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0)
 SDEDIT_T0 = (100, 200, 300, 400, 500, 600, 700, 800, 900)
@@ -72,7 +74,12 @@ SDEDIT_T0 = (100, 200, 300, 400, 500, 600, 700, 800, 900)
 @torch.no_grad()
 def class_accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of images (N, 1, 16, 16) in [-1, 1] that the shipped digits classifier labels ``labels``."""
-    return (load_digits_classifier()(images.clamp(-1, 1)).argmax(1) == labels).float().mean().item()
+    return (
+        (load_digits_classifier()(images.clamp(-1, 1)).argmax(1) == labels)
+        .float()
+        .mean()
+        .item()
+    )
 
 
 def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -118,7 +125,9 @@ def _balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
     return torch.arange(n) % num_classes
 
 
-def evaluate_cfg(n: int = 400, steps: int = 20, scales=CFG_SCALES, seed: int = 0) -> dict[str, Any]:
+def evaluate_cfg(
+    n: int = 400, steps: int = 20, scales=CFG_SCALES, seed: int = 0
+) -> dict[str, Any]:
     """Classifier-free guidance on digits-cond: one row per w (see the module docstring)."""
     from .pretrained import load_pretrained
 
@@ -128,7 +137,9 @@ def evaluate_cfg(n: int = 400, steps: int = 20, scales=CFG_SCALES, seed: int = 0
     for w in scales:
         generator = torch.Generator().manual_seed(seed)
         guided = ClassifierFreeGuidance(model, w, labels)
-        samples = ddim_sample(guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator)
+        samples = ddim_sample(
+            guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
+        )
         rows.append({
             "w": w, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples),
             "diversity": within_class_diversity(samples, labels), "saturation": saturation(samples),
@@ -138,7 +149,12 @@ def evaluate_cfg(n: int = 400, steps: int = 20, scales=CFG_SCALES, seed: int = 0
         ClassifierFreeGuidance(model, 3.0, labels), diffusion, (n, 1, 16, 16), steps=15,
         generator=generator, clip_denoised=True,
     )  # fmt: skip
-    dpm = {"w": 3.0, "steps": 15, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples)}
+    dpm = {
+        "w": 3.0,
+        "steps": 15,
+        "accuracy": class_accuracy(samples, labels),
+        "fd": digits_fd(samples),
+    }
     real, real_labels = digits(size=16, split="train")
     return {
         "n": n, "ddim_steps": steps, "rows": rows, "dpm_solver": dpm,
@@ -182,7 +198,9 @@ def evaluate_classifier_guidance(
 def _network_evaluations(steps: int, jump_length: int, resample: int) -> int:
     """The steps down (one network call each) of :func:`repaint_schedule`."""
     times = repaint_schedule(steps, jump_length, resample)
-    return sum(later < earlier for earlier, later in zip(times[:-1], times[1:]))
+    return sum(
+        later < earlier for earlier, later in zip(times[:-1], times[1:], strict=True)
+    )
 
 
 def _top_half_mask(size: int = 16) -> torch.Tensor:
@@ -192,14 +210,20 @@ def _top_half_mask(size: int = 16) -> torch.Tensor:
 
 
 def evaluate_inpainting(
-    n: int = 100, steps: int = 50, jump_length: int = 5, resample: int = 5, seed: int = 0
+    n: int = 100,
+    steps: int = 50,
+    jump_length: int = 5,
+    resample: int = 5,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Replacement against RePaint on the test digits with the top half known (``digits``)."""
     from .pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits", device="cpu")
     images, labels = digits(size=16, split="test")
-    index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    index = torch.randperm(
+        images.shape[0], generator=torch.Generator().manual_seed(seed)
+    )[:n]
     truth, labels = images[index], labels[index]
     mask = _top_half_mask()
     nfe = _network_evaluations(steps, jump_length, resample)
@@ -239,7 +263,9 @@ def evaluate_sr(steps: int = 50, n_fd: int = 400, seed: int = 0) -> dict[str, An
     def upsample(low: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
         return {
-            "sr": super_resolve(model, diffusion, low, steps=steps, generator=generator),
+            "sr": super_resolve(
+                model, diffusion, low, steps=steps, generator=generator
+            ),
             "bicubic": F.interpolate(low, size=16, mode="bicubic", align_corners=False),
         }
 
@@ -247,7 +273,9 @@ def evaluate_sr(steps: int = 50, n_fd: int = 400, seed: int = 0) -> dict[str, An
     low = sr_downsample(truth)
     outputs = upsample(low)
     train, _ = digits(size=16, split="train")
-    index = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:n_fd]
+    index = torch.randperm(
+        train.shape[0], generator=torch.Generator().manual_seed(seed)
+    )[:n_fd]
     fd_outputs = upsample(sr_downsample(train[index]))
     return {
         "n": truth.shape[0], "n_fd": n_fd, "ddim_steps": steps,
@@ -258,17 +286,28 @@ def evaluate_sr(steps: int = 50, n_fd: int = 400, seed: int = 0) -> dict[str, An
     }  # fmt: skip
 
 
-def evaluate_sdedit(n: int = 100, steps: int = 50, t0s=SDEDIT_T0, seed: int = 0) -> dict[str, Any]:
+def evaluate_sdedit(
+    n: int = 100, steps: int = 50, t0s=SDEDIT_T0, seed: int = 0
+) -> dict[str, Any]:
     """SDEdit of blurred test digits with ``digits``: faithfulness against realism over t0."""
     from .pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits", device="cpu")
     images, labels = digits(size=16, split="test")
-    index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    index = torch.randperm(
+        images.shape[0], generator=torch.Generator().manual_seed(seed)
+    )[:n]
     guides, labels = blur(images[index]), labels[index]
     rows = []
     for t0 in t0s:
-        out = sdedit(model, diffusion, guides, t0, steps=steps, generator=torch.Generator().manual_seed(seed))
+        out = sdedit(
+            model,
+            diffusion,
+            guides,
+            t0,
+            steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+        )
         rows.append({
             "t0": t0, "guide_rmse": (out - guides).pow(2).mean().sqrt().item(),
             "accuracy": class_accuracy(out, labels), "fd": digits_fd(out),
@@ -287,8 +326,12 @@ SECTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Measure chapter 06's numbers into a JSON file")
-    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS))
+    parser = argparse.ArgumentParser(
+        description="Measure chapter 06's numbers into a JSON file"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS)
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     torch.manual_seed(0)

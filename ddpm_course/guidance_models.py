@@ -69,7 +69,11 @@ def _process_config(**overrides: Any) -> TrainConfig:
 
 
 def train_noisy_classifier(
-    steps: int = 1500, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
 ) -> tuple[NoisyClassifier, GaussianDiffusion, TrainConfig]:
     """Train :class:`NoisyClassifier` on noised training digits, t uniform in {0, ..., T-1}.
 
@@ -93,7 +97,9 @@ def train_noisy_classifier(
         x0 = _shift(images[index], generator)
         t = torch.randint(diffusion.num_timesteps, (batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        loss = F.cross_entropy(model(diffusion.q_sample(x0, t, noise), t), labels[index])
+        loss = F.cross_entropy(
+            model(diffusion.q_sample(x0, t, noise), t), labels[index]
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,7 +142,9 @@ def train_sr(
         x0 = _shift(images[index], generator)
         t = torch.randint(diffusion.num_timesteps, (batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        prediction = model(diffusion.q_sample(x0, t, noise), t, low_res=sr_downsample(x0))
+        prediction = model(
+            diffusion.q_sample(x0, t, noise), t, low_res=sr_downsample(x0)
+        )
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,9 +154,14 @@ def train_sr(
     return ema.eval(), diffusion, config
 
 
-def _save(model: nn.Module, config: TrainConfig, path: Path, extra: dict[str, Any]) -> Path:
+def _save(
+    model: nn.Module, config: TrainConfig, path: Path, extra: dict[str, Any]
+) -> Path:
     """Float16 weights + the trainer's sidecar format (``model_config`` is the model's config)."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
     metadata = {
         "format": "ddpm_course.model",
         "model_class": type(model).__name__,
@@ -159,7 +172,9 @@ def _save(model: nn.Module, config: TrainConfig, path: Path, extra: dict[str, An
     }
     save_weights(state, path, metadata)
     for written in (path, path.with_suffix(".json")):
-        written.chmod(0o644)  # readable like the other shipped files (atomic writes make 0600)
+        written.chmod(
+            0o644
+        )  # readable like the other shipped files (atomic writes make 0600)
     return path
 
 
@@ -182,7 +197,9 @@ def load_noisy_classifier(device: torch.device | str | None = None):
 
 def load_sr_model(device: torch.device | str | None = None):
     """The shipped 8×8 → 16×16 model: ``(SuperResUNet in eval mode, diffusion, config)``."""
-    return _load(SR_NAME, SuperResUNet(low_res_size=8, channels=1, unet=SR_UNET), device)
+    return _load(
+        SR_NAME, SuperResUNet(low_res_size=8, channels=1, unet=SR_UNET), device
+    )
 
 
 @torch.no_grad()
@@ -211,13 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("which", choices=("classifier", "sr"))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="the .safetensors to write")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the .safetensors to write"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.which == "classifier":
-        model, diffusion, config = train_noisy_classifier(args.steps or 1500, seed=args.seed)
+        model, diffusion, config = train_noisy_classifier(
+            args.steps or 1500, seed=args.seed
+        )
         accuracy = noisy_accuracy(model, diffusion, [0, 250, 500, 750, 999])
-        extra = {"test_accuracy_at_t": dict(zip(["0", "250", "500", "750", "999"], accuracy))}
+        extra = {
+            "test_accuracy_at_t": dict(
+                zip(["0", "250", "500", "750", "999"], accuracy, strict=True)
+            )
+        }
         name = CLASSIFIER_NAME
     else:
         model, diffusion, config = train_sr(args.steps or 1500, seed=args.seed)

@@ -25,18 +25,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier guidance of an unconditional model towards --class-label with the "
         "shipped digits-noisy-classifier (ddpm: mean shift; ddim/dpm-solver: eps shift)",
     )  # fmt: skip
-    group.add_argument("--inpaint", type=Path, default=None, metavar="MASK",
-                       help="inpaint: a PNG or torch.save'd mask, 1 = known pixel (needs --known)")
-    group.add_argument("--known", type=Path, default=None, metavar="IMAGES",
-                       help="the known images in [0, 1] (PNG or (N, C, H, W) tensor file)")
-    group.add_argument("--jump-length", type=int, default=1, help="RePaint jump length (default 1)")
-    group.add_argument("--resample", type=int, default=1,
-                       help="RePaint resamplings per jump (default 1: plain replacement)")
-    group.add_argument("--sr", type=Path, default=None, metavar="LOWRES",
-                       help="super-resolve these low-resolution images in [0, 1] (e.g. with digits-sr)")
-    group.add_argument("--sdedit", type=Path, default=None, metavar="IMAGES",
-                       help="SDEdit: noise these guide images in [0, 1] to --t0 and denoise them")
-    group.add_argument("--t0", type=int, default=None, help="SDEdit's starting timestep (0..T-1)")
+    group.add_argument(
+        "--inpaint",
+        type=Path,
+        default=None,
+        metavar="MASK",
+        help="inpaint: a PNG or torch.save'd mask, 1 = known pixel (needs --known)",
+    )
+    group.add_argument(
+        "--known",
+        type=Path,
+        default=None,
+        metavar="IMAGES",
+        help="the known images in [0, 1] (PNG or (N, C, H, W) tensor file)",
+    )
+    group.add_argument(
+        "--jump-length", type=int, default=1, help="RePaint jump length (default 1)"
+    )
+    group.add_argument(
+        "--resample",
+        type=int,
+        default=1,
+        help="RePaint resamplings per jump (default 1: plain replacement)",
+    )
+    group.add_argument(
+        "--sr",
+        type=Path,
+        default=None,
+        metavar="LOWRES",
+        help="super-resolve these low-resolution images in [0, 1] (e.g. with digits-sr)",
+    )
+    group.add_argument(
+        "--sdedit",
+        type=Path,
+        default=None,
+        metavar="IMAGES",
+        help="SDEdit: noise these guide images in [0, 1] to --t0 and denoise them",
+    )
+    group.add_argument(
+        "--t0", type=int, default=None, help="SDEdit's starting timestep (0..T-1)"
+    )
 
 
 def _load_images(path: Path, what: str):
@@ -54,9 +82,13 @@ def _load_images(path: Path, what: str):
     try:
         tensor = torch.load(path, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise SystemExit(f"error: cannot read {what} {path} (a PNG or a torch.save'd tensor): {error}")
+        raise SystemExit(
+            f"error: cannot read {what} {path} (a PNG or a torch.save'd tensor): {error}"
+        ) from None
     if not torch.is_tensor(tensor):
-        raise SystemExit(f"error: {what} {path} holds a {type(tensor).__name__}, not a tensor")
+        raise SystemExit(
+            f"error: {what} {path} holds a {type(tensor).__name__}, not a tensor"
+        )
     tensor = tensor.float()
     if tensor.ndim == 2:
         tensor = tensor[None, None]
@@ -86,7 +118,9 @@ def _labels(args, config, n: int, device, flag: str, num_classes: int):
     import torch
 
     if args.class_label is None:
-        raise SystemExit(f"error: {flag} needs --class-label K (the class to guide towards)")
+        raise SystemExit(
+            f"error: {flag} needs --class-label K (the class to guide towards)"
+        )
     if not 0 <= args.class_label < num_classes:
         raise SystemExit(f"error: --class-label must lie in 0..{num_classes - 1} for {flag}, "
                          f"got {args.class_label}")  # fmt: skip
@@ -96,8 +130,12 @@ def _labels(args, config, n: int, device, flag: str, num_classes: int):
 def guided_samples(args, model, diffusion, config, shape, generator, device):
     """The samples of the guidance option given in ``args`` ((N, C, H, W) in [-1, 1]), or None."""
     from ..guidance import (
-        ClassifierFreeGuidance, ClassifierGuidance, classifier_guided_ddpm_sample, inpaint,
-        sdedit, super_resolve,
+        ClassifierFreeGuidance,
+        ClassifierGuidance,
+        classifier_guided_ddpm_sample,
+        inpaint,
+        sdedit,
+        super_resolve,
     )  # fmt: skip
     from ..nn import NoisyClassifier, SuperResUNet
     from ..samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
@@ -110,7 +148,9 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
         raise SystemExit("error: this model is the noisy classifier, not a denoiser; use it "
                          "through --classifier-scale with a denoising model")  # fmt: skip
     if isinstance(model, SuperResUNet) and args.sr is None:
-        raise SystemExit("error: a super-resolution model samples only with --sr LOWRES")
+        raise SystemExit(
+            "error: a super-resolution model samples only with --sr LOWRES"
+        )
     if args.known is not None and args.inpaint is None:
         raise SystemExit("error: --known needs --inpaint MASK")
     if args.t0 is not None and args.sdedit is None:
@@ -138,8 +178,12 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
                              "class-conditional model with a null class, e.g. digits-cond; "
                              "this one is unconditional (try --classifier-scale)")  # fmt: skip
         if args.guidance_scale < 0:
-            raise SystemExit(f"error: --guidance-scale must be >= 0, got {args.guidance_scale}")
-        labels = _labels(args, config, n, device, "--guidance-scale", config.num_classes)
+            raise SystemExit(
+                f"error: --guidance-scale must be >= 0, got {args.guidance_scale}"
+            )
+        labels = _labels(
+            args, config, n, device, "--guidance-scale", config.num_classes
+        )
         return sample(ClassifierFreeGuidance(model, args.guidance_scale, labels))
     if args.classifier_scale is not None:
         from ..guidance_models import load_noisy_classifier
@@ -154,13 +198,19 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
                              f"model makes ({channels}, {size}, {size})")  # fmt: skip
         if diffusion.objective != "eps":
             raise SystemExit("error: --classifier-scale needs an eps-prediction model")
-        labels = _labels(args, config, n, device, "--classifier-scale", classifier.num_classes)
+        labels = _labels(
+            args, config, n, device, "--classifier-scale", classifier.num_classes
+        )
         if args.sampler == "ddpm":
             return classifier_guided_ddpm_sample(
                 model, respace(diffusion, args.steps, args.spacing), classifier, labels,
                 args.classifier_scale, shape, generator=generator, progress=True,
             )  # fmt: skip
-        return sample(ClassifierGuidance(model, classifier, diffusion, labels, args.classifier_scale))
+        return sample(
+            ClassifierGuidance(
+                model, classifier, diffusion, labels, args.classifier_scale
+            )
+        )
     model_kwargs = None
     if config.class_conditional:
         label = config.num_classes if args.class_label is None else args.class_label
@@ -172,11 +222,16 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
         model_kwargs = {"y": torch.full((n,), label, dtype=torch.long, device=device)}
     if args.inpaint is not None:
         if args.known is None:
-            raise SystemExit("error: --inpaint MASK needs --known IMAGES (the image to complete)")
+            raise SystemExit(
+                "error: --inpaint MASK needs --known IMAGES (the image to complete)"
+            )
         known = _images(args.known, "--known", n, channels, size, device)
         mask = _load_images(args.inpaint, "--inpaint mask").to(device)
-        if mask.shape[-2:] != known.shape[-2:] or mask.shape[1] not in (1, channels) or \
-                mask.shape[0] not in (1, known.shape[0]):
+        if (
+            mask.shape[-2:] != known.shape[-2:]
+            or mask.shape[1] not in (1, channels)
+            or mask.shape[0] not in (1, known.shape[0])
+        ):
             raise SystemExit(f"error: the mask must be (1 or N, 1 or {channels}, {size}, {size}) "
                              f"like the known images {tuple(known.shape)}; got "
                              f"{tuple(mask.shape)}")  # fmt: skip
@@ -189,8 +244,10 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
             raise SystemExit(f"error: {error}") from None
     if args.sr is not None:
         if not isinstance(model, SuperResUNet):
-            raise SystemExit("error: --sr needs a super-resolution model (e.g. --checkpoint "
-                             "digits-sr); this one is not conditioned on a low-resolution image")
+            raise SystemExit(
+                "error: --sr needs a super-resolution model (e.g. --checkpoint "
+                "digits-sr); this one is not conditioned on a low-resolution image"
+            )
         low = _images(args.sr, "--sr", n, channels, model.low_res_size, device)
         return super_resolve(model, diffusion, low, steps=args.steps, generator=generator,
                              eta=args.eta)  # fmt: skip

@@ -55,8 +55,12 @@ def _label(dtype: torch.dtype, shape: tuple) -> str:
 # ------------------------------------------------------------------------------ cfg_combine
 def cases_cfg_combine(generator: torch.Generator) -> list[Case]:
     cases = []
-    for (dtype, shape), w in zip(CONFIGS, (0.0, 3.0, 7.5, 1.0)):
-        args = (draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator), w)
+    for (dtype, shape), w in zip(CONFIGS, (0.0, 3.0, 7.5, 1.0), strict=True):
+        args = (
+            draw_normal(shape, dtype, generator),
+            draw_normal(shape, dtype, generator),
+            w,
+        )
         cases.append(Case(f"{_label(dtype, shape)}, w = {w}", args, scale=1.0 + 2 * w))
     return cases
 
@@ -68,13 +72,17 @@ def reference_classifier_guided_eps(eps, grad, alpha_bar_t, scale):
 
 def cases_classifier_guided_eps(generator: torch.Generator) -> list[Case]:
     cases = []
-    for k, ((dtype, shape), scale) in enumerate(zip(CONFIGS, (1.0, 0.0, 5.0, 2.5))):
+    for k, ((dtype, shape), scale) in enumerate(
+        zip(CONFIGS, (1.0, 0.0, 5.0, 2.5), strict=True)
+    ):
         alphas_cumprod = _alphas_cumprod(k)
         t = torch.randint(0, T, (shape[0],), generator=generator)
         alpha_bar_t = alphas_cumprod[t].reshape(per_example_shape(shape))
         args = (draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator),
                 alpha_bar_t, scale)  # fmt: skip
-        cases.append(Case(f"{_label(dtype, shape)}, s = {scale}", args, scale=1.0 + scale))
+        cases.append(
+            Case(f"{_label(dtype, shape)}, s = {scale}", args, scale=1.0 + scale)
+        )
     return cases
 
 
@@ -86,7 +94,9 @@ def reference_replacement_step(x_prev, known, mask, t_prev, alphas_cumprod, nois
 
 def cases_replacement_step(generator: torch.Generator) -> list[Case]:
     cases = []
-    for k, ((dtype, shape), t_prev) in enumerate(zip(CONFIGS, (500, -1, 0, 999))):
+    for k, ((dtype, shape), t_prev) in enumerate(
+        zip(CONFIGS, (500, -1, 0, 999), strict=True)
+    ):
         mask = (torch.rand((1, 1) + shape[2:], generator=generator) > 0.5).to(dtype)
         args = (draw_normal(shape, dtype, generator), draw_uniform(shape, -1.0, 1.0, dtype, generator),
                 mask, t_prev, _alphas_cumprod(k), draw_normal(shape, dtype, generator))  # fmt: skip
@@ -103,7 +113,10 @@ def cases_repaint_schedule(generator: torch.Generator) -> list[Case]:
     settings = [(10, 1, 1), (6, 2, 2), (20, 5, 3), (25, 4, 4), (50, 10, 10), (7, 3, 2)]
     extra = torch.randint(1, 4, (2,), generator=generator).tolist()
     settings.append((12 + extra[0], extra[1], 3))
-    return [Case(f"num_steps={n}, jump_length={j}, resample={r}", (n, j, r)) for n, j, r in settings]
+    return [
+        Case(f"num_steps={n}, jump_length={j}, resample={r}", (n, j, r))
+        for n, j, r in settings
+    ]
 
 
 # ---------------------------------------------------------------------------- sr_model_input
@@ -111,19 +124,26 @@ def cases_sr_model_input(generator: torch.Generator) -> list[Case]:
     cases = []
     for dtype, shape in CONFIGS:
         low_shape = shape[:2] + (shape[2] // 2, shape[3] // 2)
-        args = (draw_normal(shape, dtype, generator), draw_uniform(low_shape, -1.0, 1.0, dtype, generator))
+        args = (
+            draw_normal(shape, dtype, generator),
+            draw_uniform(low_shape, -1.0, 1.0, dtype, generator),
+        )
         cases.append(Case(f"{_label(dtype, shape)}, low_res {low_shape}", args))
     return cases
 
 
 # ------------------------------------------------------------------------------ sdedit_start
 def reference_sdedit_start(guide, t0, alphas_cumprod, noise):
-    return guidance.sdedit_start(guide, _diffusion_from_alphas_cumprod(alphas_cumprod), t0, noise)
+    return guidance.sdedit_start(
+        guide, _diffusion_from_alphas_cumprod(alphas_cumprod), t0, noise
+    )
 
 
 def cases_sdedit_start(generator: torch.Generator) -> list[Case]:
     cases = []
-    for k, ((dtype, shape), t0) in enumerate(zip(CONFIGS, (300, 0, 999, 600))):
+    for k, ((dtype, shape), t0) in enumerate(
+        zip(CONFIGS, (300, 0, 999, 600), strict=True)
+    ):
         args = (draw_uniform(shape, -1.0, 1.0, dtype, generator), t0, _alphas_cumprod(k),
                 draw_normal(shape, dtype, generator))  # fmt: skip
         cases.append(Case(f"{_label(dtype, shape)}, t0 = {t0}", args))
@@ -153,7 +173,10 @@ EXERCISES = (
         tolerance_reason=ROUNDING_REASON + ", scaled by 1 + s",
         hint="Dhariwal & Nichol's Eq. (14): eps - scale * sqrt(1 - alpha_bar_t) * grad; alpha_bar_t is "
         "(N, 1, ..., 1) float64, so cast the coefficient to eps's dtype.",
-        package_functions=(f"{GUIDANCE}.classifier_guided_eps", f"{GUIDANCE}.ClassifierGuidance"),
+        package_functions=(
+            f"{GUIDANCE}.classifier_guided_eps",
+            f"{GUIDANCE}.ClassifierGuidance",
+        ),
     ),
     Exercise(
         name="replacement_step",
@@ -188,7 +211,10 @@ EXERCISES = (
         tolerance_reason=ROUNDING_REASON,
         hint="torch.cat([x_t, F.interpolate(low_res, size=x_t.shape[-2:], mode='bicubic', "
         "align_corners=False)], dim=1).",
-        package_functions=(f"{GUIDANCE}.sr_model_input", "ddpm_course.nn.sr_model_input"),
+        package_functions=(
+            f"{GUIDANCE}.sr_model_input",
+            "ddpm_course.nn.sr_model_input",
+        ),
     ),
     Exercise(
         name="sdedit_start",

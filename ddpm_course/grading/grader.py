@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from .exercise import Exercise, encode_args
 from .integrity import Analyser, AnalysisTimeout
-from .notebook import NotebookError, exercise_points, python_source, read_code_cells
+from .notebook import NotebookError, exercise_points, read_code_cells
 from .registry import get_exercise
 from .runner import CELL_LOG, DONE_FILE, OUTPUT_FILE, STDIO_FILE, Limits
 from .sandbox import INSTALL_HINT, SandboxUnavailable, Zygote, bwrap_path
@@ -323,14 +323,14 @@ def _grade_one(student: str, path: Path, batch: _Batch) -> SubmissionGrade:
         student, path, [ExerciseGrade(name, value) for name, value in points.items()]
     )
     try:
-        sources = [python_source(source) for source in read_code_cells(path)]
+        cells = read_code_cells(path)
     except NotebookError as error:
         result.statuses.add("malformed")
         result.notes.append(f"the file could not be read as a notebook: {_inline(str(error)[:300])}")
         return result
-    result.sources = sources
     try:
-        violations = batch.analyser.analyse(sources, list(points))
+        sources, violations = batch.analyser.analyse(cells, list(points))
+        result.sources = sources
     except AnalysisTimeout as error:
         result.statuses.add("unanalysable")
         result.notes.append(

@@ -422,12 +422,14 @@ def find_violations(sources: list[str], exercise_names: list[str]) -> dict[str, 
 # ------------------------------------------------------------------- under a time limit, elsewhere
 def _worker() -> None:
     """``python -m ddpm_course.grading.integrity --worker``: one JSON request per line on stdin
-    (``{"sources": [...], "names": [...]}``), one JSON answer per line on stdout."""
+    (``{"cells": [the code cells as written], "names": [...]}``), one JSON answer per line on
+    stdout (``{"sources": [the cells as Python], "report": {name: [finding, ...]}}``)."""
     sys.setrecursionlimit(3000)
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            answer = {"report": find_violations(request["sources"], request["names"])}
+            sources = [python_source(cell) for cell in request["cells"]]
+            answer = {"sources": sources, "report": find_violations(sources, request["names"])}
         except (RecursionError, MemoryError) as error:
             answer = {"error": f"{type(error).__name__}"}
         sys.stdout.write(json.dumps(answer) + "\n")
@@ -455,13 +457,15 @@ class Analyser:
             env=environment, start_new_session=True,
         )  # fmt: skip
 
-    def analyse(self, sources: list[str], names: list[str], first: bool = False) -> dict:
+    def analyse(self, cells: list[str], names: list[str], first: bool = False) -> tuple[list, dict]:
+        """(the cells as Python, the findings per exercise) of one notebook's code cells; the
+        IPython transformation runs in the worker too (a huge cell cannot stall the grader)."""
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None or worker.poll() is not None:
             worker = self._start()
             first = True  # the worker's imports are not the notebook's fault
-        request = (json.dumps({"sources": sources, "names": names}) + "\n").encode()
+        request = (json.dumps({"cells": cells, "names": names}) + "\n").encode()
         deadline = time.monotonic() + self.timeout + (30.0 if first else 0.0)
         try:
             worker.stdin.write(request)
@@ -486,7 +490,7 @@ class Analyser:
             self._idle.append(worker)
         if "error" in answer:
             raise AnalysisTimeout(f"the static check could not analyse it ({answer['error']})")
-        return answer["report"]
+        return answer["sources"], answer["report"]
 
     def close(self) -> None:
         with self._lock:

@@ -268,7 +268,7 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
         command += _masks(path)
     command += ["--ro-bind", str(view), "/view", "--bind", str(jobs), "/jobs"]
     command += ["--perms", "0755", "--dir", "/job", "--proc", "/proc", "--dev", "/dev"]
-    command += ["--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--chdir", "/tmp"]
+    command += ["--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--remount-ro", "/", "--chdir", "/tmp"]
     command += [interpreter, "-I", "-S", "/view/sandbox_runner.py", *binds[1:]]
     return command
 

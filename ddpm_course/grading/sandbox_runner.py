@@ -114,8 +114,9 @@ class OutputError(ValueError):
 class CappedText(io.TextIOBase):
     """A text stream that keeps the first ``limit`` characters written to it and counts the rest."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.parts, self.kept, self.dropped = limit, [], 0, 0
+    def __init__(self, limit: int, path: str) -> None:
+        self.limit, self.kept, self.dropped = limit, 0, 0
+        self.file = open(path, "a", encoding="utf-8", errors="replace")
 
     def writable(self) -> bool:
         return True
@@ -124,14 +125,15 @@ class CappedText(io.TextIOBase):
         text = str(text)
         room = self.limit - self.kept
         if room > 0:
-            self.parts.append(text[:room])
+            # written through at once: what a notebook printed survives its being killed
+            self.file.write(text[:room])
+            self.file.flush()
             self.kept += min(room, len(text))
         self.dropped += max(0, len(text) - max(room, 0))
         return len(text)
 
-    def take(self) -> str:
-        text, self.parts = "".join(self.parts), []
-        return text
+    def flush(self) -> None:
+        self.file.flush()
 
 
 class _Shell:
@@ -294,13 +296,13 @@ def run_notebook(job: str, limits: dict) -> None:
     with open(os.path.join(job, "exercises.json")) as handle:
         specs = json.load(handle)
     inputs = torch.load(os.path.join(job, "inputs.pt"), weights_only=True)
-    output = CappedText(int(limits["output_chars"]))
+    output = CappedText(int(limits["output_chars"]), os.path.join(job, OUTPUT_FILE))
     sys.stdout = sys.stderr = output
     signal.signal(signal.SIGALRM, _on_timeout)
     namespace: dict[str, Any] = {"__name__": "__main__", "display": _display}
     shell = _Shell(namespace)
     namespace["get_ipython"] = lambda: shell
-    cell_log, printed = os.path.join(job, CELL_LOG), os.path.join(job, OUTPUT_FILE)
+    cell_log = os.path.join(job, CELL_LOG)
     for number, source in enumerate(cells, start=1):
         _append_line(cell_log, {"cell": number, "event": "start"})
         error_text = traceback_text = None
@@ -315,16 +317,13 @@ def run_notebook(job: str, limits: dict) -> None:
                 _timer(0)
         except BaseException as error:  # the notebook's errors are recorded, never fatal
             error_text, traceback_text = _describe(error), _student_traceback(error)
-        with open(printed, "a") as handle:
-            handle.write(output.take())
         _append_line(cell_log, {"cell": number, "event": "end", "error": error_text, "traceback": traceback_text})
     try:
         for spec in specs:
             _evaluate(job, spec, inputs.get(spec["name"], []), namespace, limits)
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    with open(printed, "a") as handle:
-        handle.write(output.take())
+    output.file.close()
     with open(os.path.join(job, DONE_FILE), "w") as handle:
         json.dump({"output_dropped": output.dropped}, handle)
 
@@ -356,6 +355,18 @@ def _set_limits(limits: dict, base_address_space: int | None) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails instead of killing
 
 
+def _remount_read_only(path: str) -> None:
+    """Make the bind mount at ``path`` read-only in this mount namespace, keeping the flags it
+    has (the kernel refuses to clear the ones it locked)."""
+    current = os.statvfs(path).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+    for st_flag, ms_flag in ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, 1024),
+                             (2048, 2048), (4096, 1 << 21)):  # fmt: skip
+        if current & st_flag:
+            flags |= ms_flag
+    _mount(None, path, None, flags)
+
+
 def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
     """C's part in sandboxed mode: an unprivileged uid, new namespaces, the job's mounts."""
     with open("/proc/cpuinfo") as handle:
@@ -372,6 +383,9 @@ def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # the sandbox's root and /dev are shared by every notebook of the batch: read-only here
+    for shared in ("/", "/dev"):
+        _remount_read_only(shared)
     _mount(job, "/job", None, MS_BIND | MS_REC)
     _mount("tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
     tmp = f"size={int(limits['tmp_mb'])}m,mode=1777"
@@ -613,13 +627,30 @@ def serve() -> None:
                 continue
             if pid == job.cpid:
                 job.c_status = os.waitstatus_to_exitcode(status)
-                if job.c_status >= 0 and job.gpid is not None and job.reason is None:
-                    job.g_done = True  # C reaped G itself
             else:
                 job.g_done = True
         for job in list(jobs.values()):
-            if job.c_status is not None and job.pipe < 0 and (job.g_done or job.gpid is None):
-                by_pid.pop(job.gpid, None) if job.gpid else None
+            if job.c_status is None or job.pipe >= 0:
+                continue
+            if not job.g_done and job.gpid is not None:
+                # C is gone: G was reaped by C, or it is an orphan of ours (still dying)
+                other = by_pid.get(job.gpid)
+                if other is not None and other is not job:
+                    job.g_done = True  # the pid is another job's now: C had reaped G
+                else:
+                    try:
+                        pid, _ = os.waitpid(job.gpid, os.WNOHANG)
+                        if pid:
+                            job.g_done = True
+                        else:
+                            os.kill(job.gpid, signal.SIGKILL)
+                    except ChildProcessError:
+                        job.g_done = True
+                    except OSError:
+                        pass
+            if job.g_done or job.gpid is None:
+                if job.gpid is not None and by_pid.get(job.gpid) is job:
+                    del by_pid[job.gpid]
                 report(job)
         now = time.monotonic()
         if now - last_watch > 0.25:

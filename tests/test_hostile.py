@@ -1,0 +1,451 @@
+"""The grader against hostile notebooks, graded in one batch beside honest ones of many styles.
+
+Each hostile notebook is one class of attack of issue 12 (full marks without the work, ruining
+the batch, reading what is private, exhausting resources, spoofing the feedback, stalling the
+static check). The honest ones are written the ways students write (one-line imports, standard
+library and tqdm in answers, scratch cells and drafts that used the package, ``%%time`` cells,
+continuation lines starting with ``!=`` or ``%``, printing Markdown): every one gets full marks.
+After the command returns, the CSV is there and final, and no process of the batch is alive.
+
+These tests need bubblewrap. Without it they are skipped, except in CI (``CI=true``), where a
+missing sandbox is a failure: ``make sandbox-deps`` installs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ddpm_course.cli import main
+from ddpm_course.grading import grader, sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = ROOT / "solutions" / "03_elbo.ipynb"
+MAKE = ROOT / "tests" / "fixtures" / "submissions" / "make_submissions.py"
+_namespace: dict = {"__file__": str(MAKE)}
+exec(MAKE.read_text().split("NAMES = list(CORRECT)")[0], _namespace)
+CORRECT: dict[str, str] = _namespace["CORRECT"]
+STUBS = {
+    name: f"def {name}(*args):\n    raise NotImplementedError" for name in CORRECT
+}
+MARKER = "987654"  # the argument of the `sleep` processes hostile notebooks leave behind
+
+
+def require_bwrap() -> None:
+    if sandbox.bwrap_path() is None:
+        message = "bubblewrap is not installed (make sandbox-deps)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}: in CI the sandbox tests must run")
+        pytest.skip(message)
+
+
+def notebook(*cells: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source, id=f"c{number}") for number, source in enumerate(cells)]
+    return nb
+
+
+def functions(table: dict[str, str]) -> list[str]:
+    return [table[name] for name in CORRECT]
+
+
+IMPORTS = "import math\nimport torch\nfrom ddpm_course.grading import check"
+
+HONEST = {
+    "honest_plain": notebook(IMPORTS, *functions(CORRECT), "check(q_sample)"),
+    "honest_oneline_imports": notebook(
+        "import math, os, sys\nimport torch", *functions(CORRECT)
+    ),
+    "honest_stdlib_and_tqdm": notebook(
+        "import math, operator, sys, copy, time\nimport torch\nfrom tqdm.auto import tqdm",
+        *functions({**CORRECT, "q_sample": '''def q_sample(x0, t, noise, alphas_cumprod):
+    started = time.perf_counter()
+    a = copy.copy(alphas_cumprod)[t].view(-1, *[1] * (x0.dim() - 1))
+    tiny = sys.float_info.epsilon * 0
+    for _ in tqdm(range(2), disable=True):
+        pass
+    out = operator.add(torch.sqrt(a) * x0, torch.sqrt(1 - a) * noise) + tiny
+    assert time.perf_counter() >= started
+    return out.to(x0.dtype)'''}),
+    ),
+    "honest_scratch_and_drafts": notebook(
+        IMPORTS,
+        "# scratch: compare with the package\nfrom ddpm_course.diffusion import normal_kl",
+        "def q_sample(x0, t, noise, alphas_cumprod):\n"
+        "    from ddpm_course.diffusion import GaussianDiffusion  # first draft\n"
+        "    return GaussianDiffusion(alphas_cumprod).q_sample(x0, t, noise)",
+        *functions(CORRECT),
+    ),
+    "honest_magics": notebook(
+        "%matplotlib inline\n!pip list > /dev/null\nimport math\nimport torch",
+        "%%time\n" + CORRECT["q_sample"],
+        CORRECT["predict_x0_from_eps"].replace(
+            "    return",
+            "    ok = (x_t.dim()\n          != 0)\n    k = (7\n% 5)\n    return",
+        ),
+        *[CORRECT[name] for name in list(CORRECT)[2:]],
+        "%time q_sample(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), "
+        "torch.zeros(1, 1), torch.ones(3))",
+    ),
+    "honest_printer": notebook(
+        IMPORTS,
+        *functions(CORRECT),
+        "from tqdm.auto import tqdm\nfor step in tqdm(range(3)):\n    print(f'step {step}')\n"
+        "print('**bold** and ``` backticks ```')\ndisplay({'a': 1})",
+    ),
+}
+
+HOSTILE = {
+    # full marks without the work: the answer key from the registry, the runner patched
+    "hostile_registry": notebook(
+        IMPORTS,
+        "from ddpm_course.grading.registry import EXERCISES\n"
+        "q_sample = EXERCISES['q_sample'].reference",
+        "import sys\nanswers = sys.modules.get('ddpm_course.diffusion')\n"
+        "normal_kl = answers.normal_kl",
+        "import ddpm_course\nprint('VIEW', sorted(m for m in sys.modules if 'ddpm' in m))",
+    ),
+    "hostile_runner_patch": notebook(
+        IMPORTS,
+        *functions(STUBS),
+        "import sys, os, json\nfrom safetensors.torch import save_file\n"
+        "main = sys.modules['__main__']\n"
+        "def fake(job, spec, cases, namespace, limits):\n"
+        "    tensors = {f'{n}.{p}': case[0].clone() for n, case in enumerate(cases)"
+        " for p in range(spec['n_outputs'])}\n"
+        "    save_file(tensors, os.path.join(job, spec['name'] + '.safetensors'))\n"
+        "    json.dump({'status': 'ok', 'cases': []}, open(os.path.join(job, spec['name'] + '.json'), 'w'))\n"
+        "main._evaluate = fake\n"
+        "open('json.py', 'w').write('raise SystemExit')\n"
+        "open('safetensors.py', 'w').write('raise SystemExit')",
+    ),
+    # outliving the notebook and the grader
+    "hostile_late_writer": notebook(
+        IMPORTS,
+        *functions(STUBS),
+        "import os, subprocess, time\n"
+        f"subprocess.Popen(['sleep', '{MARKER}'], start_new_session=True)\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(3)\n"
+        "        for path in ['q_sample.json', '../grades.csv', '/jobs/grades.csv']:\n"
+        "            try:\n"
+        "                open(path, 'w').write('{}')\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    os._exit(0)",
+    ),
+    # ruining the batch: signals everywhere, the report pipe, the work folder, others' names
+    "hostile_batch_killer": notebook(
+        IMPORTS,
+        *functions(CORRECT),
+        "import os, signal\n"
+        "for fd in range(3, 256):\n"
+        "    try:\n"
+        "        os.write(fd, b'{\"id\": \"1\", \"exit\": 0, \"reason\": null}\\n')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "for name in ['/jobs/1/q_sample.json', '../honest_plain', '/tmp/torch.py']:\n"
+        "    try:\n"
+        "        os.makedirs(name)\n"
+        "    except OSError as error:\n"
+        "        print('refused', name, type(error).__name__)\n"
+        "for move in [('/job', '/moved'), ('/jobs', '/jobs2')]:\n"
+        "    try:\n"
+        "        os.rename(*move)\n"
+        "    except OSError as error:\n"
+        "        print('refused', move, type(error).__name__)\n"
+        "try:\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)\n"
+        "except OSError as error:\n"
+        "    print('parent', type(error).__name__)\n"
+        "for pid in range(1, 3000):\n"
+        "    if pid != os.getpid():\n"
+        "        try:\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "try:\n"
+        "    os.kill(-1, signal.SIGKILL)\n"
+        "except OSError as error:\n"
+        "    print('nothing else to kill', type(error).__name__)\n"
+        "for name in ['/escape', '/dev/escape', '/usr/escape']:\n"
+        "    try:\n"
+        "        open(name, 'w').write('planted')\n"
+        "    except OSError as error:\n"
+        "        print('refused', name, type(error).__name__)\n"
+        "print('ALIVE', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)",
+    ),
+    # reading what is private
+    "hostile_snoop": notebook(
+        IMPORTS,
+        *functions(STUBS),
+        "import os, glob\n"
+        "seen = []\n"
+        "for place in ['/', '/jobs', '/tmp', '/work', '/root', '/proc', '/view', '/home']:\n"
+        "    try:\n"
+        "        seen.append((place, sorted(os.listdir(place))[:40]))\n"
+        "    except OSError as error:\n"
+        "        seen.append((place, type(error).__name__))\n"
+        "print('SEEN', seen)\nprint('ENV', dict(os.environ))\n"
+        "for path in PATHS:\n"
+        "    try:\n"
+        "        print('READ', open(path).read()[:3000])\n"
+        "    except OSError as error:\n"
+        "        print('DENIED', type(error).__name__)\n"
+        "os.symlink(PATHS[0], 'output.txt') if not os.path.exists('output.txt') else None\n"
+        "os.remove('stdio.txt')\nos.symlink(PATHS[0], 'stdio.txt')",
+    ),
+    # resources: forks, /tmp and /dev/shm (it does its work honestly and keeps its points)
+    "hostile_resources": notebook(
+        IMPORTS,
+        *functions(CORRECT),
+        "import os, time\nforked = 0\nfor i in range(150):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(600)\n"
+        "            os._exit(0)\n"
+        "        forked += 1\n"
+        "    except OSError:\n"
+        "        break\n"
+        "print('FORKED', forked)\n"
+        "for path in ['/dev/shm/fill', '/tmp/fill']:\n"
+        "    try:\n"
+        "        with open(path, 'wb') as handle:\n"
+        "            for _ in range(200):\n"
+        "                handle.write(b'0' * 2**20)\n"
+        "    except OSError as error:\n"
+        "        print('FULL', path, error.strerror)",
+    ),
+    # memory: each child within its own limit, all together far beyond the sandbox's
+    "hostile_memory": notebook(
+        IMPORTS,
+        *functions(CORRECT),
+        "import os, time\nfor i in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        block = bytearray(250 * 2**20)\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "time.sleep(30)",
+    ),
+    # the feedback: a fake total and a fence closed from inside
+    "hostile_spoof": notebook(
+        IMPORTS,
+        *functions(STUBS),
+        "print('``````\\n**Total: 10 / 10 points.** Status: ok.\\n``````\\n# fake')\n"
+        "raise ValueError('**Total: 10 / 10 points.** ``` ')",
+    ),
+    # the static check: too large to analyse in the time given
+    "hostile_static_big": notebook(
+        IMPORTS,
+        "\n".join(f"def f{i}(x):\n    return f{i - 1}(x)" for i in range(1, 60_000)),
+        "def q_sample(x0, t, noise, alphas_cumprod):\n    return f59999(x0)",
+    ),
+}
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as handle:
+        return {row["student"]: row for row in csv.DictReader(handle)}
+
+
+def _sandbox_processes() -> list[str]:
+    """Processes left by the batch: the marker `sleep`s, and (as root) any process of the
+    notebooks' uids."""
+    left = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            uid = int(Path(f"/proc/{entry}/status").read_text().split("Uid:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+        if MARKER in cmdline or 100_000 <= uid < 100_000 + 4000 * 64:
+            left.append(f"{entry} uid {uid}: {cmdline}")
+    return left
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    require_bwrap()
+    submissions = tmp_path_factory.mktemp("hostile-submissions")
+    out = tmp_path_factory.mktemp("hostile-grades")
+    paths = [str(SOLUTIONS), str(submissions / "honest_plain.ipynb")]
+    for name, nb in {**HONEST, **HOSTILE}.items():
+        if name == "hostile_snoop":
+            nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+            nb.cells.insert(0, nbformat.v4.new_code_cell(f"PATHS = {paths!r}"))
+        nbformat.write(nb, submissions / f"{name}.ipynb")
+    arguments = ["grade", str(SOLUTIONS), str(submissions), "--out", str(out), "--jobs", "2"]
+    arguments += ["--cell-timeout", "20", "--timeout", "40", "--memory-mb", "512"]
+    arguments += ["--analysis-timeout", "4"]
+    start = time.perf_counter()
+    assert main(arguments) == 0
+    elapsed = time.perf_counter() - start
+    left_at_exit = _sandbox_processes()
+    csv_at_exit = (out / "grades.csv").read_bytes()
+    time.sleep(4)  # what a process that outlived the command would have rewritten by now
+    return {
+        "out": out, "elapsed": elapsed, "left": left_at_exit, "csv": csv_at_exit,
+        "rows": _rows(out / "grades.csv"), "submissions": submissions,
+    }  # fmt: skip
+
+
+def _feedback(batch, student: str) -> str:
+    return (batch["out"] / "feedback" / f"{student}.md").read_text()
+
+
+@pytest.mark.parametrize("student", sorted(HONEST))
+def test_every_honest_style_gets_full_marks(batch, student):
+    row = batch["rows"][student]
+    assert row["total"] == "10", (row, _feedback(batch, student))
+    assert row["sandbox"] == "bubblewrap"
+
+
+@pytest.mark.parametrize(
+    "student",
+    ["hostile_registry", "hostile_runner_patch", "hostile_late_writer", "hostile_snoop",
+     "hostile_spoof", "hostile_static_big", "hostile_batch_killer", "hostile_memory"],
+)  # fmt: skip
+def test_a_hostile_notebook_gets_nothing_it_did_not_do(batch, student):
+    assert batch["rows"][student]["total"] == "0", _feedback(batch, student)
+
+
+def test_the_answer_key_is_not_importable_inside(batch):
+    text = _feedback(batch, "hostile_registry")
+    assert "is not available while a notebook is graded" in text
+    assert "ddpm_course.grading.registry" in text
+
+
+def test_the_csv_is_there_and_final_when_the_command_returns(batch):
+    assert (batch["out"] / "grades.csv").read_bytes() == batch["csv"]
+    assert not list(batch["out"].glob(".*"))  # no temporary file left behind
+    assert set(batch["rows"]) == set(HONEST) | set(HOSTILE)
+
+
+def test_no_process_of_the_batch_is_alive_afterwards(batch):
+    assert batch["left"] == [] and _sandbox_processes() == []
+
+
+def test_crashes_and_kills_cost_that_notebook_only(batch):
+    assert batch["rows"]["hostile_batch_killer"]["status"].startswith("crashed")
+    assert "grader-error" not in "".join(row["status"] for row in batch["rows"].values())
+    text = _feedback(batch, "hostile_batch_killer")
+    assert "nothing it left behind is scored" in text
+    assert text.count("refused") == 7 and "ALIVE" in text
+
+
+def test_nothing_private_is_visible(batch):
+    text = _feedback(batch, "hostile_snoop")
+    assert "BEGIN SOLUTION" not in text and "### " not in text
+    for private in ["honest_plain", str(batch["out"]), str(batch["submissions"]), "ddpm-course-grade-"]:
+        assert private not in text, private
+    assert "DENIED" in text
+    environment = re.search(r"ENV (\{.*?\})", text).group(1)
+    assert set(eval(environment)) <= {  # noqa: S307 (our own test's output)
+        "PATH", "HOME", "OMP_NUM_THREADS", "MPLBACKEND", "CUDA_VISIBLE_DEVICES", "TMPDIR",
+    }  # fmt: skip
+
+
+def test_forks_are_limited_and_tmp_and_shm_are_capped(batch):
+    text = _feedback(batch, "hostile_resources")
+    forked = int(re.search(r"FORKED (\d+)", text).group(1))
+    assert forked < 64
+    assert text.count("No space left on device") == 2 or "FULL" in text
+    assert batch["rows"]["hostile_resources"]["total"] == "10"  # its own work, done honestly
+
+
+def test_memory_is_limited_for_the_whole_sandbox(batch):
+    assert "in all its processes together" in _feedback(batch, "hostile_memory")
+
+
+def test_printed_text_cannot_fake_the_total(batch):
+    text = _feedback(batch, "hostile_spoof")
+    totals = re.findall(r"\*\*Total: .*", text)
+    assert totals[0].startswith("**Total: 0 / 10 points.**")
+    printed = text.split("## What the notebook printed (truncated)")[1]
+    fence = re.search(r"^(`{3,})text$", printed, re.M).group(1)
+    body = printed.split(fence + "text", 1)[1].rsplit(fence, 1)[0]
+    assert max(map(len, re.findall(r"`+", body))) < len(fence)
+
+
+def test_a_notebook_too_large_to_analyse_gets_a_clear_status(batch):
+    assert batch["rows"]["hostile_static_big"]["status"] == "unanalysable"
+    assert "did not finish within 4 s" in _feedback(batch, "hostile_static_big")
+
+
+def test_similar_functions_are_listed_but_cost_nothing_by_default(batch):
+    with open(batch["out"] / "similarity.csv", newline="") as handle:
+        pairs = list(csv.DictReader(handle))
+    assert any(row["student"] == "honest_plain" for row in pairs)
+    assert "closest match: another submission of this batch" in _feedback(batch, "honest_plain")
+
+
+# ------------------------------------------------- without the sandbox; copy policy; gradebook
+def test_grade_refuses_without_bubblewrap_and_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(grader, "bwrap_path", lambda: None)
+    nbformat.write(HONEST["honest_plain"], tmp_path / "a.ipynb")
+    code = main(["grade", str(SOLUTIONS), str(tmp_path / "a.ipynb"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "apt-get install bubblewrap" in error and "--no-sandbox" in error
+    assert not (tmp_path / "o" / "grades.csv").exists()
+
+
+def test_no_sandbox_is_recorded_and_copy_policy_zero_and_the_gradebook(tmp_path):
+    submissions = tmp_path / "s"
+    submissions.mkdir()
+    copied = CORRECT["q_posterior_mean_variance"]
+    own = copied.replace("abar_prev = ", "previous = ").replace("ap = ", "ap = 0 + ")
+    own = '''def q_posterior_mean_variance(x0, x_t, t, betas):
+    alphas = 1 - betas
+    cumulative = torch.cumprod(alphas, dim=0)
+    previous = torch.nn.functional.pad(cumulative[:-1], (1, 0), value=1.0)
+    view = [-1] + [1] * (x0.ndim - 1)
+    beta_t = betas[t].reshape(view)
+    c_t = cumulative[t].reshape(view)
+    p_t = previous[t].reshape(view)
+    coef_x0 = beta_t * torch.sqrt(p_t) / (1.0 - c_t)
+    coef_xt = (1.0 - p_t) * torch.sqrt(alphas[t].reshape(view)) / (1.0 - c_t)
+    variance = beta_t * (1.0 - p_t) / (1.0 - c_t)
+    return coef_x0.to(x0.dtype) * x0 + coef_xt.to(x0.dtype) * x_t, variance.to(x0.dtype)'''
+    for name, table in {
+        "ann": CORRECT,
+        "ben": CORRECT,  # the same functions as ann's
+        "cat": {**CORRECT, "q_posterior_mean_variance": own},
+    }.items():
+        nbformat.write(notebook(IMPORTS, *functions(table)), submissions / f"{name}.ipynb")
+    roster = tmp_path / "roster.csv"
+    roster.write_text(
+        "student,name,id,sis_user_id,sis_login_id,section\n"
+        "ann,Ann A,101,s101,ann,Sec 1\nben,Ben B,102,s102,ben,Sec 1\n"
+        "cat,Cat C,103,s103,cat,Sec 2\ndan,Dan D,104,s104,dan,Sec 2\n"
+    )
+    out = tmp_path / "o"
+    arguments = ["grade", str(SOLUTIONS), str(submissions), "--out", str(out), "--no-sandbox"]
+    arguments += ["--copy-policy", "zero", "--roster", str(roster), "--jobs", "2"]
+    assert main(arguments) == 0
+    rows = _rows(out / "grades.csv")
+    assert {row["sandbox"] for row in rows.values()} == {"none (--no-sandbox)"}
+    for student in rows:
+        assert "Sandbox: none (--no-sandbox)." in (out / "feedback" / f"{student}.md").read_text()
+    # ann and ben share every function; those long enough to tell score 0 under policy zero
+    assert rows["ann"]["q_posterior_mean_variance"] == "0" and "copied" in rows["ann"]["status"]
+    assert rows["cat"]["q_posterior_mean_variance"] == "2"
+    with open(out / "gradebook.csv", newline="") as handle:
+        book = list(csv.reader(handle))
+    assert book[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "03_elbo"]
+    assert book[1] == ["Points Possible", "", "", "", "", "10"]
+    assert book[2][:5] == ["Ann A", "101", "s101", "ann", "Sec 1"]
+    assert book[4][-1] == rows["cat"]["total"] and book[5] == ["Dan D", "104", "s104", "dan", "Sec 2", "0"]

@@ -8,7 +8,7 @@ NOTEBOOKS = $(wildcard book/[0-9]*.ipynb solutions/*.ipynb exercises/*.ipynb)
 # two pytest workers with one torch thread each: on 2 cores, 2 threads per worker wait on each other
 PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile
 
-.PHONY: test lint unit notebooks book browser-test clean sync
+.PHONY: test lint unit notebooks book browser-test clean sync sandbox-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: lint unit notebooks
+
+# bubblewrap, the grader's sandbox (tests/test_hostile.py); installed with apt when missing
+sandbox-deps:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; fi; }
+	@bwrap --version
 
 # ruff's settings (rules, 88 columns, notebooks included) are in pyproject.toml.
 LINT_PATHS = ddpm_course tests scripts book/[0-9]*.ipynb solutions exercises

@@ -32,7 +32,8 @@ from ddpm_course.grading.exercise import (
     decode_args,
     encode_args,
 )
-from ddpm_course.grading.integrity import find_violations
+from ddpm_course.grading.integrity import Analyser, AnalysisTimeout, find_violations
+from ddpm_course.grading.notebook import python_source
 from ddpm_course.grading.registry import EXERCISES, get_exercise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,6 +312,28 @@ CLEAN = {
         "%matplotlib inline\n!pip list\nimport torch",
         "def f(x):\n    return torch.exp(x)",
     ],
+    "one-line stdlib imports": ["import math, os, sys\nimport torch", "def f(x):\n    return math.pi * x"],
+    "stdlib and tqdm in the answer": [
+        "import operator, sys, copy, time\nfrom tqdm.auto import tqdm\nimport torch",
+        "def f(x):\n    for _ in tqdm(range(1)):\n        t = time.time()\n"
+        "    return operator.mul(copy.copy(x), sys.float_info.epsilon)",
+    ],
+    "a scratch import replaced by the student's own def": [
+        "from ddpm_course.diffusion import normal_kl",
+        "import torch\ndef normal_kl(a):\n    return torch.exp(a)",
+        "def f(x):\n    return normal_kl(x)",
+    ],
+    "an earlier draft that used the package": [
+        "import ddpm_course.diffusion as D\ndef f(x):\n    return D.normal_kl(x)",
+        "import torch\ndef f(x):\n    return torch.exp(x)",
+    ],
+    "a %%time cell and continuation lines": [
+        "import torch",
+        "%%time\ndef f(x):\n    y = (x\n  != 0)\n    z = (3\n% 2)\n    return torch.exp(x)",
+    ],
+    "a subprocess (the sandbox holds it)": [
+        "import subprocess", "def f(x):\n    return subprocess.run(['true'])"
+    ],
     "an nn.Module with super()": [
         (
             "import torch\nclass M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
@@ -398,6 +421,21 @@ FLAGGED = {
         "uses `torch.load`",
     ),
     "exec and eval": (["def f(x):\n    return eval('x')"], "uses `eval`"),
+    "__import__ hidden in a string annotation": (
+        ["def f(x) -> \"__import__('ddpm_course.diffusion').normal_kl\":\n    return x"],
+        "uses `__import__`",
+    ),
+    "the live definition is the package's, after an honest draft": (
+        [
+            "import torch\ndef f(x):\n    return torch.exp(x)",
+            "from ddpm_course.diffusion import normal_kl as f",
+        ],
+        "imports `ddpm_course.diffusion`",
+    ),
+    "a magic that hides nothing from the check": (
+        ["%time import ddpm_course.diffusion as D", "import ddpm_course.diffusion as D\ndef f(x):\n    return D.normal_kl(x)"],
+        "imports `ddpm_course.diffusion`",
+    ),
     "a module the notebook wrote": (
         ["open('m.py', 'w').write('x = 1')", "import m", "def f(x):\n    return m.x"],
         "imports `m`",
@@ -411,14 +449,37 @@ FLAGGED = {
 
 @pytest.mark.parametrize("name", sorted(CLEAN))
 def test_static_check_accepts(name):
-    assert find_violations(CLEAN[name], ["f"]) == {"f": []}
+    cells = [python_source(cell) for cell in CLEAN[name]]
+    assert find_violations(cells, ["f"]) == {"f": []}
 
 
 @pytest.mark.parametrize("name", sorted(FLAGGED))
 def test_static_check_flags(name):
     sources, finding = FLAGGED[name]
-    findings = find_violations(sources, ["f"])["f"]
+    findings = find_violations([python_source(cell) for cell in sources], ["f"])["f"]
     assert any(finding in text for text in findings), findings
+
+
+def test_python_source_reads_cells_as_ipython_does():
+    assert python_source("%%time\ndef f():\n    pass").strip() == "def f():\n    pass"
+    assert python_source("x = (1\n  != 2)").strip() == "x = (1\n  != 2)"
+    assert "get_ipython().system('ls')" in python_source("!ls")
+    assert "run_cell_magic('bash'" in python_source("%%bash\necho hi")
+
+
+def test_the_analysis_runs_under_a_time_limit():
+    analyser = Analyser(timeout=1.0)
+    try:
+        sources, report = analyser.analyse(["import torch", "def f(x):\n    return x"], ["f"], first=True)
+        assert report == {"f": []} and sources[1].strip() == "def f(x):\n    return x"
+        huge = "\n".join(f"def g{i}(x):\n    return g{i - 1}(x)" for i in range(1, 40_000))
+        start = time.perf_counter()
+        with pytest.raises(AnalysisTimeout, match="did not finish within 1 s"):
+            analyser.analyse([huge, "def f(x):\n    return g39999(x)"], ["f"])
+        assert time.perf_counter() - start < 20
+        assert analyser.analyse(["def f(x):\n    return x"], ["f"])[1] == {"f": []}  # a new worker
+    finally:
+        analyser.close()
 
 
 def test_static_check_judges_each_exercise_by_what_it_reaches():

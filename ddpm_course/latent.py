@@ -21,8 +21,10 @@ Chapter 07 (Latent diffusion). The pieces, in the order the chapter builds them:
 
 Shapes: images (N, 1, 16, 16) in [-1, 1]; latents (N, 4, 4, 4).
 
-``python -m ddpm_course.latent train-vae | train-ldm | evaluate`` reproduce the shipped
-``digits-vae`` and ``digits-ldm`` and the chapter's numbers (``book/results/07_latent.json``).
+``ddpm-course train --preset digits-vae`` and ``ddpm-course train --preset digits-ldm`` (then
+``python -m ddpm_course.latent export runs/digits-ldm``) reproduce the shipped ``digits-vae`` and
+``digits-ldm``; ``python -m ddpm_course.latent evaluate`` the chapter's numbers
+(``book/results/07_latent.json``).
 """
 
 from __future__ import annotations
@@ -223,9 +225,10 @@ def vae_loss(
     kl_weight: float,
 ) -> dict[str, torch.Tensor]:
     r"""The autoencoder's loss per batch: :math:`\|x - \hat x\|^2 + \beta\,\mathrm{KL}`, each summed
-    over an image's values and averaged over the batch (β = ``kl_weight``; β = 1 with a unit-
-    variance... Gaussian decoder of variance 1/2 is the ELBO). Returns ``loss``, ``reconstruction``
-    (the squared error per image) and ``kl`` (per image), all 0-d."""
+    over an image's values and averaged over the batch (β = ``kl_weight``; with β = 1 this is the
+    negative ELBO of a Gaussian decoder of variance 1/2, up to a constant; Higgins et al. 2017 call
+    β > 1 a β-VAE). Returns ``loss``, ``reconstruction`` (the squared error per image) and ``kl``
+    (per image), all 0-d."""
     reconstruction_error = (x - reconstruction).pow(2).flatten(1).sum(dim=1).mean()
     kl = gaussian_kl(mean, logvar).mean()
     return {"loss": reconstruction_error + kl_weight * kl, "reconstruction": reconstruction_error, "kl": kl}
@@ -233,8 +236,8 @@ def vae_loss(
 
 def train_vae(
     images: torch.Tensor | None = None,
-    steps: int = 3000,
-    kl_weight: float = 1e-3,
+    steps: int = 800,
+    kl_weight: float = 1e-5,
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
@@ -432,11 +435,15 @@ def save_vae(model: AutoencoderKL, scale_factor: float, path: Path, extra: dict[
     save_file(state, str(path))
     sidecar = {"format": "ddpm_course.vae", "model_config": model.config, "scale_factor": scale_factor, **extra}
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1) + "\n")
+    path.chmod(0o644)
     return path
 
 
-def load_vae(path: str | Path | None = None) -> tuple[AutoencoderKL, float]:
-    """The shipped ``digits-vae`` (or the file ``path``): (autoencoder in float32, eval mode; scale factor)."""
+def load_vae(
+    path: str | Path | None = None, device: torch.device | str | None = None
+) -> tuple[AutoencoderKL, float]:
+    """The shipped ``digits-vae`` (or the file ``path``): (autoencoder in float32, eval mode, on
+    ``device``, default the CPU; its scale factor)."""
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else _weights_dir() / "digits-vae.safetensors"
@@ -445,7 +452,7 @@ def load_vae(path: str | Path | None = None) -> tuple[AutoencoderKL, float]:
     sidecar = json.loads(path.with_suffix(".json").read_text())
     model = AutoencoderKL(**sidecar["model_config"])
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.eval(), float(sidecar["scale_factor"])
+    return model.eval().to(device or "cpu"), float(sidecar["scale_factor"])
 
 
 def load_latent_diffusion(
@@ -453,15 +460,21 @@ def load_latent_diffusion(
 ):
     """The shipped ``digits-ldm`` (or a latent run folder / weights file ``path``) with the shipped
     autoencoder: ``(LatentDiffusion in eval mode, diffusion, training config)``."""
-    from .checkpoint import load_weights
+    from .checkpoint import latest_checkpoint, load_checkpoint, load_weights
     from .loading import load_model
 
     path = Path(path) if path is not None else _weights_dir() / "digits-ldm.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m ddpm_course.latent train-ldm")
-    weights = path if path.suffix == ".safetensors" else path / "model.safetensors"
-    _, metadata = load_weights(weights)
-    denoiser = CrossAttnUNet(**metadata["model_config"])
+    if path.suffix == ".safetensors":
+        model_config = load_weights(path)[1]["model_config"]
+    else:  # a run folder (its latest checkpoint, else its weights) or a checkpoint file
+        found = latest_checkpoint(path / "checkpoints") if path.is_dir() else path
+        if found is None:
+            model_config = load_weights(path / "model.safetensors")[1]["model_config"]
+        else:
+            model_config = load_checkpoint(found, required=("model_config",))["model_config"]
+    denoiser = CrossAttnUNet(**model_config)
     denoiser, diffusion, config = load_model(path, model=denoiser, device="cpu")
     denoiser = denoiser.float()
     vae, scale = load_vae(vae_path)
@@ -482,7 +495,7 @@ def _time_per_image(fn: Callable[[], torch.Tensor], n: int, repeats: int) -> lis
 
 
 @torch.no_grad()
-def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 1.0, speed_n: int = 64,
+def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 0.5, speed_n: int = 64,
              speed_repeats: int = 5, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """The chapter's acceptance numbers, measured side by side in one run (CPU, 1 thread):
 
@@ -546,7 +559,7 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 1.0, speed_n
     prompts = [DIGIT_NAMES[i % 10] for i in range(n)]
     asked = torch.arange(n) % 10
     classifier = load_digits_classifier()
-    for w in sorted({0.0, guidance_scale}):
+    for w in sorted({0.0, 0.5, 1.0, 2.0, guidance_scale}):
         samples = latent_sample(ldm, diffusion, n, prompt=prompts, guidance_scale=w, steps=steps,
                                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
         key = f"w{w:g}"
@@ -568,24 +581,131 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 1.0, speed_n
     return result
 
 
+def sample_from_cli(args, model, diffusion, config, device) -> int:
+    """``ddpm-course sample --checkpoint digits-ldm --prompt seven`` (the sample command's
+    namespace): latent samples from any of its samplers (no x0 clipping), decoded, saved as the
+    command saves pixel samples. ``--prompt`` (a digit name; an unknown word is an error listing
+    the vocabulary) or ``--class-label``; ``--guidance-scale W`` applies classifier-free guidance."""
+    from .samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
+    from .viz import save_image_grid
+
+    if not isinstance(model, LatentDiffusion):
+        raise SystemExit("error: --prompt needs a prompt-conditioned latent model, e.g. --checkpoint digits-ldm")
+    if not 1 <= args.steps <= diffusion.num_timesteps:
+        raise SystemExit(f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}")
+    try:
+        if args.prompt is not None:
+            labels = prompt_labels([args.prompt] * args.n)
+        else:
+            label = len(DIGIT_NAMES) if args.class_label is None else args.class_label
+            if not 0 <= label <= len(DIGIT_NAMES):
+                raise ValueError(f"--class-label must lie in 0..9 (or be omitted), got {label}")
+            labels = torch.full((args.n,), label, dtype=torch.long)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    guidance = getattr(args, "guidance_scale", None) or 0.0
+    net: nn.Module = model
+    if guidance > 0:
+        from .guidance import ClassifierFreeGuidance
+
+        net = ClassifierFreeGuidance(model, guidance)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    shape = (args.n, *model.latent_shape)
+    common = dict(model_kwargs={"y": labels.to(device)}, generator=generator, progress=True, device=device,
+                  clip_denoised=False)  # fmt: skip
+    if args.sampler == "ddpm":
+        latents = ddpm_sample(net, respace(diffusion, args.steps, args.spacing), shape, **common)
+    elif args.sampler == "ddim":
+        latents = ddim_sample(net, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing, **common)
+    else:
+        latents = dpm_solver_sample(net, diffusion, shape, steps=args.steps, spacing=args.spacing, **common)
+    images = ((model.decode(latents).float().cpu() + 1) / 2).clamp(0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(images, args.out, value_range=(0.0, 1.0))
+    print(f"wrote {args.out}")
+    if args.save_tensor is not None:
+        torch.save(images, args.save_tensor)
+        print(f"wrote {args.save_tensor}")
+    return 0
+
+
+LATENT_PRESETS = ("digits-vae", "digits-ldm")
+
+
+def train_from_cli(args) -> int:
+    """``ddpm-course train --preset digits-vae | digits-ldm`` (the train command's namespace):
+    digits-vae trains the autoencoder (``--max-steps``, default 800) into ``--out`` (a weights
+    file; default the package's), digits-ldm trains the latent U-Net with the Trainer on the
+    shipped autoencoder's latents into the run folder ``--out`` (``--resume`` and the Trainer's
+    flags apply; ``--set`` any TrainConfig field)."""
+    from .commands.train import FLAGS, _parse_settings
+
+    if args.preset == "digits-vae":
+        argv = ["train-vae"]
+        if args.max_steps is not None:
+            argv += ["--steps", str(args.max_steps)]
+        if args.out:
+            argv += ["--out", args.out]
+        return main(argv)
+    overrides = {name: getattr(args, name) for name, _, _ in FLAGS.values() if getattr(args, name) is not None}
+    overrides.update(_parse_settings(args.settings))
+    overrides["out_dir"] = args.out or "runs/digits-ldm"
+    return _train_ldm(ldm_train_config(**overrides), resume=args.resume)
+
+
+def _train_ldm(config, resume: bool = False, export: bool = False) -> int:
+    from .data import digits
+
+    vae, scale = load_vae()
+    images, labels = digits(size=16, split="train")
+    trainer = LatentTrainer(config, LatentDiffusion(vae, CrossAttnUNet(**LDM_UNET), scale), images, labels)
+    run = trainer.train(resume=resume)
+    print(f"run folder: {run} (load it with ddpm_course.latent.load_latent_diffusion)")
+    if export:
+        print(f"wrote {export_ldm(run)}")
+    return 0
+
+
+def export_ldm(run_dir: str | Path) -> Path:
+    """Copy a latent run's EMA weights into the package as ``digits-ldm`` (float16, with the
+    sidecar), as :func:`ddpm_course.pretrained.export` does for the pixel models."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = Path(run_dir) / "model.safetensors"
+    with safe_open(str(source), "pt") as handle:
+        metadata = handle.metadata()
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(source).items()}
+    target = _weights_dir() / "digits-ldm.safetensors"
+    save_file(state, str(target), metadata=metadata)
+    shutil.copy(source.with_suffix(".json"), target.with_suffix(".json"))
+    for written in (target, target.with_suffix(".json")):
+        written.chmod(0o644)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ddpm_course.latent train-vae | train-ldm | evaluate``."""
+    """``python -m ddpm_course.latent train-vae | train-ldm | export RUN | evaluate``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Chapter 07: the digits autoencoder, the latent model, the numbers")
     sub = parser.add_subparsers(dest="command", required=True)
     vae = sub.add_parser("train-vae", help="train digits-vae and write it into the package")
-    vae.add_argument("--steps", type=int, default=3000)
-    vae.add_argument("--kl-weight", type=float, default=1e-3)
+    vae.add_argument("--steps", type=int, default=800)
+    vae.add_argument("--kl-weight", type=float, default=1e-5)
     vae.add_argument("--out", type=Path, default=None, help="weights file (default: the package's digits-vae)")
     ldm = sub.add_parser("train-ldm", help="train digits-ldm on the shipped autoencoder's latents")
     ldm.add_argument("--max-steps", type=int, default=None)
     ldm.add_argument("--out", default="runs/digits-ldm")
     ldm.add_argument("--export", action="store_true", help="copy the EMA weights into the package")
+    exporter = sub.add_parser("export", help="copy a latent run's EMA weights into the package (digits-ldm)")
+    exporter.add_argument("run_dir")
     ev = sub.add_parser("evaluate", help="write the acceptance numbers to book/results/07_latent.json")
     ev.add_argument("--n", type=int, default=400)
     ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--guidance-scale", type=float, default=1.0)
+    ev.add_argument("--guidance-scale", type=float, default=0.5, help="the w of the acceptance numbers")
     ev.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     if args.command == "train-vae":
@@ -603,21 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scale factor {scale:.5f}; wrote {save_vae(model, scale, out, extra)}")
         return 0
     if args.command == "train-ldm":
-        from .data import digits
-
         overrides = {"out_dir": args.out}
         if args.max_steps is not None:
             overrides["max_steps"] = args.max_steps
-        config = ldm_train_config(**overrides)
-        vae, scale = load_vae()
-        denoiser = CrossAttnUNet(**LDM_UNET)
-        images, labels = digits(size=16, split="train")
-        trainer = LatentTrainer(config, LatentDiffusion(vae, denoiser, scale), images, labels)
-        run = trainer.train()
-        if args.export:
-            from .pretrained import export
-
-            print(f"wrote {export(run, 'digits-ldm')}")
+        return _train_ldm(ldm_train_config(**overrides), export=args.export)
+    if args.command == "export":
+        print(f"wrote {export_ldm(args.run_dir)}")
         return 0
     result = evaluate(n=args.n, steps=args.steps, guidance_scale=args.guidance_scale)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -269,3 +269,19 @@ def test_results_file_meets_the_acceptance_numbers():
     assert result["fd"] <= 2 * result["fd_floor"]
     assert result["prompt_accuracy"] >= 0.9
     assert all(result["acceptance"].values())
+
+
+def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "grid.png"
+    command = [sys.executable, "-m", "ddpm_course.cli", "sample", "--checkpoint", "digits-ldm", "--n", "2",
+               "--steps", "3", "--out", str(out), "--save-tensor", str(tmp_path / "s.pt"), "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(command + ["--prompt", "seven"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    images = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    result = subprocess.run(command + ["--prompt", "sevn"], capture_output=True, text=True)
+    assert result.returncode != 0 and "unknown token 'sevn'" in result.stderr
+    assert "zero, one, two, three" in result.stderr

@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..train import NonFiniteLossError, Trainer
 
+    if args.preset in ("digits-vae", "digits-ldm"):  # chapter 07: trained by ddpm_course.latent
+        from ..latent import train_from_cli
+
+        return train_from_cli(args)
     try:
         config = _config(args)
         out_dir = Trainer(config).train(resume=args.resume)

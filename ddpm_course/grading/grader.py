@@ -567,7 +567,7 @@ def grade(
     (out_dir / "feedback").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ddpm-course-grade-") as work:
         os.chmod(work, 0o755)
-        analyser = Analyser(analysis_timeout)
+        analyser = Analyser(analysis_timeout, workers=min(jobs, 2))
         zygote = Zygote(Path(work), sandboxed=sandbox, bwrap=bwrap)
         try:
             batch = _Batch(points, seed, limits, zygote, analyser)

@@ -502,6 +502,19 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def _resident_bytes(pids: list[int]) -> int:
+    """Resident set sizes summed (cheap, from /proc/PID/statm): an upper bound of the private
+    memory, which is read only when this bound is over the limit."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * 4096
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _private_bytes(pids: list[int]) -> int:
     """The memory the processes hold on their own (Private_Clean + Private_Dirty of
     /proc/PID/smaps_rollup): not the pages of torch they still share with the fork server."""
@@ -660,7 +673,8 @@ def serve() -> None:
                     continue
                 limits = job.request["limits"]
                 tree = _tree(job.cpid)
-                if _private_bytes(tree[1:]) > int(limits["sandbox_memory_mb"]) * 2**20:
+                budget = int(limits["sandbox_memory_mb"]) * 2**20
+                if _resident_bytes(tree[1:]) > budget and _private_bytes(tree[1:]) > budget:
                     kill(job, "memory")
                 elif _folder_bytes(job.request["job"]) > int(limits["job_folder_mb"]) * 2**20:
                     kill(job, "disk")

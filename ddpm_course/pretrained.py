@@ -26,6 +26,8 @@ class Pretrained:
     name: str
     description: str
     command: str
+    # "module:function" that loads a model that is not a denoising U-Net (chapter 06's), else None
+    loader: str | None = None
 
     @property
     def path(self) -> Path:
@@ -49,6 +51,16 @@ PRETRAINED = {
     "digits-cond": Pretrained(
         "digits-cond", "class-conditional U-Net with a null class (p_uncond 0.1) on the 16×16 digits", _command("digits-cond")
     ),
+    "digits-vae": Pretrained(
+        "digits-vae", "KL-regularised autoencoder 16×16×1 → 4×4×4 with its latent scale factor (chapter 07)",
+        "OMP_NUM_THREADS=1 ddpm-course train --preset digits-vae", loader="ddpm_course.latent:load_vae",
+    ),
+    "digits-ldm": Pretrained(
+        "digits-ldm", "latent U-Net on digits-vae latents, prompted by cross-attention (p_uncond 0.1; chapter 07)",
+        "OMP_NUM_THREADS=1 ddpm-course train --preset digits-ldm --out runs/digits-ldm && "
+        "python -m ddpm_course.latent export runs/digits-ldm",
+        loader="ddpm_course.latent:load_latent_diffusion",
+    ),
 }
 
 
@@ -60,6 +72,11 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> tupl
     entry = PRETRAINED[name]
     if not entry.path.exists():
         raise FileNotFoundError(f"{entry.path} is missing from this installation; rebuild it with: {entry.command}")
+    if entry.loader is not None:
+        import importlib
+
+        module, function = entry.loader.split(":")
+        return getattr(importlib.import_module(module), function)(device=device)
     return load_model(entry.path, device=device)
 
 
@@ -127,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     fd.add_argument("--steps", type=int, default=50)
     exporter = sub.add_parser("export", help="copy a run's EMA weights into the package (float16)")
     exporter.add_argument("run_dir")
-    exporter.add_argument("name", choices=sorted(PRETRAINED))
+    exporter.add_argument("name", choices=sorted(n for n, e in PRETRAINED.items() if e.loader is None))
     args = parser.parse_args(argv)
     if args.command == "export":
         print(f"wrote {export(args.run_dir, args.name)}")
         return 0
-    for name in PRETRAINED:
+    for name in (name for name, entry in PRETRAINED.items() if entry.loader is None):  # the denoisers
         print(name, {key: round(value, 2) for key, value in evaluate_fd(name, args.n, args.steps).items()})
     return 0
 

@@ -15,7 +15,6 @@ import csv
 import io
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -65,7 +64,9 @@ def test_reference_agrees_with_the_solution_notebook_on_many_draws(name):
     exercise = EXERCISES[name]
     for seed in range(5):
         for case in exercise.cases(seed):
-            actual = as_outputs(SOLUTIONS[name](*clone_args(case.args)), exercise.n_outputs)
+            actual = as_outputs(
+                SOLUTIONS[name](*clone_args(case.args)), exercise.n_outputs
+            )
             result = exercise.compare(exercise.expected(case), actual, case.scale)
             assert result.passed, f"seed {seed}, {case.label}: {result.message}"
 
@@ -79,7 +80,10 @@ def test_normal_kl_reference_matches_torch_distributions():
         (expected,) = exercise.expected(case)
         # float32 references against a float64 peer: float32 rounding of O(1) terms
         torch.testing.assert_close(
-            expected.double(), torch.distributions.kl_divergence(p, q), rtol=1e-5, atol=1e-5
+            expected.double(),
+            torch.distributions.kl_divergence(p, q),
+            rtol=1e-5,
+            atol=1e-5,
         )
 
 
@@ -132,15 +136,29 @@ def test_cases_are_reproducible_from_their_seed_and_change_with_it(name):
         flat = []
         for case in cases:
             for arg in case.args:
-                flat += list(arg.params.values()) if isinstance(arg, InputFunction) else [arg]
+                flat += (
+                    list(arg.params.values())
+                    if isinstance(arg, InputFunction)
+                    else [arg]
+                )
         return flat
 
     def equal(a, b):
-        return a.shape == b.shape and torch.equal(a, b) if torch.is_tensor(a) else a == b
+        return (
+            a.shape == b.shape and torch.equal(a, b) if torch.is_tensor(a) else a == b
+        )
 
-    assert all(equal(a, b) for a, b in zip(values(exercise.cases(3)), values(exercise.cases(3))))
+    assert all(
+        equal(a, b)
+        for a, b in zip(
+            values(exercise.cases(3)), values(exercise.cases(3)), strict=True
+        )
+    )
     assert not all(
-        equal(a, b) for a, b in zip(values(exercise.cases(3)), values(exercise.cases(4)))
+        equal(a, b)
+        for a, b in zip(
+            values(exercise.cases(3)), values(exercise.cases(4)), strict=False
+        )
     )
 
 
@@ -166,10 +184,12 @@ def test_input_functions_survive_the_trip_to_the_runner_as_plain_tensors(tmp_pat
         cases = exercise.cases(0)
         torch.save([encode_args(case.args) for case in cases], tmp_path / "inputs.pt")
         loaded = torch.load(tmp_path / "inputs.pt", weights_only=True)
-        for case, encoded in zip(cases, loaded):
+        for case, encoded in zip(cases, loaded, strict=True):
             result = exercise.compare(
                 exercise.expected(case),
-                as_outputs(exercise.reference(*decode_args(encoded)), exercise.n_outputs),
+                as_outputs(
+                    exercise.reference(*decode_args(encoded)), exercise.n_outputs
+                ),
             )
             assert result.passed and result.message == "largest error 0.0e+00"
 
@@ -192,7 +212,12 @@ def test_check_passes_a_correct_function():
         return _q_sample(x0, t, noise, alphas_cumprod)
 
     result, printed = _run_check(q_sample)
-    assert (result.passed, result.total, result.attempted, result.all_passed) == (6, 6, True, True)
+    assert (result.passed, result.total, result.attempted, result.all_passed) == (
+        6,
+        6,
+        True,
+        True,
+    )
     assert printed.count("✓") == 6 and "6/6 cases passed" in printed
 
 
@@ -231,11 +256,14 @@ def test_check_fails_a_wrong_shape_with_the_expected_shape():
 
 def test_check_fails_only_the_cases_of_the_other_dtype_for_a_dtype_slip():
     def q_sample(x0, t, noise, alphas_cumprod):
-        return _q_sample(x0, t, noise, alphas_cumprod).double()  # float64 whatever the input
+        return _q_sample(
+            x0, t, noise, alphas_cumprod
+        ).double()  # float64 whatever the input
 
     result, printed = _run_check(q_sample)
     float64_cases = sum(
-        case.args[0].dtype == torch.float64 for case in get_exercise("q_sample").cases(0)
+        case.args[0].dtype == torch.float64
+        for case in get_exercise("q_sample").cases(0)
     )
     assert result.passed == float64_cases and 0 < result.passed < result.total
     assert "dtype torch.float64, expected torch.float32" in printed
@@ -274,7 +302,8 @@ def test_check_takes_the_exercise_name_of_a_renamed_function():
 
 def test_check_names_the_exercises_for_an_unknown_function():
     with pytest.raises(
-        ValueError, match="there is no exercise called 'my_function'; the exercises are .*q_sample"
+        ValueError,
+        match="there is no exercise called 'my_function'; the exercises are .*q_sample",
     ):
         check(lambda x: x, exercise="my_function")
 
@@ -312,7 +341,10 @@ CLEAN = {
         "%matplotlib inline\n!pip list\nimport torch",
         "def f(x):\n    return torch.exp(x)",
     ],
-    "one-line stdlib imports": ["import math, os, sys\nimport torch", "def f(x):\n    return math.pi * x"],
+    "one-line stdlib imports": [
+        "import math, os, sys\nimport torch",
+        "def f(x):\n    return math.pi * x",
+    ],
     "stdlib and tqdm in the answer": [
         "import operator, sys, copy, time\nfrom tqdm.auto import tqdm\nimport torch",
         "def f(x):\n    for _ in tqdm(range(1)):\n        t = time.time()\n"
@@ -332,7 +364,8 @@ CLEAN = {
         "%%time\ndef f(x):\n    y = (x\n  != 0)\n    z = (3\n% 2)\n    return torch.exp(x)",
     ],
     "a subprocess (the sandbox holds it)": [
-        "import subprocess", "def f(x):\n    return subprocess.run(['true'])"
+        "import subprocess",
+        "def f(x):\n    return subprocess.run(['true'])",
     ],
     "an nn.Module with super()": [
         (
@@ -344,15 +377,23 @@ CLEAN = {
 }
 FLAGGED = {
     "a from-import of the answer": (
-        ["from ddpm_course.diffusion import normal_kl", "def f(*a):\n    return normal_kl(*a)"],
+        [
+            "from ddpm_course.diffusion import normal_kl",
+            "def f(*a):\n    return normal_kl(*a)",
+        ],
         "imports `ddpm_course.diffusion`",
     ),
     "the package under an alias": (
-        ["import ddpm_course as dc", "def f(*a):\n    return dc.diffusion.normal_kl(*a)"],
+        [
+            "import ddpm_course as dc",
+            "def f(*a):\n    return dc.diffusion.normal_kl(*a)",
+        ],
         "imports `ddpm_course`",
     ),
     "an import inside the function": (
-        ["def f(*a):\n    from ddpm_course import diffusion\n    return diffusion.normal_kl(*a)"],
+        [
+            "def f(*a):\n    from ddpm_course import diffusion\n    return diffusion.normal_kl(*a)"
+        ],
         "imports `ddpm_course`",
     ),
     "the function is the answer": (
@@ -422,7 +463,9 @@ FLAGGED = {
     ),
     "exec and eval": (["def f(x):\n    return eval('x')"], "uses `eval`"),
     "__import__ hidden in a string annotation": (
-        ["def f(x) -> \"__import__('ddpm_course.diffusion').normal_kl\":\n    return x"],
+        [
+            "def f(x) -> \"__import__('ddpm_course.diffusion').normal_kl\":\n    return x"
+        ],
         "uses `__import__`",
     ),
     "the live definition is the package's, after an honest draft": (
@@ -433,7 +476,10 @@ FLAGGED = {
         "imports `ddpm_course.diffusion`",
     ),
     "a magic that hides nothing from the check": (
-        ["%time import ddpm_course.diffusion as D", "import ddpm_course.diffusion as D\ndef f(x):\n    return D.normal_kl(x)"],
+        [
+            "%time import ddpm_course.diffusion as D",
+            "import ddpm_course.diffusion as D\ndef f(x):\n    return D.normal_kl(x)",
+        ],
         "imports `ddpm_course.diffusion`",
     ),
     "a module the notebook wrote": (
@@ -470,14 +516,20 @@ def test_python_source_reads_cells_as_ipython_does():
 def test_the_analysis_runs_under_a_time_limit():
     analyser = Analyser(timeout=1.0)
     try:
-        sources, report = analyser.analyse(["import torch", "def f(x):\n    return x"], ["f"], first=True)
+        sources, report = analyser.analyse(
+            ["import torch", "def f(x):\n    return x"], ["f"], first=True
+        )
         assert report == {"f": []} and sources[1].strip() == "def f(x):\n    return x"
-        huge = "\n".join(f"def g{i}(x):\n    return g{i - 1}(x)" for i in range(1, 40_000))
+        huge = "\n".join(
+            f"def g{i}(x):\n    return g{i - 1}(x)" for i in range(1, 40_000)
+        )
         start = time.perf_counter()
         with pytest.raises(AnalysisTimeout, match="did not finish within 1 s"):
             analyser.analyse([huge, "def f(x):\n    return g39999(x)"], ["f"])
         assert time.perf_counter() - start < 20
-        assert analyser.analyse(["def f(x):\n    return x"], ["f"])[1] == {"f": []}  # a new worker
+        assert analyser.analyse(["def f(x):\n    return x"], ["f"])[1] == {
+            "f": []
+        }  # a new worker
     finally:
         analyser.close()
 
@@ -499,8 +551,12 @@ def graded(tmp_path_factory):
     submissions = tmp_path_factory.mktemp("submissions")
     for path in (FIXTURES / "submissions" / "03_elbo").glob("*.ipynb"):
         shutil.copy(path, submissions / path.name)
-    shutil.copy(ROOT / "solutions" / "03_elbo.ipynb", submissions / "solutions_03_elbo.ipynb")
-    shutil.copy(ROOT / "exercises" / "03_elbo.ipynb", submissions / "exercises_03_elbo.ipynb")
+    shutil.copy(
+        ROOT / "solutions" / "03_elbo.ipynb", submissions / "solutions_03_elbo.ipynb"
+    )
+    shutil.copy(
+        ROOT / "exercises" / "03_elbo.ipynb", submissions / "exercises_03_elbo.ipynb"
+    )
     out = tmp_path_factory.mktemp("grades")
     arguments = [
         "grade",
@@ -534,11 +590,15 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_fixture_batch_matches_the_hand_written_grades(graded):
-    assert _rows(graded / "grades.csv") == _rows(FIXTURES / "expected_grades_03_elbo.csv")
+    assert _rows(graded / "grades.csv") == _rows(
+        FIXTURES / "expected_grades_03_elbo.csv"
+    )
 
 
 def test_every_submission_gets_a_feedback_file(graded):
-    students = {row["student"] for row in _rows(FIXTURES / "expected_grades_03_elbo.csv")}
+    students = {
+        row["student"] for row in _rows(FIXTURES / "expected_grades_03_elbo.csv")
+    }
     assert {path.stem for path in (graded / "feedback").glob("*.md")} == students
 
 
@@ -579,7 +639,9 @@ def test_notebooks_that_patch_torch_do_not_change_the_graders_torch(graded):
 def test_the_grade_command_rejects_two_notebooks_with_one_student_id(tmp_path, capsys):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
-        shutil.copy(ROOT / "exercises" / "03_elbo.ipynb", tmp_path / folder / "alice.ipynb")
+        shutil.copy(
+            ROOT / "exercises" / "03_elbo.ipynb", tmp_path / folder / "alice.ipynb"
+        )
     arguments = [
         "grade",
         str(ROOT / "solutions" / "03_elbo.ipynb"),

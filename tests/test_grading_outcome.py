@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddpm_course.grading import check, drivers, registry
-from ddpm_course.grading.exercise import Case, CaseResult, Exercise, ROUNDING
+from ddpm_course.grading.exercise import ROUNDING, Case, CaseResult, Exercise
 
 
 def _toy_driver(step, w0, x, n):
@@ -31,7 +31,9 @@ def _judge(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseResult:
     if error < 1e-3:
         return CaseResult(True, f"distance to the minimum {error:.1e}")
     if torch.allclose(w, case.args[0]):
-        return CaseResult(False, "the weight never moved: does the step return the new weight?")
+        return CaseResult(
+            False, "the weight never moved: does the step return the new weight?"
+        )
     return CaseResult(False, f"distance to the minimum {error:.1e} (allowed 1e-3)")
 
 
@@ -41,7 +43,14 @@ def _reference_step(w, x):
 
 def _cases(generator):
     return [
-        Case(f"case {k}", (torch.randn(3, generator=generator), torch.randn(3, generator=generator), 40))
+        Case(
+            f"case {k}",
+            (
+                torch.randn(3, generator=generator),
+                torch.randn(3, generator=generator),
+                40,
+            ),
+        )
         for k in range(3)
     ]
 

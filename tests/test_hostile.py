@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -33,10 +32,10 @@ MAKE = ROOT / "tests" / "fixtures" / "submissions" / "make_submissions.py"
 _namespace: dict = {"__file__": str(MAKE)}
 exec(MAKE.read_text().split("NAMES = list(CORRECT)")[0], _namespace)
 CORRECT: dict[str, str] = _namespace["CORRECT"]
-STUBS = {
-    name: f"def {name}(*args):\n    raise NotImplementedError" for name in CORRECT
-}
-MARKER = "987654"  # the argument of the `sleep` processes hostile notebooks leave behind
+STUBS = {name: f"def {name}(*args):\n    raise NotImplementedError" for name in CORRECT}
+MARKER = (
+    "987654"  # the argument of the `sleep` processes hostile notebooks leave behind
+)
 
 
 def require_bwrap() -> None:
@@ -49,7 +48,10 @@ def require_bwrap() -> None:
 
 def notebook(*cells: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source, id=f"c{number}") for number, source in enumerate(cells)]
+    nb.cells = [
+        nbformat.v4.new_code_cell(source, id=f"c{number}")
+        for number, source in enumerate(cells)
+    ]
     return nb
 
 
@@ -66,7 +68,10 @@ HONEST = {
     ),
     "honest_stdlib_and_tqdm": notebook(
         "import math, operator, sys, copy, time\nimport torch\nfrom tqdm.auto import tqdm",
-        *functions({**CORRECT, "q_sample": '''def q_sample(x0, t, noise, alphas_cumprod):
+        *functions(
+            {
+                **CORRECT,
+                "q_sample": """def q_sample(x0, t, noise, alphas_cumprod):
     started = time.perf_counter()
     a = copy.copy(alphas_cumprod)[t].view(-1, *[1] * (x0.dim() - 1))
     tiny = sys.float_info.epsilon * 0
@@ -74,7 +79,9 @@ HONEST = {
         pass
     out = operator.add(torch.sqrt(a) * x0, torch.sqrt(1 - a) * noise) + tiny
     assert time.perf_counter() >= started
-    return out.to(x0.dtype)'''}),
+    return out.to(x0.dtype)""",
+            }
+        ),
     ),
     "honest_scratch_and_drafts": notebook(
         IMPORTS,
@@ -151,7 +158,7 @@ HOSTILE = {
         "import os, signal\n"
         "for fd in range(3, 256):\n"
         "    try:\n"
-        "        os.write(fd, b'{\"id\": \"1\", \"exit\": 0, \"reason\": null}\\n')\n"
+        '        os.write(fd, b\'{"id": "1", "exit": 0, "reason": null}\\n\')\n'
         "    except OSError:\n"
         "        pass\n"
         "for name in ['/jobs/1/q_sample.json', '../honest_plain', '/tmp/torch.py']:\n"
@@ -267,8 +274,15 @@ def _sandbox_processes() -> list[str]:
         if not entry.isdigit():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            uid = int(Path(f"/proc/{entry}/status").read_text().split("Uid:")[1].split()[0])
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode()
+            )
+            uid = int(
+                Path(f"/proc/{entry}/status").read_text().split("Uid:")[1].split()[0]
+            )
         except (OSError, IndexError, ValueError):
             continue
         if MARKER in cmdline or 100_000 <= uid < 100_000 + 4000 * 64:
@@ -287,7 +301,15 @@ def batch(tmp_path_factory):
             nb = nbformat.from_dict(json.loads(json.dumps(nb)))
             nb.cells.insert(0, nbformat.v4.new_code_cell(f"PATHS = {paths!r}"))
         nbformat.write(nb, submissions / f"{name}.ipynb")
-    arguments = ["grade", str(SOLUTIONS), str(submissions), "--out", str(out), "--jobs", "2"]
+    arguments = [
+        "grade",
+        str(SOLUTIONS),
+        str(submissions),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+    ]
     arguments += ["--cell-timeout", "20", "--timeout", "40", "--memory-mb", "512"]
     arguments += ["--analysis-timeout", "4"]
     start = time.perf_counter()
@@ -295,7 +317,9 @@ def batch(tmp_path_factory):
     elapsed = time.perf_counter() - start
     left_at_exit = _sandbox_processes()
     csv_at_exit = (out / "grades.csv").read_bytes()
-    time.sleep(4)  # what a process that outlived the command would have rewritten by now
+    time.sleep(
+        4
+    )  # what a process that outlived the command would have rewritten by now
     return {
         "out": out, "elapsed": elapsed, "left": left_at_exit, "csv": csv_at_exit,
         "rows": _rows(out / "grades.csv"), "submissions": submissions,
@@ -340,7 +364,9 @@ def test_no_process_of_the_batch_is_alive_afterwards(batch):
 
 def test_crashes_and_kills_cost_that_notebook_only(batch):
     assert batch["rows"]["hostile_batch_killer"]["status"].startswith("crashed")
-    assert "grader-error" not in "".join(row["status"] for row in batch["rows"].values())
+    assert "grader-error" not in "".join(
+        row["status"] for row in batch["rows"].values()
+    )
     text = _feedback(batch, "hostile_batch_killer")
     assert "nothing it left behind is scored" in text
     assert text.count("refused") == 7 and "ALIVE" in text
@@ -349,7 +375,12 @@ def test_crashes_and_kills_cost_that_notebook_only(batch):
 def test_nothing_private_is_visible(batch):
     text = _feedback(batch, "hostile_snoop")
     assert "BEGIN SOLUTION" not in text and "### " not in text
-    for private in ["honest_plain", str(batch["out"]), str(batch["submissions"]), "ddpm-course-grade-"]:
+    for private in [
+        "honest_plain",
+        str(batch["out"]),
+        str(batch["submissions"]),
+        "ddpm-course-grade-",
+    ]:
         assert private not in text, private
     assert "DENIED" in text
     environment = re.search(r"ENV (\{.*?\})", text).group(1)
@@ -363,7 +394,9 @@ def test_forks_are_limited_and_tmp_and_shm_are_capped(batch):
     forked = int(re.search(r"FORKED (\d+)", text).group(1))
     assert forked < 64
     assert text.count("No space left on device") == 2 or "FULL" in text
-    assert batch["rows"]["hostile_resources"]["total"] == "10"  # its own work, done honestly
+    assert (
+        batch["rows"]["hostile_resources"]["total"] == "10"
+    )  # its own work, done honestly
 
 
 def test_memory_is_limited_for_the_whole_sandbox(batch):
@@ -389,14 +422,26 @@ def test_similar_functions_are_listed_but_cost_nothing_by_default(batch):
     with open(batch["out"] / "similarity.csv", newline="") as handle:
         pairs = list(csv.DictReader(handle))
     assert any(row["student"] == "honest_plain" for row in pairs)
-    assert "closest match: another submission of this batch" in _feedback(batch, "honest_plain")
+    assert "closest match: another submission of this batch" in _feedback(
+        batch, "honest_plain"
+    )
 
 
 # ------------------------------------------------- without the sandbox; copy policy; gradebook
-def test_grade_refuses_without_bubblewrap_and_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+def test_grade_refuses_without_bubblewrap_and_says_how_to_install_it(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(grader, "bwrap_path", lambda: None)
     nbformat.write(HONEST["honest_plain"], tmp_path / "a.ipynb")
-    code = main(["grade", str(SOLUTIONS), str(tmp_path / "a.ipynb"), "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "grade",
+            str(SOLUTIONS),
+            str(tmp_path / "a.ipynb"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "apt-get install bubblewrap" in error and "--no-sandbox" in error
@@ -408,7 +453,7 @@ def test_no_sandbox_is_recorded_and_copy_policy_zero_and_the_gradebook(tmp_path)
     submissions.mkdir()
     copied = CORRECT["q_posterior_mean_variance"]
     own = copied.replace("abar_prev = ", "previous = ").replace("ap = ", "ap = 0 + ")
-    own = '''def q_posterior_mean_variance(x0, x_t, t, betas):
+    own = """def q_posterior_mean_variance(x0, x_t, t, betas):
     alphas = 1 - betas
     cumulative = torch.cumprod(alphas, dim=0)
     previous = torch.nn.functional.pad(cumulative[:-1], (1, 0), value=1.0)
@@ -419,13 +464,15 @@ def test_no_sandbox_is_recorded_and_copy_policy_zero_and_the_gradebook(tmp_path)
     coef_x0 = beta_t * torch.sqrt(p_t) / (1.0 - c_t)
     coef_xt = (1.0 - p_t) * torch.sqrt(alphas[t].reshape(view)) / (1.0 - c_t)
     variance = beta_t * (1.0 - p_t) / (1.0 - c_t)
-    return coef_x0.to(x0.dtype) * x0 + coef_xt.to(x0.dtype) * x_t, variance.to(x0.dtype)'''
+    return coef_x0.to(x0.dtype) * x0 + coef_xt.to(x0.dtype) * x_t, variance.to(x0.dtype)"""
     for name, table in {
         "ann": CORRECT,
         "ben": CORRECT,  # the same functions as ann's
         "cat": {**CORRECT, "q_posterior_mean_variance": own},
     }.items():
-        nbformat.write(notebook(IMPORTS, *functions(table)), submissions / f"{name}.ipynb")
+        nbformat.write(
+            notebook(IMPORTS, *functions(table)), submissions / f"{name}.ipynb"
+        )
     roster = tmp_path / "roster.csv"
     roster.write_text(
         "student,name,id,sis_user_id,sis_login_id,section\n"
@@ -433,19 +480,46 @@ def test_no_sandbox_is_recorded_and_copy_policy_zero_and_the_gradebook(tmp_path)
         "cat,Cat C,103,s103,cat,Sec 2\ndan,Dan D,104,s104,dan,Sec 2\n"
     )
     out = tmp_path / "o"
-    arguments = ["grade", str(SOLUTIONS), str(submissions), "--out", str(out), "--no-sandbox"]
+    arguments = [
+        "grade",
+        str(SOLUTIONS),
+        str(submissions),
+        "--out",
+        str(out),
+        "--no-sandbox",
+    ]
     arguments += ["--copy-policy", "zero", "--roster", str(roster), "--jobs", "2"]
     assert main(arguments) == 0
     rows = _rows(out / "grades.csv")
     assert {row["sandbox"] for row in rows.values()} == {"none (--no-sandbox)"}
     for student in rows:
-        assert "Sandbox: none (--no-sandbox)." in (out / "feedback" / f"{student}.md").read_text()
+        assert (
+            "Sandbox: none (--no-sandbox)."
+            in (out / "feedback" / f"{student}.md").read_text()
+        )
     # ann and ben share every function; those long enough to tell score 0 under policy zero
-    assert rows["ann"]["q_posterior_mean_variance"] == "0" and "copied" in rows["ann"]["status"]
+    assert (
+        rows["ann"]["q_posterior_mean_variance"] == "0"
+        and "copied" in rows["ann"]["status"]
+    )
     assert rows["cat"]["q_posterior_mean_variance"] == "2"
     with open(out / "gradebook.csv", newline="") as handle:
         book = list(csv.reader(handle))
-    assert book[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "03_elbo"]
+    assert book[0] == [
+        "Student",
+        "ID",
+        "SIS User ID",
+        "SIS Login ID",
+        "Section",
+        "03_elbo",
+    ]
     assert book[1] == ["Points Possible", "", "", "", "", "10"]
     assert book[2][:5] == ["Ann A", "101", "s101", "ann", "Sec 1"]
-    assert book[4][-1] == rows["cat"]["total"] and book[5] == ["Dan D", "104", "s104", "dan", "Sec 2", "0"]
+    assert book[4][-1] == rows["cat"]["total"] and book[5] == [
+        "Dan D",
+        "104",
+        "s104",
+        "dan",
+        "Sec 2",
+        "0",
+    ]

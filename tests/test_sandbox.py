@@ -52,8 +52,12 @@ def test_the_runner_imports_only_the_standard_library_torch_and_safetensors():
     assert roots <= ALLOWED_ROOTS, roots - ALLOWED_ROOTS
 
 
-@pytest.mark.parametrize("module", sorted(m for m, how in sandbox.STUDENT_VIEW.items() if how == "copy"))
-def test_every_copied_module_of_the_view_imports_only_the_standard_library_and_torch(module):
+@pytest.mark.parametrize(
+    "module", sorted(m for m, how in sandbox.STUDENT_VIEW.items() if how == "copy")
+)
+def test_every_copied_module_of_the_view_imports_only_the_standard_library_and_torch(
+    module,
+):
     path = GRADING.parent / Path(*module.split(".")[1:]).with_suffix(".py")
     roots = {name.split(".")[0] for name in _imported_roots(path)}
     assert roots <= set(sys.stdlib_module_names) | {"torch"}, roots
@@ -66,14 +70,20 @@ def _run_in_view(view: Path, code: str) -> subprocess.CompletedProcess:
         f" + {sandbox._site_dirs()!r}\n" + code
     )
     return subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-I", "-S", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_the_student_view_has_no_answer_key(tmp_path):
     view = sandbox.write_student_view(tmp_path / "view")
     cases = {name: EXERCISES[name].cases(0) for name in ("euler_maruyama", "dsm_loss")}
-    torch.save({name: [encode_args(c.args) for c in found] for name, found in cases.items()}, tmp_path / "in.pt")
+    torch.save(
+        {name: [encode_args(c.args) for c in found] for name, found in cases.items()},
+        tmp_path / "in.pt",
+    )
     result = _run_in_view(
         view,
         "import json, torch\n"
@@ -97,7 +107,10 @@ def test_the_student_view_has_no_answer_key(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert len(out["errors"]) == 3
-    assert all("is not available while a notebook is graded" in error for error in out["errors"])
+    assert all(
+        "is not available while a notebook is graded" in error
+        for error in out["errors"]
+    )
     assert "CheckResult" in out["check"]
     args = cases["dsm_loss"][0].args
     x = next(a for a in args if torch.is_tensor(a) and a.ndim == 2)
@@ -128,7 +141,7 @@ def test_inside_the_sandbox_a_notebook_is_unprivileged_offline_and_alone():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("bubblewrap is not installed: in CI the sandbox tests must run")
         pytest.skip("bubblewrap is not installed (make sandbox-deps)")
-    probe = r'''
+    probe = r"""
 import ctypes, os, socket
 report = {"uid": os.getuid(), "cwd": os.getcwd()}
 try:
@@ -153,7 +166,7 @@ for place in ["/jobs", "/proc", "/view"]:
         report[place] = type(error).__name__
 report["tmp"] = os.statvfs("/tmp").f_blocks * os.statvfs("/tmp").f_frsize
 print("REPORT", report)
-'''
+"""
     record, output = _zygote_job([probe], Limits(timeout=60, tmp_mb=16))
     assert record["exit"] == 0, (record, output)
     report = eval(output.split("REPORT ", 1)[1])  # noqa: S307 (our own probe's output)

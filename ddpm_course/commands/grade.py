@@ -21,10 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="folder for grades.csv and feedback/<student>.md"
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="notebooks graded at the same time (default: 1)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="notebooks graded at the same time (default: 1)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds for a whole notebook (default: 300)"
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds for a whole notebook (default: 300)",
     )
     parser.add_argument(
         "--cell-timeout",
@@ -39,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="memory a notebook may allocate, MiB (default: 2048)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the test inputs (default: 0; pick your own)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the test inputs (default: 0; pick your own)",
     )
     parser.add_argument(
         "--no-sandbox",

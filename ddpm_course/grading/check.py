@@ -46,7 +46,9 @@ def _one_line(error: BaseException) -> str:
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + " ..."
     return (
-        f"raised {type(error).__name__}: {message}" if message else f"raised {type(error).__name__}"
+        f"raised {type(error).__name__}: {message}"
+        if message
+        else f"raised {type(error).__name__}"
     )
 
 
@@ -75,7 +77,9 @@ def check(fn: Callable, exercise: str | None = None, seed: int = 0) -> CheckResu
             result = spec.grade_case(case, outputs, expected)
         except NotImplementedError as error:
             if number == 1:
-                print(f"{name}: not attempted (replace `raise NotImplementedError` with your code)")
+                print(
+                    f"{name}: not attempted (replace `raise NotImplementedError` with your code)"
+                )
                 return CheckResult(name, 0, len(cases), attempted=False)
             result = CaseResult(False, _one_line(error))
         except OutputError as error:
@@ -84,7 +88,9 @@ def check(fn: Callable, exercise: str | None = None, seed: int = 0) -> CheckResu
             # a bug in the student's code fails this case, never the notebook
             result = CaseResult(False, _one_line(error))
         passed += result.passed
-        print(f"  {'✓' if result.passed else '✗'} case {number} ({case.label}): {result.message}")
+        print(
+            f"  {'✓' if result.passed else '✗'} case {number} ({case.label}): {result.message}"
+        )
     summary = CheckResult(name, passed, len(cases))
     if summary.all_passed:
         print(f"{summary}. Well done!")

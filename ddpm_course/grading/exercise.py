@@ -99,7 +99,9 @@ class InputFunction:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{key}={tuple(value.shape)}" if torch.is_tensor(value) else f"{key}={value:g}"
+            f"{key}={tuple(value.shape)}"
+            if torch.is_tensor(value)
+            else f"{key}={value:g}"
             for key, value in self.params.items()
         )
         return f"{type(self).__name__}({shown})"
@@ -124,7 +126,9 @@ def encode_args(args: tuple) -> list:
 def decode_args(encoded: list) -> tuple:
     """The inverse of :func:`encode_args`."""
     return tuple(
-        InputFunction.registry[arg["function"]](**arg["params"]) if isinstance(arg, dict) else arg
+        InputFunction.registry[arg["function"]](**arg["params"])
+        if isinstance(arg, dict)
+        else arg
         for arg in encoded
     )
 
@@ -133,7 +137,9 @@ def as_outputs(value: Any, n_outputs: int) -> tuple[torch.Tensor, ...]:
     """What a function returned, as a tuple of ``n_outputs`` tensors; an :class:`OutputError` otherwise."""
     if n_outputs == 1:
         if not torch.is_tensor(value):
-            raise OutputError(f"returned a {type(value).__name__}; return a torch.Tensor")
+            raise OutputError(
+                f"returned a {type(value).__name__}; return a torch.Tensor"
+            )
         return (value,)
     if not isinstance(value, (tuple, list)) or len(value) != n_outputs:
         got = (
@@ -144,7 +150,9 @@ def as_outputs(value: Any, n_outputs: int) -> tuple[torch.Tensor, ...]:
         raise OutputError(f"returned {got}; return a tuple of {n_outputs} tensors")
     for position, item in enumerate(value):
         if not torch.is_tensor(item):
-            raise OutputError(f"output {position} is a {type(item).__name__}; return torch.Tensors")
+            raise OutputError(
+                f"output {position} is a {type(item).__name__}; return torch.Tensors"
+            )
     return tuple(value)
 
 
@@ -193,7 +201,9 @@ class Exercise:
         of ``n_outputs`` tensors; :class:`OutputError` when it returns something else."""
         from .drivers import call_with_driver
 
-        return as_outputs(call_with_driver(self.driver, fn, clone_args(args)), self.n_outputs)
+        return as_outputs(
+            call_with_driver(self.driver, fn, clone_args(args)), self.n_outputs
+        )
 
     def grade_case(
         self,
@@ -206,7 +216,9 @@ class Exercise:
         if self.judge is not None:
             result = self.judge(case, tuple(actual))
             if not isinstance(result, CaseResult):
-                raise TypeError(f"the judge of {self.name} returned {type(result).__name__}")
+                raise TypeError(
+                    f"the judge of {self.name} returned {type(result).__name__}"
+                )
             return result
         if expected is None:
             expected = self.expected(case)
@@ -229,15 +241,17 @@ class Exercise:
         """Compare a function's outputs with the reference's: same shape, same dtype, and values within
         the tolerance of that dtype (see :class:`Tolerance`; NaN only where the reference has NaN)."""
         errors = []
-        for name, want, got in zip(self.output_names, expected, actual):
+        for name, want, got in zip(self.output_names, expected, actual, strict=False):
             label = f"{name}: " if self.n_outputs > 1 else ""
             if tuple(got.shape) != tuple(want.shape):
                 return CaseResult(
-                    False, f"{label}shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+                    False,
+                    f"{label}shape {tuple(got.shape)}, expected {tuple(want.shape)}",
                 )
             if got.dtype != want.dtype:
                 return CaseResult(
-                    False, f"{label}dtype {got.dtype}, expected {want.dtype} (the inputs' dtype)"
+                    False,
+                    f"{label}dtype {got.dtype}, expected {want.dtype} (the inputs' dtype)",
                 )
             tolerance = self.tolerances[want.dtype]
             want64 = want.detach().cpu().double()
@@ -250,13 +264,18 @@ class Exercise:
             # equal infinities or NaN in both count as equal; an infinity must be matched exactly
             same_special = (got64 == want64) | (got64.isnan() & want64.isnan())
             close = same_special | (want64.isfinite() & (difference <= allowed))
-            difference = torch.where(same_special, 0.0, difference.nan_to_num(nan=math.inf))
+            difference = torch.where(
+                same_special, 0.0, difference.nan_to_num(nan=math.inf)
+            )
             largest = difference.max().item() if difference.numel() else 0.0
             if not bool(close.all()):
                 # the failing element with the largest error (a NaN counts as an infinite error)
                 failing = torch.where(close, -1.0, difference)
                 flat = int(torch.argmax(failing.reshape(-1)).item())
-                index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), want64.shape))
+                index = tuple(
+                    int(i)
+                    for i in torch.unravel_index(torch.tensor(flat), want64.shape)
+                )
                 where = f" at index {index}" if index else ""
                 return CaseResult(
                     False,
@@ -288,15 +307,21 @@ def per_example_shape(shape: tuple) -> tuple:
     return (shape[0],) + (1,) * (len(shape) - 1)
 
 
-def draw_normal(shape: tuple, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+def draw_normal(
+    shape: tuple, dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
     """N(0, 1) values drawn in float64 (the same numbers for either dtype) and cast to ``dtype``."""
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
 
 
 def draw_uniform(
-    shape: tuple, low: float, high: float, dtype: torch.dtype, generator: torch.Generator
+    shape: tuple,
+    low: float,
+    high: float,
+    dtype: torch.dtype,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """Uniform values in [low, high), drawn in float64 and cast to ``dtype``."""
-    return (low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)).to(
-        dtype
-    )
+    return (
+        low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+    ).to(dtype)

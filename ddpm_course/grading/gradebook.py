@@ -36,15 +36,25 @@ def read_roster(path: Path | str) -> dict[str, dict[str, str]]:
         for number, row in enumerate(reader, start=2):
             student = (row.get("student") or "").strip()
             if not student:
-                raise ValueError(f"roster {path}, line {number}: the 'student' column is empty")
+                raise ValueError(
+                    f"roster {path}, line {number}: the 'student' column is empty"
+                )
             if student in roster:
-                raise ValueError(f"roster {path}, line {number}: {student!r} is listed twice")
-            roster[student] = {key: (row.get(key) or "").strip() for key in ROSTER_COLUMNS}
+                raise ValueError(
+                    f"roster {path}, line {number}: {student!r} is listed twice"
+                )
+            roster[student] = {
+                key: (row.get(key) or "").strip() for key in ROSTER_COLUMNS
+            }
     return roster
 
 
 def write_gradebook(
-    path: Path, assignment: str, points: dict, results: list, roster: dict[str, dict[str, str]]
+    path: Path,
+    assignment: str,
+    points: dict,
+    results: list,
+    roster: dict[str, dict[str, str]],
 ) -> list[str]:
     """Write ``path`` (atomically); return the students graded but missing from the roster."""
     from .grader import _write_atomic

@@ -113,7 +113,9 @@ class SubmissionGrade:
     statuses: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     output: str = ""
-    sources: list[str] = field(default_factory=list)  # the cells as Python (for the copy check)
+    sources: list[str] = field(
+        default_factory=list
+    )  # the cells as Python (for the copy check)
 
     @property
     def total(self) -> float:
@@ -121,7 +123,10 @@ class SubmissionGrade:
 
     @property
     def status(self) -> str:
-        return ";".join(status for status in STATUS_ORDER if status in self.statuses) or "ok"
+        return (
+            ";".join(status for status in STATUS_ORDER if status in self.statuses)
+            or "ok"
+        )
 
 
 def collect_submissions(submissions: list[Path | str]) -> dict[str, Path]:
@@ -214,7 +219,11 @@ def _cell_log(job: Path) -> tuple[list[str], int | None]:
             traceback_text = str(record.get("traceback") or "").strip()
             errors.append(
                 f"code cell {cell}: {_inline(str(record['error'])[:500])}"
-                + (f"\n\n{_fenced(traceback_text[:3000], '  ')}" if traceback_text else "")
+                + (
+                    f"\n\n{_fenced(traceback_text[:3000], '  ')}"
+                    if traceback_text
+                    else ""
+                )
             )
     return errors, running
 
@@ -256,32 +265,56 @@ def _fenced(text: str, indent: str = "") -> str:
 
 
 def _grade_exercise(
-    exercise: Exercise, grade: ExerciseGrade, cases, expected, job: Path, findings: list[str]
+    exercise: Exercise,
+    grade: ExerciseGrade,
+    cases,
+    expected,
+    job: Path,
+    findings: list[str],
 ) -> str | None:
     """Fill ``grade`` from the runner's note and outputs for one exercise; return a status code or None."""
     grade.total = len(cases)
     note = _read_json(job / f"{exercise.name}.json")
     if note is None:
-        grade.notes.append("not run: the notebook's process ended before this function was called")
+        grade.notes.append(
+            "not run: the notebook's process ended before this function was called"
+        )
         return None
     status = note.get("status")
     if status == "missing":
-        grade.notes.append(f"`{exercise.name}` {_plain(note.get('detail', 'is not defined'))}")
+        grade.notes.append(
+            f"`{exercise.name}` {_plain(note.get('detail', 'is not defined'))}"
+        )
         return "missing"
     if status == "not-attempted":
         grade.notes.append("not attempted (raises NotImplementedError)")
         return None
     if status == "timeout":
-        grade.notes.append(f"`{exercise.name}` {_plain(note.get('detail', 'timed out'))}")
+        grade.notes.append(
+            f"`{exercise.name}` {_plain(note.get('detail', 'timed out'))}"
+        )
     if status == "unsaveable":
-        grade.notes.append(f"its outputs could not be saved ({_inline(str(note.get('detail', ''))[:300])})")
+        grade.notes.append(
+            f"its outputs could not be saved ({_inline(str(note.get('detail', ''))[:300])})"
+        )
     errors = {}
-    for record in note.get("cases", [])[: len(cases)] if isinstance(note.get("cases"), list) else []:
-        if isinstance(record, dict) and isinstance(record.get("case"), int) and record.get("error"):
+    for record in (
+        note.get("cases", [])[: len(cases)]
+        if isinstance(note.get("cases"), list)
+        else []
+    ):
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("case"), int)
+            and record.get("error")
+        ):
             errors[record["case"]] = str(record["error"])[:500]
     outputs = _load_outputs(job / f"{exercise.name}.safetensors")
-    for number, (case, want) in enumerate(zip(cases, expected)):
-        got = [outputs.get(f"{number}.{position}") for position in range(exercise.n_outputs)]
+    for number, (case, want) in enumerate(zip(cases, expected, strict=True)):
+        got = [
+            outputs.get(f"{number}.{position}")
+            for position in range(exercise.n_outputs)
+        ]
         if number in errors:
             message = _inline(errors[number])
         elif any(tensor is None for tensor in got):
@@ -289,7 +322,9 @@ def _grade_exercise(
         else:
             try:
                 result = exercise.grade_case(case, tuple(got), want)
-            except Exception as error:  # a judge that cannot read these outputs: a failed case
+            except (
+                Exception
+            ) as error:  # a judge that cannot read these outputs: a failed case
                 message = f"the outputs could not be judged ({type(error).__name__})"
                 grade.failures.append(f"case {number + 1} ({case.label}): {message}")
                 continue
@@ -326,7 +361,9 @@ def _grade_one(student: str, path: Path, batch: _Batch) -> SubmissionGrade:
         cells = read_code_cells(path)
     except NotebookError as error:
         result.statuses.add("malformed")
-        result.notes.append(f"the file could not be read as a notebook: {_inline(str(error)[:300])}")
+        result.notes.append(
+            f"the file could not be read as a notebook: {_inline(str(error)[:300])}"
+        )
         return result
     try:
         sources, violations = batch.analyser.analyse(cells, list(points))
@@ -352,7 +389,8 @@ def _grade_one(student: str, path: Path, batch: _Batch) -> SubmissionGrade:
     }
     (job / "cells.json").write_text(json.dumps(sources))
     specs = [
-        {"name": e.name, "n_outputs": e.n_outputs, "driver": e.driver} for e in exercises
+        {"name": e.name, "n_outputs": e.n_outputs, "driver": e.driver}
+        for e in exercises
     ]
     (job / "exercises.json").write_text(json.dumps(specs))
     torch.save(
@@ -364,12 +402,16 @@ def _grade_one(student: str, path: Path, batch: _Batch) -> SubmissionGrade:
     record = batch.zygote.run(ident, job, uid, limits.as_request())
     # from here on no process of the notebook exists: the files are what it left
     exit_code, reason = record.get("exit"), record.get("reason")
-    finished = exit_code == 0 and reason is None and _read_json(job / DONE_FILE) is not None
+    finished = (
+        exit_code == 0 and reason is None and _read_json(job / DONE_FILE) is not None
+    )
     cell_errors, running = _cell_log(job)
     if reason == "timeout":
         result.statuses.add("timeout")
         where = f" (it was running code cell {running})" if running else ""
-        result.notes.append(f"stopped at the notebook time limit of {limits.timeout:g} s{where}")
+        result.notes.append(
+            f"stopped at the notebook time limit of {limits.timeout:g} s{where}"
+        )
     elif not finished:
         result.statuses.add("crashed")
         where = f" during code cell {running}" if running else ""
@@ -391,14 +433,15 @@ def _grade_one(student: str, path: Path, batch: _Batch) -> SubmissionGrade:
     done = (_read_json(job / DONE_FILE) or {}) if finished else {}
     stdio = _read_text(job / STDIO_FILE, limits.output_chars + 1)
     result.output = (
-        _read_text(job / OUTPUT_FILE, limits.output_chars) + stdio[: limits.output_chars]
+        _read_text(job / OUTPUT_FILE, limits.output_chars)
+        + stdio[: limits.output_chars]
     )
     if done.get("output_dropped") or len(stdio) > limits.output_chars:
         result.statuses.add("output-truncated")
         result.notes.append(
             f"the notebook printed more than {limits.output_chars} characters; the rest was dropped"
         )
-    for exercise, grade in zip(exercises, result.exercises):
+    for exercise, grade in zip(exercises, result.exercises, strict=True):
         if not finished:  # a crashed or killed run earns nothing from the files it left
             grade.total = len(cases[exercise.name])
             continue
@@ -459,11 +502,15 @@ def _feedback(
             continue
         lines += [f"- ✗ {failure}" for failure in grade.failures[:MAX_FAILURES_SHOWN]]
         if len(grade.failures) > MAX_FAILURES_SHOWN:
-            lines.append(f"- ... and {len(grade.failures) - MAX_FAILURES_SHOWN} more failing cases")
+            lines.append(
+                f"- ... and {len(grade.failures) - MAX_FAILURES_SHOWN} more failing cases"
+            )
         if grade.failures:
             lines.append(f"- Hint: {get_exercise(grade.name).hint}")
     if result.notes:
-        lines += ["", "## The notebook as a whole", ""] + [f"- {note}" for note in result.notes]
+        lines += ["", "## The notebook as a whole", ""] + [
+            f"- {note}" for note in result.notes
+        ]
     if result.output.strip():
         lines += [
             "",
@@ -493,7 +540,10 @@ def _grade_all(
                 failed = SubmissionGrade(
                     student,
                     found[student],
-                    [ExerciseGrade(name, value) for name, value in batch.points.items()],
+                    [
+                        ExerciseGrade(name, value)
+                        for name, value in batch.points.items()
+                    ],
                 )
                 failed.statuses.add("grader-error")
                 failed.notes.append(
@@ -548,8 +598,8 @@ def grade(
     ``roster``: a CSV (``student`` = file stem, ``id``, ``name``, ``section``...) for
     ``gradebook.csv``. Returns the grades, sorted by student id.
     """
-    from .similarity import DEFAULT_THRESHOLD, apply_similarity
     from .gradebook import read_roster, write_gradebook
+    from .similarity import DEFAULT_THRESHOLD, apply_similarity
 
     limits = limits or Limits()
     assignment = Path(assignment)
@@ -575,7 +625,9 @@ def grade(
         finally:
             zygote.close()  # every process of every notebook is gone after this
             analyser.close()
-    pairs = apply_similarity(results, points, copy_policy, similarity_threshold or DEFAULT_THRESHOLD)
+    pairs = apply_similarity(
+        results, points, copy_policy, similarity_threshold or DEFAULT_THRESHOLD
+    )
     label = SANDBOX_LABEL[sandbox]
     rows = [["student", *points, "total", "status", "sandbox"]]
     for result in results:
@@ -598,6 +650,10 @@ def grade(
         _csv_text([["exercise", "student", "other", "similarity"], *pairs]),
     )
     if roster_rows is not None:
-        write_gradebook(out_dir / "gradebook.csv", assignment.stem, points, results, roster_rows)
-    _write_atomic(out_dir / "grades.csv", _csv_text(rows))  # last: its presence means done
+        write_gradebook(
+            out_dir / "gradebook.csv", assignment.stem, points, results, roster_rows
+        )
+    _write_atomic(
+        out_dir / "grades.csv", _csv_text(rows)
+    )  # last: its presence means done
     return results

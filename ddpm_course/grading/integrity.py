@@ -86,8 +86,12 @@ class _Statement:
     binds: set[str] = field(default_factory=set)
     uses: set[str] = field(default_factory=set)
     mutates: set[str] = field(default_factory=set)
-    imports: dict[str, str] = field(default_factory=dict)  # bound name -> dotted module or object
-    star_imports: list[str] = field(default_factory=list)  # modules of ``from M import *``
+    imports: dict[str, str] = field(
+        default_factory=dict
+    )  # bound name -> dotted module or object
+    star_imports: list[str] = field(
+        default_factory=list
+    )  # modules of ``from M import *``
 
 
 def _scope_names(table: symtable.SymbolTable, statement: _Statement) -> None:
@@ -105,7 +109,9 @@ def _module_level_nodes(node: ast.AST):
     """The nodes of a top-level statement that run at module level (not inside a def, class or lambda)."""
     yield node
     for child in ast.iter_child_nodes(node):
-        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        if not isinstance(
+            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+        ):
             yield from _module_level_nodes(child)
 
 
@@ -126,7 +132,9 @@ def _statement(cell: int, node: ast.stmt) -> _Statement:
     for child in ast.walk(node):
         if isinstance(child, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = (
-                child.targets if isinstance(child, (ast.Assign, ast.Delete)) else [child.target]
+                child.targets
+                if isinstance(child, (ast.Assign, ast.Delete))
+                else [child.target]
             )
             for target in targets:
                 for part in ast.walk(target):
@@ -142,13 +150,17 @@ def _statement(cell: int, node: ast.stmt) -> _Statement:
         if isinstance(child, ast.Import):
             for alias in child.names:
                 root = alias.name.split(".")[0]
-                statement.imports[alias.asname or root] = alias.name if alias.asname else root
+                statement.imports[alias.asname or root] = (
+                    alias.name if alias.asname else root
+                )
         elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
             for alias in child.names:
                 if alias.name == "*":
                     statement.star_imports.append(child.module)
                 else:
-                    statement.imports[alias.asname or alias.name] = f"{child.module}.{alias.name}"
+                    statement.imports[alias.asname or alias.name] = (
+                        f"{child.module}.{alias.name}"
+                    )
     return statement
 
 
@@ -163,7 +175,9 @@ def _parse_cells(sources: list[str]) -> list[_Statement]:
             if isinstance(node, (ast.Import, ast.ImportFrom)) and len(node.names) > 1:
                 # `import math, os, sys`: each name is its own binding, judged on its own
                 for alias in node.names:
-                    single = ast.copy_location(type(node)(**{**vars(node), "names": [alias]}), node)
+                    single = ast.copy_location(
+                        type(node)(**{**vars(node), "names": [alias]}), node
+                    )
                     statements.append(_statement(cell + 1, single))
             else:
                 statements.append(_statement(cell + 1, node))
@@ -214,8 +228,14 @@ def _check_attribute_chain(dotted: str, findings: set[str]) -> None:
             shown = f" (that is `{canonical}`)" if canonical != prefix else ""
             findings.add(f"uses `{prefix}`{shown}, which answers may not use")
             return
-        if depth > 1 and parts[depth - 1].startswith("_") and not parts[depth - 1].startswith("__"):
-            findings.add(f"uses the private `{prefix}`, which the grader does not allow")
+        if (
+            depth > 1
+            and parts[depth - 1].startswith("_")
+            and not parts[depth - 1].startswith("__")
+        ):
+            findings.add(
+                f"uses the private `{prefix}`, which the grader does not allow"
+            )
             return
         try:
             value = _resolve(prefix)
@@ -224,12 +244,16 @@ def _check_attribute_chain(dotted: str, findings: set[str]) -> None:
                 f"uses `{prefix}`, which does not exist in {parts[0]} (the grader cannot tell what it is)"
             )
             return
-        except Exception:  # an allowed module that fails to import here: nothing more to follow
+        except (
+            Exception
+        ):  # an allowed module that fails to import here: nothing more to follow
             return
         origin = _object_origin(value)
         if origin is not None:
             if not _is_allowed_module(origin):
-                findings.add(f"uses `{prefix}` (that is `{origin}`), which answers may not use")
+                findings.add(
+                    f"uses `{prefix}` (that is `{origin}`), which answers may not use"
+                )
                 return
             if isinstance(value, ModuleType):
                 canonical = origin
@@ -267,7 +291,11 @@ def _check_statement(
                     )
                 elif not _is_allowed_module(module):
                     findings.add(f"imports `{module}`, which answers may not use")
-            if isinstance(node, ast.ImportFrom) and node.module and _is_allowed_module(node.module):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and _is_allowed_module(node.module)
+            ):
                 for alias in node.names:
                     if alias.name != "*":
                         _check_attribute_chain(f"{node.module}.{alias.name}", findings)
@@ -276,18 +304,26 @@ def _check_statement(
                 f"uses `{node.id}`, which lets code reach anything by name; the grader cannot verify it"
             )
         elif isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_ATTRIBUTES:
-            findings.add(f"uses `.{node.attr}`, which reaches the interpreter's internals")
+            findings.add(
+                f"uses `.{node.attr}`, which reaches the interpreter's internals"
+            )
         elif isinstance(node, ast.Attribute):
             root, attributes = _attribute_chain(node)
             if root in module_aliases:
-                _check_attribute_chain(".".join([module_aliases[root], *attributes]), findings)
+                _check_attribute_chain(
+                    ".".join([module_aliases[root], *attributes]), findings
+                )
         elif _is_literal_getattr(node):
             target, name = node.args[0], node.args[1].value
             if name in FORBIDDEN_ATTRIBUTES:
-                findings.add(f"uses `.{name}`, which reaches the interpreter's internals")
+                findings.add(
+                    f"uses `.{name}`, which reaches the interpreter's internals"
+                )
             elif isinstance(target, ast.Name) and target.id in module_aliases:
                 _check_attribute_chain(f"{module_aliases[target.id]}.{name}", findings)
-    literal = {id(node.func) for node in ast.walk(statement.node) if _is_literal_getattr(node)}
+    literal = {
+        id(node.func) for node in ast.walk(statement.node) if _is_literal_getattr(node)
+    }
     if any(
         isinstance(node, ast.Name) and node.id == "getattr" and id(node) not in literal
         for node in ast.walk(statement.node)
@@ -357,12 +393,16 @@ def _live(statements: list[_Statement], name: str) -> list[_Statement]:
                 break  # the body reads its globals when it runs: the live ones
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             break
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and name not in _names_in(node.value or ast.Pass()):
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and name not in _names_in(
+            node.value or ast.Pass()
+        ):
             break
     return live[::-1]
 
 
-def find_violations(sources: list[str], exercise_names: list[str]) -> dict[str, list[str]]:
+def find_violations(
+    sources: list[str], exercise_names: list[str]
+) -> dict[str, list[str]]:
     """For each exercise, what its function (and everything it reaches) does that answers may not do.
 
     sources: the notebook's code cells. Returns ``{name: [finding, ...]}``, an empty list for a clean
@@ -413,7 +453,8 @@ def find_violations(sources: list[str], exercise_names: list[str]) -> dict[str, 
             statement_findings: set[str] = set()
             _check_statement(statement, module_aliases, statement_findings)
             findings |= {
-                f"{finding} (code cell {statement.cell})" for finding in statement_findings
+                f"{finding} (code cell {statement.cell})"
+                for finding in statement_findings
             }
         report[exercise] = sorted(findings)
     return report
@@ -425,13 +466,18 @@ def _worker() -> None:
     (``{"cells": [the code cells as written], "names": [...]}``), one JSON answer per line on
     stdout (``{"sources": [the cells as Python], "report": {name: [finding, ...]}}``)."""
     sys.setrecursionlimit(3000)
-    python_source("%time pass")  # IPython's transformers and torch imported before any notebook
+    python_source(
+        "%time pass"
+    )  # IPython's transformers and torch imported before any notebook
     _resolve("torch.nn")
     for line in sys.stdin:
         request = json.loads(line)
         try:
             sources = [python_source(cell) for cell in request["cells"]]
-            answer = {"sources": sources, "report": find_violations(sources, request["names"])}
+            answer = {
+                "sources": sources,
+                "report": find_violations(sources, request["names"]),
+            }
         except (RecursionError, MemoryError) as error:
             answer = {"error": f"{type(error).__name__}"}
         sys.stdout.write(json.dumps(answer) + "\n")
@@ -470,7 +516,9 @@ class Analyser:
             env=environment, start_new_session=True,
         )  # fmt: skip
 
-    def analyse(self, cells: list[str], names: list[str], first: bool = False) -> tuple[list, dict]:
+    def analyse(
+        self, cells: list[str], names: list[str], first: bool = False
+    ) -> tuple[list, dict]:
         """(the cells as Python, the findings per exercise) of one notebook's code cells; the
         IPython transformation runs in the worker too (a huge cell cannot stall the grader)."""
         with self._lock:
@@ -505,7 +553,9 @@ class Analyser:
         with self._lock:
             self._idle.append(worker)
         if "error" in answer:
-            raise AnalysisTimeout(f"the static check could not analyse it ({answer['error']})")
+            raise AnalysisTimeout(
+                f"the static check could not analyse it ({answer['error']})"
+            )
         return answer["sources"], answer["report"]
 
     def close(self) -> None:

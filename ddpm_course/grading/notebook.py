@@ -15,7 +15,6 @@ from pathlib import Path
 
 import nbformat
 
-
 __all__ = [
     "MAX_NOTEBOOK_BYTES",
     "NotebookError",
@@ -27,7 +26,9 @@ __all__ = [
 
 MAX_NOTEBOOK_BYTES = 20 * 2**20  # a submitted notebook larger than this is not graded
 INSTALL_MARKER = 'find_spec("ddpm_course") is None'
-REPOSITORY_PATTERN = re.compile(r"git\+https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?[\"'@\s]")
+REPOSITORY_PATTERN = re.compile(
+    r"git\+https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?[\"'@\s]"
+)
 
 
 class NotebookError(ValueError):
@@ -49,10 +50,14 @@ def read_code_cells(path: Path) -> list[str]:
     try:
         notebook = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise NotebookError(f"not valid notebook JSON ({type(error).__name__}: {error})") from None
+        raise NotebookError(
+            f"not valid notebook JSON ({type(error).__name__}: {error})"
+        ) from None
     cells = notebook.get("cells") if isinstance(notebook, dict) else None
     if not isinstance(cells, list):
-        raise NotebookError("not a Jupyter notebook (nbformat 4): there is no list of cells")
+        raise NotebookError(
+            "not a Jupyter notebook (nbformat 4): there is no list of cells"
+        )
     sources = []
     for number, cell in enumerate(cells):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
@@ -118,7 +123,9 @@ def exercise_points(
         raise ValueError(
             f'{where} has no exercises: set metadata["ddpm_course"]["points"] = {{"function_name": points, ...}}'
         )
-    from .registry import get_exercise  # here: the static check's worker imports this module alone
+    from .registry import (
+        get_exercise,  # here: the static check's worker imports this module alone
+    )
 
     defined = _defined_functions(notebook)
     for name, value in points.items():
@@ -127,15 +134,25 @@ def exercise_points(
             raise ValueError(
                 f"{where} gives points to {name!r} but defines no function of that name"
             )
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{where} gives {name!r} {value!r} points; use a positive number")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value > 0
+        ):
+            raise ValueError(
+                f"{where} gives {name!r} {value!r} points; use a positive number"
+            )
     order = sorted(points, key=defined.index)
     return {name: points[name] for name in order}
 
 
-def install_cell_repository(notebook: nbformat.NotebookNode, where: str = "the notebook") -> str:
+def install_cell_repository(
+    notebook: nbformat.NotebookNode, where: str = "the notebook"
+) -> str:
     """``owner/name`` of the GitHub repository that the notebook's install cell (its first code cell) installs from."""
-    first_code = next((cell for cell in notebook.cells if cell.cell_type == "code"), None)
+    first_code = next(
+        (cell for cell in notebook.cells if cell.cell_type == "code"), None
+    )
     if first_code is None or INSTALL_MARKER not in first_code.source:
         raise ValueError(
             f"{where} must start with the Colab install cell (the book's hidden first cell, which checks "

@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass
 
 from .sandbox_runner import CELL_LOG, DONE_FILE, MAX_FILE_BYTES, OUTPUT_FILE, STDIO_FILE
 
-__all__ = ["CELL_LOG", "DONE_FILE", "MAX_FILE_BYTES", "OUTPUT_FILE", "STDIO_FILE", "Limits"]
+__all__ = [
+    "CELL_LOG",
+    "DONE_FILE",
+    "MAX_FILE_BYTES",
+    "OUTPUT_FILE",
+    "STDIO_FILE",
+    "Limits",
+]
 
 
 @dataclass(frozen=True)

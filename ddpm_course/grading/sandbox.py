@@ -245,7 +245,14 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
         command += ["--unshare-user"]
     command += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
     command += ["--setenv", "OMP_NUM_THREADS", "1", "--setenv", "MALLOC_ARENA_MAX", "2"]
-    command += ["--setenv", "CUDA_VISIBLE_DEVICES", "", "--setenv", "PYTHONHASHSEED", "0"]
+    command += [
+        "--setenv",
+        "CUDA_VISIBLE_DEVICES",
+        "",
+        "--setenv",
+        "PYTHONHASHSEED",
+        "0",
+    ]
     for system in ("/usr", "/etc/ld.so.cache", "/etc/localtime", "/etc/ssl"):
         if os.path.exists(system):
             command += ["--ro-bind", system, system]
@@ -268,7 +275,16 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
         command += _masks(path)
     command += ["--ro-bind", str(view), "/view", "--bind", str(jobs), "/jobs"]
     command += ["--perms", "0755", "--dir", "/job", "--proc", "/proc", "--dev", "/dev"]
-    command += ["--tmpfs", "/tmp", "--tmpfs", "/dev/shm", "--remount-ro", "/", "--chdir", "/tmp"]
+    command += [
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/tmp",
+    ]
     command += [interpreter, "-I", "-S", "/view/sandbox_runner.py", *binds[1:]]
     return command
 
@@ -298,7 +314,11 @@ class Zygote:
         else:
             command = [os.path.realpath(sys.executable), "-I", "-S"]
             command += [str(self.view / "sandbox_runner.py"), *_site_dirs()]
-            environment = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+            environment = {
+                "PATH": "/usr/bin:/bin",
+                "OMP_NUM_THREADS": "1",
+                "MALLOC_ARENA_MAX": "2",
+            }
             environment["CUDA_VISIBLE_DEVICES"] = ""
         self._errors = open(work / "sandbox-errors.txt", "wb")
         self._process = subprocess.Popen(
@@ -338,7 +358,9 @@ class Zygote:
             text = Path(self._errors.name).read_bytes()[-1500:].decode(errors="replace")
         except OSError:
             text = ""
-        return "the grading sandbox stopped" + (f": {text.strip()}" if text.strip() else "")
+        return "the grading sandbox stopped" + (
+            f": {text.strip()}" if text.strip() else ""
+        )
 
     def new_job(self) -> tuple[str, Path, int | None]:
         """A fresh, private job folder: (job id, its path here, the uid its notebook runs as)."""
@@ -346,7 +368,9 @@ class Zygote:
             self._counter += 1
             ident = str(self._counter)
         folder = self.jobs / ident
-        folder.mkdir(mode=0o755)  # inside, no other notebook sees the folder that holds it
+        folder.mkdir(
+            mode=0o755
+        )  # inside, no other notebook sees the folder that holds it
         uid = None
         if self.privileged:
             uid = self._uid_base + (self._counter % 64)
@@ -368,7 +392,13 @@ class Zygote:
             self._ended[ident] = ended
         inside = f"/jobs/{ident}" if self.sandboxed else str(folder)
         self._send(
-            {"run": ident, "job": inside, "uid": uid, "limits": limits, "sandboxed": self.sandboxed}
+            {
+                "run": ident,
+                "job": inside,
+                "uid": uid,
+                "limits": limits,
+                "sandboxed": self.sandboxed,
+            }
         )
         try:
             return ended.result(timeout=limits["timeout"] + self.SLACK)

@@ -73,7 +73,9 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str = ""
+) -> None:
     _check(
         _libc.mount(
             source.encode() if source else None,
@@ -89,13 +91,18 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 def _drop_capabilities() -> None:
     """No capability left in any set (the bounding set included) and no way to gain one."""
     for cap in range(64):
-        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: ignored
+        _libc.prctl(
+            PR_CAPBSET_DROP, cap, 0, 0, 0
+        )  # EINVAL past the last capability: ignored
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+        _fields_ = [
+            (name, ctypes.c_uint32)
+            for name in ("effective", "permitted", "inheritable")
+        ]
 
     header, data = Header(0x20080522, 0), (Data * 2)()
     _check(_libc.capset(ctypes.byref(header), data), "capset")
@@ -183,8 +190,15 @@ def _describe(error: BaseException) -> str:
 
 
 def _student_traceback(error: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith("<code")]
-    text = "".join(traceback.format_list(frames) + traceback.format_exception_only(type(error), error))
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if f.filename.startswith("<code")
+    ]
+    text = "".join(
+        traceback.format_list(frames)
+        + traceback.format_exception_only(type(error), error)
+    )
     return text[:MAX_TRACEBACK]
 
 
@@ -198,20 +212,30 @@ def _as_outputs(value: Any, n_outputs: int) -> tuple:
 
     if n_outputs == 1:
         if not torch.is_tensor(value):
-            raise OutputError(f"returned a {type(value).__name__}; return a torch.Tensor")
+            raise OutputError(
+                f"returned a {type(value).__name__}; return a torch.Tensor"
+            )
         return (value,)
     if not isinstance(value, (tuple, list)) or len(value) != n_outputs:
-        got = f"{len(value)} values" if isinstance(value, (tuple, list)) else f"a {type(value).__name__}"
+        got = (
+            f"{len(value)} values"
+            if isinstance(value, (tuple, list))
+            else f"a {type(value).__name__}"
+        )
         raise OutputError(f"returned {got}; return a tuple of {n_outputs} tensors")
     for position, item in enumerate(value):
         if not torch.is_tensor(item):
-            raise OutputError(f"output {position} is a {type(item).__name__}; return torch.Tensors")
+            raise OutputError(
+                f"output {position} is a {type(item).__name__}; return torch.Tensors"
+            )
     return tuple(value)
 
 
 def _saveable(tensor):
     if tensor.numel() > MAX_OUTPUT_ELEMENTS:
-        raise OutputError(f"returned a tensor of {tensor.numel()} elements, far more than expected")
+        raise OutputError(
+            f"returned a tensor of {tensor.numel()} elements, far more than expected"
+        )
     import torch
 
     return tensor.detach().as_subclass(torch.Tensor).to("cpu").contiguous().clone()
@@ -231,14 +255,20 @@ def _evaluate(job: str, spec: dict, cases: list, namespace: dict, limits: dict) 
     tensors: dict[str, torch.Tensor] = {}
     if not callable(function):
         note["status"] = "missing"
-        note["detail"] = "not defined" if function is None else f"is a {type(function).__name__}, not a function"
+        note["detail"] = (
+            "not defined"
+            if function is None
+            else f"is a {type(function).__name__}, not a function"
+        )
     else:
         _timer(limits["cell_timeout"])
         try:
             for number, encoded in enumerate(cases):
                 error_text = None
                 try:
-                    value = call_with_driver(driver, function, clone_args(decode_args(encoded)))
+                    value = call_with_driver(
+                        driver, function, clone_args(decode_args(encoded))
+                    )
                     for position, tensor in enumerate(_as_outputs(value, n_outputs)):
                         tensors[f"{number}.{position}"] = _saveable(tensor)
                 except NotImplementedError:
@@ -248,8 +278,14 @@ def _evaluate(job: str, spec: dict, cases: list, namespace: dict, limits: dict) 
                     error_text = "raised NotImplementedError"
                 except (CellTimeout, KeyboardInterrupt):
                     raise
-                except BaseException as error:  # a wrong answer that crashes fails this case only
-                    error_text = str(error) if isinstance(error, OutputError) else _describe(error)
+                except (
+                    BaseException
+                ) as error:  # a wrong answer that crashes fails this case only
+                    error_text = (
+                        str(error)
+                        if isinstance(error, OutputError)
+                        else _describe(error)
+                    )
                 note["cases"].append({"case": number, "error": error_text})
         except CellTimeout:
             note["status"] = "timeout"
@@ -308,16 +344,31 @@ def run_notebook(job: str, limits: dict) -> None:
         error_text = traceback_text = None
         try:
             filename = f"<code cell {number}>"
-            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            linecache.cache[filename] = (
+                len(source),
+                None,
+                source.splitlines(True),
+                filename,
+            )
             code = _compile_cell(source, filename)
             _timer(limits["cell_timeout"])
             try:
                 exec(code, namespace)
             finally:
                 _timer(0)
-        except BaseException as error:  # the notebook's errors are recorded, never fatal
+        except (
+            BaseException
+        ) as error:  # the notebook's errors are recorded, never fatal
             error_text, traceback_text = _describe(error), _student_traceback(error)
-        _append_line(cell_log, {"cell": number, "event": "end", "error": error_text, "traceback": traceback_text})
+        _append_line(
+            cell_log,
+            {
+                "cell": number,
+                "event": "end",
+                "error": error_text,
+                "traceback": traceback_text,
+            },
+        )
     try:
         for spec in specs:
             _evaluate(job, spec, inputs.get(spec["name"], []), namespace, limits)
@@ -342,6 +393,7 @@ def _address_space() -> int | None:
 
 def _set_limits(limits: dict, base_address_space: int | None) -> None:
     """Hard rlimits of G (its children inherit them; it cannot raise them again)."""
+
     def hard(which: int, value: int) -> None:
         resource.setrlimit(which, (value, value))
 
@@ -352,7 +404,9 @@ def _set_limits(limits: dict, base_address_space: int | None) -> None:
     hard(resource.RLIMIT_CORE, 0)
     hard(resource.RLIMIT_NOFILE, int(limits["open_files"]))
     hard(resource.RLIMIT_NPROC, int(limits["processes"]))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails instead of killing
+    signal.signal(
+        signal.SIGXFSZ, signal.SIG_IGN
+    )  # an oversized write fails instead of killing
 
 
 def _remount_read_only(path: str) -> None:
@@ -375,11 +429,24 @@ def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)  # all uids non-zero: every capability is gone
-        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # so that it may write its own /proc/self/uid_map
+        _libc.prctl(
+            PR_SET_DUMPABLE, 1, 0, 0, 0
+        )  # so that it may write its own /proc/self/uid_map
     outer_uid, outer_gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    flags = (
+        CLONE_NEWUSER
+        | CLONE_NEWNS
+        | CLONE_NEWPID
+        | CLONE_NEWNET
+        | CLONE_NEWIPC
+        | CLONE_NEWUTS
+    )
     _check(_libc.unshare(flags), "unshare")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"65534 {outer_uid} 1"), ("gid_map", f"65534 {outer_gid} 1")):
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"65534 {outer_uid} 1"),
+        ("gid_map", f"65534 {outer_gid} 1"),
+    ):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -387,14 +454,20 @@ def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
     for shared in ("/", "/dev"):
         _remount_read_only(shared)
     _mount(job, "/job", None, MS_BIND | MS_REC)
-    _mount("tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+    _mount(
+        "tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000"
+    )
     tmp = f"size={int(limits['tmp_mb'])}m,mode=1777"
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp)
-    _mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=755")
+    _mount(
+        "tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=755"
+    )
     with open("/proc/cpuinfo", "w") as handle:
         handle.write(cpuinfo)
-    _mount(None, "/proc", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount(
+        None, "/proc", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    )
 
 
 def _close_fds(keep: set[int]) -> None:
@@ -455,12 +528,22 @@ def _child(request: dict, report_fd: int) -> None:
             os.close(null)
             os.close(stdio)
             os.environ.clear()
-            os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "OMP_NUM_THREADS": "1",
-                               "MPLBACKEND": "Agg", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": "/tmp"})
+            os.environ.update(
+                {
+                    "PATH": "/usr/bin:/bin",
+                    "HOME": workdir,
+                    "OMP_NUM_THREADS": "1",
+                    "MPLBACKEND": "Agg",
+                    "CUDA_VISIBLE_DEVICES": "",
+                    "TMPDIR": "/tmp",
+                }
+            )
             _set_limits(limits, base)
             if sandboxed:
                 _drop_capabilities()
-                _init_of(os.fork())  # G stays PID 1 (reaps orphans); the notebook runs below it
+                _init_of(
+                    os.fork()
+                )  # G stays PID 1 (reaps orphans); the notebook runs below it
             run_notebook(".", limits)
             code = 0
         except BaseException:
@@ -564,7 +647,9 @@ def serve() -> None:
 
     def report(job: _Job) -> None:
         code = job.c_status if job.c_status is not None else -9
-        reports.write(json.dumps({"id": job.ident, "exit": code, "reason": job.reason}) + "\n")
+        reports.write(
+            json.dumps({"id": job.ident, "exit": code, "reason": job.reason}) + "\n"
+        )
         reports.flush()
         jobs.pop(job.ident, None)
 
@@ -627,7 +712,9 @@ def serve() -> None:
                         job.gpid = int(json.loads(job.buffer.split(b"\n")[0])["gpid"])
                         by_pid[job.gpid] = job
                     except (ValueError, KeyError, TypeError):
-                        job.g_done = True  # C died before it forked G: nothing to wait for
+                        job.g_done = (
+                            True  # C died before it forked G: nothing to wait for
+                        )
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -674,9 +761,15 @@ def serve() -> None:
                 limits = job.request["limits"]
                 tree = _tree(job.cpid)
                 budget = int(limits["sandbox_memory_mb"]) * 2**20
-                if _resident_bytes(tree[1:]) > budget and _private_bytes(tree[1:]) > budget:
+                if (
+                    _resident_bytes(tree[1:]) > budget
+                    and _private_bytes(tree[1:]) > budget
+                ):
                     kill(job, "memory")
-                elif _folder_bytes(job.request["job"]) > int(limits["job_folder_mb"]) * 2**20:
+                elif (
+                    _folder_bytes(job.request["job"])
+                    > int(limits["job_folder_mb"]) * 2**20
+                ):
                     kill(job, "disk")
 
 
@@ -685,7 +778,9 @@ def main(argv: list[str]) -> None:
     sys.path (no .pth files are processed, so no editable install of the package is found), then
     import torch once and serve."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [here] + [p for p in sys.path if p and "site-packages" not in p] + argv
+    sys.path[:] = (
+        [here] + [p for p in sys.path if p and "site-packages" not in p] + argv
+    )
     sys.dont_write_bytecode = True
     import safetensors.torch  # noqa: F401  (imported once, here, for every child)
     import torch

@@ -21,9 +21,15 @@ import ast
 import importlib
 import inspect
 import textwrap
-from functools import lru_cache
+from functools import cache
 
-__all__ = ["DEFAULT_THRESHOLD", "MIN_TOKENS", "apply_similarity", "similarity", "tokens"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MIN_TOKENS",
+    "apply_similarity",
+    "similarity",
+    "tokens",
+]
 
 DEFAULT_THRESHOLD = 0.9
 MIN_TOKENS = 60
@@ -41,10 +47,16 @@ class _Normaliser(ast.NodeVisitor):
     def generic_visit(self, node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+            ):
                 body = body[1:]  # the docstring
             self.out.append("def")
-            for argument in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+            for argument in (
+                node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            ):
                 self.out.append(self._name(argument.arg))
             for statement in body:
                 self.visit(statement)
@@ -78,7 +90,9 @@ def tokens(function: ast.AST) -> list[str]:
 
 
 def _grams(sequence: list[str]) -> frozenset:
-    return frozenset(tuple(sequence[i : i + K]) for i in range(max(1, len(sequence) - K + 1)))
+    return frozenset(
+        tuple(sequence[i : i + K]) for i in range(max(1, len(sequence) - K + 1))
+    )
 
 
 def similarity(a: list[str], b: list[str]) -> float:
@@ -96,12 +110,15 @@ def live_function(sources: list[str], name: str) -> ast.AST | None:
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
         for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.name == name
+            ):
                 found = node
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def package_tokens(dotted: str) -> tuple[str, ...] | None:
     """The tokens of a package function (``ddpm_course.diffusion.normal_kl`` or a method)."""
     parts = dotted.split(".")
@@ -120,7 +137,9 @@ def package_tokens(dotted: str) -> tuple[str, ...] | None:
     return None
 
 
-def apply_similarity(results: list, points: dict, policy: str, threshold: float) -> list[list]:
+def apply_similarity(
+    results: list, points: dict, policy: str, threshold: float
+) -> list[list]:
     """Fill each exercise grade's closest match; return the similarity.csv rows above threshold
     (and score them 0 under the ``zero`` policy)."""
     from .registry import get_exercise
@@ -143,7 +162,10 @@ def apply_similarity(results: list, points: dict, policy: str, threshold: float)
             if mine is None or len(mine) < MIN_TOKENS:
                 continue
             grade = next(g for g in result.exercises if g.name == name)
-            scores = [(similarity(mine, theirs), other) for other, theirs in references.items()]
+            scores = [
+                (similarity(mine, theirs), other)
+                for other, theirs in references.items()
+            ]
             scores += [
                 (similarity(mine, theirs), other)
                 for other, theirs in functions.items()

@@ -129,13 +129,12 @@ def reference_cosine_betas(T, s):
 
 
 def cases_cosine_betas(generator: torch.Generator) -> list[Case]:
-    del (
-        generator
-    )  # the cases are fixed: short and long schedules, the paper's offset and another
-    return [
-        Case(f"T={T}, s={s}", (T, s))
-        for T, s in ((1000, 0.008), (50, 0.008), (10, 0.02), (4000, 0.008))
-    ]
+    """Short and long schedules: the paper's offset s = 0.008 at T = 1000, then random T and s."""
+    cases = [Case("T=1000, s=0.008", (1000, 0.008))]
+    for T in (10, 50, 4000):
+        s = round(draw_uniform((), 0.002, 0.03, torch.float64, generator).item(), 6)
+        cases.append(Case(f"T={T}, s={s}", (T, s)))
+    return cases
 
 
 # ---------------------------------------------------------------------------- training_step

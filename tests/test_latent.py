@@ -285,3 +285,24 @@ def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path)
     result = subprocess.run(command + ["--prompt", "sevn"], capture_output=True, text=True)
     assert result.returncode != 0 and "unknown token 'sevn'" in result.stderr
     assert "zero, one, two, three" in result.stderr
+
+
+def test_train_cli_presets_digits_vae_and_digits_ldm(tmp_path):
+    import subprocess
+    import sys
+
+    from ddpm_course.latent import load_latent_diffusion, load_vae
+
+    base = [sys.executable, "-m", "ddpm_course.cli", "train", "--max-steps", "2"]
+    vae_path = tmp_path / "vae.safetensors"
+    result = subprocess.run(base + ["--preset", "digits-vae", "--out", str(vae_path)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    vae, scale = load_vae(vae_path)
+    assert vae.latent_channels == 4 and scale > 0
+    run = tmp_path / "ldm"
+    result = subprocess.run(base + ["--preset", "digits-ldm", "--out", str(run), "--batch-size", "16",
+                                    "--set", "warmup_steps=0"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ldm, _, config = load_latent_diffusion(run)
+    assert config.max_steps == 2 and config.batch_size == 16 and isinstance(ldm.denoiser, CrossAttnUNet)

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion
 from .nn import sr_model_input
-from .samplers import ddim_sample, ddpm_sample, ddpm_step, respace
+from .samplers import ddpm_sample, ddpm_step, respace
 
 __all__ = [
     "cfg_combine",
@@ -443,16 +443,19 @@ def super_resolve(
     model: nn.Module,
     diffusion: GaussianDiffusion,
     low_res: torch.Tensor,
-    steps: int = 50,
+    steps: int = 100,
     generator: torch.Generator | None = None,
-    eta: float = 0.0,
 ) -> torch.Tensor:
-    r"""SR3 sampling: DDIM (``steps``, η) with the model conditioned on ``low_res`` (N, C, h, w)
-    in [-1, 1] (``model_kwargs={"low_res": low_res}``). Returns (N, C, H, W), H = model.image_size."""
+    r"""SR3 sampling (Saharia et al. 2021, Algorithm 2): ancestral sampling over ``steps``
+    respaced timesteps with the model conditioned on ``low_res`` (N, C, h, w) in [-1, 1]
+    (``model_kwargs={"low_res": low_res}``). Returns (N, C, H, W), H = model.image_size.
+
+    Ancestral rather than DDIM: the injected noise corrects the network's errors along the way,
+    and on digits the samples agree with their input several times better (chapter 06)."""
     size = model.image_size
     shape = (low_res.shape[0], low_res.shape[1], size, size)
-    return ddim_sample(
-        model, diffusion, shape, steps=steps, eta=eta, generator=generator,
+    return ddpm_sample(
+        model, respace(diffusion, steps), shape, generator=generator,
         model_kwargs={"low_res": low_res}, device=low_res.device,
     )  # fmt: skip
 

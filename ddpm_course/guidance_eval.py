@@ -249,8 +249,8 @@ def evaluate_inpainting(
     return {"n": n, "mask": "top half known", "rows": rows}
 
 
-def evaluate_sr(steps: int = 50, n_fd: int = 400, seed: int = 0) -> dict[str, Any]:
-    """8×8 → 16×16 with the SR model (DDIM, η = 0) against bicubic upsampling: consistency and
+def evaluate_sr(steps: int = 100, n_fd: int = 400, seed: int = 0) -> dict[str, Any]:
+    """8×8 → 16×16 with the SR model (ancestral, ``steps``) against bicubic upsampling: consistency and
     RMSE to the truth on the 300 test digits; FD of ``n_fd`` training digits super-resolved,
     beside the FD of the same real digits (the floor at that n)."""
     from .guidance_models import load_sr_model
@@ -278,7 +278,7 @@ def evaluate_sr(steps: int = 50, n_fd: int = 400, seed: int = 0) -> dict[str, An
     )[:n_fd]
     fd_outputs = upsample(sr_downsample(train[index]))
     return {
-        "n": truth.shape[0], "n_fd": n_fd, "ddim_steps": steps,
+        "n": truth.shape[0], "n_fd": n_fd, "steps": steps,
         "consistency_rmse": {k: rmse(sr_downsample(v), low) for k, v in outputs.items()},
         "truth_rmse": {k: rmse(v, truth) for k, v in outputs.items()},
         "fd": {**{k: digits_fd(v.clamp(-1, 1)) for k, v in fd_outputs.items()},

@@ -51,6 +51,16 @@ PRETRAINED = {
     "digits-cond": Pretrained(
         "digits-cond", "class-conditional U-Net with a null class (p_uncond 0.1) on the 16×16 digits", _command("digits-cond")
     ),
+    "digits-noisy-classifier": Pretrained(
+        "digits-noisy-classifier", "classifier of noisy digits p(y | x_t, t) for classifier guidance (chapter 06)",
+        "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models classifier",
+        loader="ddpm_course.guidance_models:load_noisy_classifier",
+    ),
+    "digits-sr": Pretrained(
+        "digits-sr", "8×8 → 16×16 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
+        "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models sr",
+        loader="ddpm_course.guidance_models:load_sr_model",
+    ),
     "digits-vae": Pretrained(
         "digits-vae", "KL-regularised autoencoder 16×16×1 → 4×4×4 with its latent scale factor (chapter 07)",
         "OMP_NUM_THREADS=1 ddpm-course train --preset digits-vae", loader="ddpm_course.latent:load_vae",

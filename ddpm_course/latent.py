@@ -32,11 +32,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import DIGIT_NAMES, CrossAttnUNet, prompt_labels, tokenize
@@ -174,7 +174,7 @@ class AutoencoderKL(nn.Module):
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.downsampling = 2 ** (len(channels) - 1)
         down: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1)]
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
+        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
             down += [_Block(c_in, num_groups), nn.Conv2d(c_in, c_out, 3, 2, padding=1)]
         down += [
             _Block(channels[-1], num_groups), nn.GroupNorm(num_groups, channels[-1]), nn.SiLU(),
@@ -182,7 +182,7 @@ class AutoencoderKL(nn.Module):
         ]  # fmt: skip
         self.encoder = nn.Sequential(*down)
         up: list[nn.Module] = [nn.Conv2d(latent_channels, channels[-1], 3, padding=1)]
-        for c_in, c_out in zip(channels[::-1][:-1], channels[::-1][1:]):
+        for c_in, c_out in zip(channels[::-1][:-1], channels[::-1][1:], strict=True):
             up += [
                 _Block(c_in, num_groups), nn.Upsample(scale_factor=2.0, mode="nearest"),
                 nn.Conv2d(c_in, c_out, 3, padding=1),
@@ -303,7 +303,7 @@ class LatentDiffusion(nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = getattr(self.denoiser, "image_size")
+        size = self.denoiser.image_size
         return (self.autoencoder.latent_channels, size, size)
 
     @torch.no_grad()
@@ -506,10 +506,10 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 0.5, speed_n
     """
     import statistics
 
+    from .data import digits
     from .metrics import digits_fd, digits_fd_floor, load_digits_classifier
     from .pretrained import load_pretrained
     from .samplers import ddim_sample
-    from .data import digits
 
     ldm, diffusion, _ = load_latent_diffusion(device="cpu")
     pixel, pixel_diffusion, pixel_config = load_pretrained("digits-cond", device="cpu")
@@ -551,8 +551,8 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 0.5, speed_n
     result["seconds_per_image_pixel"] = statistics.median(pixel_times)
     result["seconds_per_image_latent"] = statistics.median(latent_times)
     result["speed_ratio"] = result["seconds_per_image_pixel"] / result["seconds_per_image_latent"]
-    result["ratio_range"] = [min(p / q for p, q in zip(pixel_times, latent_times)),
-                             max(p / q for p, q in zip(pixel_times, latent_times))]  # fmt: skip
+    result["ratio_range"] = [min(p / q for p, q in zip(pixel_times, latent_times, strict=True)),
+                             max(p / q for p, q in zip(pixel_times, latent_times, strict=True))]  # fmt: skip
 
     # quality: FD of decoded prompted samples and of the pixel model's, beside the floor
     result["fd_floor"] = digits_fd_floor(n, generator=torch.Generator().manual_seed(seed))

@@ -70,7 +70,7 @@ def reference_scale_factor(latents):
 
 def cases_scale_factor(generator: torch.Generator) -> list[Case]:
     cases = []
-    for (dtype, shape), std in zip(SHAPES, (5.5, 0.3, 1.0, 12.0, 2.0)):
+    for (dtype, shape), std in zip(SHAPES, (5.5, 0.3, 1.0, 12.0, 2.0), strict=True):
         latents = std * draw_normal(shape, dtype, generator) + 0.5
         cases.append(Case(f"{dtype_name(dtype)}, latents {shape} of std about {std}", (latents,)))
     return cases
@@ -78,14 +78,14 @@ def cases_scale_factor(generator: torch.Generator) -> list[Case]:
 
 def cases_scale_latents(generator: torch.Generator) -> list[Case]:
     cases = []
-    for (dtype, shape), s in zip(SHAPES, (0.18215, 1.0, 0.5, 2.3, 0.0625)):
+    for (dtype, shape), s in zip(SHAPES, (0.18215, 1.0, 0.5, 2.3, 0.0625), strict=True):
         cases.append(Case(f"{dtype_name(dtype)}, mean {shape}, s = {s}", (*_encoder_args(dtype, shape, generator), s)))
     return cases
 
 
 def cases_unscale_latents(generator: torch.Generator) -> list[Case]:
     cases = []
-    for (dtype, shape), s in zip(SHAPES, (0.18215, 1.0, 0.5, 2.3, 0.0625)):
+    for (dtype, shape), s in zip(SHAPES, (0.18215, 1.0, 0.5, 2.3, 0.0625), strict=True):
         cases.append(Case(f"{dtype_name(dtype)}, latents {shape}, s = {s}", (draw_normal(shape, dtype, generator), s)))
     return cases
 

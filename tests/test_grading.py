@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -372,6 +373,10 @@ CLEAN = {
         "import torch",
         "%%time\ndef f(x):\n    y = (x\n  != 0)\n    z = (3\n% 2)\n    return torch.exp(x)",
     ],
+    "a stdlib module with side effects on import is not imported to check it": [
+        "import antigravity, this",
+        "def f(x):\n    return antigravity.geohash, this.s",
+    ],
     "a subprocess (the sandbox holds it)": [
         "import subprocess",
         "def f(x):\n    return subprocess.run(['true'])",
@@ -513,6 +518,11 @@ def test_static_check_flags(name):
     sources, finding = FLAGGED[name]
     findings = find_violations([python_source(cell) for cell in sources], ["f"])["f"]
     assert any(finding in text for text in findings), findings
+
+
+def test_the_static_check_imports_no_module_with_side_effects():
+    find_violations(["import antigravity", "def f(x):\n    return antigravity.x"], ["f"])
+    assert "antigravity" not in sys.modules  # importing it opens a web browser
 
 
 def test_python_source_reads_cells_as_ipython_does():

@@ -190,11 +190,28 @@ def _is_allowed_module(dotted: str) -> bool:
     )
 
 
+# the modules whose attribute chains the grader follows by importing them here (outside the
+# sandbox): side-effect-free ones; a chain into any other allowed module (``antigravity`` opens
+# a browser when imported) is judged by its text only
+RESOLVABLE = {
+    "torch", "numpy", "scipy", "einops", "tqdm", "matplotlib", "math", "cmath", "numbers",
+    "typing", "collections", "functools", "itertools", "dataclasses", "statistics", "abc",
+    "enum", "warnings", "operator", "copy", "time", "sys", "os", "random", "re", "string",
+    "heapq", "bisect", "array", "decimal", "fractions", "contextlib", "types", "textwrap", "json",
+}  # fmt: skip
+
+
+class _NotImported(Exception):
+    """A module the grader does not import to follow a chain (see :data:`RESOLVABLE`)."""
+
+
 @functools.lru_cache(maxsize=4096)
 def _resolve(dotted: str) -> object:
     """The object ``dotted`` names inside an allowed module (imported here, in the grader): a module,
     or an attribute of one; ``AttributeError`` / ``ImportError`` when there is none."""
     parts = dotted.split(".")
+    if parts[0] not in RESOLVABLE:
+        raise _NotImported(parts[0])
     value: object = importlib.import_module(parts[0])
     for depth, part in enumerate(parts[1:], start=2):
         try:

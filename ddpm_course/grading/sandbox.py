@@ -240,7 +240,9 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
     if privileged:
         # run by root: bwrap creates the namespaces itself, and leaves the fork server only the
         # capabilities to switch each notebook to its own unprivileged uid (after which it has none)
+        # (and to read every job folder for its size watchdog, whatever modes a notebook sets)
         command += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        command += ["--cap-add", "CAP_DAC_READ_SEARCH"]
     else:
         command += ["--unshare-user"]
     command += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]

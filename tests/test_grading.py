@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ import pytest
 import torch
 
 from ddpm_course.cli import main
-from ddpm_course.grading import CheckResult, check
+from ddpm_course.grading import CheckResult, check, sandbox
 from ddpm_course.grading.exercise import (
     InputFunction,
     as_outputs,
@@ -521,7 +522,9 @@ def test_static_check_flags(name):
 
 
 def test_the_static_check_imports_no_module_with_side_effects():
-    find_violations(["import antigravity", "def f(x):\n    return antigravity.x"], ["f"])
+    find_violations(
+        ["import antigravity", "def f(x):\n    return antigravity.x"], ["f"]
+    )
     assert "antigravity" not in sys.modules  # importing it opens a web browser
 
 
@@ -567,6 +570,10 @@ def test_static_check_judges_each_exercise_by_what_it_reaches():
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """Grade the fixture folder, plus the committed solutions and exercises of chapter 03, with the CLI."""
+    if sandbox.bwrap_path() is None:  # the grader refuses without its sandbox
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("bubblewrap is not installed: in CI the sandbox tests must run")
+        pytest.skip("bubblewrap is not installed (make sandbox-deps)")
     submissions = tmp_path_factory.mktemp("submissions")
     for path in (FIXTURES / "submissions" / "03_elbo").glob("*.ipynb"):
         shutil.copy(path, submissions / path.name)

@@ -270,6 +270,9 @@ def _sandbox_processes() -> list[str]:
     """Processes left by the batch: the marker `sleep`s, and (as root) any process of the
     notebooks' uids."""
     left = []
+    base = (
+        100_000 + (os.getpid() % 4000) * 64
+    )  # this process's notebooks' uids (Zygote)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -285,7 +288,7 @@ def _sandbox_processes() -> list[str]:
             )
         except (OSError, IndexError, ValueError):
             continue
-        if MARKER in cmdline or 100_000 <= uid < 100_000 + 4000 * 64:
+        if MARKER in cmdline or base <= uid < base + 64:
             left.append(f"{entry} uid {uid}: {cmdline}")
     return left
 

@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
-unit: $(STAMP)
+unit: $(STAMP) sandbox-deps
 	DDPM_COURSE_PROFILE=quick $(PYTEST) tests
 
 notebooks: $(STAMP)

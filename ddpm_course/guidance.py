@@ -86,7 +86,10 @@ class ClassifierFreeGuidance(nn.Module):
     each) is guided and the conditional variance kept.
 
     model: a :class:`~ddpm_course.nn.UNet` with ``num_classes``; labels: (N,) int64 in
-    {0, ..., num_classes - 1} or None; guidance_scale: w >= 0.
+    {0, ..., num_classes - 1} or None; guidance_scale: w >= 0. ``max_timestep``: guide only at
+    trained timesteps t <= max_timestep, and sample conditionally (w = 0) above, where the
+    global layout is decided (the limited interval of Kynkäänniemi et al. 2024); None guides
+    at every step.
     """
 
     def __init__(
@@ -94,8 +97,10 @@ class ClassifierFreeGuidance(nn.Module):
         model: nn.Module,
         guidance_scale: float,
         labels: torch.Tensor | None = None,
+        max_timestep: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_timestep = max_timestep
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None:
             raise ValueError(
@@ -151,9 +156,11 @@ class ClassifierFreeGuidance(nn.Module):
         )
         cond, uncond = both.chunk(2, dim=0)
         channels = x.shape[1]
-        guided = cfg_combine(
-            cond[:, :channels], uncond[:, :channels], self.guidance_scale
-        )
+        scale = torch.full((x.shape[0],), self.guidance_scale, device=x.device)
+        if self.max_timestep is not None:
+            scale = torch.where(t.to(x.device) <= self.max_timestep, scale, 0.0)
+        scale = scale.to(cond.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        guided = cfg_combine(cond[:, :channels], uncond[:, :channels], scale)
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
 

@@ -112,6 +112,18 @@ def test_every_sampler_accepts_the_cfg_wrapper_and_w_0_is_conditional_sampling(s
     assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
 
 
+def test_cfg_limited_to_an_interval_guides_only_the_timesteps_inside_it():
+    model = _tiny_unet()
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    t = torch.tensor([10, 40, 60, 90])
+    with torch.no_grad():
+        full = ClassifierFreeGuidance(model, 3.0, y)(x, t)
+        plain = ClassifierFreeGuidance(model, 0.0, y)(x, t)
+        limited = ClassifierFreeGuidance(model, 3.0, y, max_timestep=50)(x, t)
+    torch.testing.assert_close(limited[:2], full[:2])
+    torch.testing.assert_close(limited[2:], plain[2:])
+
+
 def test_cfg_refuses_an_unconditional_model_and_labels_outside_the_classes():
     with pytest.raises(ValueError, match="unconditional"):
         ClassifierFreeGuidance(_tiny_unet(None), 3.0)

@@ -629,6 +629,45 @@ def sample_from_cli(args, model, diffusion, config, device) -> int:
     return 0
 
 
+SD_LATENT_STD = 1 / 0.18215  # the spread of Stable Diffusion v1's unscaled latents (about 5.5)
+
+
+@torch.no_grad()
+def scale_ablation(which: str, steps: int = 1500, n: int = 400, sample_steps: int = 50,
+                   seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Train the digits-ldm recipe for ``steps`` on latents with Stable Diffusion's spread
+    (``which="unscaled"``: the shipped encoder's latents times c, c = 5.5 / std, i.e. an
+    encoder that is equally good but gives SD-sized latents, diffused as they are) or on the
+    same latents scaled to unit variance (``"scaled"``); return the FD of ``n`` decoded DDIM
+    samples (balanced prompts, no guidance) and the latents' std. The decoder always gets the
+    right latents back (it divides by the factor that was applied)."""
+    import tempfile
+
+    from .data import digits
+    from .metrics import digits_fd
+
+    if which not in ("scaled", "unscaled"):
+        raise ValueError(f"which must be 'scaled' or 'unscaled', got {which!r}")
+    vae, _ = load_vae()
+    images, labels = digits(size=16, split="train")
+    mean, logvar = vae.encode(images)
+    z = reparameterize(mean, logvar, torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed)))
+    c = SD_LATENT_STD / float(z.std())
+    factor = c if which == "unscaled" else c * estimate_scale_factor(c * z)
+    with tempfile.TemporaryDirectory() as folder, torch.enable_grad():
+        config = ldm_train_config(max_steps=steps, out_dir=folder, checkpoint_every=0, sample_every=0,
+                                  seed=seed)  # fmt: skip
+        ldm = LatentDiffusion(vae, CrossAttnUNet(**LDM_UNET), factor)
+        trainer = LatentTrainer(config, ldm, images, labels)
+        trainer.train()
+        std = float(trainer.dataset.tensors[0].std())
+    ldm = LatentDiffusion(vae, trainer.ema_model.float().eval(), factor)
+    prompts = [DIGIT_NAMES[i % 10] for i in range(n)]
+    samples = latent_sample(ldm, trainer.diffusion, n, prompt=prompts, steps=sample_steps,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return {"latent_std": std, "fd": digits_fd(samples), "steps": steps}
+
+
 LATENT_PRESETS = ("digits-vae", "digits-ldm")
 
 
@@ -702,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     ldm.add_argument("--export", action="store_true", help="copy the EMA weights into the package")
     exporter = sub.add_parser("export", help="copy a latent run's EMA weights into the package (digits-ldm)")
     exporter.add_argument("run_dir")
+    ab = sub.add_parser("scale-ablation", help="train on unscaled vs scaled latents; add the FDs to the results")
+    ab.add_argument("which", choices=("scaled", "unscaled"))
+    ab.add_argument("--steps", type=int, default=1500)
+    ab.add_argument("--out", type=Path, default=RESULTS_PATH)
     ev = sub.add_parser("evaluate", help="write the acceptance numbers to book/results/07_latent.json")
     ev.add_argument("--n", type=int, default=400)
     ev.add_argument("--steps", type=int, default=50)
@@ -730,7 +773,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         print(f"wrote {export_ldm(args.run_dir)}")
         return 0
+    if args.command == "scale-ablation":
+        part = scale_ablation(args.which, steps=args.steps)
+        print(json.dumps(part))
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged.setdefault("scale_ablation", {})[args.which] = part
+        merged["scale_ablation"]["command"] = "python -m ddpm_course.latent scale-ablation {scaled,unscaled}"
+        args.out.write_text(json.dumps(merged, indent=1) + "\n")
+        return 0
     result = evaluate(n=args.n, steps=args.steps, guidance_scale=args.guidance_scale)
+    if args.out.is_file():  # keep the scale ablation, which has its own command
+        previous = json.loads(args.out.read_text())
+        if "scale_ablation" in previous:
+            result["scale_ablation"] = previous["scale_ablation"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -164,7 +164,11 @@ def evaluate_cfg(
 
 
 def evaluate_cfg_interval(
-    n: int = 400, steps: int = 20, w: float = 3.0, max_timestep: int = 500, seed: int = 0
+    n: int = 400,
+    steps: int = 20,
+    w: float = 3.0,
+    max_timestep: int = 500,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """CFG at w guided only at t <= max_timestep (Kynkäänniemi et al. 2024), as ``cfg``."""
     from .pretrained import load_pretrained

@@ -418,7 +418,9 @@ def test_shipped_sr_model_is_more_consistent_with_its_input_than_bicubic_upsampl
     model, diffusion, _ = load_sr_model(device="cpu")
     truth = digits(size=16, split="test")[0][::10]  # 30 test digits, 3 per class
     low = sr_downsample(truth)
-    out = super_resolve(model, diffusion, low, steps=50, generator=torch.Generator().manual_seed(0))
+    out = super_resolve(
+        model, diffusion, low, steps=50, generator=torch.Generator().manual_seed(0)
+    )
     bicubic = F.interpolate(low, size=16, mode="bicubic", align_corners=False)
 
     def consistency(images):

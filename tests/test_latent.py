@@ -269,6 +269,9 @@ def test_results_file_meets_the_acceptance_numbers():
     assert result["fd"] <= 2 * result["fd_floor"]
     assert result["prompt_accuracy"] >= 0.9
     assert all(result["acceptance"].values())
+    ablation = result["scale_ablation"]  # python -m ddpm_course.latent scale-ablation
+    assert ablation["unscaled"]["latent_std"] > 5 and abs(ablation["scaled"]["latent_std"] - 1) < 1e-3
+    assert ablation["scaled"]["fd"] < ablation["unscaled"]["fd"]
 
 
 def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path):

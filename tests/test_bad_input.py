@@ -205,3 +205,10 @@ def test_linear_beta_range_must_be_increasing_inside_0_1():
 def test_unbatched_data_is_refused_by_training_losses(diffusion):
     with pytest.raises(ValueError, match=r"x0 must be batched, shape \(N, C, \.\.\.\)"):
         diffusion.training_losses(identity_model, torch.zeros(16))
+
+
+def test_sample_refuses_a_shipped_model_that_is_not_a_denoiser(tmp_path, capsys):
+    from ddpm_course.cli import main
+
+    with pytest.raises(SystemExit, match="digits-vae is not a diffusion model"):
+        main(["sample", "--checkpoint", "digits-vae", "--n", "2", "--out", str(tmp_path / "g.png")])

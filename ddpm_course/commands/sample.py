@@ -48,9 +48,15 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
 
     try:
-        model, diffusion, config = load_any(args.checkpoint, device=device)
+        loaded = load_any(args.checkpoint, device=device)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    if not (isinstance(loaded, tuple) and len(loaded) == 3):  # e.g. digits-vae: (vae, scale)
+        raise SystemExit(
+            f"error: {args.checkpoint} is not a diffusion model that `sample` can draw from; "
+            "give a denoiser (digits, digits-cond, digits-ldm, a run folder or checkpoint)"
+        )
+    model, diffusion, config = loaded
     if args.prompt is not None or hasattr(model, "latent_shape"):  # chapter 07: a LatentDiffusion
         from ..latent import sample_from_cli
 

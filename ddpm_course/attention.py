@@ -44,11 +44,24 @@ __all__ = [
     "CrossAttnUNet",
 ]
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_NAMES = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 PAD, BOS = "<pad>", "<bos>"
 # the tokens: padding, start, then every letter of the ten names in alphabetical order
 VOCABULARY = (PAD, BOS) + tuple(sorted(set("".join(DIGIT_NAMES))))
-PROMPT_LENGTH = 1 + max(len(name) for name in DIGIT_NAMES)  # <bos> + the longest name (5 letters)
+PROMPT_LENGTH = 1 + max(
+    len(name) for name in DIGIT_NAMES
+)  # <bos> + the longest name (5 letters)
 _TOKEN_ID = {token: i for i, token in enumerate(VOCABULARY)}
 
 
@@ -57,7 +70,9 @@ def _check_prompt(prompt: str) -> str:
         raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
     words = prompt.lower().split()
     if len(words) > 1:
-        raise ValueError(f"a prompt is one digit name (one of {', '.join(DIGIT_NAMES)}) or empty; got {prompt!r}")
+        raise ValueError(
+            f"a prompt is one digit name (one of {', '.join(DIGIT_NAMES)}) or empty; got {prompt!r}"
+        )
     if words and words[0] not in DIGIT_NAMES:
         raise ValueError(
             f"unknown token {words[0]!r} in the prompt {prompt!r}; the vocabulary is: {', '.join(DIGIT_NAMES)} "
@@ -88,7 +103,10 @@ def prompt_labels(prompts: str | list[str]) -> torch.Tensor:
     the empty prompt is label 10 (the null condition)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     words = [_check_prompt(p) for p in prompts]
-    return torch.tensor([DIGIT_NAMES.index(w) if w else len(DIGIT_NAMES) for w in words], dtype=torch.long)
+    return torch.tensor(
+        [DIGIT_NAMES.index(w) if w else len(DIGIT_NAMES) for w in words],
+        dtype=torch.long,
+    )
 
 
 def label_tokens() -> torch.Tensor:
@@ -121,10 +139,14 @@ class CrossAttention(nn.Module):
     x: (N, C, H, W), context: (N, L, context_dim) -> (N, C, H, W).
     """
 
-    def __init__(self, channels: int, context_dim: int, num_heads: int = 1, num_groups: int = 8) -> None:
+    def __init__(
+        self, channels: int, context_dim: int, num_heads: int = 1, num_groups: int = 8
+    ) -> None:
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"num_heads={num_heads} must divide the {channels} channels")
+            raise ValueError(
+                f"num_heads={num_heads} must divide the {channels} channels"
+            )
         self.num_heads = num_heads
         self.norm = nn.GroupNorm(num_groups, channels)
         self.to_q = nn.Linear(channels, channels, bias=False)
@@ -139,7 +161,9 @@ class CrossAttention(nn.Module):
         heads, d = self.num_heads, c // self.num_heads
         h = self.norm(x).flatten(2).transpose(1, 2)  # (N, H*W, C)
         q = self.to_q(h).reshape(n, -1, heads, d).transpose(1, 2)  # (N, heads, H*W, d)
-        k = self.to_k(context).reshape(n, -1, heads, d).transpose(1, 2)  # (N, heads, L, d)
+        k = (
+            self.to_k(context).reshape(n, -1, heads, d).transpose(1, 2)
+        )  # (N, heads, L, d)
         v = self.to_v(context).reshape(n, -1, heads, d).transpose(1, 2)
         weights = cross_attention_weights(q, k)  # (N, heads, H*W, L)
         if self.keep_weights:
@@ -153,17 +177,26 @@ class PromptEncoder(nn.Module):
     pre-norm transformer encoder layer (4 heads, no dropout) and a LayerNorm; a small stand-in
     for the CLIP text encoder of Stable Diffusion."""
 
-    def __init__(self, dim: int = 64, vocab_size: int = len(VOCABULARY), length: int = PROMPT_LENGTH) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        vocab_size: int = len(VOCABULARY),
+        length: int = PROMPT_LENGTH,
+    ) -> None:
         super().__init__()
         self.length = length
         self.token = nn.Embedding(vocab_size, dim)
         self.position = nn.Parameter(torch.randn(length, dim) * 0.02)
-        self.layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.layer = nn.TransformerEncoderLayer(
+            dim, 4, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.shape[1] != self.length or ids.dtype.is_floating_point:
-            raise ValueError(f"token ids must be (N, {self.length}) integers, got {tuple(ids.shape)} {ids.dtype}")
+            raise ValueError(
+                f"token ids must be (N, {self.length}) integers, got {tuple(ids.shape)} {ids.dtype}"
+            )
         return self.norm(self.layer(self.token(ids) + self.position))
 
 
@@ -179,12 +212,18 @@ class CrossAttnUNet(UNet):
     token ids (N, PROMPT_LENGTH) or as labels ``y`` (N,) (neither: the empty prompt).
     """
 
-    def __init__(self, context_dim: int = 64, num_prompt_classes: int = 10, **unet: Any) -> None:
+    def __init__(
+        self, context_dim: int = 64, num_prompt_classes: int = 10, **unet: Any
+    ) -> None:
         if unet.get("num_classes") is not None:
-            raise ValueError("CrossAttnUNet is conditioned by cross-attention: leave num_classes unset")
+            raise ValueError(
+                "CrossAttnUNet is conditioned by cross-attention: leave num_classes unset"
+            )
         unet.pop("num_classes", None)
         super().__init__(**unet)
-        self.config.update(context_dim=context_dim, num_prompt_classes=num_prompt_classes)
+        self.config.update(
+            context_dim=context_dim, num_prompt_classes=num_prompt_classes
+        )
         self.config.pop("num_classes", None)
         self.num_classes = num_prompt_classes  # the CFG wrapper's null label
         self.prompt_encoder = PromptEncoder(context_dim)
@@ -198,8 +237,12 @@ class CrossAttnUNet(UNet):
                 layers.append(layer)
                 if isinstance(layer, AttentionBlock):
                     channels = layer.qkv.in_channels
-                    heads = channels // head_channels if head_channels else layer.num_heads
-                    layers.append(CrossAttention(channels, context_dim, heads, num_groups))
+                    heads = (
+                        channels // head_channels if head_channels else layer.num_heads
+                    )
+                    layers.append(
+                        CrossAttention(channels, context_dim, heads, num_groups)
+                    )
             return EmbedSequential(*layers)
 
         self.down = nn.ModuleList(with_cross(seq) for seq in self.down)
@@ -209,19 +252,27 @@ class CrossAttnUNet(UNet):
     def cross_attention_blocks(self) -> list[CrossAttention]:
         return [m for m in self.modules() if isinstance(m, CrossAttention)]
 
-    def context(self, y: torch.Tensor | None, ids: torch.Tensor | None, n: int, device) -> torch.Tensor:
+    def context(
+        self, y: torch.Tensor | None, ids: torch.Tensor | None, n: int, device
+    ) -> torch.Tensor:
         """The prompt encoder's context (N, L, context_dim) from token ids, else from labels."""
         if ids is None:
             if y is None:
                 y = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
             y = torch.as_tensor(y, device=device)
             if y.shape != (n,) or y.dtype.is_floating_point:
-                raise ValueError(f"y must hold ({n},) integer prompt labels, got {tuple(y.shape)} {y.dtype}")
+                raise ValueError(
+                    f"y must hold ({n},) integer prompt labels, got {tuple(y.shape)} {y.dtype}"
+                )
             if bool(((y < 0) | (y > self.num_classes)).any()):
-                raise ValueError(f"prompt labels must lie in 0..{self.num_classes} ({self.num_classes}: empty prompt)")
+                raise ValueError(
+                    f"prompt labels must lie in 0..{self.num_classes} ({self.num_classes}: empty prompt)"
+                )
             ids = self.label_ids.to(device)[y]
         if ids.shape[0] != n:
-            raise ValueError(f"need {n} prompts (one per image), got token ids of shape {tuple(ids.shape)}")
+            raise ValueError(
+                f"need {n} prompts (one per image), got token ids of shape {tuple(ids.shape)}"
+            )
         return self.prompt_encoder(ids.to(device))
 
     def forward(

@@ -33,26 +33,40 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .utils import check_choice
 
-__all__ = ["BenchResult", "build_contenders", "our_config", "run_bench", "write_results", "LAYOUTS"]
+__all__ = [
+    "BenchResult",
+    "build_contenders",
+    "our_config",
+    "run_bench",
+    "write_results",
+    "LAYOUTS",
+]
 
 BATCH = 64
 LAYOUTS = ("channels_last", "nchw")
-PARAMETER_TOLERANCE = 0.10  # a peer counts as matched within ±10% of our parameter count
+PARAMETER_TOLERANCE = (
+    0.10  # a peer counts as matched within ±10% of our parameter count
+)
 
 
 class _Wrapped(nn.Module):
     """Adapt a peer network to ``forward(x, t) -> eps``."""
 
-    def __init__(self, net: nn.Module, call: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        call: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> None:
         super().__init__()
         self.net = net
         self.call = call
@@ -83,14 +97,21 @@ def _diffusers(width: int, config: dict[str, Any]) -> nn.Module:
     from diffusers import UNet2DModel
 
     mults, size = config["channel_mults"], config["image_size"]
-    attended = [size // 2**level in config["attention_resolutions"] for level in range(len(mults))]
+    attended = [
+        size // 2**level in config["attention_resolutions"]
+        for level in range(len(mults))
+    ]
     net = UNet2DModel(
         sample_size=size,
         in_channels=config["in_channels"],
         out_channels=config["in_channels"],
         block_out_channels=tuple(width * m for m in mults),
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attended),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attended)),
+        down_block_types=tuple(
+            "AttnDownBlock2D" if a else "DownBlock2D" for a in attended
+        ),
+        up_block_types=tuple(
+            "AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attended)
+        ),
         layers_per_block=2,
         attention_head_dim=None,  # one head of all the channels, as ours
         norm_num_groups=config["num_groups"],
@@ -104,17 +125,27 @@ def _lucidrains(width: int, config: dict[str, Any]) -> nn.Module:
     from denoising_diffusion_pytorch import Unet
 
     dim_head, dim = divmod(width, 1000)
-    net = Unet(dim=dim, dim_mults=(1, 2, 2), channels=config["in_channels"], attn_dim_head=dim_head, flash_attn=True)
+    net = Unet(
+        dim=dim,
+        dim_mults=(1, 2, 2),
+        channels=config["in_channels"],
+        attn_dim_head=dim_head,
+        flash_attn=True,
+    )
     return _Wrapped(net, lambda m, x, t: m(x, t))
 
 
-def _match_width(build: Callable[[int], nn.Module], target: int, widths: list[int]) -> nn.Module:
+def _match_width(
+    build: Callable[[int], nn.Module], target: int, widths: list[int]
+) -> nn.Module:
     """The model, over ``widths``, whose parameter count is closest to ``target``."""
     best = min(widths, key=lambda w: abs(count_parameters(build(w)) - target))
     return build(best)
 
 
-def build_contenders(image_size: int, channels: int = 1, seed: int = 0, ablation: bool = False) -> dict[str, nn.Module | str]:
+def build_contenders(
+    image_size: int, channels: int = 1, seed: int = 0, ablation: bool = False
+) -> dict[str, nn.Module | str]:
     """Our U-Net and each available peer at a matched parameter count, initialised from ``seed``;
     a peer that is missing (or cannot be matched within 10%) maps to the reason. With ``ablation``,
     also ``ours-2-per-level``: our U-Net with two ResBlocks at every level, the architecture of the
@@ -129,18 +160,27 @@ def build_contenders(image_size: int, channels: int = 1, seed: int = 0, ablation
         contenders["ours-2-per-level"] = _ours({**config, "num_res_blocks": 2})
     search = {
         "diffusers": (_diffusers, list(range(8, 129, 8))),
-        "lucidrains": (_lucidrains, [head * 1000 + dim for head in (32, 64) for dim in range(8, 129, 8)]),
+        "lucidrains": (
+            _lucidrains,
+            [head * 1000 + dim for head in (32, 64) for dim in range(8, 129, 8)],
+        ),
     }
     for name, (builder, widths) in search.items():
         try:
             torch.manual_seed(seed)
-            model = _match_width(lambda w: builder(w, config), target, widths)
+            model = _match_width(
+                lambda w, build=builder: build(w, config), target, widths
+            )
         except ImportError as error:
-            contenders[name] = f"not installed ({error.name}); pip install 'ddpm-course[bench]'"
+            contenders[name] = (
+                f"not installed ({error.name}); pip install 'ddpm-course[bench]'"
+            )
             continue
         mismatch = count_parameters(model) / target - 1
         if abs(mismatch) > PARAMETER_TOLERANCE:
-            contenders[name] = f"no width within 10% of {target:,} parameters (closest {mismatch:+.0%})"
+            contenders[name] = (
+                f"no width within 10% of {target:,} parameters (closest {mismatch:+.0%})"
+            )
             continue
         contenders[name] = model
     return contenders
@@ -169,7 +209,9 @@ class BenchResult:
         }
 
 
-def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> float:
+def _train_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int
+) -> float:
     t = torch.randint(0, 1000, (x.shape[0],))
     start = time.perf_counter()
     for _ in range(steps):
@@ -208,17 +250,31 @@ def run_bench(
     for name, value in [("rounds", rounds), ("steps", steps)]:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    memory_format = (
+        torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
     results: list[BenchResult] = []
     for size in image_sizes:
         contenders = build_contenders(size, channels, ablation=ablation)
-        models = {name: m.to(memory_format=memory_format) for name, m in contenders.items() if isinstance(m, nn.Module)}
+        models = {
+            name: m.to(memory_format=memory_format)
+            for name, m in contenders.items()
+            if isinstance(m, nn.Module)
+        }
         for name, reason in contenders.items():
             if isinstance(reason, str):
                 print(f"skipping {name} at {size}x{size}: {reason}")
-        x = torch.randn(BATCH, channels, size, size).contiguous(memory_format=memory_format)
-        optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in models.items()}
-        size_results = {name: BenchResult(size, name, count_parameters(m)) for name, m in models.items()}
+        x = torch.randn(BATCH, channels, size, size).contiguous(
+            memory_format=memory_format
+        )
+        optimizers = {
+            name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
+            for name, m in models.items()
+        }
+        size_results = {
+            name: BenchResult(size, name, count_parameters(m))
+            for name, m in models.items()
+        }
         for name, model in models.items():  # warm-up, not timed
             _train_steps(model.train(), optimizers[name], x, 1)
         for _ in tqdm(range(rounds), desc=f"bench {size}x{size}"):
@@ -230,15 +286,21 @@ def run_bench(
         if quality_seconds > 0 and size == 16 and channels == 1:
             for seed in quality_seeds:
                 for name in models:
-                    fd, trained_steps = _quality(name, quality_seconds, seed, layout, ablation)
+                    fd, trained_steps = _quality(
+                        name, quality_seconds, seed, layout, ablation
+                    )
                     size_results[name].fd.append(fd)
                     size_results[name].quality_steps.append(trained_steps)
-                    print(f"quality seed {seed}: {name} FD {fd:.1f} after {trained_steps} steps")
+                    print(
+                        f"quality seed {seed}: {name} FD {fd:.1f} after {trained_steps} steps"
+                    )
         results.extend(size_results.values())
     return results
 
 
-def _quality(name: str, seconds: float, seed: int, layout: str, ablation: bool = False) -> tuple[float, int]:
+def _quality(
+    name: str, seconds: float, seed: int, layout: str, ablation: bool = False
+) -> tuple[float, int]:
     """Train a fresh ``name`` on the 16×16 digits for ``seconds`` with the ``digits`` recipe; (FD of
     400 DDIM-50 samples of its EMA weights, optimiser steps taken)."""
     from .metrics import digits_fd
@@ -254,19 +316,40 @@ def _quality(name: str, seconds: float, seed: int, layout: str, ablation: bool =
         trainer = Trainer(config, model=model)
         trainer.train()
         samples = ddim_sample(
-            trainer.ema_model, trainer.diffusion, (400, 1, 16, 16), steps=50, generator=torch.Generator().manual_seed(seed + 1)
+            trainer.ema_model,
+            trainer.diffusion,
+            (400, 1, 16, 16),
+            steps=50,
+            generator=torch.Generator().manual_seed(seed + 1),
         )
     return digits_fd(samples), trainer.step
 
 
-def write_results(results: list[BenchResult], out_dir: Path, layout: str = "channels_last") -> tuple[Path, Path]:
+def write_results(
+    results: list[BenchResult], out_dir: Path, layout: str = "channels_last"
+) -> tuple[Path, Path]:
     """Write ``bench.json`` and ``bench.md`` (a table with ratios to ours) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in results]
     for row in rows:  # ours ÷ this, paired within each round
-        ours = next(r for r in rows if r["image_size"] == row["image_size"] and r["name"] == "ours")
-        ratios = [a / b for a, b in zip(ours["train_images_per_s_rounds"], row["train_images_per_s_rounds"])]
-        row["ratio_median"], row["ratio_min"], row["ratio_max"] = statistics.median(ratios), min(ratios), max(ratios)
+        ours = next(
+            r
+            for r in rows
+            if r["image_size"] == row["image_size"] and r["name"] == "ours"
+        )
+        ratios = [
+            a / b
+            for a, b in zip(
+                ours["train_images_per_s_rounds"],
+                row["train_images_per_s_rounds"],
+                strict=True,
+            )
+        ]
+        row["ratio_median"], row["ratio_min"], row["ratio_max"] = (
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+        )
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -17,8 +17,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import torch
 
@@ -53,7 +54,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -76,7 +79,11 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _STEP_FILE.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -89,7 +96,9 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
     """Delete all but the ``keep`` most recent checkpoints in ``folder``; returns the deleted paths."""
     if keep < 1:
-        raise ValueError(f"keep must be at least 1 (the checkpoint just written), got {keep}")
+        raise ValueError(
+            f"keep must be at least 1 (the checkpoint just written), got {keep}"
+        )
     stale = list_checkpoints(folder)[:-keep]
     for path in stale:
         path.unlink(missing_ok=True)
@@ -115,18 +124,28 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict[st
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by damage
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (
+        Exception
+    ) as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by damage
+        reason = (
+            str(error).strip().splitlines()[0]
+            if str(error).strip()
+            else type(error).__name__
+        )
         raise CheckpointError(
             f"cannot read the checkpoint {path}: it is truncated, corrupt, or holds more than plain "
             f"tensors and numbers (only weights_only loading is allowed) [{type(error).__name__}: {reason}]. "
             "Delete it to fall back to the previous checkpoint."
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a ddpm_course training checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a ddpm_course training checkpoint (no format tag {CHECKPOINT_FORMAT!r})"
+        )
     missing = [key for key in required if key not in state]
     if missing:
-        raise CheckpointError(f"the checkpoint {path} lacks {', '.join(missing)}; it was not written by this trainer")
+        raise CheckpointError(
+            f"the checkpoint {path} lacks {', '.join(missing)}; it was not written by this trainer"
+        )
     return state
 
 
@@ -135,7 +154,9 @@ def sidecar_path(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
+def save_weights(
+    state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]
+) -> Path:
     """Write ``state_dict`` to a ``.safetensors`` file and ``metadata`` (JSON-serialisable) to its
     sidecar :func:`sidecar_path`, both atomically. Returns the weights path."""
     from safetensors.torch import save
@@ -143,7 +164,9 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"weights go to a .safetensors file, got {path}")
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    tensors = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()
+    }
     payload = save(tensors)
     atomic_write(path, lambda file: file.write(payload))
     text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
@@ -161,7 +184,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not path.is_file():
         raise CheckpointError(f"no weights file at {path}")
     if not sidecar.is_file():
-        raise CheckpointError(f"{path} has no sidecar {sidecar.name} describing the model; it is written next to the weights by the trainer")
+        raise CheckpointError(
+            f"{path} has no sidecar {sidecar.name} describing the model; it is written next to the weights by the trainer"
+        )
     try:
         state_dict = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -169,5 +194,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         metadata = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"the sidecar {sidecar} is not valid JSON: {error}") from None
+        raise CheckpointError(
+            f"the sidecar {sidecar} is not valid JSON: {error}"
+        ) from None
     return state_dict, metadata

@@ -17,14 +17,25 @@ COMMANDS = {
     "sample": ("sample", "draw samples from a checkpoint and save a grid"),
     "grade": ("grade", "grade a folder of submitted exercise notebooks into a CSV"),
     "assign": ("assign", "write student exercise notebooks from solution notebooks"),
-    "bench": ("bench", "benchmark training throughput and sampling speed against peers"),
-    "nfe-sweep": ("nfe", "FD and wall time against the number of network evaluations per sampler"),
-    "ablate": ("ablate", "schedules, objectives and min-SNR weighting at an equal step budget (digits)"),
+    "bench": (
+        "bench",
+        "benchmark training throughput and sampling speed against peers",
+    ),
+    "nfe-sweep": (
+        "nfe",
+        "FD and wall time against the number of network evaluations per sampler",
+    ),
+    "ablate": (
+        "ablate",
+        "schedules, objectives and min-SNR weighting at an equal step budget (digits)",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-course", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ddpm-course", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -44,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_missing", False):
-        parser.error(f"'{args.command}' is not available in this version of ddpm-course")
+        parser.error(
+            f"'{args.command}' is not available in this version of ddpm-course"
+        )
     module = importlib.import_module(f"ddpm_course.commands.{args._module}")
     return int(module.run(args) or 0)
 

@@ -74,7 +74,9 @@ def digits_split(split: str = "train") -> torch.Tensor:
     )
     is_test = np.zeros(labels.shape[0], dtype=bool)
     is_test[test] = True
-    return torch.from_numpy(np.flatnonzero(is_test if split == "test" else ~is_test)).long()
+    return torch.from_numpy(
+        np.flatnonzero(is_test if split == "test" else ~is_test)
+    ).long()
 
 
 def digits(size: int = 16, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +88,9 @@ def digits(size: int = 16, split: str = "train") -> tuple[torch.Tensor, torch.Te
     ``split`` is ``"train"`` (1,497 images), ``"test"`` (300) or ``"all"`` (1,797); see :func:`digits_split`.
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive integer (pixels per side), got {size!r}")
+        raise ValueError(
+            f"size must be a positive integer (pixels per side), got {size!r}"
+        )
     indices = digits_split(split).numpy()
     images, labels = _load_digits()
     x = torch.from_numpy(images[indices] / 16.0).float()[:, None]
@@ -110,12 +114,16 @@ class DigitsDataset(Dataset):
 
 # ----------------------------------------------------------------------------- 2-D toys
 TOY_2D = ("swiss_roll", "two_moons", "8gaussians", "checkerboard")
-SWISS_ROLL_SCALE = 7.0  # divides the roll's coordinates (std about 7) down to about unit scale
+SWISS_ROLL_SCALE = (
+    7.0  # divides the roll's coordinates (std about 7) down to about unit scale
+)
 SWISS_ROLL_NOISE = 0.5  # std of the noise on the roll, before the scaling
 # mean of (θ cos θ, θ sin θ) for θ ~ U(1.5π, 4.5π): [θ sin θ + cos θ, sin θ - θ cos θ] over the range, / 3π
 SWISS_ROLL_MEAN = torch.tensor([2.0, 2.0 / (3.0 * math.pi)], dtype=torch.float64)
 MOONS_NOISE = 0.05
-EIGHT_GAUSSIANS_RADIUS = math.sqrt(2.0)  # so that E[x_1^2] = radius^2/2 + std^2 is about 1
+EIGHT_GAUSSIANS_RADIUS = math.sqrt(
+    2.0
+)  # so that E[x_1^2] = radius^2/2 + std^2 is about 1
 EIGHT_GAUSSIANS_STD = 0.1
 
 
@@ -137,7 +145,9 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch
     """
     check_choice("toy data set", name, TOY_2D)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer (the number of points), got {n!r}")
+        raise ValueError(
+            f"n must be a positive integer (the number of points), got {n!r}"
+        )
 
     def uniform(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator, dtype=torch.float64)
@@ -148,7 +158,9 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch
     if name == "swiss_roll":
         theta = 1.5 * math.pi * (1 + 2 * uniform(n))
         roll = torch.stack([theta * torch.cos(theta), theta * torch.sin(theta)], dim=1)
-        points = (roll - SWISS_ROLL_MEAN + SWISS_ROLL_NOISE * normal(n, 2)) / SWISS_ROLL_SCALE
+        points = (
+            roll - SWISS_ROLL_MEAN + SWISS_ROLL_NOISE * normal(n, 2)
+        ) / SWISS_ROLL_SCALE
     elif name == "two_moons":
         theta = math.pi * uniform(n)
         lower = uniform(n) < 0.5
@@ -157,7 +169,9 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch
         points = torch.stack([x1 - 0.5, x2 - 0.25], dim=1) + MOONS_NOISE * normal(n, 2)
     elif name == "8gaussians":
         angle = torch.randint(0, 8, (n,), generator=generator).double() * (math.pi / 4)
-        centres = EIGHT_GAUSSIANS_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        centres = EIGHT_GAUSSIANS_RADIUS * torch.stack(
+            [torch.cos(angle), torch.sin(angle)], dim=1
+        )
         points = centres + EIGHT_GAUSSIANS_STD * normal(n, 2)
     else:
         # column i in {-2, ..., 1}, then a row j of the same parity, so that i + j is even
@@ -176,7 +190,9 @@ def _to_minus_one_one(size: int | None, random_flip: bool):
     if size is not None:
         steps.append(
             transforms.Resize(
-                (size, size), interpolation=transforms.InterpolationMode.BILINEAR, antialias=True
+                (size, size),
+                interpolation=transforms.InterpolationMode.BILINEAR,
+                antialias=True,
             )
         )
     if random_flip:
@@ -189,7 +205,9 @@ def _to_minus_one_one(size: int | None, random_flip: bool):
 
 
 def _check_size(size: int | None) -> None:
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+    if size is not None and (
+        not isinstance(size, int) or isinstance(size, bool) or size < 1
+    ):
         raise ValueError(
             f"size must be a positive integer or None (keep the native size), got {size!r}"
         )
@@ -211,7 +229,10 @@ def mnist(
 
     _check_size(size)
     return datasets.MNIST(
-        str(root), train=train, download=download, transform=_to_minus_one_one(size, random_flip)
+        str(root),
+        train=train,
+        download=download,
+        transform=_to_minus_one_one(size, random_flip),
     )
 
 
@@ -227,7 +248,10 @@ def fashion_mnist(
 
     _check_size(size)
     return datasets.FashionMNIST(
-        str(root), train=train, download=download, transform=_to_minus_one_one(size, random_flip)
+        str(root),
+        train=train,
+        download=download,
+        transform=_to_minus_one_one(size, random_flip),
     )
 
 
@@ -247,5 +271,8 @@ def cifar10(
 
     _check_size(size)
     return datasets.CIFAR10(
-        str(root), train=train, download=download, transform=_to_minus_one_one(size, random_flip)
+        str(root),
+        train=train,
+        download=download,
+        transform=_to_minus_one_one(size, random_flip),
     )

@@ -51,7 +51,9 @@ __all__ = [
     "run_check",
 ]
 
-FP32_TOLERANCE = 1e-4  # relative: fp32 kernels that sum in another order differ by ~1e-6
+FP32_TOLERANCE = (
+    1e-4  # relative: fp32 kernels that sum in another order differ by ~1e-6
+)
 BF16_TOLERANCE = 5e-2  # relative: bf16 rounds at 4e-3 per operation through ~30 layers
 
 
@@ -79,7 +81,9 @@ def matmul_peak(
 
 
 @torch.no_grad()
-def randomise_zero_parameters(model: nn.Module, std: float = 0.02, seed: int = 0) -> nn.Module:
+def randomise_zero_parameters(
+    model: nn.Module, std: float = 0.02, seed: int = 0
+) -> nn.Module:
     """Give every all-zero parameter (the U-Net's zero-initialised output layers) N(0, std²)
     values, so that a forward pass is not trivially 0 and a comparison can fail."""
     generator = torch.Generator().manual_seed(seed)
@@ -119,7 +123,9 @@ def forward_match(
     }
 
 
-def _time_steps(trainer, data: torch.Tensor, steps: int, warmup: int) -> dict[str, float]:
+def _time_steps(
+    trainer, data: torch.Tensor, steps: int, warmup: int
+) -> dict[str, float]:
     """Run ``warmup`` then ``steps`` optimiser steps on batches cycled from ``data``; images/s of
     the timed steps on this process and its peak memory."""
     n = trainer.rank_batch_size
@@ -144,7 +150,11 @@ def _time_steps(trainer, data: torch.Tensor, steps: int, warmup: int) -> dict[st
         if trainer.device.type == "cuda"
         else None
     )
-    return {"seconds": seconds, "images_per_s": steps * n / seconds, "peak_memory_mib": peak}
+    return {
+        "seconds": seconds,
+        "images_per_s": steps * n / seconds,
+        "peak_memory_mib": peak,
+    }
 
 
 def _flops_per_step(trainer, data: torch.Tensor) -> int:
@@ -185,7 +195,9 @@ def _train(args, compile_model: bool, data: torch.Tensor, world_size: int):
     timing = _time_steps(trainer, data, args.steps, args.warmup)
     result: dict[str, Any] = {
         "compile": compile_model,
-        "precision": str(trainer.autocast_dtype or torch.float32).removeprefix("torch."),
+        "precision": str(trainer.autocast_dtype or torch.float32).removeprefix(
+            "torch."
+        ),
         "steps": args.steps,
         "warmup_steps": args.warmup,
         "batch_per_process": trainer.rank_batch_size,
@@ -206,20 +218,29 @@ def run_check(args) -> dict[str, Any] | None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(args.device, local_rank) if args.device == "cuda" else torch.device("cpu")
+    device = (
+        torch.device(args.device, local_rank)
+        if args.device == "cuda"
+        else torch.device("cpu")
+    )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu",
         "visible_gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "preset": args.preset,
     }
     config = _config(args)
     size, channels = config.image_size, config.channels
     generator = torch.Generator().manual_seed(0)
-    data = torch.rand((args.batch_size * 4, channels, size, size), generator=generator) * 2 - 1
+    data = (
+        torch.rand((args.batch_size * 4, channels, size, size), generator=generator) * 2
+        - 1
+    )
     data = data.to(device)
 
     if world_size == 1:
@@ -231,12 +252,14 @@ def run_check(args) -> dict[str, Any] | None:
         else:
             report["forward_match"] = "skipped: no GPU (the CPU is the reference)"
         peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        report["matmul_peak_tflops"] = matmul_peak(device, peak_dtype, args.peak_size) / 1e12
+        report["matmul_peak_tflops"] = (
+            matmul_peak(device, peak_dtype, args.peak_size) / 1e12
+        )
         report["matmul_peak_dtype"] = str(peak_dtype).removeprefix("torch.")
 
     runs = []
     trainer = None
-    for compile_model in ([False, True] if args.compile else [False]):
+    for compile_model in [False, True] if args.compile else [False]:
         result, trainer = _train(args, compile_model, data, world_size)
         runs.append(result)
     report["train"] = runs
@@ -244,7 +267,9 @@ def run_check(args) -> dict[str, Any] | None:
         for result in runs:
             achieved = runs[0]["flops_per_step"] * result["steps"] / result["seconds"]
             result["achieved_tflops"] = achieved / 1e12
-            result["fraction_of_matmul_peak"] = achieved / (report["matmul_peak_tflops"] * 1e12)
+            result["fraction_of_matmul_peak"] = achieved / (
+                report["matmul_peak_tflops"] * 1e12
+            )
 
     if world_size == 1:
         start = time.perf_counter()
@@ -275,9 +300,13 @@ def failures(report: dict[str, Any]) -> list[str]:
     match = report.get("forward_match")
     if isinstance(match, dict):
         if not match["fp32_relative_error"] <= match["fp32_tolerance"]:
-            found.append(f"CUDA fp32 forward differs from the CPU's by {match['fp32_relative_error']:.2e}")
+            found.append(
+                f"CUDA fp32 forward differs from the CPU's by {match['fp32_relative_error']:.2e}"
+            )
         if not match["bf16_relative_error"] <= match["bf16_tolerance"]:
-            found.append(f"bf16 forward differs from fp32 by {match['bf16_relative_error']:.2e}")
+            found.append(
+                f"bf16 forward differs from fp32 by {match['bf16_relative_error']:.2e}"
+            )
     sample = report.get("sample")
     if sample and not (sample["finite"] and sample["in_unit_range"]):
         found.append("the DDIM samples are not finite images in [0, 1]")
@@ -292,25 +321,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ddpm_course.gpu_check",
         description="Train the paper-scale U-Net briefly on random data: speed, memory, bf16, DDP.",
     )
-    parser.add_argument("--out", default="gpu-check/single.json", help="the JSON report")
+    parser.add_argument(
+        "--out", default="gpu-check/single.json", help="the JSON report"
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--preset", default="cifar10-ddpm", help="U-Net and training preset")
+    parser.add_argument(
+        "--preset", default="cifar10-ddpm", help="U-Net and training preset"
+    )
     parser.add_argument("--model-overrides", type=json.loads, default={},
                         help='JSON of U-Net arguments, e.g. \'{"base_channels": 32}\'')  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=128, help="global batch size")
     parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     parser.add_argument("--steps", type=int, default=300, help="timed optimiser steps")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the grid")
-    parser.add_argument("--peak-size", type=int, default=8192, help="matmul size of the peak")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile"
+    )
+    parser.add_argument(
+        "--sample-steps", type=int, default=50, help="DDIM steps of the grid"
+    )
+    parser.add_argument(
+        "--peak-size", type=int, default=8192, help="matmul size of the peak"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu to try it")
+        raise SystemExit(
+            "--device cuda: no CUDA device is visible; use --device cpu to try it"
+        )
     for name in ("steps", "warmup", "batch_size", "sample_steps", "peak_size"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} must be positive")

@@ -64,7 +64,9 @@ __all__ = [
     "prompt_labels",
 ]
 
-RESULTS_PATH = Path(__file__).resolve().parent.parent / "book" / "results" / "07_latent.json"
+RESULTS_PATH = (
+    Path(__file__).resolve().parent.parent / "book" / "results" / "07_latent.json"
+)
 
 
 # --------------------------------------------------------------------- the Gaussian encoder
@@ -99,7 +101,9 @@ def estimate_scale_factor(latents: torch.Tensor) -> float:
     r"""The latent scale factor :math:`1 / \mathrm{std}(z)` over every value of a batch of latents
     (Rombach et al. 2022, Appendix G; Stable Diffusion v1 ships 0.18215). latents: (N, ...)."""
     if latents.numel() < 2:
-        raise ValueError(f"latents must hold at least 2 values, got shape {tuple(latents.shape)}")
+        raise ValueError(
+            f"latents must hold at least 2 values, got shape {tuple(latents.shape)}"
+        )
     return float(1.0 / latents.detach().double().flatten().std())
 
 
@@ -194,7 +198,11 @@ class AutoencoderKL(nn.Module):
         self.decoder = nn.Sequential(*up)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] % self.downsampling:
+        if (
+            x.ndim != 4
+            or x.shape[1] != self.in_channels
+            or x.shape[-1] % self.downsampling
+        ):
             raise ValueError(
                 f"the encoder takes images (N, {self.in_channels}, H, W) with H, W divisible by "
                 f"{self.downsampling}, got {tuple(x.shape)}"
@@ -231,7 +239,11 @@ def vae_loss(
     (per image), all 0-d."""
     reconstruction_error = (x - reconstruction).pow(2).flatten(1).sum(dim=1).mean()
     kl = gaussian_kl(mean, logvar).mean()
-    return {"loss": reconstruction_error + kl_weight * kl, "reconstruction": reconstruction_error, "kl": kl}
+    return {
+        "loss": reconstruction_error + kl_weight * kl,
+        "reconstruction": reconstruction_error,
+        "kl": kl,
+    }
 
 
 def train_vae(
@@ -292,10 +304,18 @@ class LatentDiffusion(nn.Module):
       (:class:`LatentTrainer`).
     """
 
-    def __init__(self, autoencoder: AutoencoderKL, denoiser: nn.Module, scale_factor: float) -> None:
+    def __init__(
+        self, autoencoder: AutoencoderKL, denoiser: nn.Module, scale_factor: float
+    ) -> None:
         super().__init__()
-        if not (isinstance(scale_factor, (int, float)) and math.isfinite(scale_factor) and scale_factor > 0):
-            raise ValueError(f"scale_factor must be a positive number, got {scale_factor!r}")
+        if not (
+            isinstance(scale_factor, (int, float))
+            and math.isfinite(scale_factor)
+            and scale_factor > 0
+        ):
+            raise ValueError(
+                f"scale_factor must be a positive number, got {scale_factor!r}"
+            )
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.denoiser = denoiser
         self.scale_factor = float(scale_factor)
@@ -308,17 +328,24 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def encode(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
     ) -> torch.Tensor:
         mean, logvar = self.autoencoder.encode(x)
         if not sample:
             return self.scale_factor * mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        noise = torch.randn(
+            mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+        )
         return scale_latents(mean, logvar, noise, self.scale_factor)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(unscale_latents(latents, self.scale_factor)).clamp(-1, 1)
+        return self.autoencoder.decode(
+            unscale_latents(latents, self.scale_factor)
+        ).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.denoiser(x, t, **kwargs)
@@ -353,7 +380,9 @@ def latent_sample(
     if prompt is not None:
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
         if len(prompts) != n:
-            raise ValueError(f"prompt must be one string or a list of n={n} strings, got {len(prompts)}")
+            raise ValueError(
+                f"prompt must be one string or a list of n={n} strings, got {len(prompts)}"
+            )
         labels = prompt_labels(prompts).to(device)
         model_kwargs = {"y": labels}
         if guidance_scale > 0:
@@ -403,8 +432,12 @@ class LatentTrainer(_trainer_base()):  # type: ignore[misc]
     on ``ldm.encode(images)`` (one posterior sample per image, drawn once), with the labels as
     the prompts' digits; its sample grids are decoded to images."""
 
-    def __init__(self, config, ldm: LatentDiffusion, images: torch.Tensor, labels: torch.Tensor) -> None:
-        latents = ldm.encode(images, generator=torch.Generator().manual_seed(config.seed))
+    def __init__(
+        self, config, ldm: LatentDiffusion, images: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        latents = ldm.encode(
+            images, generator=torch.Generator().manual_seed(config.seed)
+        )
         self.ldm = ldm
         super().__init__(config, model=ldm.denoiser, dataset=(latents, labels))
 
@@ -415,7 +448,12 @@ class LatentTrainer(_trainer_base()):  # type: ignore[misc]
         if self.is_main:
             generator = torch.Generator(self.device).manual_seed(self.config.seed)
             latents = self.sample(generator=generator)
-            save_image_grid(self.ldm.autoencoder.to(self.device).decode(latents / self.ldm.scale_factor).cpu(), path)
+            save_image_grid(
+                self.ldm.autoencoder.to(self.device)
+                .decode(latents / self.ldm.scale_factor)
+                .cpu(),
+                path,
+            )
         self._last_sample_step = self.step
         return path
 
@@ -427,13 +465,20 @@ def _weights_dir() -> Path:
     return WEIGHTS_DIR
 
 
-def save_vae(model: AutoencoderKL, scale_factor: float, path: Path, extra: dict[str, Any]) -> Path:
+def save_vae(
+    model: AutoencoderKL, scale_factor: float, path: Path, extra: dict[str, Any]
+) -> Path:
     """Write the autoencoder in float16 with a JSON sidecar (its config and the scale factor)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path))
-    sidecar = {"format": "ddpm_course.vae", "model_config": model.config, "scale_factor": scale_factor, **extra}
+    sidecar = {
+        "format": "ddpm_course.vae",
+        "model_config": model.config,
+        "scale_factor": scale_factor,
+        **extra,
+    }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1) + "\n")
     path.chmod(0o644)
     return path
@@ -448,7 +493,9 @@ def load_vae(
 
     path = Path(path) if path is not None else _weights_dir() / "digits-vae.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m ddpm_course.latent train-vae")
+        raise FileNotFoundError(
+            f"{path} is missing; rebuild it with: python -m ddpm_course.latent train-vae"
+        )
     sidecar = json.loads(path.with_suffix(".json").read_text())
     model = AutoencoderKL(**sidecar["model_config"])
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
@@ -456,7 +503,9 @@ def load_vae(
 
 
 def load_latent_diffusion(
-    path: str | Path | None = None, vae_path: str | Path | None = None, device: torch.device | str | None = None
+    path: str | Path | None = None,
+    vae_path: str | Path | None = None,
+    device: torch.device | str | None = None,
 ):
     """The shipped ``digits-ldm`` (or a latent run folder / weights file ``path``) with the shipped
     autoencoder: ``(LatentDiffusion in eval mode, diffusion, training config)``."""
@@ -465,7 +514,9 @@ def load_latent_diffusion(
 
     path = Path(path) if path is not None else _weights_dir() / "digits-ldm.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with: python -m ddpm_course.latent train-ldm")
+        raise FileNotFoundError(
+            f"{path} is missing; rebuild it with: python -m ddpm_course.latent train-ldm"
+        )
     if path.suffix == ".safetensors":
         model_config = load_weights(path)[1]["model_config"]
     else:  # a run folder (its latest checkpoint, else its weights) or a checkpoint file
@@ -473,7 +524,9 @@ def load_latent_diffusion(
         if found is None:
             model_config = load_weights(path / "model.safetensors")[1]["model_config"]
         else:
-            model_config = load_checkpoint(found, required=("model_config",))["model_config"]
+            model_config = load_checkpoint(found, required=("model_config",))[
+                "model_config"
+            ]
     denoiser = CrossAttnUNet(**model_config)
     denoiser, diffusion, config = load_model(path, model=denoiser, device="cpu")
     denoiser = denoiser.float()
@@ -485,7 +538,9 @@ def load_latent_diffusion(
 
 
 # ------------------------------------------------------------------------ the results command
-def _time_per_image(fn: Callable[[], torch.Tensor], n: int, repeats: int) -> list[float]:
+def _time_per_image(
+    fn: Callable[[], torch.Tensor], n: int, repeats: int
+) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -534,7 +589,12 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 0.5, speed_n
     labels = torch.arange(speed_n) % 10
 
     def pixel_run() -> torch.Tensor:
-        shape = (speed_n, pixel_config.channels, pixel_config.image_size, pixel_config.image_size)
+        shape = (
+            speed_n,
+            pixel_config.channels,
+            pixel_config.image_size,
+            pixel_config.image_size,
+        )
         return ddim_sample(pixel, pixel_diffusion, shape, steps=steps, model_kwargs={"y": labels},
                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
@@ -550,12 +610,16 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 0.5, speed_n
         latent_times += _time_per_image(latent_run, speed_n, 1)
     result["seconds_per_image_pixel"] = statistics.median(pixel_times)
     result["seconds_per_image_latent"] = statistics.median(latent_times)
-    result["speed_ratio"] = result["seconds_per_image_pixel"] / result["seconds_per_image_latent"]
+    result["speed_ratio"] = (
+        result["seconds_per_image_pixel"] / result["seconds_per_image_latent"]
+    )
     result["ratio_range"] = [min(p / q for p, q in zip(pixel_times, latent_times, strict=True)),
                              max(p / q for p, q in zip(pixel_times, latent_times, strict=True))]  # fmt: skip
 
     # quality: FD of decoded prompted samples and of the pixel model's, beside the floor
-    result["fd_floor"] = digits_fd_floor(n, generator=torch.Generator().manual_seed(seed))
+    result["fd_floor"] = digits_fd_floor(
+        n, generator=torch.Generator().manual_seed(seed)
+    )
     prompts = [DIGIT_NAMES[i % 10] for i in range(n)]
     asked = torch.arange(n) % 10
     classifier = load_digits_classifier()
@@ -564,7 +628,9 @@ def evaluate(n: int = 400, steps: int = 50, guidance_scale: float = 0.5, speed_n
                                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
         key = f"w{w:g}"
         result[f"fd_latent_{key}"] = digits_fd(samples)
-        result[f"prompt_accuracy_{key}"] = float((classifier(samples).argmax(1) == asked).float().mean())
+        result[f"prompt_accuracy_{key}"] = float(
+            (classifier(samples).argmax(1) == asked).float().mean()
+        )
     samples = ddim_sample(pixel, pixel_diffusion, (n, 1, 16, 16), steps=steps, model_kwargs={"y": asked},
                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
     result["fd_pixel_w0"] = digits_fd(samples)
@@ -590,16 +656,22 @@ def sample_from_cli(args, model, diffusion, config, device) -> int:
     from .viz import save_image_grid
 
     if not isinstance(model, LatentDiffusion):
-        raise SystemExit("error: --prompt needs a prompt-conditioned latent model, e.g. --checkpoint digits-ldm")
+        raise SystemExit(
+            "error: --prompt needs a prompt-conditioned latent model, e.g. --checkpoint digits-ldm"
+        )
     if not 1 <= args.steps <= diffusion.num_timesteps:
-        raise SystemExit(f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}")
+        raise SystemExit(
+            f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}"
+        )
     try:
         if args.prompt is not None:
             labels = prompt_labels([args.prompt] * args.n)
         else:
             label = len(DIGIT_NAMES) if args.class_label is None else args.class_label
             if not 0 <= label <= len(DIGIT_NAMES):
-                raise ValueError(f"--class-label must lie in 0..9 (or be omitted), got {label}")
+                raise ValueError(
+                    f"--class-label must lie in 0..9 (or be omitted), got {label}"
+                )
             labels = torch.full((args.n,), label, dtype=torch.long)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
@@ -614,11 +686,23 @@ def sample_from_cli(args, model, diffusion, config, device) -> int:
     common = dict(model_kwargs={"y": labels.to(device)}, generator=generator, progress=True, device=device,
                   clip_denoised=False)  # fmt: skip
     if args.sampler == "ddpm":
-        latents = ddpm_sample(net, respace(diffusion, args.steps, args.spacing), shape, **common)
+        latents = ddpm_sample(
+            net, respace(diffusion, args.steps, args.spacing), shape, **common
+        )
     elif args.sampler == "ddim":
-        latents = ddim_sample(net, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing, **common)
+        latents = ddim_sample(
+            net,
+            diffusion,
+            shape,
+            steps=args.steps,
+            eta=args.eta,
+            spacing=args.spacing,
+            **common,
+        )
     else:
-        latents = dpm_solver_sample(net, diffusion, shape, steps=args.steps, spacing=args.spacing, **common)
+        latents = dpm_solver_sample(
+            net, diffusion, shape, steps=args.steps, spacing=args.spacing, **common
+        )
     images = ((model.decode(latents).float().cpu() + 1) / 2).clamp(0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(images, args.out, value_range=(0.0, 1.0))
@@ -629,7 +713,9 @@ def sample_from_cli(args, model, diffusion, config, device) -> int:
     return 0
 
 
-SD_LATENT_STD = 1 / 0.18215  # the spread of Stable Diffusion v1's unscaled latents (about 5.5)
+SD_LATENT_STD = (
+    1 / 0.18215
+)  # the spread of Stable Diffusion v1's unscaled latents (about 5.5)
 
 
 @torch.no_grad()
@@ -651,7 +737,11 @@ def scale_ablation(which: str, steps: int = 1500, n: int = 400, sample_steps: in
     vae, _ = load_vae()
     images, labels = digits(size=16, split="train")
     mean, logvar = vae.encode(images)
-    z = reparameterize(mean, logvar, torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed)))
+    z = reparameterize(
+        mean,
+        logvar,
+        torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed)),
+    )
     c = SD_LATENT_STD / float(z.std())
     factor = c if which == "unscaled" else c * estimate_scale_factor(c * z)
     with tempfile.TemporaryDirectory() as folder, torch.enable_grad():
@@ -686,7 +776,11 @@ def train_from_cli(args) -> int:
         if args.out:
             argv += ["--out", args.out]
         return main(argv)
-    overrides = {name: getattr(args, name) for name, _, _ in FLAGS.values() if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name, _, _ in FLAGS.values()
+        if getattr(args, name) is not None
+    }
     overrides.update(_parse_settings(args.settings))
     overrides["out_dir"] = args.out or "runs/digits-ldm"
     return _train_ldm(ldm_train_config(**overrides), resume=args.resume)
@@ -697,7 +791,9 @@ def _train_ldm(config, resume: bool = False, export: bool = False) -> int:
 
     vae, scale = load_vae()
     images, labels = digits(size=16, split="train")
-    trainer = LatentTrainer(config, LatentDiffusion(vae, CrossAttnUNet(**LDM_UNET), scale), images, labels)
+    trainer = LatentTrainer(
+        config, LatentDiffusion(vae, CrossAttnUNet(**LDM_UNET), scale), images, labels
+    )
     run = trainer.train(resume=resume)
     print(f"run folder: {run} (load it with ddpm_course.latent.load_latent_diffusion)")
     if export:
@@ -716,7 +812,10 @@ def export_ldm(run_dir: str | Path) -> Path:
     source = Path(run_dir) / "model.safetensors"
     with safe_open(str(source), "pt") as handle:
         metadata = handle.metadata()
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(source).items()}
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous()
+        for k, v in load_file(source).items()
+    }
     target = _weights_dir() / "digits-ldm.safetensors"
     save_file(state, str(target), metadata=metadata)
     shutil.copy(source.with_suffix(".json"), target.with_suffix(".json"))
@@ -729,36 +828,67 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ddpm_course.latent train-vae | train-ldm | export RUN | evaluate``."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Chapter 07: the digits autoencoder, the latent model, the numbers")
+    parser = argparse.ArgumentParser(
+        description="Chapter 07: the digits autoencoder, the latent model, the numbers"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    vae = sub.add_parser("train-vae", help="train digits-vae and write it into the package")
+    vae = sub.add_parser(
+        "train-vae", help="train digits-vae and write it into the package"
+    )
     vae.add_argument("--steps", type=int, default=800)
     vae.add_argument("--kl-weight", type=float, default=1e-5)
-    vae.add_argument("--out", type=Path, default=None, help="weights file (default: the package's digits-vae)")
-    ldm = sub.add_parser("train-ldm", help="train digits-ldm on the shipped autoencoder's latents")
+    vae.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="weights file (default: the package's digits-vae)",
+    )
+    ldm = sub.add_parser(
+        "train-ldm", help="train digits-ldm on the shipped autoencoder's latents"
+    )
     ldm.add_argument("--max-steps", type=int, default=None)
     ldm.add_argument("--out", default="runs/digits-ldm")
-    ldm.add_argument("--export", action="store_true", help="copy the EMA weights into the package")
-    exporter = sub.add_parser("export", help="copy a latent run's EMA weights into the package (digits-ldm)")
+    ldm.add_argument(
+        "--export", action="store_true", help="copy the EMA weights into the package"
+    )
+    exporter = sub.add_parser(
+        "export", help="copy a latent run's EMA weights into the package (digits-ldm)"
+    )
     exporter.add_argument("run_dir")
-    ab = sub.add_parser("scale-ablation", help="train on unscaled vs scaled latents; add the FDs to the results")
+    ab = sub.add_parser(
+        "scale-ablation",
+        help="train on unscaled vs scaled latents; add the FDs to the results",
+    )
     ab.add_argument("which", choices=("scaled", "unscaled"))
     ab.add_argument("--steps", type=int, default=1500)
     ab.add_argument("--out", type=Path, default=RESULTS_PATH)
-    ev = sub.add_parser("evaluate", help="write the acceptance numbers to book/results/07_latent.json")
+    ev = sub.add_parser(
+        "evaluate", help="write the acceptance numbers to book/results/07_latent.json"
+    )
     ev.add_argument("--n", type=int, default=400)
     ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--guidance-scale", type=float, default=0.5, help="the w of the acceptance numbers")
+    ev.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=0.5,
+        help="the w of the acceptance numbers",
+    )
     ev.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     if args.command == "train-vae":
         from .data import digits
 
         images, _ = digits(size=16, split="train")
-        model, history = train_vae(images, steps=args.steps, kl_weight=args.kl_weight, log=print)
+        model, history = train_vae(
+            images, steps=args.steps, kl_weight=args.kl_weight, log=print
+        )
         with torch.no_grad():
             mean, logvar = model.encode(images)
-            z = reparameterize(mean, logvar, torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)))
+            z = reparameterize(
+                mean,
+                logvar,
+                torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)),
+            )
         scale = estimate_scale_factor(z)
         out = args.out or _weights_dir() / "digits-vae.safetensors"
         extra = {"train": {"steps": args.steps, "kl_weight": args.kl_weight, "batch_size": 64, "lr": 1e-3, "seed": 0},
@@ -778,7 +908,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(part))
         merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
         merged.setdefault("scale_ablation", {})[args.which] = part
-        merged["scale_ablation"]["command"] = "python -m ddpm_course.latent scale-ablation {scaled,unscaled}"
+        merged["scale_ablation"]["command"] = (
+            "python -m ddpm_course.latent scale-ablation {scaled,unscaled}"
+        )
         args.out.write_text(json.dumps(merged, indent=1) + "\n")
         return 0
     result = evaluate(n=args.n, steps=args.steps, guidance_scale=args.guidance_scale)

@@ -50,16 +50,23 @@ class DigitsClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4
         )
         self.fc = nn.Linear(64 * 4 * 4, self.feature_dim)
         self.head = nn.Linear(self.feature_dim, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 16, 16):
-            raise ValueError(f"the digits classifier takes (N, 1, 16, 16) images in [-1, 1], got {tuple(x.shape)}")
+            raise ValueError(
+                f"the digits classifier takes (N, 1, 16, 16) images in [-1, 1], got {tuple(x.shape)}"
+            )
         return F.relu(self.fc(self.conv(x).flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,25 +77,46 @@ def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
     features = features.detach().to(torch.float64)
     if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"need features of shape (N, D) with N >= 2, got {tuple(features.shape)}")
+        raise ValueError(
+            f"need features of shape (N, D) with N >= 2, got {tuple(features.shape)}"
+        )
     return features.mean(0), torch.cov(features.T)
 
 
-def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+def frechet_distance(
+    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
+) -> float:
     r"""FD between N(mu1, sigma1) and N(mu2, sigma2).
 
     :math:`\operatorname{Tr}(\Sigma_1\Sigma_2)^{1/2} = \sum_i \sqrt{\lambda_i}` with λ the eigenvalues of
     the symmetric PSD matrix :math:`\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}` (same spectrum as Σ1Σ2), which
     avoids a non-symmetric matrix square root.
     """
-    mu1, sigma1, mu2, sigma2 = (torch.as_tensor(v, dtype=torch.float64) for v in (mu1, sigma1, mu2, sigma2))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
-        raise ValueError(f"shapes do not match: mu {tuple(mu1.shape)}/{tuple(mu2.shape)}, sigma {tuple(sigma1.shape)}/{tuple(sigma2.shape)}")
+    mu1, sigma1, mu2, sigma2 = (
+        torch.as_tensor(v, dtype=torch.float64) for v in (mu1, sigma1, mu2, sigma2)
+    )
+    if (
+        mu1.shape != mu2.shape
+        or sigma1.shape != sigma2.shape
+        or sigma1.shape != (mu1.shape[0], mu1.shape[0])
+    ):
+        raise ValueError(
+            f"shapes do not match: mu {tuple(mu1.shape)}/{tuple(mu2.shape)}, sigma {tuple(sigma1.shape)}/{tuple(sigma2.shape)}"
+        )
     eigenvalues, eigenvectors = torch.linalg.eigh(sigma1)
-    sqrt_sigma1 = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    sqrt_sigma1 = (
+        eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    )
     middle = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
-    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
-    return float(((mu1 - mu2) ** 2).sum() + torch.trace(sigma1) + torch.trace(sigma2) - 2 * trace_sqrt)
+    trace_sqrt = (
+        torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    )
+    return float(
+        ((mu1 - mu2) ** 2).sum()
+        + torch.trace(sigma1)
+        + torch.trace(sigma2)
+        - 2 * trace_sqrt
+    )
 
 
 @lru_cache(maxsize=1)
@@ -97,7 +125,9 @@ def load_digits_classifier() -> DigitsClassifier:
     from safetensors.torch import load_file
 
     if not CLASSIFIER_PATH.exists():
-        raise FileNotFoundError(f"{CLASSIFIER_PATH} is missing; rebuild it with `{CLASSIFIER_COMMAND}`")
+        raise FileNotFoundError(
+            f"{CLASSIFIER_PATH} is missing; rebuild it with `{CLASSIFIER_COMMAND}`"
+        )
     model = DigitsClassifier()
     model.load_state_dict(load_file(CLASSIFIER_PATH))
     return model.eval()
@@ -134,12 +164,16 @@ def digits_fd_floor(n: int, generator: torch.Generator | None = None) -> float:
 
     images, _ = digits(size=16, split="train")
     if not 2 <= n <= images.shape[0]:
-        raise ValueError(f"n must lie in 2..{images.shape[0]} (the training split), got {n}")
+        raise ValueError(
+            f"n must lie in 2..{images.shape[0]} (the training split), got {n}"
+        )
     index = torch.randperm(images.shape[0], generator=generator)[:n]
     return digits_fd(images[index])
 
 
-def train_digits_classifier(epochs: int = 30, seed: int = 0, progress: bool = True) -> tuple[DigitsClassifier, float]:
+def train_digits_classifier(
+    epochs: int = 30, seed: int = 0, progress: bool = True
+) -> tuple[DigitsClassifier, float]:
     """Train the classifier on the digits train split (small shifts as augmentation); returns it and
     its accuracy on the test split."""
     from tqdm.auto import tqdm
@@ -172,7 +206,9 @@ def train_digits_classifier(epochs: int = 30, seed: int = 0, progress: bool = Tr
 def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
-    parser = argparse.ArgumentParser(description="Train the shipped digits classifier used by digits_fd.")
+    parser = argparse.ArgumentParser(
+        description="Train the shipped digits classifier used by digits_fd."
+    )
     parser.add_argument("--out", type=Path, default=CLASSIFIER_PATH)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)

@@ -23,7 +23,8 @@ finish at :math:`\bar\alpha = 1`, i.e. they return the last prediction of x0.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,11 @@ def timestep_sequence(
       and has ``steps`` points instead.)
     """
     check_choice("spacing", spacing, SPACINGS)
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= num_timesteps:
+    if (
+        not isinstance(steps, int)
+        or isinstance(steps, bool)
+        or not 1 <= steps <= num_timesteps
+    ):
         raise ValueError(
             f"steps must be an integer in 1..{num_timesteps} (the trained T), got {steps!r}"
         )
@@ -136,7 +141,9 @@ def _in(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coefficient.to(dtype=like.dtype)
 
 
-def ddim_sigma(alpha_bar_t: AlphaBar, alpha_bar_prev: AlphaBar, eta: float) -> torch.Tensor:
+def ddim_sigma(
+    alpha_bar_t: AlphaBar, alpha_bar_prev: AlphaBar, eta: float
+) -> torch.Tensor:
     r"""DDIM's noise level, Eq. (16) of Song, Meng & Ermon 2021 (float64, shaped like the inputs):
 
     .. math:: \sigma_t(\eta) = \eta\sqrt{\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}}
@@ -145,10 +152,19 @@ def ddim_sigma(alpha_bar_t: AlphaBar, alpha_bar_prev: AlphaBar, eta: float) -> t
     η = 1 gives the DDPM posterior's :math:`\tilde\beta_t^{1/2}`, η = 0 no noise.
     """
     if not eta >= 0:
-        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+        raise ValueError(
+            f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}"
+        )
     alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
     alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
-    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+    return (
+        eta
+        * (
+            (1 - alpha_bar_prev)
+            / (1 - alpha_bar_t)
+            * (1 - alpha_bar_t / alpha_bar_prev)
+        ).sqrt()
+    )
 
 
 def ddpm_step(
@@ -173,7 +189,10 @@ def ddpm_step(
     (broadcastable) replaces :math:`\log\tilde\beta_t` (a fixed-large or learned variance);
     ``noise=None`` adds no noise (the last step). Returns x_{t-1} like x_t.
     """
-    alpha_bar_t, alpha_bar_prev = _float64(alpha_bar_t, x_t), _float64(alpha_bar_prev, x_t)
+    alpha_bar_t, alpha_bar_prev = (
+        _float64(alpha_bar_t, x_t),
+        _float64(alpha_bar_prev, x_t),
+    )
     beta_t = 1 - alpha_bar_t / alpha_bar_prev
     coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)
     coef_x_t = (1 - beta_t).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
@@ -208,7 +227,10 @@ def ddim_step(
     alpha_bar_prev = _float64(alpha_bar_prev, pred_x0)
     sigma = ddim_sigma(_float64(alpha_bar_t, pred_x0), alpha_bar_prev, eta)
     direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt()
-    x_prev = _in(alpha_bar_prev.sqrt(), pred_x0) * pred_x0 + _in(direction, pred_x0) * pred_eps
+    x_prev = (
+        _in(alpha_bar_prev.sqrt(), pred_x0) * pred_x0
+        + _in(direction, pred_x0) * pred_eps
+    )
     if noise is not None:
         x_prev = x_prev + _in(sigma, pred_x0) * noise
     return x_prev
@@ -233,7 +255,10 @@ def ddim_inversion_step(
     tensors broadcastable against x_t. As diffusers' ``DDIMInverseScheduler``, the loop
     (:func:`ddim_invert`) evaluates :math:`\hat\epsilon` at the *target* timestep. Returns x_next.
     """
-    alpha_bar_t, alpha_bar_next = _float64(alpha_bar_t, x_t), _float64(alpha_bar_next, x_t)
+    alpha_bar_t, alpha_bar_next = (
+        _float64(alpha_bar_t, x_t),
+        _float64(alpha_bar_next, x_t),
+    )
     scale = (alpha_bar_next / alpha_bar_t).sqrt()
     coef_eps = (1 - alpha_bar_next).sqrt() - scale * (1 - alpha_bar_t).sqrt()
     return _in(scale, x_t) * x_t + _in(coef_eps, x_t) * pred_eps
@@ -274,10 +299,15 @@ def dpm_solver_2m_step(
         data_term = pred_x0
     else:
         if alpha_bar_previous is None:
-            raise ValueError("alpha_bar_previous is needed with previous_pred_x0 (second order)")
+            raise ValueError(
+                "alpha_bar_previous is needed with previous_pred_x0 (second order)"
+            )
         h_previous = lambda_s - _half_log_snr(_float64(alpha_bar_previous, x_s))
         half_inverse_r = 0.5 * h / h_previous  # 1 / (2 r)
-        data_term = _in(1 + half_inverse_r, x_s) * pred_x0 - _in(half_inverse_r, x_s) * previous_pred_x0
+        data_term = (
+            _in(1 + half_inverse_r, x_s) * pred_x0
+            - _in(half_inverse_r, x_s) * previous_pred_x0
+        )
     return _in(coef_x, x_s) * x_s + _in(coef_data, x_s) * data_term
 
 
@@ -293,17 +323,26 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, fraction: float) -> torch.Tensor:
     [0, 1]; θ per example (falls back to the line when x0 and x1 are parallel). Returns (N, ...).
     """
     if x0.shape != x1.shape:
-        raise ValueError(f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must have the same shape")
-    flat0, flat1 = x0.reshape(x0.shape[0], -1).double(), x1.reshape(x1.shape[0], -1).double()
+        raise ValueError(
+            f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must have the same shape"
+        )
+    flat0, flat1 = (
+        x0.reshape(x0.shape[0], -1).double(),
+        x1.reshape(x1.shape[0], -1).double(),
+    )
     cosine = (flat0 * flat1).sum(1) / (flat0.norm(dim=1) * flat1.norm(dim=1))
     theta = torch.arccos(cosine.clamp(-1, 1))
     sin_theta = torch.sin(theta)
     parallel = sin_theta < 1e-6
     safe = torch.where(parallel, torch.ones_like(sin_theta), sin_theta)
-    w0 = torch.where(parallel, 1 - fraction + 0 * theta, torch.sin((1 - fraction) * theta) / safe)
+    w0 = torch.where(
+        parallel, 1 - fraction + 0 * theta, torch.sin((1 - fraction) * theta) / safe
+    )
     w1 = torch.where(parallel, fraction + 0 * theta, torch.sin(fraction * theta) / safe)
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    return (w0.reshape(shape) * x0.double() + w1.reshape(shape) * x1.double()).to(x0.dtype)
+    return (w0.reshape(shape) * x0.double() + w1.reshape(shape) * x1.double()).to(
+        x0.dtype
+    )
 
 
 # ------------------------------------------------------------------------------------ loops
@@ -313,7 +352,9 @@ def _initial_noise(shape, x_T, generator, device, dtype) -> torch.Tensor:
         or len(shape) < 2
         or not all(isinstance(n, int) and n >= 1 for n in shape)
     ):
-        raise ValueError(f"shape must be a tuple of positive ints (N, C, ...), got {shape!r}")
+        raise ValueError(
+            f"shape must be a tuple of positive ints (N, C, ...), got {shape!r}"
+        )
     if x_T is not None:
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(
@@ -383,12 +424,19 @@ def ddpm_sample(
     device = device or _model_device(model)
     x = _initial_noise(shape, x_T, generator, device, dtype)
     trajectory = [x.cpu()] if return_trajectory else None
-    for step in tqdm(range(diffusion.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM"):
+    for step in tqdm(
+        range(diffusion.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM"
+    ):
         p = _predict(diffusion, model, x, step, clip_denoised, model_kwargs)
         noise = None
         if step > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        alpha_bar, alpha_bar_prev = _alpha_bar_at(diffusion, step), _alpha_bar_at(diffusion, step - 1)
+            noise = torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
+        alpha_bar, alpha_bar_prev = (
+            _alpha_bar_at(diffusion, step),
+            _alpha_bar_at(diffusion, step - 1),
+        )
         x = ddpm_step(x, p.pred_x0, alpha_bar, alpha_bar_prev, noise, p.log_variance)
         if trajectory is not None:
             trajectory.append(x.cpu())
@@ -420,7 +468,9 @@ def ddim_sample(
     samples, or ``(samples, trajectory)`` with trajectory (steps + 1, N, C, H, W).
     """
     if not eta >= 0:
-        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+        raise ValueError(
+            f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}"
+        )
     timesteps = timestep_sequence(diffusion.num_timesteps, steps, spacing).tolist()
     device = device or _model_device(model)
     x = _initial_noise(shape, x_T, generator, device, dtype)
@@ -428,10 +478,15 @@ def ddim_sample(
     for k, step in enumerate(tqdm(timesteps, disable=not progress, desc="DDIM")):
         prev_step = timesteps[k + 1] if k + 1 < len(timesteps) else -1
         p = _predict(diffusion, model, x, step, clip_denoised, model_kwargs)
-        alpha_bar, alpha_bar_prev = _alpha_bar_at(diffusion, step), _alpha_bar_at(diffusion, prev_step)
+        alpha_bar, alpha_bar_prev = (
+            _alpha_bar_at(diffusion, step),
+            _alpha_bar_at(diffusion, prev_step),
+        )
         noise = None
         if eta > 0 and float(ddim_sigma(alpha_bar, alpha_bar_prev, eta)) > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
         x = ddim_step(p.pred_x0, p.pred_eps, alpha_bar, alpha_bar_prev, eta, noise)
         if trajectory is not None:
             trajectory.append(x.cpu())
@@ -458,7 +513,9 @@ def ddim_invert(
     :math:`\bar\alpha = 1`). The error of each Euler step makes the round trip inexact; it shrinks
     with more steps. Returns x_T, or ``(x_T, trajectory)`` (steps + 1, N, C, H, W).
     """
-    timesteps = timestep_sequence(diffusion.num_timesteps, steps, spacing).flip(0).tolist()
+    timesteps = (
+        timestep_sequence(diffusion.num_timesteps, steps, spacing).flip(0).tolist()
+    )
     x = x0
     trajectory = [x.cpu()] if return_trajectory else None
     alpha_bar = 1.0
@@ -507,7 +564,11 @@ def dpm_solver_sample(
     (:func:`usable_timesteps`). Deterministic. Returns samples, or ``(samples, trajectory)``.
     """
     T = diffusion.num_timesteps
-    usable = usable_timesteps(diffusion, lambda_min_clipped) if lambda_min_clipped > -math.inf else T
+    usable = (
+        usable_timesteps(diffusion, lambda_min_clipped)
+        if lambda_min_clipped > -math.inf
+        else T
+    )
     if usable < T and isinstance(steps, int) and usable < steps:
         raise ValueError(
             f"lambda_min_clipped={lambda_min_clipped} leaves {usable} timesteps, fewer than "
@@ -518,9 +579,13 @@ def dpm_solver_sample(
     x = _initial_noise(shape, x_T, generator, device, dtype)
     trajectory = [x.cpu()] if return_trajectory else None
     previous_x0, previous_step = None, None
-    for k, step in enumerate(tqdm(timesteps, disable=not progress, desc="DPM-Solver++")):
+    for k, step in enumerate(
+        tqdm(timesteps, disable=not progress, desc="DPM-Solver++")
+    ):
         next_step = timesteps[k + 1] if k + 1 < len(timesteps) else -1
-        pred_x0 = _predict(diffusion, model, x, step, clip_denoised, model_kwargs).pred_x0
+        pred_x0 = _predict(
+            diffusion, model, x, step, clip_denoised, model_kwargs
+        ).pred_x0
         second_order = previous_x0 is not None and next_step >= 0
         x = dpm_solver_2m_step(
             x,

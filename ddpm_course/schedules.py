@@ -24,14 +24,18 @@ __all__ = ["linear", "cosine", "sigmoid", "get_betas", "NoiseSchedule", "SCHEDUL
 
 def _check_T(T: int) -> None:
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"the number of timesteps T must be a positive integer, got {T!r}")
+        raise ValueError(
+            f"the number of timesteps T must be a positive integer, got {T!r}"
+        )
 
 
 def linear(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     r"""Linear betas from ``beta_start`` to ``beta_end`` (Ho et al. 2020, Sec. 4): (T,) float64."""
     _check_T(T)
     if not 0 < beta_start <= beta_end < 1:
-        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
+        raise ValueError(
+            f"need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}"
+        )
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
 
 
@@ -51,10 +55,18 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     the singularity at u = 1. (diffusers calls this ``squaredcos_cap_v2``.)
     """
     _check_T(T)
-    return _betas_from_alpha_bar(lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2, T, max_beta)
+    return _betas_from_alpha_bar(
+        lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2, T, max_beta
+    )
 
 
-def sigmoid(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999) -> torch.Tensor:
+def sigmoid(
+    T: int,
+    start: float = -3.0,
+    end: float = 3.0,
+    tau: float = 1.0,
+    max_beta: float = 0.999,
+) -> torch.Tensor:
     r"""Sigmoid schedule of Jabri et al. 2023 / Chen 2023: (T,) float64.
 
     With :math:`v(u) = \sigma((u(\text{end}-\text{start}) + \text{start})/\tau)`,
@@ -62,12 +74,16 @@ def sigmoid(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max
     """
     _check_T(T)
     if not end > start or tau <= 0:
-        raise ValueError(f"need end > start and tau > 0, got start={start}, end={end}, tau={tau}")
+        raise ValueError(
+            f"need end > start and tau > 0, got start={start}, end={end}, tau={tau}"
+        )
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
 
     def alpha_bar(u: torch.Tensor) -> torch.Tensor:
-        return (v_end - torch.sigmoid((u * (end - start) + start) / tau)) / (v_end - v_start)
+        return (v_end - torch.sigmoid((u * (end - start) + start) / tau)) / (
+            v_end - v_start
+        )
 
     return _betas_from_alpha_bar(alpha_bar, T, max_beta)
 
@@ -100,15 +116,21 @@ class NoiseSchedule:
     betas: torch.Tensor
 
     def __post_init__(self) -> None:
-        betas = torch.as_tensor(self.betas).detach().to(device="cpu", dtype=torch.float64)
+        betas = (
+            torch.as_tensor(self.betas).detach().to(device="cpu", dtype=torch.float64)
+        )
         if betas.ndim != 1 or betas.numel() == 0:
-            raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+            raise ValueError(
+                f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}"
+            )
         if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError(f"betas must lie in (0, 1], got values from {betas.min().item()} to {betas.max().item()}")
+            raise ValueError(
+                f"betas must lie in (0, 1], got values from {betas.min().item()} to {betas.max().item()}"
+            )
         object.__setattr__(self, "betas", betas)
 
     @classmethod
-    def from_name(cls, name: str, T: int, **kwargs) -> "NoiseSchedule":
+    def from_name(cls, name: str, T: int, **kwargs) -> NoiseSchedule:
         """The schedule called ``name`` with T steps; ``kwargs`` go to the beta function."""
         return cls(get_betas(name, T, **kwargs))
 
@@ -140,7 +162,9 @@ class NoiseSchedule:
 
     @cached_property
     def posterior_variance(self) -> torch.Tensor:
-        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        return (
+            self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        )
 
     @cached_property
     def posterior_log_variance_clipped(self) -> torch.Tensor:
@@ -151,8 +175,16 @@ class NoiseSchedule:
 
     @cached_property
     def posterior_mean_coef1(self) -> torch.Tensor:
-        return self.betas * torch.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        return (
+            self.betas
+            * torch.sqrt(self.alphas_cumprod_prev)
+            / (1.0 - self.alphas_cumprod)
+        )
 
     @cached_property
     def posterior_mean_coef2(self) -> torch.Tensor:
-        return (1.0 - self.alphas_cumprod_prev) * torch.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
+        return (
+            (1.0 - self.alphas_cumprod_prev)
+            * torch.sqrt(self.alphas)
+            / (1.0 - self.alphas_cumprod)
+        )

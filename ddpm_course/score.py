@@ -56,7 +56,9 @@ def _check_points(x: torch.Tensor, dim: int | None = None, what: str = "x") -> N
         )
 
 
-def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+def _check_same_shape(
+    a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str
+) -> None:
     if a.shape != b.shape:
         raise ValueError(
             f"{name_b} has shape {tuple(b.shape)} but {name_a} has shape {tuple(a.shape)}; they must match"
@@ -102,7 +104,9 @@ def _sigma_column(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------- analytic scores
-def gaussian_score(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+def gaussian_score(
+    x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor
+) -> torch.Tensor:
     r"""Score of a Gaussian: :math:`\nabla_x \log \mathcal N(x; \mu, \Sigma) = -\Sigma^{-1}(x - \mu)`.
 
     x: (N, D); mean: (D,); cov: (D, D) symmetric positive definite. Returns (N, D).
@@ -130,14 +134,18 @@ class GaussianMixture:
     Methods take points x: (N, D) and compute in x's dtype and on x's device.
     """
 
-    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor) -> None:
+    def __init__(
+        self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor
+    ) -> None:
         means = torch.as_tensor(means)
         if not means.dtype.is_floating_point:
             means = means.to(torch.get_default_dtype())
         stds = torch.as_tensor(stds, dtype=means.dtype, device=means.device)
         weights = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
         if means.ndim != 2:
-            raise ValueError(f"means must have shape (K, D), got shape {tuple(means.shape)}")
+            raise ValueError(
+                f"means must have shape (K, D), got shape {tuple(means.shape)}"
+            )
         n_components = means.shape[0]
         if stds.shape != (n_components,) or weights.shape != (n_components,):
             raise ValueError(
@@ -175,9 +183,9 @@ class GaussianMixture:
         variances = self.stds.to(dtype=x.dtype, device=x.device) ** 2
         log_weights = torch.log(self.weights.to(dtype=x.dtype, device=x.device))
         squared_distances = ((x[:, None, :] - means[None]) ** 2).sum(dim=-1)
-        log_normal = -0.5 * self.dim * torch.log(2 * math.pi * variances) - squared_distances / (
-            2 * variances
-        )
+        log_normal = -0.5 * self.dim * torch.log(
+            2 * math.pi * variances
+        ) - squared_distances / (2 * variances)
         return log_weights + log_normal, means, variances
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +209,9 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` points (n, D): a component k with probability w_k, then a draw from N(mu_k, s_k^2 I)."""
         device = self.means.device
-        components = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        components = torch.multinomial(
+            self.weights, n, replacement=True, generator=generator
+        )
         noise = torch.randn(
             (n, self.dim), generator=generator, dtype=self.means.dtype, device=device
         )
@@ -215,7 +225,9 @@ class GaussianMixture:
         """
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
-        return GaussianMixture(self.means, torch.sqrt(self.stds**2 + sigma**2), self.weights)
+        return GaussianMixture(
+            self.means, torch.sqrt(self.stds**2 + sigma**2), self.weights
+        )
 
 
 def mixture_score(
@@ -269,7 +281,9 @@ def langevin_sample(
     x = x_init.detach()
     path = [x.cpu()] if return_path else None
     for _ in tqdm(range(n_steps), disable=not progress, desc="Langevin"):
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = torch.randn(
+            x.shape, generator=generator, dtype=x.dtype, device=x.device
+        )
         x = langevin_step(x, score_fn(x).detach(), step_size, noise)
         if path is not None:
             path.append(x.cpu())
@@ -295,8 +309,14 @@ def annealed_langevin(
     """
     sigmas = _check_decreasing_sigmas(sigmas)
     _check_positive("step_lr", step_lr)
-    if not isinstance(n_steps_each, int) or isinstance(n_steps_each, bool) or n_steps_each < 1:
-        raise ValueError(f"n_steps_each must be a positive integer, got {n_steps_each!r}")
+    if (
+        not isinstance(n_steps_each, int)
+        or isinstance(n_steps_each, bool)
+        or n_steps_each < 1
+    ):
+        raise ValueError(
+            f"n_steps_each must be a positive integer, got {n_steps_each!r}"
+        )
     sigma_last = float(sigmas[-1])
     x = x_init.detach()
     with tqdm(
@@ -305,7 +325,9 @@ def annealed_langevin(
         for sigma in sigmas.tolist():
             alpha = step_lr * sigma**2 / sigma_last**2
             for _ in range(n_steps_each):
-                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                noise = torch.randn(
+                    x.shape, generator=generator, dtype=x.dtype, device=x.device
+                )
                 x = langevin_step(x, score_fn(x, sigma).detach(), alpha / 2, noise)
                 bar.update()
     return x
@@ -376,7 +398,9 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> torch.Tensor
     r"""``n`` noise levels from ``sigma_max`` down to ``sigma_min`` in geometric progression (constant
     ratio :math:`\sigma_{i+1}/\sigma_i`, Song & Ermon 2019): (n,) float64, decreasing."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        raise ValueError(f"n must be an integer >= 2 (the number of noise levels), got {n!r}")
+        raise ValueError(
+            f"n must be an integer >= 2 (the number of noise levels), got {n!r}"
+        )
     if not sigma_max > sigma_min > 0:
         raise ValueError(
             f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}"
@@ -404,7 +428,9 @@ class ScoreMLP(nn.Module):
                 f"dim, hidden and n_layers must be positive integers, got {dim}, {hidden}, {n_layers}"
             )
         self.dim = dim
-        self.register_buffer("frequencies", 2.0 ** torch.arange(-2.0, 4.0), persistent=False)
+        self.register_buffer(
+            "frequencies", 2.0 ** torch.arange(-2.0, 4.0), persistent=False
+        )
         layers: list[nn.Module] = [
             nn.Linear(dim + 1 + 2 * len(self.frequencies), hidden),
             nn.SiLU(),
@@ -439,7 +465,9 @@ def _draw_batch(
     ``data`` drawn with replacement."""
     if callable(data):
         return data(batch_size, generator=generator)
-    index = torch.randint(data.shape[0], (batch_size,), generator=generator, device=device)
+    index = torch.randint(
+        data.shape[0], (batch_size,), generator=generator, device=device
+    )
     return data[index.to(data.device)]
 
 
@@ -480,10 +508,18 @@ def train_score_model(
     losses = []
     for _ in tqdm(range(steps), disable=not progress, desc="DSM training"):
         x = _draw_batch(data, batch_size, generator, random_device)
-        level = torch.randint(len(sigmas), (batch_size,), generator=generator, device=random_device)
+        level = torch.randint(
+            len(sigmas), (batch_size,), generator=generator, device=random_device
+        )
         sigma = sigmas.to(random_device)[level]
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=random_device)
-        x, sigma, noise = x.to(device), sigma.to(device=device, dtype=x.dtype), noise.to(device)
+        noise = torch.randn(
+            x.shape, generator=generator, dtype=x.dtype, device=random_device
+        )
+        x, sigma, noise = (
+            x.to(device),
+            sigma.to(device=device, dtype=x.dtype),
+            noise.to(device),
+        )
         loss = dsm_loss(model, x, sigma, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

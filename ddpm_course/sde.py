@@ -13,7 +13,7 @@ discrete step t in {0, ..., T-1}. Tensors are float (float32 by default, any flo
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -66,7 +66,10 @@ def _check_unit_time(s: torch.Tensor) -> None:
 
 # --------------------------------------------------------------------- random walks and Brownian motion
 def random_walk(
-    n_paths: int, n_steps: int, step_size: float = 1.0, generator: torch.Generator | None = None
+    n_paths: int,
+    n_steps: int,
+    step_size: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     r"""Simple symmetric random walks :math:`S_k = \sum_{j \le k} \xi_j`, :math:`\xi_j = \pm` ``step_size``
     with probability 1/2 each, started at :math:`S_0 = 0`.
@@ -87,7 +90,10 @@ def random_walk(
 
 
 def brownian_motion(
-    n_paths: int, n_steps: int, t_end: float = 1.0, generator: torch.Generator | None = None
+    n_paths: int,
+    n_steps: int,
+    t_end: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Standard Brownian motion on the uniform grid :math:`t_k = k\,t_\text{end}/n_\text{steps}`.
 
@@ -101,14 +107,23 @@ def brownian_motion(
     if not t_end > 0:
         raise ValueError(f"t_end must be positive, got {t_end}")
     times = torch.linspace(0.0, t_end, n_steps + 1)
-    increments = math.sqrt(t_end / n_steps) * torch.randn(n_paths, n_steps, generator=generator)
-    paths = torch.cat([increments.new_zeros(n_paths, 1), increments.cumsum(dim=1)], dim=1)
+    increments = math.sqrt(t_end / n_steps) * torch.randn(
+        n_paths, n_steps, generator=generator
+    )
+    paths = torch.cat(
+        [increments.new_zeros(n_paths, 1), increments.cumsum(dim=1)], dim=1
+    )
     return times, paths
 
 
 # --------------------------------------------------------------------- Euler-Maruyama
 def euler_maruyama_step(
-    x: torch.Tensor, s: float, ds: float, drift: Drift, diffusion: Diffusion, noise: torch.Tensor
+    x: torch.Tensor,
+    s: float,
+    ds: float,
+    drift: Drift,
+    diffusion: Diffusion,
+    noise: torch.Tensor,
 ) -> torch.Tensor:
     r"""One Euler-Maruyama step of :math:`dx = f(x, s)\,ds + g(s)\,dW`:
 
@@ -119,9 +134,13 @@ def euler_maruyama_step(
     broadcastable to x; noise: like x, a draw of z. Returns a tensor like x.
     """
     if ds < 0:
-        raise ValueError(f"the step ds must be >= 0 (Euler-Maruyama runs forward in s), got ds = {ds}")
+        raise ValueError(
+            f"the step ds must be >= 0 (Euler-Maruyama runs forward in s), got ds = {ds}"
+        )
     if noise.shape != x.shape:
-        raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}; draw it like x")
+        raise ValueError(
+            f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}; draw it like x"
+        )
     return x + drift(x, s) * ds + diffusion(s) * math.sqrt(ds) * noise
 
 
@@ -148,7 +167,9 @@ def euler_maruyama(
     path = [x] if return_path else None
     for k in tqdm(range(grid.numel() - 1), disable=not progress, desc="Euler-Maruyama"):
         s, ds = grid[k].item(), (grid[k + 1] - grid[k]).item()
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = torch.randn(
+            x.shape, generator=generator, dtype=x.dtype, device=x.device
+        )
         x = euler_maruyama_step(x, s, ds, drift, diffusion, noise)
         if path is not None:
             path.append(x)
@@ -176,7 +197,9 @@ class VPSDE:
                 f"beta_min = {beta_min} and beta_max = {beta_max}"
             )
         if beta_max == 0:
-            raise ValueError("beta_max must be positive (beta_max = 0 adds no noise at all)")
+            raise ValueError(
+                "beta_max must be positive (beta_max = 0 adds no noise at all)"
+            )
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
 
@@ -211,14 +234,18 @@ class VPSDE:
         _check_unit_time(s)
         return torch.sqrt(-torch.expm1(-self.integrated_beta(s)))
 
-    def sample_marginal(self, x0: torch.Tensor, s: Time, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_marginal(
+        self, x0: torch.Tensor, s: Time, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         r"""Draw :math:`x_s = e^{-\frac12\int_0^s\beta}\,x_0 + \sqrt{1 - e^{-\int_0^s\beta}}\,z`, z ~ N(0, I),
         in one jump.
 
         x0: (N, ...); s: a float or a tensor broadcastable to x0 (e.g. (N, 1, ..., 1)). Returns like x0.
         """
         mean, std = vp_sde_marginal(x0, s, self.beta_min, self.beta_max)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = torch.randn(
+            x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
+        )
         return mean + std * noise
 
     def discrete_betas(self, N: int) -> torch.Tensor:
@@ -232,7 +259,9 @@ class VPSDE:
         N = 1000 (as in Song et al. 2021's code), and :math:`\sum_i \beta_i = \int_0^1 \beta` exactly.
         """
         if not isinstance(N, int) or isinstance(N, bool) or N < 2:
-            raise ValueError(f"N, the number of discrete steps, must be an integer >= 2, got {N!r}")
+            raise ValueError(
+                f"N, the number of discrete steps, must be an integer >= 2, got {N!r}"
+            )
         s = torch.arange(N, dtype=torch.float64) / (N - 1)
         return self.beta(s) / N
 
@@ -266,7 +295,9 @@ class OrnsteinUhlenbeck:
 
     def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 1.0) -> None:
         if not theta > 0:
-            raise ValueError(f"theta, the mean-reversion rate, must be positive, got {theta}")
+            raise ValueError(
+                f"theta, the mean-reversion rate, must be positive, got {theta}"
+            )
         if not sigma >= 0:
             raise ValueError(f"sigma, the noise scale, must be >= 0, got {sigma}")
         self.theta = float(theta)
@@ -274,7 +305,9 @@ class OrnsteinUhlenbeck:
         self.sigma = float(sigma)
 
     def __repr__(self) -> str:
-        return f"OrnsteinUhlenbeck(theta={self.theta}, mu={self.mu}, sigma={self.sigma})"
+        return (
+            f"OrnsteinUhlenbeck(theta={self.theta}, mu={self.mu}, sigma={self.sigma})"
+        )
 
     def drift(self, x: torch.Tensor, s: Time) -> torch.Tensor:
         r""":math:`f(x, s) = \theta(\mu - x)`."""
@@ -293,11 +326,15 @@ class OrnsteinUhlenbeck:
     def marginal_std(self, s: Time) -> torch.Tensor:
         r""":math:`\sqrt{\mathrm{Var}[x_s \mid x_0]} = \sigma\sqrt{(1 - e^{-2\theta s})/(2\theta)}`, s >= 0."""
         s = torch.as_tensor(s, dtype=torch.float64) if not torch.is_tensor(s) else s
-        return self.sigma * torch.sqrt(-torch.expm1(-2 * self.theta * s) / (2 * self.theta))
+        return self.sigma * torch.sqrt(
+            -torch.expm1(-2 * self.theta * s) / (2 * self.theta)
+        )
 
 
 # --------------------------------------------------------------------- densities
-def gaussian_density(x: torch.Tensor, mean: Time = 0.0, std: Time = 1.0) -> torch.Tensor:
+def gaussian_density(
+    x: torch.Tensor, mean: Time = 0.0, std: Time = 1.0
+) -> torch.Tensor:
     r"""The normal density :math:`\mathcal N(x; m, \sigma^2) = e^{-(x-m)^2/(2\sigma^2)}/(\sigma\sqrt{2\pi})`.
 
     x, mean and std broadcast together (std > 0); returns a tensor of their broadcast shape.
@@ -310,7 +347,9 @@ def gaussian_density(x: torch.Tensor, mean: Time = 0.0, std: Time = 1.0) -> torc
     return torch.exp(-0.5 * ((x - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
 
 
-def _interface_rates(v: torch.Tensor, D: float, dx: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _interface_rates(
+    v: torch.Tensor, D: float, dx: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Rightward and leftward transfer rates of the Scharfetter-Gummel flux through each cell face.
 
     With the face drift v, :math:`D = g^2/2` and the cell Péclet number :math:`P = v\,dx/D`, the flux
@@ -323,7 +362,9 @@ def _interface_rates(v: torch.Tensor, D: float, dx: float) -> tuple[torch.Tensor
     peclet = v * dx / D
     # B(z) = z / expm1(z), continued by its limit 1 at z = 0
     safe = torch.where(peclet == 0, torch.ones_like(peclet), peclet)
-    bernoulli = torch.where(peclet == 0, torch.ones_like(peclet), safe / torch.expm1(safe))
+    bernoulli = torch.where(
+        peclet == 0, torch.ones_like(peclet), safe / torch.expm1(safe)
+    )
     leftward = D / dx * bernoulli
     return leftward + v, leftward
 
@@ -356,29 +397,41 @@ def fokker_planck_1d(
     x_grid = torch.as_tensor(x_grid, dtype=torch.float64).detach().cpu()
     density = torch.as_tensor(density0, dtype=torch.float64).detach().cpu().clone()
     if x_grid.ndim != 1 or x_grid.numel() < 3:
-        raise ValueError(f"x_grid must be a 1-D grid of at least 3 points, got shape {tuple(x_grid.shape)}")
+        raise ValueError(
+            f"x_grid must be a 1-D grid of at least 3 points, got shape {tuple(x_grid.shape)}"
+        )
     if density.shape != x_grid.shape:
-        raise ValueError(f"density0 has shape {tuple(density.shape)} but x_grid has shape {tuple(x_grid.shape)}")
+        raise ValueError(
+            f"density0 has shape {tuple(density.shape)} but x_grid has shape {tuple(x_grid.shape)}"
+        )
     spacings = x_grid[1:] - x_grid[:-1]
     dx = spacings.mean().item()
-    if not dx > 0 or not torch.allclose(spacings, torch.full_like(spacings, dx), rtol=1e-3, atol=0):
-        raise ValueError("x_grid must be uniformly spaced and increasing, e.g. torch.linspace(-5, 5, 401)")
+    if not dx > 0 or not torch.allclose(
+        spacings, torch.full_like(spacings, dx), rtol=1e-3, atol=0
+    ):
+        raise ValueError(
+            "x_grid must be uniformly spaced and increasing, e.g. torch.linspace(-5, 5, 401)"
+        )
     if not bool((density >= 0).all()):
         raise ValueError("density0 must be >= 0 everywhere")
     faces = 0.5 * (x_grid[1:] + x_grid[:-1])
 
     snapshots = [density.clone()]
-    for s_start, s_stop in zip(times[:-1].tolist(), times[1:].tolist()):
+    for s_start, s_stop in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
         s = s_start
         while s < s_stop:
             D = 0.5 * float(diffusion(s)) ** 2
-            rightward, leftward = _interface_rates(torch.as_tensor(drift(faces, s), dtype=torch.float64), D, dx)
+            rightward, leftward = _interface_rates(
+                torch.as_tensor(drift(faces, s), dtype=torch.float64), D, dx
+            )
             # the rate at which cell i loses probability: out through its right face and its left face
             outflow = torch.zeros_like(density)
             outflow[:-1] += rightward
             outflow[1:] += leftward
             ds = min(s_stop - s, 0.5 * dx / max(outflow.max().item(), 1e-12))
-            flux = rightward * density[:-1] - leftward * density[1:]  # (M - 1,) through each face
+            flux = (
+                rightward * density[:-1] - leftward * density[1:]
+            )  # (M - 1,) through each face
             change = torch.zeros_like(density)
             change[:-1] -= flux
             change[1:] += flux

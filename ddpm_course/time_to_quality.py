@@ -99,12 +99,16 @@ def our_recipe(preset: str, seed: int, out_dir: str) -> Run:
         sample_every=0, checkpoint_every=0, log_every=10**9,
     )  # fmt: skip
     if (config.image_size, config.channels, config.class_conditional) != (16, 1, False):
-        raise ValueError(f"preset {preset!r} is not an unconditional 16×16 digits preset")
+        raise ValueError(
+            f"preset {preset!r} is not an unconditional 16×16 digits preset"
+        )
     trainer = Trainer(config)
     images, generator = _digits(seed)
     batches = _batches(images, config.batch_size, generator)
     return Run(
-        lambda: trainer.train_step(next(batches)), lambda: trainer.ema_model, trainer.diffusion,
+        lambda: trainer.train_step(next(batches)),
+        lambda: trainer.ema_model,
+        trainer.diffusion,
         trainer.optimizer,
     )
 
@@ -143,7 +147,9 @@ def diffusers_recipe(seed: int, total_steps: int) -> Run:
     def step() -> None:
         clean = next(batches)
         noise = torch.randn(clean.shape)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],))
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (clean.shape[0],)
+        )
         noisy = scheduler.add_noise(clean, noise, timesteps)
         loss = nn.functional.mse_loss(model(noisy, timesteps), noise)
         loss.backward()
@@ -159,7 +165,9 @@ def diffusers_recipe(seed: int, total_steps: int) -> Run:
         return averaged
 
     # DDPMScheduler's default betas: linear from 1e-4 to 0.02 over 1000 steps, as ours
-    return Run(step, sampling_model, GaussianDiffusion(get_betas("linear", 1000)), optimizer)
+    return Run(
+        step, sampling_model, GaussianDiffusion(get_betas("linear", 1000)), optimizer
+    )
 
 
 def train_with_snapshots(
@@ -180,7 +188,9 @@ def train_with_snapshots(
 
 
 @torch.no_grad()
-def _fd(model: nn.Module, diffusion, seed: int, num_samples: int, sample_steps: int) -> float:
+def _fd(
+    model: nn.Module, diffusion, seed: int, num_samples: int, sample_steps: int
+) -> float:
     from .metrics import digits_fd
     from .samplers import ddim_sample
 
@@ -218,7 +228,9 @@ def run_time_to_quality(
     from .metrics import digits_fd_floor
 
     if not checkpoint_seconds or min(checkpoint_seconds) <= 0:
-        raise ValueError(f"checkpoint_seconds must be positive, got {list(checkpoint_seconds)}")
+        raise ValueError(
+            f"checkpoint_seconds must be positive, got {list(checkpoint_seconds)}"
+        )
     if not seeds:
         raise ValueError("give at least one seed")
     checkpoint_seconds = sorted(checkpoint_seconds)
@@ -232,15 +244,26 @@ def run_time_to_quality(
                 else:
                     run = our_recipe(name, seed, out_dir)
                 snapshots = train_with_snapshots(run, checkpoint_seconds)
-            fds = [_fd(m, run.diffusion, seed, num_samples, sample_steps) for _, _, m in snapshots]
+            fds = [
+                _fd(m, run.diffusion, seed, num_samples, sample_steps)
+                for _, _, m in snapshots
+            ]
             per_seed[name].append(
-                {"fd": fds, "steps": [s for _, s, _ in snapshots],
-                 "seconds": [c for c, _, _ in snapshots]}  # fmt: skip
+                {
+                    "fd": fds,
+                    "steps": [s for _, s, _ in snapshots],
+                    "seconds": [c for c, _, _ in snapshots],
+                }  # fmt: skip
             )
             if progress:
-                shown = ", ".join(f"{s:g}s {fd:.1f}" for s, fd in zip(checkpoint_seconds, fds))
+                shown = ", ".join(
+                    f"{s:g}s {fd:.1f}"
+                    for s, fd in zip(checkpoint_seconds, fds, strict=True)
+                )
                 print(f"seed {seed} {name}: FD {shown}", flush=True)
-    floors = [digits_fd_floor(num_samples, torch.Generator().manual_seed(s)) for s in seeds]
+    floors = [
+        digits_fd_floor(num_samples, torch.Generator().manual_seed(s)) for s in seeds
+    ]
     report: dict[str, Any] = {
         "checkpoint_seconds": checkpoint_seconds,
         "seeds": list(seeds),
@@ -254,8 +277,14 @@ def run_time_to_quality(
     for name, runs in per_seed.items():
         report["contenders"][name] = {
             "per_seed": runs,
-            "fd": [summarise([r["fd"][i] for r in runs]) for i in range(len(checkpoint_seconds))],
-            "steps": [summarise([r["steps"][i] for r in runs]) for i in range(len(checkpoint_seconds))],
+            "fd": [
+                summarise([r["fd"][i] for r in runs])
+                for i in range(len(checkpoint_seconds))
+            ],
+            "steps": [
+                summarise([r["steps"][i] for r in runs])
+                for i in range(len(checkpoint_seconds))
+            ],
         }
     return report
 
@@ -279,7 +308,9 @@ def write_time_to_quality(report: dict[str, Any], out_dir: Path) -> tuple[Path, 
         axes.plot(seconds, median, marker="o", label=name)
         axes.fill_between(seconds, [p["min"] for p in result["fd"]],
                           [p["max"] for p in result["fd"]], alpha=0.2)  # fmt: skip
-    axes.axhline(report["floor"]["median"], color="black", linestyle="--", label="floor")
+    axes.axhline(
+        report["floor"]["median"], color="black", linestyle="--", label="floor"
+    )
     axes.set_xlabel("training time (s)")
     axes.set_ylabel(f"digits FD ({report['num_samples']} samples)")
     axes.set_yscale("log")

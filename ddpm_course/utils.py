@@ -11,11 +11,15 @@ def check_choice(what: str, value: str, allowed: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``allowed``, else raise a ``ValueError`` naming them all."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}")
+        raise ValueError(
+            f"unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}"
+        )
     return value
 
 
-def check_timesteps(t: torch.Tensor, num_timesteps: int, batch_size: int | None = None) -> torch.Tensor:
+def check_timesteps(
+    t: torch.Tensor, num_timesteps: int, batch_size: int | None = None
+) -> torch.Tensor:
     """Validate discrete timesteps ``t``: integers in {0, ..., T-1}, shape (N,) or a scalar.
 
     A scalar is broadcast to ``batch_size`` when that is given. Returns an int64 tensor. Values are
@@ -23,11 +27,19 @@ def check_timesteps(t: torch.Tensor, num_timesteps: int, batch_size: int | None 
     """
     t = torch.as_tensor(t)
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"timesteps must be integers in {{0, ..., {num_timesteps - 1}}}, got dtype {t.dtype}")
+        raise ValueError(
+            f"timesteps must be integers in {{0, ..., {num_timesteps - 1}}}, got dtype {t.dtype}"
+        )
     if t.ndim > 1:
-        raise ValueError(f"timesteps must be a scalar or have shape (N,), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"timesteps must be a scalar or have shape (N,), got shape {tuple(t.shape)}"
+        )
     # the range check reads values back, which would stall a GPU on every step: done on the CPU only
-    if t.numel() and t.device.type == "cpu" and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
+    if (
+        t.numel()
+        and t.device.type == "cpu"
+        and (int(t.min()) < 0 or int(t.max()) >= num_timesteps)
+    ):
         raise ValueError(
             f"timesteps must lie in {{0, ..., {num_timesteps - 1}}} (T = {num_timesteps}); "
             f"got values from {int(t.min())} to {int(t.max())}"
@@ -37,7 +49,9 @@ def check_timesteps(t: torch.Tensor, num_timesteps: int, batch_size: int | None 
         if t.ndim == 0:
             t = t.expand(batch_size)
         elif t.shape[0] != batch_size:
-            raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch_size}; give one per example")
+            raise ValueError(
+                f"got {t.shape[0]} timesteps for a batch of {batch_size}; give one per example"
+            )
     return t
 
 

@@ -34,15 +34,21 @@ def image_grid(
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+        raise ValueError(
+            f"images must have shape (N, 1 or 3, H, W), got {tuple(images.shape)}"
+        )
     if images.shape[0] == 0:
         raise ValueError("no images to put in a grid (N = 0)")
     low, high = value_range
     if not high > low:
-        raise ValueError(f"value_range must be (low, high) with high > low, e.g. (-1, 1) or (0, 1); got {value_range}")
+        raise ValueError(
+            f"value_range must be (low, high) with high > low, e.g. (-1, 1) or (0, 1); got {value_range}"
+        )
     unit = ((images.float().cpu() - low) / (high - low)).clamp(0, 1)
     nrow = nrow or math.ceil(math.sqrt(unit.shape[0]))
-    grid = make_grid(unit, nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W'), channels repeated if C = 1
+    grid = make_grid(
+        unit, nrow=nrow, padding=padding, pad_value=1.0
+    )  # (3, H', W'), channels repeated if C = 1
     if images.shape[1] == 1:
         return grid[0].numpy()
     return grid.permute(1, 2, 0).contiguous().numpy()
@@ -79,7 +85,13 @@ def show_images(
     grid = image_grid(images, nrow=nrow, value_range=value_range)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(
+        grid,
+        cmap="gray" if grid.ndim == 2 else None,
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 
-def linear_alphas_cumprod(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_alphas_cumprod(
+    T: int, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
     r""":math:`\bar\alpha_t = \prod_{s \le t}(1 - \beta_s)` of the linear schedule, in float64 numpy."""
     return np.cumprod(1.0 - np.linspace(beta_start, beta_end, T))
 
@@ -25,22 +27,30 @@ class ToyNoisePredictor(torch.nn.Module):
     sinusoidal embedding. Its weights come from a fixed seed.
     """
 
-    def __init__(self, channels: int = 3, hidden: int = 16, data_std: float = 0.5) -> None:
+    def __init__(
+        self, channels: int = 3, hidden: int = 16, data_std: float = 0.5
+    ) -> None:
         super().__init__()
         self.conv_in = torch.nn.Conv2d(channels, hidden, 3, padding=1)
         self.time_proj = torch.nn.Linear(8, hidden)
         self.conv_out = torch.nn.Conv2d(hidden, channels, 3, padding=1)
         alphas_cumprod = torch.from_numpy(linear_alphas_cumprod(1000))
-        gain = (1 - alphas_cumprod).sqrt() / (alphas_cumprod * data_std**2 + 1 - alphas_cumprod)
+        gain = (1 - alphas_cumprod).sqrt() / (
+            alphas_cumprod * data_std**2 + 1 - alphas_cumprod
+        )
         self.register_buffer("gain", gain.float())
-        self.register_buffer("freqs", torch.exp(-math.log(1000.0) * torch.arange(4) / 4))
+        self.register_buffer(
+            "freqs", torch.exp(-math.log(1000.0) * torch.arange(4) / 4)
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         angles = t.float()[:, None] * self.freqs
         embedding = self.time_proj(torch.cat([angles.sin(), angles.cos()], dim=1))
         hidden = torch.tanh(self.conv_in(x) + embedding[:, :, None, None])
-        return self.gain[t].to(x.dtype)[:, None, None, None] * x + 0.1 * self.conv_out(hidden)
+        return self.gain[t].to(x.dtype)[:, None, None, None] * x + 0.1 * self.conv_out(
+            hidden
+        )
 
 
 @pytest.fixture

@@ -19,7 +19,9 @@ SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
 
 def _cells(notebook) -> list[tuple]:
-    return [(cell.cell_type, cell.source, dict(cell.metadata)) for cell in notebook.cells]
+    return [
+        (cell.cell_type, cell.source, dict(cell.metadata)) for cell in notebook.cells
+    ]
 
 
 def _solution_notebook(
@@ -30,7 +32,9 @@ def _solution_notebook(
     cells = [install, nbformat.v4.new_markdown_cell(markdown)] + [
         nbformat.v4.new_code_cell(source) for source in code_cells
     ]
-    metadata = {"ddpm_course": {"points": points if points is not None else {"q_sample": 1}}}
+    metadata = {
+        "ddpm_course": {"points": points if points is not None else {"q_sample": 1}}
+    }
     return nbformat.v4.new_notebook(cells=cells, metadata=metadata)
 
 
@@ -51,7 +55,8 @@ Q_SAMPLE = '''def q_sample(x0, t, noise, alphas_cumprod):
 
 def test_every_chapter_with_graded_exercises_has_one_solutions_notebook():
     graded = sorted(
-        path.name[2:4] for path in (ROOT / "ddpm_course" / "grading").glob("ch[0-9][0-9]_*.py")
+        path.name[2:4]
+        for path in (ROOT / "ddpm_course" / "grading").glob("ch[0-9][0-9]_*.py")
     )
     assert graded[:3] == ["01", "02", "03"]
     assert [path.name[:2] for path in SOLUTIONS] == graded
@@ -60,8 +65,10 @@ def test_every_chapter_with_graded_exercises_has_one_solutions_notebook():
 def test_committed_exercises_are_not_stale(tmp_path):
     written = assign(ROOT / "solutions", tmp_path)
     committed = sorted((ROOT / "exercises").glob("*.ipynb"))
-    assert [path.name for path in written] == [path.name for path in committed], "run `make sync`"
-    for fresh_path, committed_path in zip(written, committed):
+    assert [path.name for path in written] == [path.name for path in committed], (
+        "run `make sync`"
+    )
+    for fresh_path, committed_path in zip(written, committed, strict=True):
         fresh = nbformat.read(fresh_path, as_version=4)
         old = nbformat.read(committed_path, as_version=4)
         assert _cells(fresh) == _cells(old), (
@@ -75,7 +82,9 @@ def test_committed_exercises_are_not_stale(tmp_path):
 def test_assign_output_is_byte_for_byte_deterministic(tmp_path):
     first = assign(ROOT / "solutions", tmp_path / "first")
     second = assign(ROOT / "solutions", tmp_path / "second")
-    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
+    assert [path.read_bytes() for path in first] == [
+        path.read_bytes() for path in second
+    ]
 
 
 def test_a_region_becomes_the_placeholder_at_its_indentation():
@@ -112,7 +121,8 @@ z = 4  # kept"""
 
 def test_an_end_marker_without_begin_is_an_error_naming_the_line():
     with pytest.raises(
-        ValueError, match=r"the cell, line 2: ### END SOLUTION without a ### BEGIN SOLUTION"
+        ValueError,
+        match=r"the cell, line 2: ### END SOLUTION without a ### BEGIN SOLUTION",
     ):
         strip_solutions("x = 1\n### END SOLUTION")
 
@@ -124,13 +134,18 @@ def test_a_begin_marker_that_is_never_closed_is_an_error_naming_the_line():
 
 def test_a_begin_marker_inside_a_region_is_an_error():
     with pytest.raises(
-        ValueError, match=r"line 3: ### BEGIN SOLUTION inside the region opened on line 1"
+        ValueError,
+        match=r"line 3: ### BEGIN SOLUTION inside the region opened on line 1",
     ):
-        strip_solutions("### BEGIN SOLUTION\nx = 1\n### BEGIN SOLUTION\n### END SOLUTION")
+        strip_solutions(
+            "### BEGIN SOLUTION\nx = 1\n### BEGIN SOLUTION\n### END SOLUTION"
+        )
 
 
 def test_unmatched_markers_in_a_notebook_name_the_notebook_and_cell(tmp_path):
-    folder = _write(tmp_path, _solution_notebook(Q_SAMPLE.replace("    ### END SOLUTION", "")))
+    folder = _write(
+        tmp_path, _solution_notebook(Q_SAMPLE.replace("    ### END SOLUTION", ""))
+    )
     with pytest.raises(ValueError, match=r"solutions/03_elbo.ipynb, cell 2, line 3"):
         assign(folder, tmp_path / "exercises")
 
@@ -149,9 +164,13 @@ def test_outputs_and_execution_counts_are_cleared(tmp_path):
     notebook.cells[-1].execution_count = 7
     (written,) = assign(_write(tmp_path, notebook), tmp_path / "exercises")
     code_cells = [
-        cell for cell in nbformat.read(written, as_version=4).cells if cell.cell_type == "code"
+        cell
+        for cell in nbformat.read(written, as_version=4).cells
+        if cell.cell_type == "code"
     ]
-    assert all(cell.outputs == [] and cell.execution_count is None for cell in code_cells)
+    assert all(
+        cell.outputs == [] and cell.execution_count is None for cell in code_cells
+    )
 
 
 def test_exercises_start_with_a_colab_badge_then_the_hidden_install_cell():
@@ -159,7 +178,9 @@ def test_exercises_start_with_a_colab_badge_then_the_hidden_install_cell():
         badge, install = nbformat.read(path, as_version=4).cells[:2]
         url = f"https://colab.research.google.com/github/ddpm-course/ddpm_course/blob/main/exercises/{path.name}"
         assert badge.cell_type == "markdown" and f"]({url})" in badge.source
-        assert install.cell_type == "code" and install.metadata["tags"] == ["hide-output"]
+        assert install.cell_type == "code" and install.metadata["tags"] == [
+            "hide-output"
+        ]
         assert 'find_spec("ddpm_course") is None' in install.source
 
 
@@ -181,24 +202,36 @@ def test_exercises_keep_no_solution_code():
         for cell in solution.cells:
             inside = cell.source.split("### BEGIN SOLUTION")[1:]
             for region in (part.split("### END SOLUTION")[0] for part in inside):
-                answer_lines = [line.strip() for line in region.splitlines() if line.strip()]
-                assert not any(line in text for line in answer_lines if len(line) > 20), (
-                    f"an answer line of {solution_path.name} leaked"
-                )
+                answer_lines = [
+                    line.strip() for line in region.splitlines() if line.strip()
+                ]
+                assert not any(
+                    line in text for line in answer_lines if len(line) > 20
+                ), f"an answer line of {solution_path.name} leaked"
         for name in exercise_points(solution):
-            (cell,) = [cell for cell in exercise.cells if cell.source.startswith(f"def {name}(")]
+            (cell,) = [
+                cell
+                for cell in exercise.cells
+                if cell.source.startswith(f"def {name}(")
+            ]
             assert cell.source.rstrip().endswith("raise NotImplementedError")
 
 
 def test_points_for_an_unregistered_exercise_are_rejected(tmp_path):
-    notebook = _solution_notebook(Q_SAMPLE, points={"q_sample": 1, "not_an_exercise": 2})
-    with pytest.raises(ValueError, match="there is no exercise called 'not_an_exercise'"):
+    notebook = _solution_notebook(
+        Q_SAMPLE, points={"q_sample": 1, "not_an_exercise": 2}
+    )
+    with pytest.raises(
+        ValueError, match="there is no exercise called 'not_an_exercise'"
+    ):
         assign(_write(tmp_path, notebook), tmp_path / "exercises")
 
 
 def test_points_for_a_function_the_notebook_does_not_define_are_rejected(tmp_path):
     notebook = _solution_notebook(Q_SAMPLE, points={"q_sample": 1, "normal_kl": 1})
-    with pytest.raises(ValueError, match="gives points to 'normal_kl' but defines no function"):
+    with pytest.raises(
+        ValueError, match="gives points to 'normal_kl' but defines no function"
+    ):
         assign(_write(tmp_path, notebook), tmp_path / "exercises")
 
 
@@ -211,7 +244,9 @@ def test_a_notebook_without_the_install_cell_is_rejected(tmp_path):
 
 def test_every_registered_exercise_is_in_exactly_one_solutions_notebook():
     graded = [
-        name for path in SOLUTIONS for name in exercise_points(nbformat.read(path, as_version=4))
+        name
+        for path in SOLUTIONS
+        for name in exercise_points(nbformat.read(path, as_version=4))
     ]
     assert sorted(graded) == sorted(EXERCISES)
 

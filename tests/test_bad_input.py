@@ -40,10 +40,14 @@ def test_timestep_outside_0_to_T_minus_1_is_refused(diffusion, t):
         diffusion.q_sample(x(), t)
 
 
-@pytest.mark.parametrize("call", ["q_sample", "q_posterior", "p_mean_variance", "training_losses"])
+@pytest.mark.parametrize(
+    "call", ["q_sample", "q_posterior", "p_mean_variance", "training_losses"]
+)
 def test_float_timesteps_are_refused(diffusion, call):
     t = torch.tensor([1.0, 2.0])
-    with pytest.raises(ValueError, match=r"timesteps must be integers in \{0, \.\.\., 49\}"):
+    with pytest.raises(
+        ValueError, match=r"timesteps must be integers in \{0, \.\.\., 49\}"
+    ):
         if call == "q_sample":
             diffusion.q_sample(x(), t)
         elif call == "q_posterior":
@@ -81,32 +85,53 @@ def test_respace_timesteps_outside_0_to_T_minus_1_are_refused(diffusion):
 
 
 def test_unknown_schedule_names_the_three_schedules():
-    with pytest.raises(ValueError, match="unknown schedule 'quadratic'; choose one of 'linear', 'cosine', 'sigmoid'"):
+    with pytest.raises(
+        ValueError,
+        match="unknown schedule 'quadratic'; choose one of 'linear', 'cosine', 'sigmoid'",
+    ):
         get_betas("quadratic", 10)
 
 
 def test_unknown_objective_names_the_objectives():
-    with pytest.raises(ValueError, match="unknown objective 'score'; choose one of 'eps', 'x0', 'v'"):
+    with pytest.raises(
+        ValueError, match="unknown objective 'score'; choose one of 'eps', 'x0', 'v'"
+    ):
         GaussianDiffusion(NoiseSchedule.from_name("linear", T), objective="score")
 
 
 def test_unknown_var_type_names_the_variance_types():
-    with pytest.raises(ValueError, match="choose one of 'fixed_small', 'fixed_large', 'learned_range'"):
+    with pytest.raises(
+        ValueError, match="choose one of 'fixed_small', 'fixed_large', 'learned_range'"
+    ):
         GaussianDiffusion(NoiseSchedule.from_name("linear", T), var_type="learned")
 
 
 @pytest.mark.parametrize(
     "spacing_user",
-    ["timestep_sequence", "ddim_sample", "respace", "dpm_solver_sample", "ddim_invert", "respace_list"],
+    [
+        "timestep_sequence",
+        "ddim_sample",
+        "respace",
+        "dpm_solver_sample",
+        "ddim_invert",
+        "respace_list",
+    ],
 )
 def test_unknown_spacing_names_the_spacings(diffusion, spacing_user):
-    with pytest.raises(ValueError, match="unknown spacing 'uniform'; choose one of 'leading', 'trailing', 'linspace'"):
+    with pytest.raises(
+        ValueError,
+        match="unknown spacing 'uniform'; choose one of 'leading', 'trailing', 'linspace'",
+    ):
         if spacing_user == "timestep_sequence":
             timestep_sequence(T, 10, "uniform")
         elif spacing_user == "ddim_sample":
-            ddim_sample(identity_model, diffusion, (1, 1, 4, 4), steps=10, spacing="uniform")
+            ddim_sample(
+                identity_model, diffusion, (1, 1, 4, 4), steps=10, spacing="uniform"
+            )
         elif spacing_user == "dpm_solver_sample":
-            dpm_solver_sample(identity_model, diffusion, (1, 1, 4, 4), steps=10, spacing="uniform")
+            dpm_solver_sample(
+                identity_model, diffusion, (1, 1, 4, 4), steps=10, spacing="uniform"
+            )
         elif spacing_user == "ddim_invert":
             ddim_invert(identity_model, diffusion, x(1), steps=10, spacing="uniform")
         elif spacing_user == "respace":
@@ -116,34 +141,56 @@ def test_unknown_spacing_names_the_spacings(diffusion, spacing_user):
 
 
 def test_unknown_loss_type_names_the_loss_types(diffusion):
-    with pytest.raises(ValueError, match="unknown loss_type 'l1'; choose one of 'simple', 'hybrid', 'vlb'"):
+    with pytest.raises(
+        ValueError,
+        match="unknown loss_type 'l1'; choose one of 'simple', 'hybrid', 'vlb'",
+    ):
         diffusion.training_losses(identity_model, x(), loss_type="l1")
 
 
 @pytest.mark.parametrize("call", ["q_sample", "training_losses"])
 def test_noise_of_another_shape_is_refused(diffusion, call):
     noise = torch.zeros(2, 1, 4, 5)
-    with pytest.raises(ValueError, match=r"noise has shape \(2, 1, 4, 5\) but x0 has shape \(2, 1, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"noise has shape \(2, 1, 4, 5\) but x0 has shape \(2, 1, 4, 4\)",
+    ):
         if call == "q_sample":
             diffusion.q_sample(x(), torch.tensor([1, 2]), noise=noise)
         else:
-            diffusion.training_losses(identity_model, x(), t=torch.tensor([1, 2]), noise=noise)
+            diffusion.training_losses(
+                identity_model, x(), t=torch.tensor([1, 2]), noise=noise
+            )
 
 
 @pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample, dpm_solver_sample])
 def test_x_T_of_another_shape_is_refused(diffusion, sampler):
-    with pytest.raises(ValueError, match=r"x_T has shape \(2, 1, 4, 4\) but shape \(3, 1, 4, 4\) was asked for"):
+    with pytest.raises(
+        ValueError,
+        match=r"x_T has shape \(2, 1, 4, 4\) but shape \(3, 1, 4, 4\) was asked for",
+    ):
         sampler(identity_model, diffusion, (3, 1, 4, 4), x_T=x(2))
 
 
-@pytest.mark.parametrize("var_type,expected", [("fixed_small", r"\(2, 1, 4, 4\)"), ("learned_range", r"\(2, 2, 4, 4\) \(learned_range needs twice")])
+@pytest.mark.parametrize(
+    "var_type,expected",
+    [
+        ("fixed_small", r"\(2, 1, 4, 4\)"),
+        ("learned_range", r"\(2, 2, 4, 4\) \(learned_range needs twice"),
+    ],
+)
 def test_model_output_of_the_wrong_shape_is_refused(var_type, expected):
-    diffusion = GaussianDiffusion(NoiseSchedule.from_name("linear", T), var_type=var_type)
+    diffusion = GaussianDiffusion(
+        NoiseSchedule.from_name("linear", T), var_type=var_type
+    )
 
     def flattening_model(x, t):
         return x.flatten(1)
 
-    with pytest.raises(ValueError, match=rf"the model returned shape \(2, 16\) for input \(2, 1, 4, 4\); expected {expected}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"the model returned shape \(2, 16\) for input \(2, 1, 4, 4\); expected {expected}",
+    ):
         diffusion.p_mean_variance(flattening_model, x(), torch.tensor([1, 2]))
 
 
@@ -164,13 +211,18 @@ def test_negative_eta_is_refused(diffusion, call):
 
 
 @pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample, dpm_solver_sample])
-def test_a_shape_the_model_rejects_is_reported_as_the_shape_argument(diffusion, sampler):
+def test_a_shape_the_model_rejects_is_reported_as_the_shape_argument(
+    diffusion, sampler
+):
     conv = torch.nn.Conv2d(3, 3, 3, padding=1)  # a model for 3-channel images
 
     def model(x, t):
         return conv(x)
 
-    with pytest.raises(ValueError, match=r"model failed on x_t of shape \(1, 1, 4, 4\) \(the `shape` argument"):
+    with pytest.raises(
+        ValueError,
+        match=r"model failed on x_t of shape \(1, 1, 4, 4\) \(the `shape` argument",
+    ):
         sampler(model, diffusion, (1, 1, 4, 4))
 
 
@@ -181,19 +233,36 @@ def test_a_malformed_shape_is_refused(diffusion, shape):
 
 
 def test_lambda_min_clipped_that_leaves_too_few_timesteps_is_refused(diffusion):
-    with pytest.raises(ValueError, match=r"lambda_min_clipped=2.0 leaves \d+ timesteps, fewer than steps=20"):
-        dpm_solver_sample(identity_model, diffusion, (1, 1, 4, 4), steps=20, lambda_min_clipped=2.0)
+    with pytest.raises(
+        ValueError,
+        match=r"lambda_min_clipped=2.0 leaves \d+ timesteps, fewer than steps=20",
+    ):
+        dpm_solver_sample(
+            identity_model, diffusion, (1, 1, 4, 4), steps=20, lambda_min_clipped=2.0
+        )
 
 
 @pytest.mark.parametrize("T_bad", [0, -3, 2.0, True])
 def test_number_of_timesteps_must_be_a_positive_integer(T_bad):
-    with pytest.raises(ValueError, match="the number of timesteps T must be a positive integer"):
+    with pytest.raises(
+        ValueError, match="the number of timesteps T must be a positive integer"
+    ):
         get_betas("cosine", T_bad)
 
 
-@pytest.mark.parametrize("betas", [torch.tensor([0.1, 0.0]), torch.tensor([0.5, 1.5]), torch.tensor([[0.1]]), torch.tensor([])])
+@pytest.mark.parametrize(
+    "betas",
+    [
+        torch.tensor([0.1, 0.0]),
+        torch.tensor([0.5, 1.5]),
+        torch.tensor([[0.1]]),
+        torch.tensor([]),
+    ],
+)
 def test_betas_outside_0_1_or_not_1d_are_refused(betas):
-    with pytest.raises(ValueError, match=r"betas must (lie in \(0, 1\]|be a non-empty 1-D tensor)"):
+    with pytest.raises(
+        ValueError, match=r"betas must (lie in \(0, 1\]|be a non-empty 1-D tensor)"
+    ):
         NoiseSchedule(betas)
 
 
@@ -211,4 +280,14 @@ def test_sample_refuses_a_shipped_model_that_is_not_a_denoiser(tmp_path, capsys)
     from ddpm_course.cli import main
 
     with pytest.raises(SystemExit, match="digits-vae is not a diffusion model"):
-        main(["sample", "--checkpoint", "digits-vae", "--n", "2", "--out", str(tmp_path / "g.png")])
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                "digits-vae",
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "g.png"),
+            ]
+        )

@@ -18,7 +18,9 @@ def _diffusers_net(model: torch.nn.Module):
 
 
 @pytest.mark.parametrize("size, attended_level", [(16, 1), (32, 2)])
-def test_diffusers_peer_has_our_levels_attention_and_a_matched_parameter_count(size, attended_level):
+def test_diffusers_peer_has_our_levels_attention_and_a_matched_parameter_count(
+    size, attended_level
+):
     contenders = bench.build_contenders(size)
     ours, peer = contenders["ours"], contenders["diffusers"]
     target = bench.count_parameters(ours)
@@ -28,7 +30,9 @@ def test_diffusers_peer_has_our_levels_attention_and_a_matched_parameter_count(s
     expected = ["DownBlock2D"] * 3
     expected[attended_level] = "AttnDownBlock2D"
     assert list(config.down_block_types) == expected
-    assert list(config.up_block_types) == [name.replace("Down", "Up") for name in reversed(expected)]
+    assert list(config.up_block_types) == [
+        name.replace("Down", "Up") for name in reversed(expected)
+    ]
     assert config.attention_head_dim is None  # one head, as ours
     assert config.norm_num_groups == ours.config["num_groups"]
 
@@ -49,7 +53,9 @@ def test_a_peer_that_is_not_installed_is_reported_not_fatal(monkeypatch):
 
 def test_a_peer_that_cannot_be_matched_within_ten_percent_is_reported(monkeypatch):
     # only a width far too large to match is available
-    monkeypatch.setattr(bench, "_match_width", lambda build, target, widths: build(widths[-1]))
+    monkeypatch.setattr(
+        bench, "_match_width", lambda build, target, widths: build(widths[-1])
+    )
     contenders = bench.build_contenders(16)
     assert "no width within 10%" in contenders["diffusers"]
 
@@ -64,7 +70,9 @@ def test_bench_table_reports_the_measured_ratios(tmp_path, monkeypatch):
     table = markdown_path.read_text()
     for row in rows:
         # one round: the paired ratio is the ratio of the two throughputs
-        ratio = ours["train_images_per_s_rounds"][0] / row["train_images_per_s_rounds"][0]
+        ratio = (
+            ours["train_images_per_s_rounds"][0] / row["train_images_per_s_rounds"][0]
+        )
         assert f"| {row['name']} | {row['parameters']:,} |" in table
         assert f"{ratio:.2f}× ({ratio:.2f}–{ratio:.2f})" in table
         assert row["train_images_per_s"] > 0 and row["sample_ms_per_nfe"] > 0
@@ -78,7 +86,9 @@ def test_ratio_is_the_median_of_ratios_paired_within_rounds(tmp_path):
     assert "| 16 | peer | 10 | 50.0 | 2.00× (2.00–2.00) |" in markdown_path.read_text()
 
 
-@pytest.mark.parametrize("kwargs, message", [({"layout": "nhwc"}, "layout"), ({"rounds": 0}, "rounds")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"layout": "nhwc"}, "layout"), ({"rounds": 0}, "rounds")]
+)
 def test_bench_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         bench.run_bench((16,), **kwargs)
@@ -89,5 +99,7 @@ def test_ablation_adds_our_unet_with_the_peers_blocks_per_level():
     uniform = contenders["ours-2-per-level"]
     assert uniform.config["num_res_blocks"] == 2
     # the same architecture as the diffusers peer: the same parameter count
-    assert bench.count_parameters(uniform) == bench.count_parameters(contenders["diffusers"])
+    assert bench.count_parameters(uniform) == bench.count_parameters(
+        contenders["diffusers"]
+    )
     assert "ours-2-per-level" not in bench.build_contenders(16)

@@ -52,14 +52,22 @@ def test_chapter_markdown_and_notebook_are_in_sync(markdown: Path):
     assert notebook_path.exists(), f"{notebook_path.name} is missing: run `make sync`"
     from_markdown = jupytext.read(markdown)
     committed = nbformat.read(notebook_path, as_version=4)
-    assert _cells(from_markdown) == _cells(committed), f"{markdown.name} and its .ipynb differ: run `make sync`"
+    assert _cells(from_markdown) == _cells(committed), (
+        f"{markdown.name} and its .ipynb differ: run `make sync`"
+    )
 
 
 @pytest.mark.parametrize("markdown", CHAPTERS, ids=lambda p: p.stem)
 def test_committed_notebook_has_no_outputs(markdown: Path):
     committed = nbformat.read(markdown.with_suffix(".ipynb"), as_version=4)
-    dirty = [i for i, cell in enumerate(committed.cells) if cell.cell_type == "code" and (cell.outputs or cell.execution_count)]
-    assert not dirty, f"cells {dirty} of {markdown.stem}.ipynb have outputs: clear them before committing"
+    dirty = [
+        i
+        for i, cell in enumerate(committed.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count)
+    ]
+    assert not dirty, (
+        f"cells {dirty} of {markdown.stem}.ipynb have outputs: clear them before committing"
+    )
 
 
 @pytest.mark.parametrize("markdown", CHAPTERS, ids=lambda p: p.stem)
@@ -77,8 +85,14 @@ def test_chapter_starts_with_the_hidden_colab_install_cell(markdown: Path):
     )
     assert 'find_spec("ddpm_course") is None' in first_code.source
     assert f"git+{_repository_url()}" in first_code.source
-    code_lines = "\n".join(line for line in first_code.source.splitlines() if not line.lstrip().startswith("#"))
-    assert "torch" not in code_lines.replace("ddpm_course", ""), "the install cell must never (re)install torch"
+    code_lines = "\n".join(
+        line
+        for line in first_code.source.splitlines()
+        if not line.lstrip().startswith("#")
+    )
+    assert "torch" not in code_lines.replace("ddpm_course", ""), (
+        "the install cell must never (re)install torch"
+    )
 
 
 # [tool.ruff] line-length: a code line wider than this scrolls in the cell

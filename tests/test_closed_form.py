@@ -28,8 +28,13 @@ from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample
 
 T = 1000
 MU, SIGMA = 0.2, 0.3  # the data law N(MU, SIGMA^2)
-ALPHAS_CUMPROD = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))  # linear betas of Ho et al. 2020
-X_T, ONE = np.array([1.0, 0.0]), np.array([0.0, 1.0])  # affine maps of x_T as [coefficient, offset]
+ALPHAS_CUMPROD = np.cumprod(
+    1.0 - np.linspace(1e-4, 0.02, T)
+)  # linear betas of Ho et al. 2020
+X_T, ONE = (
+    np.array([1.0, 0.0]),
+    np.array([0.0, 1.0]),
+)  # affine maps of x_T as [coefficient, offset]
 
 
 def scaled_linear_betas(num_timesteps: int) -> np.ndarray:
@@ -69,8 +74,10 @@ def ddim_affine_map(steps: int, spacing: str) -> np.ndarray:
     r"""DDIM with η = 0: :math:`x_{t'} = \sqrt{\bar\alpha_{t'}}\hat x_0 + \sqrt{1-\bar\alpha_{t'}}\hat\epsilon`."""
     timesteps = visited_timesteps(steps, spacing)
     x = X_T
-    for t, t_next in zip(timesteps, timesteps[1:] + [None]):
-        x = math.sqrt(alpha_bar(t_next)) * exact_x0(x, t) + math.sqrt(1 - alpha_bar(t_next)) * exact_eps(x, t)
+    for t, t_next in zip(timesteps, timesteps[1:] + [None], strict=True):
+        x = math.sqrt(alpha_bar(t_next)) * exact_x0(x, t) + math.sqrt(
+            1 - alpha_bar(t_next)
+        ) * exact_eps(x, t)
     return x
 
 
@@ -79,13 +86,16 @@ def dpm_solver_pp_2m_affine_map(steps: int) -> np.ndarray:
     step to α = 1, σ = 0 are first order; the multistep correction uses r = h_{k-1}/h_k."""
     timesteps = visited_timesteps(steps, "linspace")
     x, previous_x0, previous_h = X_T, None, None
-    for t, t_next in zip(timesteps, timesteps[1:] + [None]):
+    for t, t_next in zip(timesteps, timesteps[1:] + [None], strict=True):
         x0 = exact_x0(x, t)
         if t_next is None:
             x = x0
             continue
         alpha_s, sigma_s = math.sqrt(alpha_bar(t)), math.sqrt(1 - alpha_bar(t))
-        alpha_t, sigma_t = math.sqrt(alpha_bar(t_next)), math.sqrt(1 - alpha_bar(t_next))
+        alpha_t, sigma_t = (
+            math.sqrt(alpha_bar(t_next)),
+            math.sqrt(1 - alpha_bar(t_next)),
+        )
         h = math.log(alpha_t / sigma_t) - math.log(alpha_s / sigma_s)
         if previous_x0 is None:
             data_term = x0
@@ -120,7 +130,9 @@ def exact_model(gaussian_eps_model):
 
 
 # --------------------------------------------------------------- samplers as affine maps
-AFFINE_TOL = 1e-12  # float64 round-off over at most 1000 affine steps (measured: 2e-15 at 50)
+AFFINE_TOL = (
+    1e-12  # float64 round-off over at most 1000 affine steps (measured: 2e-15 at 50)
+)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
@@ -128,8 +140,16 @@ AFFINE_TOL = 1e-12  # float64 round-off over at most 1000 affine steps (measured
 def test_ddim_is_the_composed_affine_map(steps, spacing, diffusion, exact_model):
     x_T = torch.linspace(-4, 4, 81, dtype=torch.float64).reshape(81, 1)
     coef, offset = ddim_affine_map(steps, spacing)
-    out = ddim_sample(exact_model, diffusion, x_T.shape, steps=steps, spacing=spacing, x_T=x_T,
-                      clip_denoised=False, dtype=torch.float64)
+    out = ddim_sample(
+        exact_model,
+        diffusion,
+        x_T.shape,
+        steps=steps,
+        spacing=spacing,
+        x_T=x_T,
+        clip_denoised=False,
+        dtype=torch.float64,
+    )
     assert float((out - (coef * x_T + offset)).abs().max()) < AFFINE_TOL
 
 
@@ -137,31 +157,64 @@ def test_ddim_is_the_composed_affine_map(steps, spacing, diffusion, exact_model)
 def test_dpm_solver_is_the_composed_affine_map(steps, diffusion, exact_model):
     x_T = torch.linspace(-4, 4, 81, dtype=torch.float64).reshape(81, 1)
     coef, offset = dpm_solver_pp_2m_affine_map(steps)
-    out = dpm_solver_sample(exact_model, diffusion, x_T.shape, steps=steps, x_T=x_T, dtype=torch.float64)
+    out = dpm_solver_sample(
+        exact_model, diffusion, x_T.shape, steps=steps, x_T=x_T, dtype=torch.float64
+    )
     assert float((out - (coef * x_T + offset)).abs().max()) < AFFINE_TOL
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
-def test_deterministic_samples_follow_the_exact_output_law(sampler, diffusion, exact_model):
+def test_deterministic_samples_follow_the_exact_output_law(
+    sampler, diffusion, exact_model
+):
     """20000 samples from random x_T: mean and std within 5 standard errors of N(B, A^2)."""
     n, generator = 20_000, torch.Generator().manual_seed(0)
     if sampler == "ddim":
-        (coef, offset), out = ddim_affine_map(10, "leading"), ddim_sample(
-            exact_model, diffusion, (n, 1), steps=10, generator=generator, clip_denoised=False, dtype=torch.float64)
+        (coef, offset), out = (
+            ddim_affine_map(10, "leading"),
+            ddim_sample(
+                exact_model,
+                diffusion,
+                (n, 1),
+                steps=10,
+                generator=generator,
+                clip_denoised=False,
+                dtype=torch.float64,
+            ),
+        )
     else:
-        (coef, offset), out = dpm_solver_pp_2m_affine_map(10), dpm_solver_sample(
-            exact_model, diffusion, (n, 1), steps=10, generator=generator, dtype=torch.float64)
+        (coef, offset), out = (
+            dpm_solver_pp_2m_affine_map(10),
+            dpm_solver_sample(
+                exact_model,
+                diffusion,
+                (n, 1),
+                steps=10,
+                generator=generator,
+                dtype=torch.float64,
+            ),
+        )
     std = abs(coef)
-    assert abs(float(out.mean()) - offset) < 5 * std / math.sqrt(n)  # SE of a mean: std / sqrt(n)
-    assert abs(float(out.std()) - std) < 5 * std / math.sqrt(2 * n)  # SE of a Gaussian std: std / sqrt(2n)
+    assert abs(float(out.mean()) - offset) < 5 * std / math.sqrt(
+        n
+    )  # SE of a mean: std / sqrt(n)
+    assert abs(float(out.std()) - std) < 5 * std / math.sqrt(
+        2 * n
+    )  # SE of a Gaussian std: std / sqrt(2n)
 
 
 @pytest.fixture(scope="module")
 def ddpm_samples(gaussian_eps_model) -> torch.Tensor:
     """40000 scalar samples of 1000-step ancestral DDPM with the exact model (a few seconds)."""
     diffusion = GaussianDiffusion(torch.from_numpy(np.linspace(1e-4, 0.02, T)))
-    return ddpm_sample(gaussian_eps_model(ALPHAS_CUMPROD, MU, SIGMA), diffusion, (40_000, 1), clip_denoised=False,
-                       generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return ddpm_sample(
+        gaussian_eps_model(ALPHAS_CUMPROD, MU, SIGMA),
+        diffusion,
+        (40_000, 1),
+        clip_denoised=False,
+        generator=torch.Generator().manual_seed(1),
+        dtype=torch.float64,
+    )
 
 
 def test_ddpm_ancestral_1000_steps_keeps_the_data_std_within_2_percent(ddpm_samples):
@@ -172,30 +225,55 @@ def test_ddpm_ancestral_1000_steps_keeps_the_data_std_within_2_percent(ddpm_samp
     assert abs(float(ddpm_samples.mean()) - MU) < 0.02 * SIGMA
 
 
-def test_ddpm_ancestral_is_the_composed_map_of_x_T_and_its_step_noises(diffusion, exact_model):
+def test_ddpm_ancestral_is_the_composed_map_of_x_T_and_its_step_noises(
+    diffusion, exact_model
+):
     """Given x_T and the step noises z_t (drawn from the generator once per t > 0, which a twin
     generator reproduces), ancestral sampling is x <- g_t x + o_t + sqrt(v_t) z_t down to t = 0."""
     x_T = torch.linspace(-4, 4, 81, dtype=torch.float64).reshape(81, 1)
-    out = ddpm_sample(exact_model, diffusion, x_T.shape, x_T=x_T, clip_denoised=False,
-                      generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    out = ddpm_sample(
+        exact_model,
+        diffusion,
+        x_T.shape,
+        x_T=x_T,
+        clip_denoised=False,
+        generator=torch.Generator().manual_seed(6),
+        dtype=torch.float64,
+    )
     twin_generator, expected = torch.Generator().manual_seed(6), x_T
     for t in range(T - 1, -1, -1):
         gain, offset, noise_var = ddpm_posterior_step(t)
         expected = gain * expected + offset
         if t > 0:
-            expected = expected + math.sqrt(noise_var) * torch.randn(x_T.shape, generator=twin_generator, dtype=torch.float64)
+            expected = expected + math.sqrt(noise_var) * torch.randn(
+                x_T.shape, generator=twin_generator, dtype=torch.float64
+            )
     assert float((out - expected).abs().max()) < AFFINE_TOL
 
 
 @pytest.mark.parametrize("steps", [10, 20])
-def test_dpm_solver_is_closer_to_the_data_std_than_ddim_on_the_same_timesteps(steps, diffusion, exact_model):
+def test_dpm_solver_is_closer_to_the_data_std_than_ddim_on_the_same_timesteps(
+    steps, diffusion, exact_model
+):
     """Both samplers are affine maps of x_T, so with the same x_T their stds are exact multiples of
     std(x_T): the comparison has no Monte-Carlo error. (At 10 steps both lose most of the std on
     the last step, from t = 100 straight to alpha-bar = 1: 0.193 against 0.184 for SIGMA = 0.3.)"""
-    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    ddim = ddim_sample(exact_model, diffusion, x_T.shape, steps=steps, spacing="linspace", x_T=x_T,
-                       clip_denoised=False, dtype=torch.float64)
-    dpm = dpm_solver_sample(exact_model, diffusion, x_T.shape, steps=steps, x_T=x_T, dtype=torch.float64)
+    x_T = torch.randn(
+        2000, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    ddim = ddim_sample(
+        exact_model,
+        diffusion,
+        x_T.shape,
+        steps=steps,
+        spacing="linspace",
+        x_T=x_T,
+        clip_denoised=False,
+        dtype=torch.float64,
+    )
+    dpm = dpm_solver_sample(
+        exact_model, diffusion, x_T.shape, steps=steps, x_T=x_T, dtype=torch.float64
+    )
     assert abs(float(dpm.std()) - SIGMA) < abs(float(ddim.std()) - SIGMA)
 
 
@@ -203,13 +281,25 @@ def test_ddim_50_shrinks_the_std_as_diffusers_does(diffusion, exact_model):
     """Deterministic DDIM with 50 leading steps under-disperses Gaussian data by about 8%; diffusers'
     DDIM, run here on the same x_T, gives the same std to float32 round-off (1e-4 relative)."""
     x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(3))
-    ours = ddim_sample(exact_model, diffusion, x_T.shape, steps=50, x_T=x_T, clip_denoised=False)
-    scheduler = DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                              clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    ours = ddim_sample(
+        exact_model, diffusion, x_T.shape, steps=50, x_T=x_T, clip_denoised=False
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=T,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+    )
     scheduler.set_timesteps(50)
     x = x_T
     for step in scheduler.timesteps.tolist():
-        x = scheduler.step(exact_model(x, torch.full((x.shape[0],), step)), step, x).prev_sample
+        x = scheduler.step(
+            exact_model(x, torch.full((x.shape[0],), step)), step, x
+        ).prev_sample
     their_std, our_std = float(x.std()), float(ours.std())
     assert abs(our_std - their_std) < 1e-4 * their_std
     assert our_std < 0.95 * SIGMA
@@ -242,20 +332,31 @@ def bins_to_check(mean: float, std: float) -> list[int]:
     """The edge bins, and bins 0 to 7 standard deviations either side of the mean, where the
     package's floor of 1e-12 on a bin's mass is not reached."""
     center = (mean + 1) * 255 / 2
-    offsets = [round(center + z * std * 255 / 2) for z in (-7, -6, -5, -3, -1, 0, 1, 3, 5, 6, 7)]
+    offsets = [
+        round(center + z * std * 255 / 2)
+        for z in (-7, -6, -5, -3, -1, 0, 1, 3, 5, 6, 7)
+    ]
     ks = sorted({k for k in [0, 1, 2, 253, 254, 255, *offsets] if 0 <= k <= 255})
     return [k for k in ks if log_bin_probability(k, mean, std) > math.log(1e-11)]
 
 
-@pytest.mark.parametrize("mean,std", [(0.1, 0.3), (-0.95, 0.02), (0.9, 0.05), (0.002, 0.004)])
+@pytest.mark.parametrize(
+    "mean,std", [(0.1, 0.3), (-0.95, 0.02), (0.9, 0.05), (0.002, 0.004)]
+)
 def test_discretized_gaussian_log_likelihood_matches_erf_bin_masses(mean, std):
     """Edge bins (k = 0, 255), the middle, and bins far in the tails of the Gaussian, in float64."""
     ks = bins_to_check(mean, std)
     x = torch.tensor([-1 + 2 * k / 255 for k in ks], dtype=torch.float64)
-    ours = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, math.log(std)))
-    expected = torch.tensor([log_bin_probability(k, mean, std) for k in ks], dtype=torch.float64)
+    ours = discretized_gaussian_log_likelihood(
+        x, torch.full_like(x, mean), torch.full_like(x, math.log(std))
+    )
+    expected = torch.tensor(
+        [log_bin_probability(k, mean, std) for k in ks], dtype=torch.float64
+    )
     assert len(ks) >= 6
-    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)  # float64, a few ulps of erfc
+    torch.testing.assert_close(
+        ours, expected, rtol=1e-9, atol=1e-12
+    )  # float64, a few ulps of erfc
 
 
 def test_discretized_gaussian_log_likelihood_is_accurate_in_float32_tails():
@@ -265,27 +366,42 @@ def test_discretized_gaussian_log_likelihood_is_accurate_in_float32_tails():
     mean, std = -1 + 2 * 127 / 255, 0.0074
     ks = list(range(120, 135))
     x = torch.tensor([-1 + 2 * k / 255 for k in ks], dtype=torch.float32)
-    ours = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, math.log(std)))
-    expected = torch.tensor([log_bin_probability(k, mean, std) for k in ks], dtype=torch.float32)
+    ours = discretized_gaussian_log_likelihood(
+        x, torch.full_like(x, mean), torch.full_like(x, math.log(std))
+    )
+    expected = torch.tensor(
+        [log_bin_probability(k, mean, std) for k in ks], dtype=torch.float32
+    )
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mean,std", [(0.0, 0.3), (0.9, 0.005), (-3.0, 0.01)])
-def test_discretized_gaussian_log_likelihood_has_finite_gradients_in_every_bin(mean, std):
+def test_discretized_gaussian_log_likelihood_has_finite_gradients_in_every_bin(
+    mean, std
+):
     """Training (the hybrid loss at t = 0) differentiates through every branch, floors included."""
     x = -1 + 2 * torch.arange(256, dtype=torch.float32) / 255
     means = torch.full_like(x, mean, requires_grad=True)
     log_scales = torch.full_like(x, math.log(std), requires_grad=True)
     discretized_gaussian_log_likelihood(x, means, log_scales).sum().backward()
-    assert bool(torch.isfinite(means.grad).all()) and bool(torch.isfinite(log_scales.grad).all())
+    assert bool(torch.isfinite(means.grad).all()) and bool(
+        torch.isfinite(log_scales.grad).all()
+    )
 
 
-@pytest.mark.parametrize("mean,std", [(0.1, 0.3), (-1.3, 0.2), (0.999, 0.01), (0.0, 3.0), (0.5, 1e-3)])
+@pytest.mark.parametrize(
+    "mean,std", [(0.1, 0.3), (-1.3, 0.2), (0.999, 0.01), (0.0, 3.0), (0.5, 1e-3)]
+)
 def test_discretized_gaussian_probabilities_sum_to_one_over_256_bins(mean, std):
     x = -1 + 2 * torch.arange(256, dtype=torch.float64) / 255
-    log_p = discretized_gaussian_log_likelihood(x, torch.tensor(mean, dtype=torch.float64),
-                                                torch.tensor(math.log(std), dtype=torch.float64))
-    assert abs(float(log_p.exp().sum()) - 1) < 1e-9  # float64 round-off over 256 terms (and floors of 1e-12)
+    log_p = discretized_gaussian_log_likelihood(
+        x,
+        torch.tensor(mean, dtype=torch.float64),
+        torch.tensor(math.log(std), dtype=torch.float64),
+    )
+    assert (
+        abs(float(log_p.exp().sum()) - 1) < 1e-9
+    )  # float64 round-off over 256 terms (and floors of 1e-12)
 
 
 @pytest.mark.parametrize("num_timesteps", [20, 1000])
@@ -293,11 +409,19 @@ def test_prior_bpd_is_the_closed_form_kl_to_the_standard_normal(num_timesteps):
     """KL(N(a x0, 1 - a^2) || N(0, 1)) = (a^2 x0^2 - a^2 - log(1 - a^2)) / 2 nats, a^2 = alpha-bar_T."""
     betas = np.linspace(1e-4, 0.02, num_timesteps)
     alpha_bar_T = float(np.prod(1 - betas))
-    x0 = torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2 - 1
+    x0 = (
+        torch.rand(
+            3, 2, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+        )
+        * 2
+        - 1
+    )
     expected = 0.5 * (alpha_bar_T * x0**2 - alpha_bar_T - math.log1p(-alpha_bar_T))
     expected = expected.mean(dim=(1, 2, 3)) / math.log(2)
     ours = GaussianDiffusion(torch.from_numpy(betas)).prior_bpd(x0)
-    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-15)  # float64; the KL is ~1e-6 bits at T = 1000
+    torch.testing.assert_close(
+        ours, expected, rtol=1e-9, atol=1e-15
+    )  # float64; the KL is ~1e-6 bits at T = 1000
 
 
 def expected_bound_bits(x0: float, betas: np.ndarray) -> tuple[float, np.ndarray]:
@@ -319,13 +443,25 @@ def expected_bound_bits(x0: float, betas: np.ndarray) -> tuple[float, np.ndarray
     c, e = (1 - b * k) / a, b * k * MU
     mean_square_error = (b * k * (x0 - MU)) ** 2 + c**2 * b**2
     terms = np.empty_like(betas)
-    terms[1:] = coef1[1:] ** 2 * mean_square_error[1:] / (2 * posterior_variance[1:]) / math.log(2)
+    terms[1:] = (
+        coef1[1:] ** 2
+        * mean_square_error[1:]
+        / (2 * posterior_variance[1:])
+        / math.log(2)
+    )
 
     nodes, weights = hermegauss(80)
     bin_index = round((x0 + 1) * 255 / 2)
     decoder_std = math.sqrt(posterior_variance[1])
-    decoder_nll = [-log_bin_probability(bin_index, c[0] * (a[0] * x0 + b[0] * z) + e[0], decoder_std) for z in nodes]
-    terms[0] = float(np.dot(weights, decoder_nll)) / math.sqrt(2 * math.pi) / math.log(2)
+    decoder_nll = [
+        -log_bin_probability(
+            bin_index, c[0] * (a[0] * x0 + b[0] * z) + e[0], decoder_std
+        )
+        for z in nodes
+    ]
+    terms[0] = (
+        float(np.dot(weights, decoder_nll)) / math.sqrt(2 * math.pi) / math.log(2)
+    )
 
     abar_T = alphas_cumprod[-1]
     prior = 0.5 * (abar_T * x0**2 - abar_T - math.log1p(-abar_T)) / math.log(2)
@@ -340,16 +476,33 @@ def bound_on_gaussian_data(request, gaussian_eps_model):
     n = 2000 if num_timesteps == 100 else 800
     betas = scaled_linear_betas(num_timesteps)
     generator = torch.Generator().manual_seed(5)
-    bins = ((MU + SIGMA * torch.randn(n, 1, generator=generator, dtype=torch.float64) + 1) * 127.5).round().clamp(0, 255)
+    bins = (
+        (
+            (
+                MU
+                + SIGMA * torch.randn(n, 1, generator=generator, dtype=torch.float64)
+                + 1
+            )
+            * 127.5
+        )
+        .round()
+        .clamp(0, 255)
+    )
     x0 = bins / 127.5 - 1
     model = gaussian_eps_model(np.cumprod(1 - betas), MU, SIGMA)
-    result = GaussianDiffusion(torch.from_numpy(betas)).calc_bpd_loop(model, x0, clip_denoised=False, generator=generator)
-    exact_nll = torch.tensor([-log_bin_probability(int(k), MU, SIGMA) / math.log(2) for k in bins.flatten()])
+    result = GaussianDiffusion(torch.from_numpy(betas)).calc_bpd_loop(
+        model, x0, clip_denoised=False, generator=generator
+    )
+    exact_nll = torch.tensor(
+        [-log_bin_probability(int(k), MU, SIGMA) / math.log(2) for k in bins.flatten()]
+    )
     expected = {}
     for k in sorted(set(bins.flatten().tolist())):
         expected[k] = expected_bound_bits(k / 127.5 - 1, betas)
     expected_prior = torch.tensor([expected[k][0] for k in bins.flatten().tolist()])
-    expected_terms = torch.from_numpy(np.stack([expected[k][1] for k in bins.flatten().tolist()]))
+    expected_terms = torch.from_numpy(
+        np.stack([expected[k][1] for k in bins.flatten().tolist()])
+    )
     return num_timesteps, result, exact_nll, expected_prior, expected_terms
 
 
@@ -359,7 +512,9 @@ def exact_gap_bits(num_timesteps: int) -> float:
     for k in range(256):
         log_p = log_bin_probability(k, MU, SIGMA)
         if log_p > math.log(1e-300):
-            prior, terms = expected_bound_bits(k / 127.5 - 1, scaled_linear_betas(num_timesteps))
+            prior, terms = expected_bound_bits(
+                k / 127.5 - 1, scaled_linear_betas(num_timesteps)
+            )
             gap += math.exp(log_p) * (prior + terms.sum() + log_p / math.log(2))
     return gap
 
@@ -371,9 +526,11 @@ def test_bits_per_dim_bound_is_not_below_the_exact_nll(bound_on_gaussian_data):
     gap = result["total_bpd"] - exact_nll
     standard_error = float(gap.std()) / math.sqrt(gap.shape[0])
     exact_gap = exact_gap_bits(num_timesteps)
-    print(f"T = {num_timesteps}: exact NLL {float(exact_nll.mean()):.4f} bits/dim, bound "
-          f"{float(result['total_bpd'].mean()):.4f}, gap {float(gap.mean()):.4f} +- {standard_error:.4f} "
-          f"(exact gap {exact_gap:.4f})")
+    print(
+        f"T = {num_timesteps}: exact NLL {float(exact_nll.mean()):.4f} bits/dim, bound "
+        f"{float(result['total_bpd'].mean()):.4f}, gap {float(gap.mean()):.4f} +- {standard_error:.4f} "
+        f"(exact gap {exact_gap:.4f})"
+    )
     assert float(gap.mean()) > -4 * standard_error
     assert abs(float(gap.mean()) - exact_gap) < 5 * standard_error
 
@@ -382,9 +539,15 @@ def test_bits_per_dim_terms_have_their_closed_form_expectations(bound_on_gaussia
     """Each sample's total bound, and the per-t terms at a few t, against their exact expectations
     over the noise; the tolerance is 5 Monte-Carlo standard errors of the samples' mean."""
     num_timesteps, result, _, expected_prior, expected_terms = bound_on_gaussian_data
-    torch.testing.assert_close(result["prior_bpd"], expected_prior, rtol=1e-9, atol=1e-12)  # float64
+    torch.testing.assert_close(
+        result["prior_bpd"], expected_prior, rtol=1e-9, atol=1e-12
+    )  # float64
     difference = result["total_bpd"] - expected_prior - expected_terms.sum(dim=1)
-    assert abs(float(difference.mean())) < 5 * float(difference.std()) / math.sqrt(difference.shape[0])
+    assert abs(float(difference.mean())) < 5 * float(difference.std()) / math.sqrt(
+        difference.shape[0]
+    )
     for t in (0, 1, num_timesteps // 2, num_timesteps - 1):
         difference = result["vb"][:, t] - expected_terms[:, t]
-        assert abs(float(difference.mean())) < 5 * float(difference.std()) / math.sqrt(difference.shape[0]), t
+        assert abs(float(difference.mean())) < 5 * float(difference.std()) / math.sqrt(
+            difference.shape[0]
+        ), t

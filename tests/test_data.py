@@ -16,7 +16,9 @@ from sklearn.datasets import load_digits
 from ddpm_course import data
 from ddpm_course.data import DigitsDataset, digits, digits_split, toy_2d
 
-FLOAT32_TOL = 1e-6  # values in [-1, 1] computed in float32: a few ulps (6e-8 each) of rounding
+FLOAT32_TOL = (
+    1e-6  # values in [-1, 1] computed in float32: a few ulps (6e-8 each) of rounding
+)
 
 
 # ---------------------------------------------------------------------------------- digits
@@ -33,7 +35,11 @@ def test_digits_range_is_exactly_minus_one_to_one_and_both_ends_are_reached():
 
 
 def test_digits_split_sizes_are_1497_train_300_test_1797_all():
-    assert [digits(split=s)[0].shape[0] for s in ("train", "test", "all")] == [1497, 300, 1797]
+    assert [digits(split=s)[0].shape[0] for s in ("train", "test", "all")] == [
+        1497,
+        300,
+        1797,
+    ]
 
 
 def test_digits_test_split_holds_30_images_of_each_digit():
@@ -165,7 +171,11 @@ def test_toy_2d_swiss_roll_lies_near_its_spiral_and_is_centred():
     theta = torch.linspace(1.5 * math.pi, 4.5 * math.pi, 20000, dtype=torch.float64)
     spiral = (
         torch.stack(
-            [theta * torch.cos(theta) - 2, theta * torch.sin(theta) - 2 / (3 * math.pi)], dim=1
+            [
+                theta * torch.cos(theta) - 2,
+                theta * torch.sin(theta) - 2 / (3 * math.pi),
+            ],
+            dim=1,
         )
         / 7
     )
@@ -211,11 +221,15 @@ def test_toy_2d_checkerboard_fills_only_the_eight_even_squares_of_the_board():
     squares = torch.floor(points).long()
     assert bool(((squares.sum(dim=1) % 2) == 0).all())
     occupied = {tuple(s) for s in squares.tolist()}
-    assert occupied == {(i, j) for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0}
+    assert occupied == {
+        (i, j) for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0
+    }
 
 
 def test_toy_2d_refuses_an_unknown_name_and_lists_the_names():
-    with pytest.raises(ValueError, match="'swiss_roll', 'two_moons', '8gaussians', 'checkerboard'"):
+    with pytest.raises(
+        ValueError, match="'swiss_roll', 'two_moons', '8gaussians', 'checkerboard'"
+    ):
         toy_2d("spirals", 10)
 
 
@@ -275,7 +289,9 @@ def test_mnist_without_files_and_download_false_raises(tmp_path):
         data.mnist(tmp_path, download=False)
 
 
-def _fake_cifar10(root, n_per_batch: int = 3) -> dict[str, tuple[np.ndarray, list[int]]]:
+def _fake_cifar10(
+    root, n_per_batch: int = 3
+) -> dict[str, tuple[np.ndarray, list[int]]]:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.RandomState(2)
@@ -320,7 +336,9 @@ def accept_fake_cifar_files(monkeypatch):
     )
 
 
-def test_cifar10_reads_pickled_batches_into_minus_one_one(tmp_path, accept_fake_cifar_files):
+def test_cifar10_reads_pickled_batches_into_minus_one_one(
+    tmp_path, accept_fake_cifar_files
+):
     batches = _fake_cifar10(tmp_path)
     train = data.cifar10(tmp_path, train=True, download=False)
     test = data.cifar10(tmp_path, train=False, download=False)
@@ -334,18 +352,22 @@ def test_cifar10_reads_pickled_batches_into_minus_one_one(tmp_path, accept_fake_
     assert test[0][1] == batches["test_batch"][1][0]
 
 
-def test_cifar10_random_flip_gives_the_image_or_its_mirror(tmp_path, accept_fake_cifar_files):
+def test_cifar10_random_flip_gives_the_image_or_its_mirror(
+    tmp_path, accept_fake_cifar_files
+):
     _fake_cifar10(tmp_path)
     plain = data.cifar10(tmp_path, download=False)[0][0]
     flipping = data.cifar10(tmp_path, download=False, random_flip=True)
     torch.manual_seed(0)
     draws = [flipping[0][0] for _ in range(20)]
     mirrored = [torch.equal(d, plain.flip(-1)) for d in draws]
-    assert all(m or torch.equal(d, plain) for m, d in zip(mirrored, draws))
+    assert all(m or torch.equal(d, plain) for m, d in zip(mirrored, draws, strict=True))
     assert 0 < sum(mirrored) < 20  # P(all 20 equal) = 2 · 2^-20 for a fair coin
 
 
-def test_cifar10_with_fake_files_fails_torchvisions_checksum_without_the_patch(tmp_path):
+def test_cifar10_with_fake_files_fails_torchvisions_checksum_without_the_patch(
+    tmp_path,
+):
     _fake_cifar10(tmp_path)
     with pytest.raises(RuntimeError, match="not found or corrupted"):
         data.cifar10(tmp_path, download=False)

@@ -24,7 +24,9 @@ class _Recorder(nn.Module):
 def test_default_diffuser_has_the_seed_linear_betas():
     betas = GaussianDiffuser().diffusion.betas
     assert betas.shape == (1000,)
-    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12) and betas[-1].item() == pytest.approx(0.02, rel=1e-12)
+    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12) and betas[
+        -1
+    ].item() == pytest.approx(0.02, rel=1e-12)
 
 
 def test_loss_of_a_zero_predictor_is_the_mean_square_of_the_noise_it_was_shown():
@@ -34,9 +36,15 @@ def test_loss_of_a_zero_predictor_is_the_mean_square_of_the_noise_it_was_shown()
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     loss = ddpm(x, generator=torch.Generator().manual_seed(1))
     x_t, t = model.seen
-    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)[t].float().view(-1, 1, 1, 1)
+    alphas_cumprod = (
+        torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)[t]
+        .float()
+        .view(-1, 1, 1, 1)
+    )
     noise = (x_t - alphas_cumprod.sqrt() * (2 * x - 1)) / (1 - alphas_cumprod).sqrt()
-    assert loss.item() == pytest.approx(noise.pow(2).mean().item(), rel=1e-4)  # float32 round-off of x_t
+    assert loss.item() == pytest.approx(
+        noise.pow(2).mean().item(), rel=1e-4
+    )  # float32 round-off of x_t
 
 
 def test_denoise_at_t0_is_deterministic_and_at_t_positive_is_not():
@@ -66,13 +74,17 @@ def test_wrong_image_shape_is_refused_with_the_expected_shape():
 
 def test_denoise_refuses_a_timestep_out_of_range():
     with pytest.raises(ValueError, match="0, ..., 49"):
-        GaussianDiffuser(timesteps=50).denoise(lambda x, t: x, torch.zeros(1, 1, 2, 2), 50)
+        GaussianDiffuser(timesteps=50).denoise(
+            lambda x, t: x, torch.zeros(1, 1, 2, 2), 50
+        )
 
 
 def test_default_model_is_the_seed_sized_unet_and_mnist_sized_images_work():
     ddpm = DDPM(image_size=32, channels=3)
     # the seed's docs state 20,907,649 parameters; our U-Net of the same role is within 1%
-    assert sum(p.numel() for p in ddpm.model.parameters()) == pytest.approx(20_907_649, rel=0.01)
+    assert sum(p.numel() for p in ddpm.model.parameters()) == pytest.approx(
+        20_907_649, rel=0.01
+    )
     mnist = DDPM(image_size=28, channels=1, timesteps=10)
     loss = mnist(torch.rand(2, 1, 28, 28))
     assert loss.ndim == 0 and torch.isfinite(loss)

@@ -53,8 +53,12 @@ def test_forward_match_is_exact_in_fp32_and_within_tolerance_in_bf16_on_one_devi
 
 def test_failures_name_each_quantity_out_of_tolerance():
     report = {
-        "forward_match": {"fp32_relative_error": 1e-3, "fp32_tolerance": 1e-4,
-                          "bf16_relative_error": 0.2, "bf16_tolerance": 0.05},  # fmt: skip
+        "forward_match": {
+            "fp32_relative_error": 1e-3,
+            "fp32_tolerance": 1e-4,
+            "bf16_relative_error": 0.2,
+            "bf16_tolerance": 0.05,
+        },  # fmt: skip
         "sample": {"finite": True, "in_unit_range": False},
         "train": [{"compile": True, "images_per_s": 0.0}],
     }
@@ -62,7 +66,9 @@ def test_failures_name_each_quantity_out_of_tolerance():
     assert len(found) == 4
     assert any("CUDA fp32" in line for line in found)
     assert any("bf16" in line for line in found)
-    assert gpu_check.failures({"train": [{"compile": False, "images_per_s": 5.0}]}) == []
+    assert (
+        gpu_check.failures({"train": [{"compile": False, "images_per_s": 5.0}]}) == []
+    )
 
 
 def test_a_cpu_run_writes_a_report_with_flops_samples_and_no_failures(tmp_path):

@@ -53,14 +53,18 @@ TINY_UNET = {
 
 def _random(module: nn.Module, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    for p in module.parameters():  # non-zero everywhere (the output layers start at zero)
+    for (
+        p
+    ) in module.parameters():  # non-zero everywhere (the output layers start at zero)
         nn.init.normal_(p, std=0.1)
     return module.eval()
 
 
 def _tiny_ldm(seed: int = 0) -> LatentDiffusion:
     vae = _random(AutoencoderKL(1, 4, (8, 8, 8), num_groups=4), seed)
-    return LatentDiffusion(vae, _random(CrossAttnUNet(**TINY_UNET), seed + 1), scale_factor=0.5)
+    return LatentDiffusion(
+        vae, _random(CrossAttnUNet(**TINY_UNET), seed + 1), scale_factor=0.5
+    )
 
 
 # ------------------------------------------------------------------ the Gaussian encoder
@@ -72,7 +76,9 @@ def test_reparameterize_is_the_normal_rsample_and_has_its_moments():
     # the sample of N(2, 0.25): mean 2 and std 0.5 over many draws
     draws = reparameterize(torch.full((200_000,), 2.0), torch.full((200_000,), math.log(0.25)),
                            torch.randn(200_000, generator=torch.Generator().manual_seed(0)))  # fmt: skip
-    assert abs(float(draws.mean()) - 2.0) < 0.01 and abs(float(draws.std()) - 0.5) < 0.01
+    assert (
+        abs(float(draws.mean()) - 2.0) < 0.01 and abs(float(draws.std()) - 0.5) < 0.01
+    )
     # gradients flow to mean and logvar
     m, lv = mean.clone().requires_grad_(), logvar.clone().requires_grad_()
     reparameterize(m, lv, noise).sum().backward()
@@ -81,7 +87,10 @@ def test_reparameterize_is_the_normal_rsample_and_has_its_moments():
 
 
 def test_gaussian_kl_matches_torch_distributions_per_example():
-    mean, logvar = torch.randn(5, 4, 3, 3, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    mean, logvar = (
+        torch.randn(5, 4, 3, 3, dtype=torch.float64),
+        torch.randn(5, 4, 3, 3, dtype=torch.float64),
+    )
     q = torch.distributions.Normal(mean, logvar.mul(0.5).exp())
     p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
     expected = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
@@ -95,17 +104,25 @@ def test_vae_loss_adds_the_weighted_kl_to_the_summed_squared_error():
     losses = vae_loss(x, rec, mean, logvar, kl_weight=0.3)
     sse = ((x - rec) ** 2).sum() / 4
     torch.testing.assert_close(losses["reconstruction"], sse)
-    torch.testing.assert_close(losses["loss"], sse + 0.3 * gaussian_kl(mean, logvar).mean())
+    torch.testing.assert_close(
+        losses["loss"], sse + 0.3 * gaussian_kl(mean, logvar).mean()
+    )
 
 
 def test_scale_factor_is_one_over_the_std_and_scaling_round_trips():
     z = 5.0 * torch.randn(20_000, generator=torch.Generator().manual_seed(1)) + 3.0
     assert estimate_scale_factor(z) == pytest.approx(1 / float(z.double().std()))
     assert estimate_scale_factor(z) == pytest.approx(0.2, rel=0.02)
-    mean, logvar, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    mean, logvar, noise = (
+        torch.randn(2, 4, 4, 4),
+        torch.randn(2, 4, 4, 4),
+        torch.randn(2, 4, 4, 4),
+    )
     scaled = scale_latents(mean, logvar, noise, 0.18215)
     torch.testing.assert_close(scaled, 0.18215 * (mean + logvar.mul(0.5).exp() * noise))
-    torch.testing.assert_close(unscale_latents(scaled, 0.18215), reparameterize(mean, logvar, noise))
+    torch.testing.assert_close(
+        unscale_latents(scaled, 0.18215), reparameterize(mean, logvar, noise)
+    )
     with pytest.raises(ValueError, match="at least 2"):
         estimate_scale_factor(torch.ones(1))
 
@@ -142,7 +159,9 @@ def test_cross_attention_block_matches_multihead_attention_and_starts_as_identit
     x, context = torch.randn(3, 16, 4, 4), torch.randn(3, 5, 12)
     torch.testing.assert_close(block(x, context), x)  # proj_out starts at zero
     _random(block)
-    reference = nn.MultiheadAttention(16, 2, kdim=12, vdim=12, bias=False, batch_first=True)
+    reference = nn.MultiheadAttention(
+        16, 2, kdim=12, vdim=12, bias=False, batch_first=True
+    )
     reference.q_proj_weight.data.copy_(block.to_q.weight)
     reference.k_proj_weight.data.copy_(block.to_k.weight)
     reference.v_proj_weight.data.copy_(block.to_v.weight)
@@ -159,8 +178,12 @@ def test_tokenize_spells_the_name_and_an_unknown_word_lists_the_vocabulary():
     ids = tokenize(["seven", " Two ", ""])
     assert ids.shape == (3, PROMPT_LENGTH) and ids.dtype == torch.long
     spelled = [VOCABULARY[i] for i in ids[0]]
-    assert spelled == ["<bos>", "s", "e", "v", "e", "n"][:PROMPT_LENGTH] + ["<pad>"] * (PROMPT_LENGTH - 6)
-    assert [VOCABULARY[i] for i in ids[2]] == ["<bos>"] + ["<pad>"] * (PROMPT_LENGTH - 1)
+    assert spelled == ["<bos>", "s", "e", "v", "e", "n"][:PROMPT_LENGTH] + ["<pad>"] * (
+        PROMPT_LENGTH - 6
+    )
+    assert [VOCABULARY[i] for i in ids[2]] == ["<bos>"] + ["<pad>"] * (
+        PROMPT_LENGTH - 1
+    )
     assert prompt_labels(["seven", "zero", ""]).tolist() == [7, 0, 10]
     with pytest.raises(ValueError, match="unknown token 'sevn'.*zero, one, two"):
         tokenize("sevn")
@@ -175,9 +198,15 @@ def test_cross_attn_unet_reads_the_prompt_from_labels_or_tokens():
     by_label = model(x, t, y=y)
     by_tokens = model(x, t, context=tokenize(["seven", "three", "", "zero"]))
     torch.testing.assert_close(by_label, by_tokens)
-    torch.testing.assert_close(model(x, t), model(x, t, y=torch.full((4,), 10)))  # None: empty prompt
-    assert not torch.allclose(by_label, model(x, t, y=torch.tensor([1, 3, 10, 0])))  # the prompt matters
-    assert len(model.cross_attention_blocks()) == 4  # after each self-attention, down, middle and up
+    torch.testing.assert_close(
+        model(x, t), model(x, t, y=torch.full((4,), 10))
+    )  # None: empty prompt
+    assert not torch.allclose(
+        by_label, model(x, t, y=torch.tensor([1, 3, 10, 0]))
+    )  # the prompt matters
+    assert (
+        len(model.cross_attention_blocks()) == 4
+    )  # after each self-attention, down, middle and up
     rebuilt = CrossAttnUNet(**model.config)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.eval()(x, t, y=y), by_label)
@@ -195,7 +224,9 @@ def test_latent_diffusion_encodes_scales_decodes_and_every_sampler_accepts_it():
     torch.testing.assert_close(ldm.encode(x, generator=torch.Generator().manual_seed(3)),
                                0.5 * reparameterize(mean, logvar, noise))  # fmt: skip
     z = torch.randn(3, 4, 4, 4)
-    torch.testing.assert_close(ldm.decode(z), ldm.autoencoder.decode(z / 0.5).clamp(-1, 1))
+    torch.testing.assert_close(
+        ldm.decode(z), ldm.autoencoder.decode(z / 0.5).clamp(-1, 1)
+    )
     assert ldm.latent_shape == (4, 4, 4) and ldm.num_classes == 10
     diffusion = GaussianDiffusion(linear(50))
     kwargs = {"model_kwargs": {"y": torch.tensor([1, 2, 3])}}
@@ -211,8 +242,12 @@ def test_latent_diffusion_encodes_scales_decodes_and_every_sampler_accepts_it():
     # guidance through the chapter-06 wrapper: (1 + w) cond - w uncond of two direct calls
     guided = ClassifierFreeGuidance(ldm, 2.0)
     t = torch.full((3,), 20)
-    expected = 3 * ldm(z, t, y=torch.full((3,), 4)) - 2 * ldm(z, t, y=torch.full((3,), 10))
-    torch.testing.assert_close(guided(z, t, y=torch.full((3,), 4)), expected, rtol=1e-4, atol=1e-5)
+    expected = 3 * ldm(z, t, y=torch.full((3,), 4)) - 2 * ldm(
+        z, t, y=torch.full((3,), 10)
+    )
+    torch.testing.assert_close(
+        guided(z, t, y=torch.full((3,), 4)), expected, rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(ValueError, match="unknown token"):
         latent_sample(ldm, diffusion, 3, prompt="eleven", steps=2)
 
@@ -228,9 +263,15 @@ def test_the_trainer_trains_the_denoiser_on_scaled_latents(tmp_path):
     torch.testing.assert_close(trainer.dataset.tensors[0],
                                ldm.encode(images, generator=torch.Generator().manual_seed(config.seed)))  # fmt: skip
     run = trainer.train()
-    assert (run / "model.safetensors").is_file() and (run / "samples" / "step_0000002.png").is_file()
-    assert any(not torch.equal(before[k], v) for k, v in ldm.denoiser.state_dict().items())
-    assert all(torch.equal(vae_before[k], v) for k, v in ldm.autoencoder.state_dict().items())
+    assert (run / "model.safetensors").is_file() and (
+        run / "samples" / "step_0000002.png"
+    ).is_file()
+    assert any(
+        not torch.equal(before[k], v) for k, v in ldm.denoiser.state_dict().items()
+    )
+    assert all(
+        torch.equal(vae_before[k], v) for k, v in ldm.autoencoder.state_dict().items()
+    )
 
 
 # ------------------------------------------------------------------- shipped models, results
@@ -242,7 +283,11 @@ def test_shipped_vae_reconstructs_the_test_digits():
     x, _ = digits(size=16, split="test")
     with torch.no_grad():
         mean, logvar = vae.encode(x)
-        z = reparameterize(mean, logvar, torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)))
+        z = reparameterize(
+            mean,
+            logvar,
+            torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)),
+        )
         rec = vae.decode(mean).clamp(-1, 1)
     assert float((rec - x).pow(2).mean()) < 0.02
     assert scale == pytest.approx(1 / float(z.double().std()), rel=0.1)
@@ -264,13 +309,18 @@ def test_shipped_ldm_follows_its_prompt():
 def test_results_file_meets_the_acceptance_numbers():
     result = json.loads(RESULTS_PATH.read_text())
     assert result["command"] == "python -m ddpm_course.latent evaluate"
-    assert result["values_ratio"] == result["image_values"] / result["latent_values"] >= 4
+    assert (
+        result["values_ratio"] == result["image_values"] / result["latent_values"] >= 4
+    )
     assert result["speed_ratio"] >= 3
     assert result["fd"] <= 2 * result["fd_floor"]
     assert result["prompt_accuracy"] >= 0.9
     assert all(result["acceptance"].values())
     ablation = result["scale_ablation"]  # python -m ddpm_course.latent scale-ablation
-    assert ablation["unscaled"]["latent_std"] > 5 and abs(ablation["scaled"]["latent_std"] - 1) < 1e-3
+    assert (
+        ablation["unscaled"]["latent_std"] > 5
+        and abs(ablation["scaled"]["latent_std"] - 1) < 1e-3
+    )
     assert ablation["scaled"]["fd"] < ablation["unscaled"]["fd"]
 
 
@@ -281,11 +331,15 @@ def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path)
     out = tmp_path / "grid.png"
     command = [sys.executable, "-m", "ddpm_course.cli", "sample", "--checkpoint", "digits-ldm", "--n", "2",
                "--steps", "3", "--out", str(out), "--save-tensor", str(tmp_path / "s.pt"), "--device", "cpu"]  # fmt: skip
-    result = subprocess.run(command + ["--prompt", "seven"], capture_output=True, text=True)
+    result = subprocess.run(
+        command + ["--prompt", "seven"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     images = torch.load(tmp_path / "s.pt", weights_only=True)
     assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
-    result = subprocess.run(command + ["--prompt", "sevn"], capture_output=True, text=True)
+    result = subprocess.run(
+        command + ["--prompt", "sevn"], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "unknown token 'sevn'" in result.stderr
     assert "zero, one, two, three" in result.stderr
 
@@ -308,4 +362,8 @@ def test_train_cli_presets_digits_vae_and_digits_ldm(tmp_path):
                                     "--set", "warmup_steps=0"], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     ldm, _, config = load_latent_diffusion(run)
-    assert config.max_steps == 2 and config.batch_size == 16 and isinstance(ldm.denoiser, CrossAttnUNet)
+    assert (
+        config.max_steps == 2
+        and config.batch_size == 16
+        and isinstance(ldm.denoiser, CrossAttnUNet)
+    )

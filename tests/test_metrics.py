@@ -18,21 +18,40 @@ def _random_covariance(dim: int, generator: torch.Generator) -> torch.Tensor:
 def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
     # For diagonal covariances (Σ1Σ2)^½ = diag(σ1σ2), so FD = |μ1-μ2|² + Σ(σ1-σ2)².
     f64 = dict(dtype=torch.float64)
-    mu1, mu2 = torch.tensor([0.0, 1.0, -2.0], **f64), torch.tensor([0.5, 1.0, 0.0], **f64)
-    std1, std2 = torch.tensor([1.0, 2.0, 0.5], **f64), torch.tensor([0.3, 2.0, 1.5], **f64)
+    mu1, mu2 = (
+        torch.tensor([0.0, 1.0, -2.0], **f64),
+        torch.tensor([0.5, 1.0, 0.0], **f64),
+    )
+    std1, std2 = (
+        torch.tensor([1.0, 2.0, 0.5], **f64),
+        torch.tensor([0.3, 2.0, 1.5], **f64),
+    )
     expected = float(((mu1 - mu2) ** 2).sum() + ((std1 - std2) ** 2).sum())
-    assert frechet_distance(mu1, torch.diag(std1**2), mu2, torch.diag(std2**2)) == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(
+        mu1, torch.diag(std1**2), mu2, torch.diag(std2**2)
+    ) == pytest.approx(expected, rel=1e-10)
 
 
 def test_frechet_distance_matches_scipy_sqrtm_for_full_covariances():
     generator = torch.Generator().manual_seed(0)
     dim = 16
-    mu1, mu2 = torch.randn(dim, generator=generator, dtype=torch.float64), torch.randn(dim, generator=generator, dtype=torch.float64)
-    sigma1, sigma2 = _random_covariance(dim, generator), _random_covariance(dim, generator)
+    mu1, mu2 = (
+        torch.randn(dim, generator=generator, dtype=torch.float64),
+        torch.randn(dim, generator=generator, dtype=torch.float64),
+    )
+    sigma1, sigma2 = (
+        _random_covariance(dim, generator),
+        _random_covariance(dim, generator),
+    )
     covmean = scipy.linalg.sqrtm(sigma1.numpy() @ sigma2.numpy()).real
-    expected = float(np.sum((mu1 - mu2).numpy() ** 2) + np.trace(sigma1.numpy() + sigma2.numpy() - 2 * covmean))
+    expected = float(
+        np.sum((mu1 - mu2).numpy() ** 2)
+        + np.trace(sigma1.numpy() + sigma2.numpy() - 2 * covmean)
+    )
     # both are float64 eigen/Schur computations of a well-conditioned 16x16 problem
-    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(
+        expected, rel=1e-8
+    )
 
 
 def test_frechet_distance_of_a_distribution_with_itself_is_zero():
@@ -43,10 +62,14 @@ def test_frechet_distance_of_a_distribution_with_itself_is_zero():
 
 
 def test_gaussian_stats_are_the_sample_mean_and_unbiased_covariance():
-    features = torch.randn(50, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    features = torch.randn(
+        50, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     mean, cov = gaussian_stats(features)
     np.testing.assert_allclose(mean.numpy(), features.numpy().mean(0), rtol=1e-12)
-    np.testing.assert_allclose(cov.numpy(), np.cov(features.numpy(), rowvar=False), rtol=1e-12)
+    np.testing.assert_allclose(
+        cov.numpy(), np.cov(features.numpy(), rowvar=False), rtol=1e-12
+    )
 
 
 def test_frechet_distance_refuses_mismatched_shapes():
@@ -60,7 +83,9 @@ def test_shipped_digits_classifier_is_at_least_97_percent_accurate_on_the_held_o
 
     images, labels = digits(size=16, split="test")
     with torch.no_grad():
-        accuracy = (load_digits_classifier()(images).argmax(1) == labels).float().mean().item()
+        accuracy = (
+            (load_digits_classifier()(images).argmax(1) == labels).float().mean().item()
+        )
     assert accuracy >= 0.97
 
 

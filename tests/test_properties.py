@@ -10,7 +10,10 @@ from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.schedules import NoiseSchedule
 
 SETTINGS = settings(max_examples=25, deadline=None)
-ROUND_TRIP_TOL = {"rtol": 1e-9, "atol": 1e-9}  # float64; 1/sqrt(alpha-bar) reaches 4e4 at the last cosine step (T = 2000)
+ROUND_TRIP_TOL = {
+    "rtol": 1e-9,
+    "atol": 1e-9,
+}  # float64; 1/sqrt(alpha-bar) reaches 4e4 at the last cosine step (T = 2000)
 
 schedule_names = st.sampled_from(["linear", "cosine", "sigmoid"])
 num_timesteps = st.integers(min_value=2, max_value=2000)
@@ -19,14 +22,22 @@ num_timesteps = st.integers(min_value=2, max_value=2000)
 @st.composite
 def diffusion_and_timesteps(draw, batch_size: int = 4):
     """A process of a random schedule and T, with t covering both ends and random steps in between."""
-    diffusion = GaussianDiffusion(NoiseSchedule.from_name(draw(schedule_names), draw(num_timesteps)))
+    diffusion = GaussianDiffusion(
+        NoiseSchedule.from_name(draw(schedule_names), draw(num_timesteps))
+    )
     T = diffusion.num_timesteps
-    inner = draw(st.lists(st.integers(0, T - 1), min_size=batch_size - 2, max_size=batch_size - 2))
+    inner = draw(
+        st.lists(
+            st.integers(0, T - 1), min_size=batch_size - 2, max_size=batch_size - 2
+        )
+    )
     return diffusion, torch.tensor([0, T - 1, *inner])
 
 
 def gaussian(shape, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(
+        shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 @SETTINGS
@@ -36,10 +47,18 @@ def test_eps_x0_and_v_conversions_round_trip(process, seed):
     x0, eps = gaussian((4, 2, 3, 3), seed), gaussian((4, 2, 3, 3), seed + 1)
     x_t = diffusion.q_sample(x0, t, noise=eps)
     v = diffusion.predict_v(x0, t, eps)
-    torch.testing.assert_close(diffusion.predict_x0_from_eps(x_t, t, eps), x0, **ROUND_TRIP_TOL)
-    torch.testing.assert_close(diffusion.predict_eps_from_x0(x_t, t, x0), eps, **ROUND_TRIP_TOL)
-    torch.testing.assert_close(diffusion.predict_x0_from_v(x_t, t, v), x0, **ROUND_TRIP_TOL)
-    torch.testing.assert_close(diffusion.predict_eps_from_v(x_t, t, v), eps, **ROUND_TRIP_TOL)
+    torch.testing.assert_close(
+        diffusion.predict_x0_from_eps(x_t, t, eps), x0, **ROUND_TRIP_TOL
+    )
+    torch.testing.assert_close(
+        diffusion.predict_eps_from_x0(x_t, t, x0), eps, **ROUND_TRIP_TOL
+    )
+    torch.testing.assert_close(
+        diffusion.predict_x0_from_v(x_t, t, v), x0, **ROUND_TRIP_TOL
+    )
+    torch.testing.assert_close(
+        diffusion.predict_eps_from_v(x_t, t, v), eps, **ROUND_TRIP_TOL
+    )
 
 
 @SETTINGS
@@ -48,7 +67,9 @@ def test_posterior_variance_is_positive_and_finite_for_t_at_least_1(name, T):
     schedule = NoiseSchedule.from_name(name, T)
     assert bool((schedule.posterior_variance[1:] > 0).all())
     assert bool(torch.isfinite(schedule.posterior_log_variance_clipped).all())
-    assert bool((schedule.posterior_variance[1:] <= schedule.betas[1:]).all())  # beta-tilde_t <= beta_t
+    assert bool(
+        (schedule.posterior_variance[1:] <= schedule.betas[1:]).all()
+    )  # beta-tilde_t <= beta_t
 
 
 @SETTINGS
@@ -60,7 +81,9 @@ def test_posterior_variance_is_positive_and_finite_for_t_at_least_1(name, T):
 def test_every_output_has_the_shape_of_the_input(process, objective, trailing_shape):
     """(N, D), (N, C, H) and (N, C, H, W) all work, with per-example t or one scalar t."""
     base, t = process
-    diffusion = GaussianDiffusion(base.schedule, objective=objective, var_type="learned_range")
+    diffusion = GaussianDiffusion(
+        base.schedule, objective=objective, var_type="learned_range"
+    )
     shape = (3, *trailing_shape)
     x = gaussian(shape, 0)
 
@@ -69,8 +92,13 @@ def test_every_output_has_the_shape_of_the_input(process, objective, trailing_sh
 
     for timesteps in (t, t[1]):
         assert diffusion.q_sample(x, timesteps).shape == shape
-        assert all(q.shape == shape for q in torch.broadcast_tensors(*diffusion.q_posterior(x, x, timesteps)))
+        assert all(
+            q.shape == shape
+            for q in torch.broadcast_tensors(*diffusion.q_posterior(x, x, timesteps))
+        )
         p = diffusion.p_mean_variance(model, x, timesteps)
         assert all(value.shape == shape for value in torch.broadcast_tensors(*p))
-        losses = diffusion.training_losses(model, x, t=timesteps.expand(3), loss_type="hybrid")
+        losses = diffusion.training_losses(
+            model, x, t=timesteps.expand(3), loss_type="hybrid"
+        )
         assert all(value.shape == (3,) for value in losses.values())

@@ -14,14 +14,45 @@ from ddpm_course.pretrained import load_pretrained
 
 def test_sweep_writes_every_run_and_append_adds_only_the_missing_ones(tmp_path, capsys):
     out = tmp_path / "sweep.json"
-    main(["nfe-sweep", "--n", "12", "--nfe", "2", "--seeds", "0", "--samplers", "ddim-eta0",
-          "dpm-solver++2m", "--out", str(out)])
+    main(
+        [
+            "nfe-sweep",
+            "--n",
+            "12",
+            "--nfe",
+            "2",
+            "--seeds",
+            "0",
+            "--samplers",
+            "ddim-eta0",
+            "dpm-solver++2m",
+            "--out",
+            str(out),
+        ]
+    )
     first = json.loads(out.read_text())
     assert [(r["sampler"], r["nfe"], r["seed"]) for r in first["runs"]] == [
-        ("ddim-eta0", 2, 0), ("dpm-solver++2m", 2, 0)]
+        ("ddim-eta0", 2, 0),
+        ("dpm-solver++2m", 2, 0),
+    ]
     assert set(first["floor"]) == {"0"} and len(first["commands"]) == 1
-    main(["nfe-sweep", "--n", "12", "--nfe", "2", "3", "--seeds", "0", "--samplers", "ddim-eta0",
-          "--out", str(out), "--append"])
+    main(
+        [
+            "nfe-sweep",
+            "--n",
+            "12",
+            "--nfe",
+            "2",
+            "3",
+            "--seeds",
+            "0",
+            "--samplers",
+            "ddim-eta0",
+            "--out",
+            str(out),
+            "--append",
+        ]
+    )
     second = json.loads(out.read_text())
     assert second["runs"][:2] == first["runs"]  # kept, not re-run
     assert [(r["sampler"], r["nfe"]) for r in second["runs"][2:]] == [("ddim-eta0", 3)]
@@ -31,11 +62,36 @@ def test_sweep_writes_every_run_and_append_adds_only_the_missing_ones(tmp_path, 
 
 def test_append_refuses_a_file_of_another_sample_size(tmp_path):
     out = tmp_path / "sweep.json"
-    main(["nfe-sweep", "--n", "12", "--nfe", "1", "--seeds", "0", "--samplers", "ddim-eta0",
-          "--out", str(out)])
+    main(
+        [
+            "nfe-sweep",
+            "--n",
+            "12",
+            "--nfe",
+            "1",
+            "--seeds",
+            "0",
+            "--samplers",
+            "ddim-eta0",
+            "--out",
+            str(out),
+        ]
+    )
     with pytest.raises(SystemExit, match="holds digits with n=12"):
-        main(["nfe-sweep", "--n", "16", "--nfe", "1", "--seeds", "0", "--out", str(out),
-              "--append"])
+        main(
+            [
+                "nfe-sweep",
+                "--n",
+                "16",
+                "--nfe",
+                "1",
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+                "--append",
+            ]
+        )
 
 
 def test_each_sweep_sampler_spends_exactly_nfe_network_evaluations():
@@ -49,5 +105,7 @@ def test_each_sweep_sampler_spends_exactly_nfe_network_evaluations():
     x_T = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     for sampler in SAMPLERS:
         calls.clear()
-        sample_with(sampler, counting_model, diffusion, x_T.shape, 7, x_T, torch.Generator())
+        sample_with(
+            sampler, counting_model, diffusion, x_T.shape, 7, x_T, torch.Generator()
+        )
         assert len(calls) == 7, sampler

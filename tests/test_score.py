@@ -34,7 +34,9 @@ F64 = torch.float64
 def _mixture_2d() -> GaussianMixture:
     means = torch.tensor([[-1.0, 0.5], [1.5, -0.5], [0.0, 2.0]], dtype=F64)
     return GaussianMixture(
-        means, torch.tensor([0.5, 0.8, 0.6], dtype=F64), torch.tensor([0.2, 0.5, 0.3], dtype=F64)
+        means,
+        torch.tensor([0.5, 0.8, 0.6], dtype=F64),
+        torch.tensor([0.2, 0.5, 0.3], dtype=F64),
     )
 
 
@@ -48,7 +50,9 @@ def _torch_mixture(mixture: GaussianMixture) -> dist.MixtureSameFamily:
 def _mean_and_standard_error(values: list[torch.Tensor]) -> tuple[float, float]:
     """Mean of batch means and its standard error (batches are independent)."""
     batch_means = torch.stack(values).to(F64)
-    return batch_means.mean().item(), (batch_means.std() / math.sqrt(len(values))).item()
+    return batch_means.mean().item(), (
+        batch_means.std() / math.sqrt(len(values))
+    ).item()
 
 
 # ------------------------------------------------------------------------------ analytic scores
@@ -58,7 +62,10 @@ def test_gaussian_score_of_isotropic_gaussian_is_minus_displacement_over_varianc
     variance = 0.25
     expected = -(x - mean) / variance  # hand-derived: d/dx of -|x - mu|^2 / (2 s^2)
     torch.testing.assert_close(
-        gaussian_score(x, mean, variance * torch.eye(2, dtype=F64)), expected, rtol=0, atol=1e-12
+        gaussian_score(x, mean, variance * torch.eye(2, dtype=F64)),
+        expected,
+        rtol=0,
+        atol=1e-12,
     )
 
 
@@ -101,12 +108,15 @@ def test_mixture_score_equals_central_differences_of_log_prob():
 
 def test_mixture_score_function_equals_autograd_of_torch_distributions_log_prob():
     mixture = _mixture_2d()
-    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(3), dtype=F64).requires_grad_(
-        True
-    )
+    x = torch.randn(
+        30, 2, generator=torch.Generator().manual_seed(3), dtype=F64
+    ).requires_grad_(True)
     _torch_mixture(mixture).log_prob(x).sum().backward()
     score = mixture_score(
-        x.detach(), mixture.means, mixture.stds, torch.tensor([2.0, 5.0, 3.0], dtype=F64)
+        x.detach(),
+        mixture.means,
+        mixture.stds,
+        torch.tensor([2.0, 5.0, 3.0], dtype=F64),
     )
     # float64, exact formula on both sides; the unnormalised weights 2:5:3 are the same mixture
     torch.testing.assert_close(score, x.grad, rtol=1e-10, atol=1e-10)
@@ -114,7 +124,9 @@ def test_mixture_score_function_equals_autograd_of_torch_distributions_log_prob(
 
 def test_mixture_score_is_finite_and_exact_far_from_every_mean():
     mixture = GaussianMixture(
-        torch.tensor([[-1.0], [1.0]]), torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5])
+        torch.tensor([[-1.0], [1.0]]),
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([0.5, 0.5]),
     )
     # at x = 1000 the component at +1 has responsibility 1 - e^{-2000}: score = -(1000 - 1) / 1
     score = mixture.score(torch.tensor([[1000.0], [-1000.0]]))
@@ -126,7 +138,9 @@ def test_mixture_score_is_finite_and_exact_far_from_every_mean():
 def test_mixture_log_prob_integrates_to_one_on_a_grid():
     mixture = _mixture_2d()
     h = 0.02
-    axis = torch.arange(-8.0, 8.0 + h / 2, h, dtype=F64)  # every mean is >= 6 stds from the edges
+    axis = torch.arange(
+        -8.0, 8.0 + h / 2, h, dtype=F64
+    )  # every mean is >= 6 stds from the edges
     grid = torch.cartesian_prod(axis, axis)
     total = mixture.log_prob(grid).exp().sum() * h * h
     # the Riemann sum of a smooth, rapidly decaying density is exponentially accurate in 1/h;
@@ -155,12 +169,16 @@ def test_mixture_samples_have_the_mixture_mean_and_covariance():
 
 
 def test_noised_mixture_is_the_law_of_x_plus_sigma_z():
-    means, stds = torch.tensor([[-1.0], [2.0]], dtype=F64), torch.tensor([0.3, 0.5], dtype=F64)
+    means, stds = (
+        torch.tensor([[-1.0], [2.0]], dtype=F64),
+        torch.tensor([0.3, 0.5], dtype=F64),
+    )
     mixture = GaussianMixture(means, stds, torch.tensor([0.4, 0.6], dtype=F64))
     sigma = 0.7
     noised = mixture.noised(sigma)
     torch.testing.assert_close(
-        noised.stds, torch.tensor([math.sqrt(0.09 + 0.49), math.sqrt(0.25 + 0.49)], dtype=F64)
+        noised.stds,
+        torch.tensor([math.sqrt(0.09 + 0.49), math.sqrt(0.25 + 0.49)], dtype=F64),
     )
     generator = torch.Generator().manual_seed(5)
     n = 200_000
@@ -170,7 +188,8 @@ def test_noised_mixture_is_the_law_of_x_plus_sigma_z():
     thresholds = torch.tensor([-2.0, -0.5, 0.5, 1.5, 3.0], dtype=F64)
     empirical_cdf = (x_noisy < thresholds).to(F64).mean(0)
     exact_cdf = (
-        mixture.weights * torch.special.ndtr((thresholds[:, None] - means[:, 0]) / noised.stds)
+        mixture.weights
+        * torch.special.ndtr((thresholds[:, None] - means[:, 0]) / noised.stds)
     ).sum(1)
     # binomial standard error of a frequency is <= 0.5 / sqrt(n); allow 5 of them
     assert torch.allclose(empirical_cdf, exact_cdf, atol=5 * 0.5 / math.sqrt(n))
@@ -191,14 +210,22 @@ def test_langevin_step_is_the_unadjusted_langevin_update():
 def test_langevin_sample_returns_the_path_from_the_initial_points():
     x_init = torch.zeros(5, 2)
     x, path = langevin_sample(
-        lambda x: -x, x_init, 0.1, 7, generator=torch.Generator().manual_seed(0), return_path=True
+        lambda x: -x,
+        x_init,
+        0.1,
+        7,
+        generator=torch.Generator().manual_seed(0),
+        return_path=True,
     )
     assert path.shape == (8, 5, 2)
     assert torch.equal(path[0], x_init) and torch.equal(path[-1], x)
 
 
 def test_langevin_sampling_of_a_1d_mixture_matches_its_histogram_mean_and_variance():
-    means, stds = torch.tensor([[-1.5], [1.0]], dtype=F64), torch.tensor([0.6, 0.8], dtype=F64)
+    means, stds = (
+        torch.tensor([[-1.5], [1.0]], dtype=F64),
+        torch.tensor([0.6, 0.8], dtype=F64),
+    )
     weights = torch.tensor([0.3, 0.7], dtype=F64)
     mixture = GaussianMixture(means, stds, weights)
     n, step = 10_000, 0.02
@@ -222,7 +249,8 @@ def test_langevin_sampling_of_a_1d_mixture_matches_its_histogram_mean_and_varian
     histogram = torch.histogram(samples[:, 0], bins=edges).hist / n
     # 4 binomial standard errors per bin, plus 0.005 for the step bias
     assert torch.all(
-        (histogram - bin_mass).abs() < 4 * torch.sqrt(bin_mass * (1 - bin_mass) / n) + 0.005
+        (histogram - bin_mass).abs()
+        < 4 * torch.sqrt(bin_mass * (1 - bin_mass) / n) + 0.005
     )
 
 
@@ -267,7 +295,9 @@ def test_annealed_langevin_recovers_the_component_weights_of_a_2d_mixture():
         1e-3,
         generator=generator,
     )
-    frequencies = torch.bincount(torch.cdist(samples, means).argmin(1), minlength=3).to(F64) / n
+    frequencies = (
+        torch.bincount(torch.cdist(samples, means).argmin(1), minlength=3).to(F64) / n
+    )
     # annealing with 10 levels is not exact: over seeds the frequencies are off by <= 0.023, plus
     # 3 standard errors (0.009 at n = 3000); plain Langevin from the same start gives ~1/3 each (error 0.15)
     assert torch.allclose(frequencies, weights, atol=0.05), frequencies
@@ -347,7 +377,9 @@ def test_dsm_and_esm_differ_by_the_same_constant_for_two_models_on_a_mixture():
             )
             gaps.append(first - second)
     mean, standard_error = _mean_and_standard_error(gaps)
-    assert abs(mean) < 5 * standard_error  # the constant cancels: 0 up to 5 MC standard errors
+    assert (
+        abs(mean) < 5 * standard_error
+    )  # the constant cancels: 0 up to 5 MC standard errors
 
 
 def test_noised_mixture_score_minimises_the_dsm_loss():
@@ -364,7 +396,9 @@ def test_noised_mixture_score_minimises_the_dsm_loss():
         "rotated": lambda y: 0.5 * torch.stack([-y[:, 1], y[:, 0]], dim=1).tanh(),
     }
     for name, delta in perturbations.items():
-        perturbed = dsm_loss(lambda y, s, delta=delta: noised.score(y) + delta(y), x, sigma, noise)
+        perturbed = dsm_loss(
+            lambda y, s, delta=delta: noised.score(y) + delta(y), x, sigma, noise
+        )
         # same samples: the gap is sigma^2/2 E|delta|^2 (>= 0.0045 here) plus a zero-mean term of std ~1e-3
         assert perturbed > optimum, name
 
@@ -373,7 +407,9 @@ def test_implicit_score_matching_of_a_linear_field_is_trace_plus_half_squared_no
     A = torch.tensor([[1.0, 2.0], [-0.5, 3.0]], dtype=F64)
     b = torch.tensor([0.2, -1.0], dtype=F64)
     x = torch.randn(20, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
-    expected = (A.trace() + 0.5 * ((x @ A.T + b) ** 2).sum(1)).mean()  # the Jacobian of Ax + b is A
+    expected = (
+        A.trace() + 0.5 * ((x @ A.T + b) ** 2).sum(1)
+    ).mean()  # the Jacobian of Ax + b is A
     loss = implicit_score_matching_loss(lambda y: y @ A.T + b, x)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)  # float64, exact
 
@@ -394,7 +430,8 @@ def test_implicit_equals_explicit_score_matching_minus_half_trace_of_precision_f
     for _ in range(40):
         x = (
             mean
-            + torch.randn(5000, 2, generator=generator, dtype=F64) @ torch.linalg.cholesky(cov).T
+            + torch.randn(5000, 2, generator=generator, dtype=F64)
+            @ torch.linalg.cholesky(cov).T
         )
         ism = implicit_score_matching_loss(score_fn, x)
         esm = explicit_score_matching_loss(
@@ -402,7 +439,9 @@ def test_implicit_equals_explicit_score_matching_minus_half_trace_of_precision_f
         )
         gaps.append((ism - esm).detach())
     mean_gap, standard_error = _mean_and_standard_error(gaps)
-    assert abs(mean_gap + half_trace_precision) < 5 * standard_error  # 5 MC standard errors
+    assert (
+        abs(mean_gap + half_trace_precision) < 5 * standard_error
+    )  # 5 MC standard errors
 
 
 def test_implicit_score_matching_loss_is_differentiable_in_the_model_parameters():
@@ -410,7 +449,10 @@ def test_implicit_score_matching_loss_is_differentiable_in_the_model_parameters(
     network = ScoreMLP(dim=2, hidden=16, n_layers=2)
     loss = implicit_score_matching_loss(lambda y: network(y, 1.0), torch.randn(8, 2))
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in network.parameters()
+    )
 
 
 # ------------------------------------------------------------------------------ the learned score
@@ -430,7 +472,9 @@ def test_score_mlp_accepts_a_float_or_one_sigma_per_point():
     assert per_point.shape == (6, 2)
     torch.testing.assert_close(per_point[:3], model(x[:3], 0.1))
     torch.testing.assert_close(per_point[3:], model(x[3:], 1.0))
-    assert not torch.allclose(model(x, 0.1) * 0.1, model(x, 1.0) * 1.0)  # the network sees sigma
+    assert not torch.allclose(
+        model(x, 0.1) * 0.1, model(x, 1.0) * 1.0
+    )  # the network sees sigma
 
 
 def test_training_by_dsm_approaches_the_minimum_loss_for_gaussian_data():
@@ -452,7 +496,10 @@ def test_training_by_dsm_approaches_the_minimum_loss_for_gaussian_data():
     )
     assert len(losses) == 300
     n = 60_000
-    x, noise = torch.randn(n, 2, generator=generator), torch.randn(n, 2, generator=generator)
+    x, noise = (
+        torch.randn(n, 2, generator=generator),
+        torch.randn(n, 2, generator=generator),
+    )
     level = torch.randint(3, (n,), generator=generator)
     with torch.no_grad():
         trained = dsm_loss(model, x, torch.tensor(sigmas)[level], noise).item()
@@ -493,24 +540,36 @@ def test_train_score_model_draws_batches_from_a_data_tensor():
             id="sigmas-negative",
         ),
         pytest.param(
-            lambda: annealed_langevin(lambda x, s: x, [1.0, 0.1], torch.zeros(2, 2), step_lr=-1e-3),
+            lambda: annealed_langevin(
+                lambda x, s: x, [1.0, 0.1], torch.zeros(2, 2), step_lr=-1e-3
+            ),
             id="negative-step-lr",
         ),
-        pytest.param(lambda: geometric_sigmas(0.01, 1.0, 10), id="geometric-min-above-max"),
         pytest.param(
-            lambda: langevin_step(torch.zeros(3, 2), torch.zeros(3, 2), -0.1, torch.zeros(3, 2)),
+            lambda: geometric_sigmas(0.01, 1.0, 10), id="geometric-min-above-max"
+        ),
+        pytest.param(
+            lambda: langevin_step(
+                torch.zeros(3, 2), torch.zeros(3, 2), -0.1, torch.zeros(3, 2)
+            ),
             id="negative-step",
         ),
         pytest.param(
-            lambda: langevin_step(torch.zeros(3, 2), torch.zeros(3, 2), 0.0, torch.zeros(3, 2)),
+            lambda: langevin_step(
+                torch.zeros(3, 2), torch.zeros(3, 2), 0.0, torch.zeros(3, 2)
+            ),
             id="zero-step",
         ),
         pytest.param(
-            lambda: langevin_step(torch.zeros(3, 2), torch.zeros(2, 2), 0.1, torch.zeros(3, 2)),
+            lambda: langevin_step(
+                torch.zeros(3, 2), torch.zeros(2, 2), 0.1, torch.zeros(3, 2)
+            ),
             id="score-shape",
         ),
         pytest.param(
-            lambda: langevin_step(torch.zeros(3, 2), torch.zeros(3, 2), 0.1, torch.zeros(3, 1)),
+            lambda: langevin_step(
+                torch.zeros(3, 2), torch.zeros(3, 2), 0.1, torch.zeros(3, 1)
+            ),
             id="noise-shape",
         ),
         pytest.param(
@@ -530,7 +589,9 @@ def test_train_score_model_draws_batches_from_a_data_tensor():
             id="mixture-means-1d",
         ),
         pytest.param(
-            lambda: GaussianMixture(torch.zeros(2, 2), torch.tensor([1.0, -1.0]), torch.ones(2)),
+            lambda: GaussianMixture(
+                torch.zeros(2, 2), torch.tensor([1.0, -1.0]), torch.ones(2)
+            ),
             id="mixture-negative-std",
         ),
         pytest.param(
@@ -538,7 +599,8 @@ def test_train_score_model_draws_batches_from_a_data_tensor():
             id="mixture-point-dimension",
         ),
         pytest.param(
-            lambda: _mixture_2d().score(torch.zeros(4, dtype=F64)), id="mixture-points-not-2d"
+            lambda: _mixture_2d().score(torch.zeros(4, dtype=F64)),
+            id="mixture-points-not-2d",
         ),
         pytest.param(
             lambda: gaussian_score(torch.zeros(4, 2), torch.zeros(3), torch.eye(2)),
@@ -553,15 +615,21 @@ def test_train_score_model_draws_batches_from_a_data_tensor():
             id="dsm-noise-shape",
         ),
         pytest.param(
-            lambda: dsm_loss(lambda x, s: x, torch.zeros(4, 2), torch.ones(3), torch.zeros(4, 2)),
+            lambda: dsm_loss(
+                lambda x, s: x, torch.zeros(4, 2), torch.ones(3), torch.zeros(4, 2)
+            ),
             id="dsm-sigma-length",
         ),
         pytest.param(
-            lambda: dsm_loss(lambda x, s: x, torch.zeros(4, 2), -0.5, torch.zeros(4, 2)),
+            lambda: dsm_loss(
+                lambda x, s: x, torch.zeros(4, 2), -0.5, torch.zeros(4, 2)
+            ),
             id="dsm-negative-sigma",
         ),
         pytest.param(
-            lambda: explicit_score_matching_loss(lambda x: x, torch.zeros(4, 2), torch.zeros(4, 1)),
+            lambda: explicit_score_matching_loss(
+                lambda x: x, torch.zeros(4, 2), torch.zeros(4, 1)
+            ),
             id="esm-true-score-shape",
         ),
     ],

@@ -48,7 +48,9 @@ def test_the_diffusers_baseline_warms_its_learning_rate_up_as_the_example_does()
         run.step()
     (group,) = run.optimizer.param_groups
     assert group["betas"] == (0.95, 0.999) and group["weight_decay"] == 1e-6
-    assert group["lr"] == pytest.approx(1e-4 * 3 / 500)  # linear warm-up over 500 steps to 1e-4
+    assert group["lr"] == pytest.approx(
+        1e-4 * 3 / 500
+    )  # linear warm-up over 500 steps to 1e-4
     averaged = run.sampling_model()
     x = torch.randn(2, 1, 16, 16)
     assert averaged(x, torch.tensor([0, 999])).shape == x.shape
@@ -63,7 +65,9 @@ def test_a_tiny_run_reports_every_contender_far_above_the_floor(tmp_path):
     for name in ("digits", "diffusers"):
         (point,) = report["contenders"][name]["fd"]
         assert point["min"] == point["median"] == point["max"]  # one seed
-        assert point["median"] > 5 * floor  # a fraction of a second of training learns nothing
+        assert (
+            point["median"] > 5 * floor
+        )  # a fraction of a second of training learns nothing
         assert report["contenders"][name]["steps"][0]["median"] >= 1
     json_path, png_path = ttq.write_time_to_quality(report, tmp_path)
     assert json.loads(json_path.read_text())["checkpoint_seconds"] == [0.2]

@@ -8,13 +8,17 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "solutions", help="a folder of solutions notebooks (NN_name.ipynb), or one of them"
+        "solutions",
+        help="a folder of solutions notebooks (NN_name.ipynb), or one of them",
     )
     parser.add_argument(
-        "exercises", help="the folder to write the exercise notebooks to (created if missing)"
+        "exercises",
+        help="the folder to write the exercise notebooks to (created if missing)",
     )
     parser.add_argument(
-        "--branch", default="main", help="the git branch the Colab badges open (default: main)"
+        "--branch",
+        default="main",
+        help="the git branch the Colab badges open (default: main)",
     )
 
 

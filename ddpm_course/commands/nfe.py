@@ -28,15 +28,24 @@ COMMAND = "OMP_NUM_THREADS=1 ddpm-course nfe-sweep"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="digits", help="a shipped model (default digits)")
+    parser.add_argument(
+        "--model", default="digits", help="a shipped model (default digits)"
+    )
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n", type=int, default=400, help="samples per FD (default 400)")
-    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
-        "--append", action="store_true",
+        "--n", type=int, default=400, help="samples per FD (default 400)"
+    )
+    parser.add_argument(
+        "--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS)
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1)"
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
         help="add to the runs already in --out (same model and n), skipping those it holds",
     )
 
@@ -63,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model, diffusion, config = load_pretrained(args.model, device="cpu")
     if config.class_conditional:
-        raise SystemExit(f"--model {args.model} is class-conditional; use an unconditional model")
+        raise SystemExit(
+            f"--model {args.model} is class-conditional; use an unconditional model"
+        )
     shape = (args.n, config.channels, config.image_size, config.image_size)
     command = (
         f"{COMMAND} --model {args.model} --n {args.n} --nfe {' '.join(map(str, args.nfe))} "
@@ -82,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if args.append and args.out.exists():
         result = json.loads(args.out.read_text())
         if (result["model"], result["n"]) != (args.model, args.n):
-            raise SystemExit(f"--append: {args.out} holds {result['model']} with n={result['n']}")
+            raise SystemExit(
+                f"--append: {args.out} holds {result['model']} with n={result['n']}"
+            )
     result["commands"].append(command + (" --append" if args.append else ""))
     for seed in args.seeds:
         if str(seed) not in result["floor"]:
@@ -98,10 +111,14 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 generator = torch.Generator().manual_seed(10_000 + seed)
                 start = time.perf_counter()
-                samples = sample_with(sampler, model, diffusion, shape, nfe, x_T, generator)
+                samples = sample_with(
+                    sampler, model, diffusion, shape, nfe, x_T, generator
+                )
                 seconds = time.perf_counter() - start
                 fd = digits_fd(samples)
-                run_result = dict(sampler=sampler, nfe=nfe, seed=seed, fd=fd, seconds=seconds)
+                run_result = dict(
+                    sampler=sampler, nfe=nfe, seed=seed, fd=fd, seconds=seconds
+                )
                 result["runs"].append(run_result)
                 print(json.dumps(run_result), flush=True)
                 args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -21,7 +21,13 @@ import nbformat
 
 from .notebook import exercise_points, install_cell_repository
 
-__all__ = ["BEGIN_SOLUTION", "END_SOLUTION", "assign", "exercise_notebook", "strip_solutions"]
+__all__ = [
+    "BEGIN_SOLUTION",
+    "END_SOLUTION",
+    "assign",
+    "exercise_notebook",
+    "strip_solutions",
+]
 
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
@@ -81,24 +87,35 @@ def exercise_notebook(
     )
     cells = [badge]
     for number, cell in enumerate(solution.cells):
-        metadata = {"tags": list(cell.metadata["tags"])} if cell.metadata.get("tags") else {}
+        metadata = (
+            {"tags": list(cell.metadata["tags"])} if cell.metadata.get("tags") else {}
+        )
         # nbformat < 4.5 has no ids; never a random one here (the output must be deterministic)
         cell_id = cell.get("id") or f"cell-{number}"
         if cell.cell_type == "code":
             source = strip_solutions(cell.source, f"{where}, cell {number}")
-            cells.append(nbformat.v4.new_code_cell(source, id=cell_id, metadata=metadata))
+            cells.append(
+                nbformat.v4.new_code_cell(source, id=cell_id, metadata=metadata)
+            )
         elif BEGIN_SOLUTION in cell.source or END_SOLUTION in cell.source:
             raise ValueError(
                 f"{where}, cell {number}: solution markers are only supported in code cells"
             )
         elif cell.cell_type == "markdown":
-            cells.append(nbformat.v4.new_markdown_cell(cell.source, id=cell_id, metadata=metadata))
+            cells.append(
+                nbformat.v4.new_markdown_cell(
+                    cell.source, id=cell_id, metadata=metadata
+                )
+            )
         else:
-            cells.append(nbformat.v4.new_raw_cell(cell.source, id=cell_id, metadata=metadata))
+            cells.append(
+                nbformat.v4.new_raw_cell(cell.source, id=cell_id, metadata=metadata)
+            )
     metadata = {
         "kernelspec": dict(
             solution.metadata.get(
-                "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"}
+                "kernelspec",
+                {"display_name": "Python 3", "language": "python", "name": "python3"},
             )
         ),
         "ddpm_course": {"points": points},
@@ -123,7 +140,9 @@ def assign(solutions: Path, exercises: Path, branch: str = "main") -> list[Path]
     exercises.mkdir(parents=True, exist_ok=True)
     written = []
     for path in sources:
-        notebook = exercise_notebook(nbformat.read(path, as_version=4), path.stem, branch)
+        notebook = exercise_notebook(
+            nbformat.read(path, as_version=4), path.stem, branch
+        )
         target = exercises / path.name
         nbformat.write(notebook, target)
         written.append(target)

@@ -58,12 +58,18 @@ class SqrtAffineDiffusion(InputFunction):
 
 
 def _uniform_float(low: float, high: float, generator: torch.Generator) -> float:
-    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+    return (
+        low
+        + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+    )
 
 
 def _sde(generator: torch.Generator) -> tuple[LinearDrift, SqrtAffineDiffusion]:
     """A VP-like SDE with random coefficients: β_min in [0.05, 1], β_max in [5, 25]."""
-    beta_min, beta_max = _uniform_float(0.05, 1.0, generator), _uniform_float(5.0, 25.0, generator)
+    beta_min, beta_max = (
+        _uniform_float(0.05, 1.0, generator),
+        _uniform_float(5.0, 25.0, generator),
+    )
     drift = LinearDrift(a=beta_min / 2, b=(beta_max - beta_min) / 2)
     return drift, SqrtAffineDiffusion(c=beta_min, d=beta_max - beta_min)
 
@@ -81,7 +87,10 @@ def cases_vp_discrete_betas(generator: torch.Generator) -> list[Case]:
             _uniform_float(5.0, 30.0, generator),
         )
         cases.append(
-            Case(f"N={N}, beta from {beta_min:.3g} to {beta_max:.3g}", (N, beta_min, beta_max))
+            Case(
+                f"N={N}, beta from {beta_min:.3g} to {beta_max:.3g}",
+                (N, beta_min, beta_max),
+            )
         )
     return cases
 
@@ -91,7 +100,10 @@ def cases_euler_maruyama_step(generator: torch.Generator) -> list[Case]:
     cases = []
     for dtype, shape in CONFIGS:
         drift, diffusion = _sde(generator)
-        s, ds = _uniform_float(0.0, 0.9, generator), _uniform_float(1e-3, 0.1, generator)
+        s, ds = (
+            _uniform_float(0.0, 0.9, generator),
+            _uniform_float(1e-3, 0.1, generator),
+        )
         args = (
             draw_normal(shape, dtype, generator),
             s,
@@ -100,7 +112,9 @@ def cases_euler_maruyama_step(generator: torch.Generator) -> list[Case]:
             diffusion,
             draw_normal(shape, dtype, generator),
         )
-        cases.append(Case(f"{dtype_name(dtype)}, x {shape}, s={s:.3f}, ds={ds:.3g}", args))
+        cases.append(
+            Case(f"{dtype_name(dtype)}, x {shape}, s={s:.3f}, ds={ds:.3g}", args)
+        )
     return cases
 
 
@@ -111,13 +125,18 @@ def cases_vp_sde_marginal(generator: torch.Generator) -> list[Case]:
         beta_min, beta_max = (
             (0.1, 20.0)
             if number < 2
-            else (_uniform_float(0.01, 1.0, generator), _uniform_float(5.0, 30.0, generator))
+            else (
+                _uniform_float(0.01, 1.0, generator),
+                _uniform_float(5.0, 30.0, generator),
+            )
         )
         if number % 2 == 0:  # s a float (1.0 in the first case: the end of the process)
             s = 1.0 if number == 0 else _uniform_float(0.05, 1.0, generator)
             label = f"s={s:.3f}"
         else:  # one s per example, float64, shaped to broadcast against x0
-            s = draw_uniform(per_example_shape(shape), 0.05, 1.0, torch.float64, generator)
+            s = draw_uniform(
+                per_example_shape(shape), 0.05, 1.0, torch.float64, generator
+            )
             label = f"s {tuple(s.shape)} float64"
         args = (draw_normal(shape, dtype, generator), s, beta_min, beta_max)
         cases.append(
@@ -154,7 +173,11 @@ def cases_euler_maruyama(generator: torch.Generator) -> list[Case]:
             grid = "uneven"
         noises = draw_normal((n_points - 1, *shape), dtype, generator)
         args = (drift, diffusion, draw_normal(shape, dtype, generator), s_grid, noises)
-        cases.append(Case(f"{dtype_name(dtype)}, x {shape}, {grid} grid of {n_points} times", args))
+        cases.append(
+            Case(
+                f"{dtype_name(dtype)}, x {shape}, {grid} grid of {n_points} times", args
+            )
+        )
     return cases
 
 

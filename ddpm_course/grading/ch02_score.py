@@ -100,12 +100,18 @@ def cases_mixture_score(generator: torch.Generator) -> list[Case]:
         spread = 40.0 if number >= 4 else 4.0
         x = spread * draw_normal((n, dim), torch.float64, generator)
         # the score sums the components' (mu_k - x) / s_k^2, weighted: rounding scales with the largest
-        component_scores = (means[None] - x[:, None, :]).abs().amax(dim=2) / stds[None] ** 2
+        component_scores = (means[None] - x[:, None, :]).abs().amax(dim=2) / stds[
+            None
+        ] ** 2
         scale = component_scores.amax(dim=1, keepdim=True)
         where = "far from the means" if number >= 4 else "near the means"
         args = (x.to(dtype), means.to(dtype), stds.to(dtype), weights.to(dtype))
         cases.append(
-            Case(f"{_label(dtype, n, dim)}, K={n_components}, points {where}", args, scale=scale)
+            Case(
+                f"{_label(dtype, n, dim)}, K={n_components}, points {where}",
+                args,
+                scale=scale,
+            )
         )
     return cases
 
@@ -123,7 +129,9 @@ def cases_dsm_loss(generator: torch.Generator) -> list[Case]:
             sigma = 10 ** draw_uniform((), -1.0, 0.5, torch.float64, generator).item()
             label = f"sigma={sigma:.3g}"
         else:  # one noise level per point, like a noise-conditional model's training batch
-            sigma = (10 ** draw_uniform((n,), -1.0, 0.5, torch.float64, generator)).to(dtype)
+            sigma = (10 ** draw_uniform((n,), -1.0, 0.5, torch.float64, generator)).to(
+                dtype
+            )
             label = f"sigma ({n},)"
         args = (
             score_fn,

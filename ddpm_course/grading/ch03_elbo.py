@@ -57,7 +57,9 @@ def _timesteps(n: int, T: int, generator: torch.Generator) -> torch.Tensor:
     return t
 
 
-def _eight_bit(shape: tuple, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+def _eight_bit(
+    shape: tuple, dtype: torch.dtype, generator: torch.Generator
+) -> torch.Tensor:
     """Data on the 8-bit grid {-1, -1 + 2/255, ..., 1}, with both edge values present."""
     levels = torch.randint(0, 256, shape, generator=generator)
     levels.view(-1)[:2] = torch.tensor([0, 255])
@@ -91,7 +93,9 @@ def cases_q_sample(generator: torch.Generator) -> list[Case]:
 
 # ------------------------------------------------------------------ predict_x0_from_eps
 def reference_predict_x0_from_eps(x_t, t, eps, alphas_cumprod):
-    return _diffusion_from_alphas_cumprod(alphas_cumprod).predict_x0_from_eps(x_t, t, eps)
+    return _diffusion_from_alphas_cumprod(alphas_cumprod).predict_x0_from_eps(
+        x_t, t, eps
+    )
 
 
 def cases_predict_x0_from_eps(generator: torch.Generator) -> list[Case]:
@@ -102,9 +106,15 @@ def cases_predict_x0_from_eps(generator: torch.Generator) -> list[Case]:
         x_t, t, eps, alphas_cumprod = case.args
         # near t = T-1 the formula divides terms of size |x_t| + |eps| by sqrt(abar_t) << 1 (and they cancel):
         # rounding errors grow by the same factor, in any evaluation order
-        inverse_sqrt = alphas_cumprod[t].rsqrt().reshape(per_example_shape(tuple(x_t.shape)))
+        inverse_sqrt = (
+            alphas_cumprod[t].rsqrt().reshape(per_example_shape(tuple(x_t.shape)))
+        )
         cases.append(
-            Case(case.label, case.args, scale=inverse_sqrt * (x_t.abs() + eps.abs()).double())
+            Case(
+                case.label,
+                case.args,
+                scale=inverse_sqrt * (x_t.abs() + eps.abs()).double(),
+            )
         )
     return cases
 
@@ -112,7 +122,7 @@ def cases_predict_x0_from_eps(generator: torch.Generator) -> list[Case]:
 # ------------------------------------------------------------------------------ normal_kl
 def cases_normal_kl(generator: torch.Generator) -> list[Case]:
     cases = []
-    for dtype, shape, schedule, T in CONFIGS:
+    for dtype, shape, _schedule, _T in CONFIGS:
         per_example = per_example_shape(shape)
         # log-variances per element or per example (as the fixed reverse variances are), in [-5, 1]
         logvar1_shape = shape if len(shape) > 2 else per_example
@@ -156,9 +166,13 @@ def cases_discretized(generator: torch.Generator) -> list[Case]:
     for dtype, shape, _, _ in CONFIGS:
         x = _eight_bit(shape, dtype, generator)
         scale_shape = per_example_shape(shape) if len(shape) > 2 else shape
-        log_scales = draw_uniform(scale_shape, math.log(0.005), math.log(0.5), dtype, generator)
+        log_scales = draw_uniform(
+            scale_shape, math.log(0.005), math.log(0.5), dtype, generator
+        )
         # means within 2.5 standard deviations of x: every bin then holds a probability > 1e-4
-        means = x + torch.exp(log_scales) * draw_uniform(shape, -2.5, 2.5, dtype, generator)
+        means = x + torch.exp(log_scales) * draw_uniform(
+            shape, -2.5, 2.5, dtype, generator
+        )
         label = f"{dtype_name(dtype)}, x {shape}, log_scales {scale_shape}"
         cases.append(Case(label, (x, means, log_scales)))
     return cases
@@ -166,9 +180,15 @@ def cases_discretized(generator: torch.Generator) -> list[Case]:
 
 # ------------------------------------------------------------------------------- vlb_term
 def reference_vlb_term(x0, x_t, t, betas, model_mean, model_log_variance):
-    nan = torch.full_like(x0, math.nan)  # the bound's terms use only the mean and the variance of p
+    nan = torch.full_like(
+        x0, math.nan
+    )  # the bound's terms use only the mean and the variance of p
     p = PMeanVariance(
-        model_mean, torch.exp(model_log_variance), model_log_variance, pred_x0=nan, pred_eps=nan
+        model_mean,
+        torch.exp(model_log_variance),
+        model_log_variance,
+        pred_x0=nan,
+        pred_eps=nan,
     )
     return GaussianDiffusion(betas).vb_terms_bpd(p, x0, x_t, t)
 

@@ -61,8 +61,12 @@ def _pair(schedule: str, index: int, generator: torch.Generator) -> tuple[float,
     return float(alphas_cumprod[noisy]), float(alphas_cumprod[clean])
 
 
-def _label(dtype: torch.dtype, shape: tuple, schedule: str, noisy: float, clean: float) -> str:
-    return f"{dtype_name(dtype)}, x {shape}, {schedule}: abar {noisy:.3g} -> {clean:.3g}"
+def _label(
+    dtype: torch.dtype, shape: tuple, schedule: str, noisy: float, clean: float
+) -> str:
+    return (
+        f"{dtype_name(dtype)}, x {shape}, {schedule}: abar {noisy:.3g} -> {clean:.3g}"
+    )
 
 
 # ------------------------------------------------------------------------------- ddim_step
@@ -71,10 +75,16 @@ def cases_ddim_step(generator: torch.Generator) -> list[Case]:
     for index, (dtype, shape, schedule) in enumerate(CONFIGS):
         for eta in ((0.0, 0.5, 1.0)[index % 3], 1.0 if index % 2 else 0.3):
             alpha_bar_t, alpha_bar_prev = _pair(schedule, index % 3, generator)
-            pred_x0, pred_eps = draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator)
+            pred_x0, pred_eps = (
+                draw_normal(shape, dtype, generator),
+                draw_normal(shape, dtype, generator),
+            )
             noise = draw_normal(shape, dtype, generator)
             args = (pred_x0, pred_eps, alpha_bar_t, alpha_bar_prev, eta, noise)
-            label = _label(dtype, shape, schedule, alpha_bar_t, alpha_bar_prev) + f", eta {eta}"
+            label = (
+                _label(dtype, shape, schedule, alpha_bar_t, alpha_bar_prev)
+                + f", eta {eta}"
+            )
             cases.append(Case(label, args))
     return cases
 
@@ -98,10 +108,14 @@ def cases_respaced_betas(generator: torch.Generator) -> list[Case]:
         ("cosine", 1000, 1000, torch.float64),
         ("linear", 1000, 20, torch.float32),
     ):
-        alphas_cumprod = torch.cumprod(1.0 - get_betas(schedule, T_case), dim=0).to(dtype)
+        alphas_cumprod = torch.cumprod(1.0 - get_betas(schedule, T_case), dim=0).to(
+            dtype
+        )
         kept = torch.randperm(T_case, generator=generator)[:n_kept].sort().values
         if n_kept > 2:
-            kept[-1] = T_case - 1  # include the last trained step, as trailing spacing does
+            kept[-1] = (
+                T_case - 1
+            )  # include the last trained step, as trailing spacing does
         label = f"{dtype_name(dtype)}, {schedule} T={T_case}, {n_kept} kept timesteps"
         cases.append(Case(label, (alphas_cumprod, kept)))
     return cases
@@ -112,9 +126,14 @@ def _not_parallel(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """x1, with each example whose angle to x0 has |cos| > 0.9 replaced by its component orthogonal
     to x0: near theta = 0 or pi the weights divide by sin(theta) ~ 0, and no evaluation order keeps
     float32 digits (in 2-D, random pairs come that close often)."""
-    flat0, flat1 = x0.reshape(x0.shape[0], -1).double(), x1.reshape(x1.shape[0], -1).double()
+    flat0, flat1 = (
+        x0.reshape(x0.shape[0], -1).double(),
+        x1.reshape(x1.shape[0], -1).double(),
+    )
     cosine = (flat0 * flat1).sum(1) / (flat0.norm(dim=1) * flat1.norm(dim=1))
-    orthogonal = flat1 - ((flat0 * flat1).sum(1) / (flat0 * flat0).sum(1))[:, None] * flat0
+    orthogonal = (
+        flat1 - ((flat0 * flat1).sum(1) / (flat0 * flat0).sum(1))[:, None] * flat0
+    )
     flat1 = torch.where((cosine.abs() > 0.9)[:, None], orthogonal, flat1)
     return flat1.reshape(x1.shape).to(x1.dtype)
 
@@ -123,9 +142,14 @@ def cases_slerp(generator: torch.Generator) -> list[Case]:
     cases = []
     for dtype, shape, _ in CONFIGS:
         for fraction in (0.3, 0.5) if len(cases) % 4 else (0.0, 1.0):
-            x0, x1 = draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator)
+            x0, x1 = (
+                draw_normal(shape, dtype, generator),
+                draw_normal(shape, dtype, generator),
+            )
             args = (x0, _not_parallel(x0, x1), fraction)
-            cases.append(Case(f"{dtype_name(dtype)}, x {shape}, fraction {fraction}", args))
+            cases.append(
+                Case(f"{dtype_name(dtype)}, x {shape}, fraction {fraction}", args)
+            )
     return cases
 
 
@@ -139,9 +163,18 @@ def cases_first_order(generator: torch.Generator) -> list[Case]:
     for index, (dtype, shape, schedule) in enumerate(CONFIGS):
         for case_index in (index % 3, 2):
             alpha_bar_s, alpha_bar_t = _pair(schedule, case_index, generator)
-            x_s, pred_x0 = draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator)
+            x_s, pred_x0 = (
+                draw_normal(shape, dtype, generator),
+                draw_normal(shape, dtype, generator),
+            )
             label = _label(dtype, shape, schedule, alpha_bar_s, alpha_bar_t)
-            cases.append(Case(label, (x_s, pred_x0, alpha_bar_s, alpha_bar_t), scale=x_s.abs() + pred_x0.abs()))
+            cases.append(
+                Case(
+                    label,
+                    (x_s, pred_x0, alpha_bar_s, alpha_bar_t),
+                    scale=x_s.abs() + pred_x0.abs(),
+                )
+            )
     return cases
 
 
@@ -150,12 +183,23 @@ def cases_inversion(generator: torch.Generator) -> list[Case]:
     cases = []
     for index, (dtype, shape, schedule) in enumerate(CONFIGS):
         for case_index in (index % 3, 2):
-            noisy, clean = _pair(schedule, case_index, generator)  # the step goes clean -> noisy
-            x_t, pred_eps = draw_normal(shape, dtype, generator), draw_normal(shape, dtype, generator)
+            noisy, clean = _pair(
+                schedule, case_index, generator
+            )  # the step goes clean -> noisy
+            x_t, pred_eps = (
+                draw_normal(shape, dtype, generator),
+                draw_normal(shape, dtype, generator),
+            )
             label = _label(dtype, shape, schedule, clean, noisy)
             # x0 = (x_t - b eps) / a and then a' x0: an evaluation through x0 rounds terms of size
             # |x_t| + |eps| (times a'/a <= 1)
-            cases.append(Case(label, (x_t, pred_eps, clean, noisy), scale=x_t.abs() + pred_eps.abs()))
+            cases.append(
+                Case(
+                    label,
+                    (x_t, pred_eps, clean, noisy),
+                    scale=x_t.abs() + pred_eps.abs(),
+                )
+            )
     return cases
 
 
@@ -172,7 +216,11 @@ EXERCISES = (
         hint="sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev); then "
         "x_prev = sqrt(abar_prev) pred_x0 + sqrt(1 - abar_prev - sigma**2) pred_eps + sigma noise. At "
         "abar_prev = 1 sigma is 0 (and 1 - abar_prev - sigma**2 may round below 0: clamp it at 0).",
-        package_functions=(f"{SAMPLERS}.ddim_step", f"{SAMPLERS}.ddim_sigma", f"{SAMPLERS}.ddim_sample"),
+        package_functions=(
+            f"{SAMPLERS}.ddim_step",
+            f"{SAMPLERS}.ddim_sigma",
+            f"{SAMPLERS}.ddim_sample",
+        ),
     ),
     Exercise(
         name="respaced_betas",
@@ -180,7 +228,8 @@ EXERCISES = (
         reference=reference_respaced_betas,
         make_cases=cases_respaced_betas,
         tolerances=ROUNDING,
-        tolerance_reason=ROUNDING_REASON + " (a product of up to 1000 terms, in float64)",
+        tolerance_reason=ROUNDING_REASON
+        + " (a product of up to 1000 terms, in float64)",
         hint="Keep abar at the kept timesteps, S = timesteps (increasing): beta_i = 1 - abar[S_i] / "
         "abar[S_{i-1}], with abar[S_{-1}] = 1 for the first one. Return a tensor of shape (len(S),) "
         "in alphas_cumprod's dtype.",

@@ -41,7 +41,9 @@ SHAPES = (
 )
 
 
-def _encoder_args(dtype, shape, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _encoder_args(
+    dtype, shape, generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mean = 3.0 * draw_normal(shape, dtype, generator)
     logvar = draw_uniform(shape, -8.0, 2.0, dtype, generator)
     return mean, logvar, draw_normal(shape, dtype, generator)
@@ -49,7 +51,9 @@ def _encoder_args(dtype, shape, generator) -> tuple[torch.Tensor, torch.Tensor, 
 
 def cases_reparameterize(generator: torch.Generator) -> list[Case]:
     return [
-        Case(f"{dtype_name(dtype)}, mean {shape}", _encoder_args(dtype, shape, generator))
+        Case(
+            f"{dtype_name(dtype)}, mean {shape}", _encoder_args(dtype, shape, generator)
+        )
         for dtype, shape in SHAPES
     ]
 
@@ -60,7 +64,13 @@ def cases_gaussian_kl(generator: torch.Generator) -> list[Case]:
         mean, logvar, _ = _encoder_args(dtype, shape, generator)
         # a sum of up to 768 terms of size up to ~10: the rounding scales with the sum of |terms|
         size = (mean.pow(2) + logvar.exp() + 1 + logvar.abs()).flatten(1).sum(1)
-        cases.append(Case(f"{dtype_name(dtype)}, mean {shape}", (mean, logvar), scale=size.double()))
+        cases.append(
+            Case(
+                f"{dtype_name(dtype)}, mean {shape}",
+                (mean, logvar),
+                scale=size.double(),
+            )
+        )
     return cases
 
 
@@ -72,35 +82,52 @@ def cases_scale_factor(generator: torch.Generator) -> list[Case]:
     cases = []
     for (dtype, shape), std in zip(SHAPES, (5.5, 0.3, 1.0, 12.0, 2.0), strict=True):
         latents = std * draw_normal(shape, dtype, generator) + 0.5
-        cases.append(Case(f"{dtype_name(dtype)}, latents {shape} of std about {std}", (latents,)))
+        cases.append(
+            Case(f"{dtype_name(dtype)}, latents {shape} of std about {std}", (latents,))
+        )
     return cases
 
 
 def cases_scale_latents(generator: torch.Generator) -> list[Case]:
     cases = []
     for (dtype, shape), s in zip(SHAPES, (0.18215, 1.0, 0.5, 2.3, 0.0625), strict=True):
-        cases.append(Case(f"{dtype_name(dtype)}, mean {shape}, s = {s}", (*_encoder_args(dtype, shape, generator), s)))
+        cases.append(
+            Case(
+                f"{dtype_name(dtype)}, mean {shape}, s = {s}",
+                (*_encoder_args(dtype, shape, generator), s),
+            )
+        )
     return cases
 
 
 def cases_unscale_latents(generator: torch.Generator) -> list[Case]:
     cases = []
     for (dtype, shape), s in zip(SHAPES, (0.18215, 1.0, 0.5, 2.3, 0.0625), strict=True):
-        cases.append(Case(f"{dtype_name(dtype)}, latents {shape}, s = {s}", (draw_normal(shape, dtype, generator), s)))
+        cases.append(
+            Case(
+                f"{dtype_name(dtype)}, latents {shape}, s = {s}",
+                (draw_normal(shape, dtype, generator), s),
+            )
+        )
     return cases
 
 
 def cases_cross_attention_weights(generator: torch.Generator) -> list[Case]:
     configs = (
-        (torch.float32, (2, 16, 32), (2, 6, 32)),     # 4×4 positions attending to 6 tokens
+        (torch.float32, (2, 16, 32), (2, 6, 32)),  # 4×4 positions attending to 6 tokens
         (torch.float64, (2, 4, 16, 8), (2, 4, 6, 8)),  # with heads
         (torch.float32, (1, 2, 4, 5, 8), (1, 2, 4, 3, 8)),
         (torch.float64, (3, 1, 4), (3, 7, 4)),
     )
     cases = []
     for dtype, q_shape, k_shape in configs:
-        args = (2.0 * draw_normal(q_shape, dtype, generator), 2.0 * draw_normal(k_shape, dtype, generator))
-        cases.append(Case(f"{dtype_name(dtype)}, queries {q_shape}, keys {k_shape}", args))
+        args = (
+            2.0 * draw_normal(q_shape, dtype, generator),
+            2.0 * draw_normal(k_shape, dtype, generator),
+        )
+        cases.append(
+            Case(f"{dtype_name(dtype)}, queries {q_shape}, keys {k_shape}", args)
+        )
     return cases
 
 
@@ -136,7 +163,10 @@ EXERCISES = (
         signature="scale_factor(latents)",
         reference=reference_scale_factor,
         make_cases=cases_scale_factor,
-        tolerances={torch.float32: Tolerance(rtol=1e-5, atol=1e-7), torch.float64: Tolerance(rtol=1e-10, atol=1e-12)},
+        tolerances={
+            torch.float32: Tolerance(rtol=1e-5, atol=1e-7),
+            torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
+        },
         tolerance_reason="a standard deviation over up to 512 values, summed in different orders",
         hint="1 / std over every value of the batch (not per channel), with torch's default (unbiased) std; "
         "return a 0-d tensor in the latents' dtype.",
@@ -153,7 +183,10 @@ EXERCISES = (
         hint="Draw the posterior sample with the reparameterisation trick, then multiply by the scale factor: "
         "z0 = scale_factor * (mean + exp(logvar / 2) * noise).",
         output_names=("z0",),
-        package_functions=(f"{LATENT}.scale_latents", f"{LATENT}.LatentDiffusion.encode"),
+        package_functions=(
+            f"{LATENT}.scale_latents",
+            f"{LATENT}.LatentDiffusion.encode",
+        ),
     ),
     Exercise(
         name="unscale_latents",
@@ -164,18 +197,27 @@ EXERCISES = (
         tolerance_reason=ROUNDING_REASON,
         hint="The decoder was trained on unscaled latents: divide the sampled latents by the scale factor.",
         output_names=("z",),
-        package_functions=(f"{LATENT}.unscale_latents", f"{LATENT}.LatentDiffusion.decode"),
+        package_functions=(
+            f"{LATENT}.unscale_latents",
+            f"{LATENT}.LatentDiffusion.decode",
+        ),
     ),
     Exercise(
         name="cross_attention_weights",
         signature="cross_attention_weights(queries, keys)",
         reference=cross_attention_weights,
         make_cases=cases_cross_attention_weights,
-        tolerances={torch.float32: Tolerance(rtol=1e-5, atol=1e-6), torch.float64: Tolerance(rtol=1e-10, atol=1e-12)},
+        tolerances={
+            torch.float32: Tolerance(rtol=1e-5, atol=1e-6),
+            torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
+        },
         tolerance_reason="dot products of up to 32 terms, then a softmax",
         hint="scores = queries @ keys.transpose(-1, -2) / sqrt(d) with d = queries.shape[-1]; softmax over the "
         "last dimension (the keys), so that each row sums to 1.",
         output_names=("weights",),
-        package_functions=(f"{ATTENTION}.cross_attention_weights", f"{ATTENTION}.CrossAttention"),
+        package_functions=(
+            f"{ATTENTION}.cross_attention_weights",
+            f"{ATTENTION}.CrossAttention",
+        ),
     ),
 )

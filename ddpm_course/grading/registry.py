@@ -7,12 +7,28 @@ solutions notebook and run ``ddpm-course assign``.
 
 from __future__ import annotations
 
-from . import ch01_sde, ch02_score, ch03_elbo, ch04_training, ch05_sampling, ch06_guidance, ch07_latent
+from . import (
+    ch01_sde,
+    ch02_score,
+    ch03_elbo,
+    ch04_training,
+    ch05_sampling,
+    ch06_guidance,
+    ch07_latent,
+)
 from .exercise import Exercise
 
 __all__ = ["EXERCISES", "get_exercise"]
 
-CHAPTERS = (ch01_sde, ch02_score, ch03_elbo, ch04_training, ch05_sampling, ch06_guidance, ch07_latent)
+CHAPTERS = (
+    ch01_sde,
+    ch02_score,
+    ch03_elbo,
+    ch04_training,
+    ch05_sampling,
+    ch06_guidance,
+    ch07_latent,
+)
 
 EXERCISES: dict[str, Exercise] = {
     exercise.name: exercise for chapter in CHAPTERS for exercise in chapter.EXERCISES

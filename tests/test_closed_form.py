@@ -158,7 +158,13 @@ def test_dpm_solver_is_the_composed_affine_map(steps, diffusion, exact_model):
     x_T = torch.linspace(-4, 4, 81, dtype=torch.float64).reshape(81, 1)
     coef, offset = dpm_solver_pp_2m_affine_map(steps)
     out = dpm_solver_sample(
-        exact_model, diffusion, x_T.shape, steps=steps, x_T=x_T, dtype=torch.float64
+        exact_model,
+        diffusion,
+        x_T.shape,
+        steps=steps,
+        spacing="linspace",
+        x_T=x_T,
+        dtype=torch.float64,
     )
     assert float((out - (coef * x_T + offset)).abs().max()) < AFFINE_TOL
 
@@ -282,7 +288,13 @@ def test_ddim_50_shrinks_the_std_as_diffusers_does(diffusion, exact_model):
     DDIM, run here on the same x_T, gives the same std to float32 round-off (1e-4 relative)."""
     x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(3))
     ours = ddim_sample(
-        exact_model, diffusion, x_T.shape, steps=50, x_T=x_T, clip_denoised=False
+        exact_model,
+        diffusion,
+        x_T.shape,
+        steps=50,
+        spacing="leading",
+        x_T=x_T,
+        clip_denoised=False,
     )
     scheduler = DDIMScheduler(
         num_train_timesteps=T,

@@ -1,8 +1,8 @@
 r"""The measured numbers of chapter 06, written to ``book/results/06_guidance.json``.
 
-``python -m ddpm_course.guidance_eval`` (all sections, about 15 CPU-minutes on one thread) or
-``--only cfg classifier inpaint sr sdedit`` (the named sections, merged into the file). Every
-section uses the shipped models, fixed seeds, and the shipped digits classifier of
+``python -m ddpm_course.guidance_eval`` (all sections: about 20 minutes of one CPU thread, ``cfg``
+the longest) or ``--only cfg cfg_interval classifier inpaint sr sdedit`` (the named sections,
+merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
 :mod:`ddpm_course.metrics` for accuracy, features and FD:
 
 * ``cfg``: classifier-free guidance on ``digits-cond`` over a sweep of w (DDIM), 400 samples
@@ -10,6 +10,8 @@ section uses the shipped models, fixed seeds, and the shipped digits classifier 
   distance within a class, averaged over classes), saturation (fraction of pixels with
   :math:`|x| > 0.98`); w = 3 also with DPM-Solver++(2M) in 15 steps. The acceptance test is
   w = 3: accuracy >= 95 % and FD <= 2 × floor.
+* ``cfg_interval``: w = 3 guided only at t <= 150, 300, 500 (Kynkäänniemi et al. 2024), as
+  ``cfg``.
 * ``classifier``: the noisy classifier's test accuracy against t, and classifier guidance of the
   unconditional ``digits`` model over a sweep of scales (DDIM with the ε shift; ancestral with the
   mean shift at one scale).

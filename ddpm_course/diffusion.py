@@ -17,7 +17,8 @@ Shapes: images x0, x_t, noise are (N, C, H, W) (any (N, ...) works) in [-1, 1]; 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,11 +56,21 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     :math:`\tfrac12\big(-1 + \log\sigma_2^2 - \log\sigma_1^2 + \sigma_1^2/\sigma_2^2
     + (\mu_1-\mu_2)^2/\sigma_2^2\big)`.
     """
-    mean1, logvar1, mean2, logvar2 = (torch.as_tensor(v) for v in (mean1, logvar1, mean2, logvar2))
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    mean1, logvar1, mean2, logvar2 = (
+        torch.as_tensor(v) for v in (mean1, logvar1, mean2, logvar2)
+    )
+    return 0.5 * (
+        -1.0
+        + logvar2
+        - logvar1
+        + torch.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     r"""log-probability of 8-bit data under a Gaussian discretised into 256 bins (Ho et al. 2020, Eq. (13)).
 
     x: data in [-1, 1] on the grid {-1, -1 + 2/255, ..., 1}; means, log_scales: the Gaussian's mean
@@ -84,7 +95,9 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     above = lower > 0
     a, b = torch.where(above, -upper, lower), torch.where(above, -lower, upper)
     log_cdf_b = log_ndtr(b)
-    log_mid = (log_cdf_b + torch.log1p(-torch.exp(log_ndtr(a) - log_cdf_b))).clamp(min=math.log(1e-12))
+    log_mid = (log_cdf_b + torch.log1p(-torch.exp(log_ndtr(a) - log_cdf_b))).clamp(
+        min=math.log(1e-12)
+    )
     log_bottom = log_ndtr(upper)  # P(X <= x + 1/255)
     log_top = log_ndtr(-lower)  # P(X >= x - 1/255)
     return torch.where(x < -0.999, log_bottom, torch.where(x > 0.999, log_top, log_mid))
@@ -126,7 +139,11 @@ class GaussianDiffusion:
         var_type: str = "fixed_small",
         timestep_map: torch.Tensor | None = None,
     ) -> None:
-        self.schedule = betas if isinstance(betas, NoiseSchedule) else NoiseSchedule(torch.as_tensor(betas))
+        self.schedule = (
+            betas
+            if isinstance(betas, NoiseSchedule)
+            else NoiseSchedule(torch.as_tensor(betas))
+        )
         self.objective = check_choice("objective", objective, OBJECTIVES)
         self.var_type = check_choice("var_type", var_type, VAR_TYPES)
         T = self.schedule.num_timesteps
@@ -134,7 +151,9 @@ class GaussianDiffusion:
             timestep_map = torch.arange(T)
         timestep_map = torch.as_tensor(timestep_map, dtype=torch.long)
         if timestep_map.shape != (T,):
-            raise ValueError(f"timestep_map must have shape ({T},), got {tuple(timestep_map.shape)}")
+            raise ValueError(
+                f"timestep_map must have shape ({T},), got {tuple(timestep_map.shape)}"
+            )
         self.timestep_map = timestep_map
         # (T,) float64 tables of the eps / x0 / v conversions, computed once (as improved-diffusion)
         alphas_cumprod = self.schedule.alphas_cumprod
@@ -162,10 +181,14 @@ class GaussianDiffusion:
         return self.schedule.alphas_cumprod
 
     def _t(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return check_timesteps(t, self.num_timesteps, batch_size=x.shape[0]).to(x.device)
+        return check_timesteps(t, self.num_timesteps, batch_size=x.shape[0]).to(
+            x.device
+        )
 
     # ----------------------------------------------------------------- forward process q
-    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def q_mean_variance(
+        self, x0: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r"""Mean, variance and log-variance of :math:`q(x_t \mid x_0)` (Eq. (4) of Ho et al. 2020)."""
         t = self._t(t, x0)
         s = self.schedule
@@ -187,9 +210,13 @@ class GaussianDiffusion:
         """
         t = self._t(t, x0)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            noise = torch.randn(
+                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
+            )
         elif noise.shape != x0.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}")
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}"
+            )
         return (
             extract(self.sqrt_alphas_cumprod, t, x0) * x0
             + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
@@ -205,16 +232,23 @@ class GaussianDiffusion:
         :math:`\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t` (Eqs. (6)-(7) of Ho et al. 2020).
         """
         if x0.shape != x_t.shape:
-            raise ValueError(f"x0 {tuple(x0.shape)} and x_t {tuple(x_t.shape)} must have the same shape")
+            raise ValueError(
+                f"x0 {tuple(x0.shape)} and x_t {tuple(x_t.shape)} must have the same shape"
+            )
         t = self._t(t, x_t)
         s = self.schedule
-        mean = extract(s.posterior_mean_coef1, t, x_t) * x0 + extract(s.posterior_mean_coef2, t, x_t) * x_t
+        mean = (
+            extract(s.posterior_mean_coef1, t, x_t) * x0
+            + extract(s.posterior_mean_coef2, t, x_t) * x_t
+        )
         variance = extract(s.posterior_variance, t, x_t)
         log_variance = extract(s.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
 
     # ------------------------------------------------------ conversions between eps, x0, v
-    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def predict_x0_from_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
         r""":math:`x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}` (Eq. (4) solved for x0)."""
         t = self._t(t, x_t)
         return (
@@ -222,14 +256,18 @@ class GaussianDiffusion:
             - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
         )
 
-    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def predict_eps_from_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor
+    ) -> torch.Tensor:
         r""":math:`\epsilon = (x_t - \sqrt{\bar\alpha_t}\,x_0)/\sqrt{1-\bar\alpha_t}`."""
         t = self._t(t, x_t)
         return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
-    def predict_v(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def predict_v(
+        self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
         r""":math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0` (Salimans & Ho 2022, Sec. 4)."""
         t = self._t(t, x0)
         return (
@@ -237,7 +275,9 @@ class GaussianDiffusion:
             - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
         )
 
-    def predict_x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def predict_x0_from_v(
+        self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         r""":math:`x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,v`."""
         t = self._t(t, x_t)
         return (
@@ -245,7 +285,9 @@ class GaussianDiffusion:
             - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
         )
 
-    def predict_eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def predict_eps_from_v(
+        self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         r""":math:`\epsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,v`."""
         t = self._t(t, x_t)
         return (
@@ -254,7 +296,13 @@ class GaussianDiffusion:
         )
 
     # ------------------------------------------------------------ reverse process p_theta
-    def model_output(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    def model_output(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
         """Call ``model(x_t, t_trained, **model_kwargs)`` with t mapped to the trained timesteps and
         check the shape of what comes back: like x_t, or with 2C channels for ``learned_range``."""
         t = self._t(t, x_t)
@@ -263,11 +311,19 @@ class GaussianDiffusion:
         if self.var_type == "learned_range":
             expected[1] *= 2
         if list(out.shape) != expected:
-            hint = " (learned_range needs twice the input channels)" if self.var_type == "learned_range" else ""
-            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; expected {tuple(expected)}{hint}")
+            hint = (
+                " (learned_range needs twice the input channels)"
+                if self.var_type == "learned_range"
+                else ""
+            )
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; expected {tuple(expected)}{hint}"
+            )
         return out
 
-    def predictions_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictions_from_output(
+        self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(pred_x0, pred_eps) implied by the network's mean output ``out`` (C channels) under the objective."""
         if self.objective == "eps":
             return self.predict_x0_from_eps(x_t, t, out), out
@@ -275,13 +331,21 @@ class GaussianDiffusion:
             return out, self.predict_eps_from_x0(x_t, t, out)
         return self.predict_x0_from_v(x_t, t, out), self.predict_eps_from_v(x_t, t, out)
 
-    def _variance(self, var_values: torch.Tensor | None, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _variance(
+        self, var_values: torch.Tensor | None, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.schedule
         if self.var_type == "fixed_small":
-            return extract(s.posterior_variance, t, x_t), extract(s.posterior_log_variance_clipped, t, x_t)
+            return extract(s.posterior_variance, t, x_t), extract(
+                s.posterior_log_variance_clipped, t, x_t
+            )
         if self.var_type == "fixed_large":
             # beta_t, except at t = 0 where beta_0 would make the decoder needlessly wide (improved-diffusion)
-            variance = torch.cat([s.posterior_variance[1:2], s.betas[1:]]) if s.num_timesteps > 1 else s.betas
+            variance = (
+                torch.cat([s.posterior_variance[1:2], s.betas[1:]])
+                if s.num_timesteps > 1
+                else s.betas
+            )
             return extract(variance, t, x_t), extract(torch.log(variance), t, x_t)
         min_log = extract(s.posterior_log_variance_clipped, t, x_t)
         max_log = extract(torch.log(s.betas), t, x_t)
@@ -306,7 +370,11 @@ class GaussianDiffusion:
         call when the output is already known.
         """
         t = self._t(t, x_t)
-        out = self.model_output(model, x_t, t, model_kwargs) if model_out is None else model_out
+        out = (
+            self.model_output(model, x_t, t, model_kwargs)
+            if model_out is None
+            else model_out
+        )
         var_values = None
         if self.var_type == "learned_range":
             out, var_values = out.chunk(2, dim=1)
@@ -319,7 +387,9 @@ class GaussianDiffusion:
         return PMeanVariance(mean, variance, log_variance, pred_x0, pred_eps)
 
     # -------------------------------------------------------------------------- losses
-    def vb_terms_bpd(self, p: PMeanVariance, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def vb_terms_bpd(
+        self, p: PMeanVariance, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         r"""One term of the bound in bits/dim, (N,): :math:`L_{t-1} = KL(q(x_{t-1}|x_t,x_0) \| p_\theta(x_{t-1}|x_t))`
         for t > 0 and the decoder NLL :math:`L_0 = -\log p_\theta(x_0 \mid x_1)` at t = 0.
 
@@ -327,9 +397,13 @@ class GaussianDiffusion:
         are used); x0, x_t: (N, ...) in [-1, 1]; t: (N,) int64. Each KL and NLL is averaged over the
         non-batch dimensions and divided by log 2."""
         true_mean, _, true_log_variance = self.q_posterior(x0, x_t, t)
-        kl = mean_flat(normal_kl(true_mean, true_log_variance, p.mean, p.log_variance)) / math.log(2.0)
+        kl = mean_flat(
+            normal_kl(true_mean, true_log_variance, p.mean, p.log_variance)
+        ) / math.log(2.0)
         decoder_nll = -mean_flat(
-            discretized_gaussian_log_likelihood(x0, means=p.mean, log_scales=0.5 * p.log_variance.expand_as(x0))
+            discretized_gaussian_log_likelihood(
+                x0, means=p.mean, log_scales=0.5 * p.log_variance.expand_as(x0)
+            )
         ) / math.log(2.0)
         return torch.where(t == 0, decoder_nll, kl)
 
@@ -363,33 +437,59 @@ class GaussianDiffusion:
                 f"loss_type {loss_type!r} trains the reverse variance, but var_type {self.var_type!r} fixes it "
                 "(the bound's mean term would only rescale L_simple); use var_type='learned_range' or loss_type='simple'"
             )
-        if min_snr_gamma is not None and (loss_type != "simple" or not min_snr_gamma > 0):
-            raise ValueError(f"min_snr_gamma must be positive and needs loss_type 'simple', got {min_snr_gamma!r}")
+        if min_snr_gamma is not None and (
+            loss_type != "simple" or not min_snr_gamma > 0
+        ):
+            raise ValueError(
+                f"min_snr_gamma must be positive and needs loss_type 'simple', got {min_snr_gamma!r}"
+            )
         if x0.ndim < 2:
-            raise ValueError(f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}")
+            raise ValueError(
+                f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}"
+            )
         if t is None:
             device = generator.device if generator is not None else x0.device
-            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=device).to(x0.device)
+            t = torch.randint(
+                0,
+                self.num_timesteps,
+                (x0.shape[0],),
+                generator=generator,
+                device=device,
+            ).to(x0.device)
         t = self._t(t, x0)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            noise = torch.randn(
+                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
+            )
         x_t = self.q_sample(x0, t, noise=noise)
         out = self.model_output(model, x_t, t, model_kwargs)
         mean_out = out.chunk(2, dim=1)[0] if self.var_type == "learned_range" else out
-        target = {"eps": noise, "x0": x0, "v": self.predict_v(x0, t, noise)}[self.objective]
+        target = {"eps": noise, "x0": x0, "v": self.predict_v(x0, t, noise)}[
+            self.objective
+        ]
         terms = {"mse": mean_flat((target - mean_out) ** 2)}
         if loss_type == "simple":
             terms["loss"] = terms["mse"]
             if min_snr_gamma is not None:
-                snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).to(t.device)[t]  # (N,) float64
-                divisor = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.objective]
-                terms["loss"] = terms["mse"] * (snr.clamp(max=min_snr_gamma) / divisor).to(terms["mse"].dtype)
+                snr = (self.alphas_cumprod / (1 - self.alphas_cumprod)).to(t.device)[
+                    t
+                ]  # (N,) float64
+                divisor = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[
+                    self.objective
+                ]
+                terms["loss"] = terms["mse"] * (
+                    snr.clamp(max=min_snr_gamma) / divisor
+                ).to(terms["mse"].dtype)
             return terms
         if loss_type == "hybrid":
             frozen = torch.cat([mean_out.detach(), out.chunk(2, dim=1)[1]], dim=1)
-            p = self.p_mean_variance(model, x_t, t, clip_denoised=False, model_out=frozen)
+            p = self.p_mean_variance(
+                model, x_t, t, clip_denoised=False, model_out=frozen
+            )
             terms["vb"] = self.vb_terms_bpd(p, x0, x_t, t)
-            terms["loss"] = terms["mse"] + HYBRID_VLB_WEIGHT * self.num_timesteps * terms["vb"]
+            terms["loss"] = (
+                terms["mse"] + HYBRID_VLB_WEIGHT * self.num_timesteps * terms["vb"]
+            )
             return terms
         p = self.p_mean_variance(model, x_t, t, clip_denoised=False, model_out=out)
         terms["vb"] = self.vb_terms_bpd(p, x0, x_t, t)
@@ -399,9 +499,15 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------------ bits/dim
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         r""":math:`L_T = KL(q(x_T \mid x_0) \| \mathcal N(0, I))` in bits/dim, (N,). No parameters, no training."""
-        t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.long, device=x0.device)
+        t = torch.full(
+            (x0.shape[0],), self.num_timesteps - 1, dtype=torch.long, device=x0.device
+        )
         mean, _, log_variance = self.q_mean_variance(x0, t)
-        return mean_flat(normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))) / math.log(2.0)
+        return mean_flat(
+            normal_kl(
+                mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean)
+            )
+        ) / math.log(2.0)
 
     @torch.no_grad()
     def calc_bpd_loop(
@@ -423,11 +529,17 @@ class GaussianDiffusion:
         from tqdm.auto import tqdm
 
         vb, x0_mse, mse = [], [], []
-        for step in tqdm(range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="bits/dim"):
+        for step in tqdm(
+            range(self.num_timesteps - 1, -1, -1), disable=not progress, desc="bits/dim"
+        ):
             t = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            noise = torch.randn(
+                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
+            )
             x_t = self.q_sample(x0, t, noise=noise)
-            p = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+            p = self.p_mean_variance(
+                model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs
+            )
             vb.append(self.vb_terms_bpd(p, x0, x_t, t))
             x0_mse.append(mean_flat((p.pred_x0 - x0) ** 2))
             mse.append(mean_flat((p.pred_eps - noise) ** 2))

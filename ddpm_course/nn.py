@@ -58,7 +58,9 @@ def _check_embedding_dim(dim: int) -> None:
         )
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0
+) -> torch.Tensor:
     r"""Sinusoidal embedding of timesteps (Sec. 3.5 of Vaswani et al. 2017, as in Ho et al. 2020).
 
     With :math:`h = \text{dim}/2` frequencies :math:`\omega_i = \text{max\_period}^{-i/(h-1)}`,
@@ -190,7 +192,9 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, with_conv: bool = True) -> None:
         super().__init__()
         self.op = (
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1) if with_conv else nn.AvgPool2d(2)
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+            if with_conv
+            else nn.AvgPool2d(2)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +209,9 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, with_conv: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else nn.Identity()
+        self.conv = (
+            nn.Conv2d(channels, channels, 3, padding=1) if with_conv else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -271,7 +277,10 @@ class UNet(nn.Module):
         resample_with_conv: bool = True,
     ) -> None:
         super().__init__()
-        channel_mults, attention_resolutions = tuple(channel_mults), tuple(attention_resolutions)
+        channel_mults, attention_resolutions = (
+            tuple(channel_mults),
+            tuple(attention_resolutions),
+        )
         if not isinstance(num_res_blocks, int):
             num_res_blocks = tuple(num_res_blocks)
         self.config: dict[str, Any] = {
@@ -293,12 +302,16 @@ class UNet(nn.Module):
         }
         _check_unet_arguments(**self.config)
         blocks_per_level = (
-            (num_res_blocks,) * len(channel_mults) if isinstance(num_res_blocks, int) else num_res_blocks
+            (num_res_blocks,) * len(channel_mults)
+            if isinstance(num_res_blocks, int)
+            else num_res_blocks
         )
         self.image_size = image_size
         self.in_channels = in_channels
         self.model_channels = model_channels
-        self.out_channels = (out_channels or in_channels) * (2 if learned_variance else 1)
+        self.out_channels = (out_channels or in_channels) * (
+            2 if learned_variance else 1
+        )
         self.num_classes = num_classes
 
         emb_channels = 4 * model_channels
@@ -308,14 +321,20 @@ class UNet(nn.Module):
             nn.Linear(emb_channels, emb_channels),
         )
         self.class_embed = (
-            nn.Embedding(num_classes + 1, emb_channels) if num_classes is not None else None
+            nn.Embedding(num_classes + 1, emb_channels)
+            if num_classes is not None
+            else None
         )
 
         def res_block(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_channels, dropout, num_groups, scale_shift_norm)
+            return ResBlock(
+                cin, cout, emb_channels, dropout, num_groups, scale_shift_norm
+            )
 
         def attention(channels: int) -> AttentionBlock:
-            heads = channels // head_channels if head_channels is not None else num_heads
+            heads = (
+                channels // head_channels if head_channels is not None else num_heads
+            )
             return AttentionBlock(channels, heads, num_groups)
 
         self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
@@ -331,18 +350,24 @@ class UNet(nn.Module):
                 self.down.append(EmbedSequential(*layers))
                 skip_channels.append(channels)
             if level != len(channel_mults) - 1:
-                self.down.append(EmbedSequential(Downsample(channels, resample_with_conv)))
+                self.down.append(
+                    EmbedSequential(Downsample(channels, resample_with_conv))
+                )
                 skip_channels.append(channels)
                 resolution //= 2
 
         self.middle = EmbedSequential(
-            res_block(channels, channels), attention(channels), res_block(channels, channels)
+            res_block(channels, channels),
+            attention(channels),
+            res_block(channels, channels),
         )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             for block in range(blocks_per_level[level] + 1):
-                layers = [res_block(channels + skip_channels.pop(), model_channels * mult)]
+                layers = [
+                    res_block(channels + skip_channels.pop(), model_channels * mult)
+                ]
                 channels = model_channels * mult
                 if resolution in attention_resolutions:
                     layers.append(attention(channels))
@@ -363,7 +388,11 @@ class UNet(nn.Module):
             )
 
     def embedding(
-        self, t: torch.Tensor, y: torch.Tensor | None, batch_size: int, device: torch.device
+        self,
+        t: torch.Tensor,
+        y: torch.Tensor | None,
+        batch_size: int,
+        device: torch.device,
     ) -> torch.Tensor:
         """The conditioning vector e of every ResBlock: time MLP, plus the class embedding: (N, 4 * model_channels)."""
         t = torch.as_tensor(t, device=device)
@@ -373,7 +402,9 @@ class UNet(nn.Module):
             raise ValueError(
                 f"t must be a scalar or have shape ({batch_size},), one per image; got {tuple(t.shape)}"
             )
-        sinusoids = timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
+        sinusoids = timestep_embedding(t, self.model_channels).to(
+            self.time_embed[0].weight.dtype
+        )
         emb = self.time_embed(sinusoids)
         if self.class_embed is None:
             if y is not None:
@@ -382,13 +413,21 @@ class UNet(nn.Module):
                 )
             return emb
         if y is None:
-            y = torch.full((batch_size,), self.num_classes, dtype=torch.long, device=device)
+            y = torch.full(
+                (batch_size,), self.num_classes, dtype=torch.long, device=device
+            )
         y = torch.as_tensor(y, device=device)
-        if y.shape != (batch_size,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        if (
+            y.shape != (batch_size,)
+            or y.dtype.is_floating_point
+            or y.dtype == torch.bool
+        ):
             raise ValueError(
                 f"y must hold ({batch_size},) integer class labels, got shape {tuple(y.shape)} and dtype {y.dtype}"
             )
-        if not torch.compiler.is_compiling() and bool(((y < 0) | (y > self.num_classes)).any()):
+        if not torch.compiler.is_compiling() and bool(
+            ((y < 0) | (y > self.num_classes)).any()
+        ):
             raise ValueError(
                 f"class labels must lie in {{0, ..., {self.num_classes}}} ({self.num_classes} is the null class); "
                 f"got values from {int(y.min())} to {int(y.max())}"
@@ -436,7 +475,9 @@ def _check_unet_arguments(
     ]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    counts = (num_res_blocks,) if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
+    counts = (
+        (num_res_blocks,) if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
+    )
     if (
         any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts)
         or not isinstance(num_res_blocks, int)
@@ -450,8 +491,12 @@ def _check_unet_arguments(
         raise ValueError(
             f"model_channels must be even (it is also the size of the sinusoidal time embedding), got {model_channels}"
         )
-    if out_channels is not None and (not isinstance(out_channels, int) or out_channels < 1):
-        raise ValueError(f"out_channels must be a positive integer or None, got {out_channels!r}")
+    if out_channels is not None and (
+        not isinstance(out_channels, int) or out_channels < 1
+    ):
+        raise ValueError(
+            f"out_channels must be a positive integer or None, got {out_channels!r}"
+        )
     if not channel_mults or any(not isinstance(m, int) or m < 1 for m in channel_mults):
         raise ValueError(
             f"channel_mults must be a non-empty tuple of positive integers, got {channel_mults!r}"
@@ -473,15 +518,23 @@ def _check_unet_arguments(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-    level_channels = sorted({model_channels * m for m in channel_mults} | {model_channels})
+    level_channels = sorted(
+        {model_channels * m for m in channel_mults} | {model_channels}
+    )
     bad = [c for c in level_channels if c % num_groups]
     if bad:
         raise ValueError(
             f"num_groups={num_groups} must divide the channels of every GroupNorm, but not {bad} "
             f"(channel counts {level_channels}); choose a num_groups that divides model_channels"
         )
-    attended = [m for m, r in zip(channel_mults, resolutions) if r in attention_resolutions]
-    attention_channels = sorted({model_channels * m for m in attended + [channel_mults[-1]]})
+    attended = [
+        m
+        for m, r in zip(channel_mults, resolutions, strict=True)
+        if r in attention_resolutions
+    ]
+    attention_channels = sorted(
+        {model_channels * m for m in attended + [channel_mults[-1]]}
+    )
     if head_channels is not None:
         if any(c % head_channels for c in attention_channels):
             raise ValueError(
@@ -496,9 +549,13 @@ def _check_unet_arguments(
             f"num_heads={num_heads!r} must be a positive integer dividing the attention channels {attention_channels}"
         )
     if num_classes is not None and (
-        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+        not isinstance(num_classes, int)
+        or isinstance(num_classes, bool)
+        or num_classes < 1
     ):
-        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        raise ValueError(
+            f"num_classes must be a positive integer or None, got {num_classes!r}"
+        )
 
 
 class MLP2D(nn.Module):
@@ -512,7 +569,11 @@ class MLP2D(nn.Module):
     """
 
     def __init__(
-        self, dim: int = 2, hidden: int = 128, n_layers: int = 3, time_embed_dim: int = 32
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        n_layers: int = 3,
+        time_embed_dim: int = 32,
     ) -> None:
         super().__init__()
         for name, value in [("dim", dim), ("hidden", hidden), ("n_layers", n_layers)]:
@@ -620,7 +681,10 @@ class NoisyClassifier(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        channel_mults, attention_resolutions = tuple(channel_mults), tuple(attention_resolutions)
+        channel_mults, attention_resolutions = (
+            tuple(channel_mults),
+            tuple(attention_resolutions),
+        )
         self.config: dict[str, Any] = {
             "image_size": image_size,
             "in_channels": in_channels,
@@ -663,7 +727,9 @@ class NoisyClassifier(nn.Module):
                 blocks.append(EmbedSequential(Downsample(channels)))
                 resolution //= 2
         blocks.append(
-            EmbedSequential(ResBlock(channels, channels, emb_channels, dropout, num_groups))
+            EmbedSequential(
+                ResBlock(channels, channels, emb_channels, dropout, num_groups)
+            )
         )
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = nn.GroupNorm(num_groups, channels)
@@ -731,7 +797,9 @@ class SuperResUNet(nn.Module):
         self.low_res_size, self.channels = low_res_size, channels
         self.image_size = self.unet.image_size
         self.config: dict[str, Any] = {
-            "low_res_size": low_res_size, "channels": channels, "unet": self.unet.config
+            "low_res_size": low_res_size,
+            "channels": channels,
+            "unet": self.unet.config,
         }
 
     def forward(

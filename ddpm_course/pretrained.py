@@ -47,26 +47,37 @@ def _command(preset: str) -> str:
 
 
 PRETRAINED = {
-    "digits": Pretrained("digits", "unconditional U-Net (digits preset) on the 16×16 digits", _command("digits")),
+    "digits": Pretrained(
+        "digits",
+        "unconditional U-Net (digits preset) on the 16×16 digits",
+        _command("digits"),
+    ),
     "digits-cond": Pretrained(
-        "digits-cond", "class-conditional U-Net with a null class (p_uncond 0.1) on the 16×16 digits", _command("digits-cond")
+        "digits-cond",
+        "class-conditional U-Net with a null class (p_uncond 0.1) on the 16×16 digits",
+        _command("digits-cond"),
     ),
     "digits-noisy-classifier": Pretrained(
-        "digits-noisy-classifier", "classifier of noisy digits p(y | x_t, t) for classifier guidance (chapter 06)",
+        "digits-noisy-classifier",
+        "classifier of noisy digits p(y | x_t, t) for classifier guidance (chapter 06)",
         "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models classifier",
         loader="ddpm_course.guidance_models:load_noisy_classifier",
     ),
     "digits-sr": Pretrained(
-        "digits-sr", "8×8 → 16×16 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
+        "digits-sr",
+        "8×8 → 16×16 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
         "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models sr",
         loader="ddpm_course.guidance_models:load_sr_model",
     ),
     "digits-vae": Pretrained(
-        "digits-vae", "KL-regularised autoencoder 16×16×1 → 4×4×4 with its latent scale factor (chapter 07)",
-        "OMP_NUM_THREADS=1 ddpm-course train --preset digits-vae", loader="ddpm_course.latent:load_vae",
+        "digits-vae",
+        "KL-regularised autoencoder 16×16×1 → 4×4×4 with its latent scale factor (chapter 07)",
+        "OMP_NUM_THREADS=1 ddpm-course train --preset digits-vae",
+        loader="ddpm_course.latent:load_vae",
     ),
     "digits-ldm": Pretrained(
-        "digits-ldm", "latent U-Net on digits-vae latents, prompted by cross-attention (p_uncond 0.1; chapter 07)",
+        "digits-ldm",
+        "latent U-Net on digits-vae latents, prompted by cross-attention (p_uncond 0.1; chapter 07)",
         "OMP_NUM_THREADS=1 ddpm-course train --preset digits-ldm --out runs/digits-ldm && "
         "python -m ddpm_course.latent export runs/digits-ldm",
         loader="ddpm_course.latent:load_latent_diffusion",
@@ -74,14 +85,18 @@ PRETRAINED = {
 }
 
 
-def load_pretrained(name: str, device: torch.device | str | None = None) -> tuple[nn.Module, GaussianDiffusion, "TrainConfig"]:  # noqa: F821
+def load_pretrained(
+    name: str, device: torch.device | str | None = None
+) -> tuple[nn.Module, GaussianDiffusion, TrainConfig]:  # noqa: F821
     """A shipped model by name: ``(EMA model in eval mode, diffusion, training config)``."""
     from .loading import load_model
 
     check_choice("pretrained model", name, PRETRAINED)
     entry = PRETRAINED[name]
     if not entry.path.exists():
-        raise FileNotFoundError(f"{entry.path} is missing from this installation; rebuild it with: {entry.command}")
+        raise FileNotFoundError(
+            f"{entry.path} is missing from this installation; rebuild it with: {entry.command}"
+        )
     if entry.loader is not None:
         import importlib
 
@@ -100,7 +115,9 @@ def load_any(spec: str | Path, device: torch.device | str | None = None):
 
 
 @torch.no_grad()
-def evaluate_fd(name: str, n: int = 400, steps: int = 50, seed: int = 0, spacing: str = "leading") -> dict[str, float]:
+def evaluate_fd(
+    name: str, n: int = 400, steps: int = 50, seed: int = 0, spacing: str = "leading"
+) -> dict[str, float]:
     """FD of ``n`` DDIM-``steps`` samples of a shipped model against the digits test split, beside the
     floor (``n`` real training digits against the same split). A class-conditional model is sampled
     with balanced labels (no guidance) and with the null class. ``spacing`` stays "leading" (not the
@@ -111,16 +128,43 @@ def evaluate_fd(name: str, n: int = 400, steps: int = 50, seed: int = 0, spacing
     model, diffusion, config = load_pretrained(name, device="cpu")
     shape = (n, config.channels, config.image_size, config.image_size)
     generator = torch.Generator().manual_seed(seed)
-    result = {"floor": digits_fd_floor(n, generator=torch.Generator().manual_seed(seed))}
+    result = {
+        "floor": digits_fd_floor(n, generator=torch.Generator().manual_seed(seed))
+    }
     if config.class_conditional:
         labels = torch.arange(n) % config.num_classes
-        samples = ddim_sample(model, diffusion, shape, steps=steps, spacing=spacing, generator=generator, model_kwargs={"y": labels})
+        samples = ddim_sample(
+            model,
+            diffusion,
+            shape,
+            steps=steps,
+            spacing=spacing,
+            generator=generator,
+            model_kwargs={"y": labels},
+        )
         result["fd_conditional"] = digits_fd(samples)
         null = torch.full((n,), config.num_classes)
-        samples = ddim_sample(model, diffusion, shape, steps=steps, spacing=spacing, generator=generator, model_kwargs={"y": null})
+        samples = ddim_sample(
+            model,
+            diffusion,
+            shape,
+            steps=steps,
+            spacing=spacing,
+            generator=generator,
+            model_kwargs={"y": null},
+        )
         result["fd_null_class"] = digits_fd(samples)
     else:
-        result["fd"] = digits_fd(ddim_sample(model, diffusion, shape, steps=steps, spacing=spacing, generator=generator))
+        result["fd"] = digits_fd(
+            ddim_sample(
+                model,
+                diffusion,
+                shape,
+                steps=steps,
+                spacing=spacing,
+                generator=generator,
+            )
+        )
     return result
 
 
@@ -135,7 +179,10 @@ def export(run_dir: str | Path, name: str) -> Path:
     source = Path(run_dir) / "model.safetensors"
     with safe_open(str(source), "pt") as handle:
         metadata = handle.metadata()
-    state = {key: (value.half() if value.is_floating_point() else value).contiguous() for key, value in load_file(source).items()}
+    state = {
+        key: (value.half() if value.is_floating_point() else value).contiguous()
+        for key, value in load_file(source).items()
+    }
     target = WEIGHTS_DIR / f"{name}.safetensors"
     save_file(state, str(target), metadata=metadata)
     shutil.copy(source.with_suffix(".json"), target.with_suffix(".json"))
@@ -147,20 +194,34 @@ def main(argv: list[str] | None = None) -> int:
     floor) or ``python -m ddpm_course.pretrained export RUN NAME``."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="The shipped models: measure their FD, or export a run into the package")
+    parser = argparse.ArgumentParser(
+        description="The shipped models: measure their FD, or export a run into the package"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fd = sub.add_parser("fd", help="FD of each shipped model beside the floor")
     fd.add_argument("--n", type=int, default=400)
     fd.add_argument("--steps", type=int, default=50)
-    exporter = sub.add_parser("export", help="copy a run's EMA weights into the package (float16)")
+    exporter = sub.add_parser(
+        "export", help="copy a run's EMA weights into the package (float16)"
+    )
     exporter.add_argument("run_dir")
-    exporter.add_argument("name", choices=sorted(n for n, e in PRETRAINED.items() if e.loader is None))
+    exporter.add_argument(
+        "name", choices=sorted(n for n, e in PRETRAINED.items() if e.loader is None)
+    )
     args = parser.parse_args(argv)
     if args.command == "export":
         print(f"wrote {export(args.run_dir, args.name)}")
         return 0
-    for name in (name for name, entry in PRETRAINED.items() if entry.loader is None):  # the denoisers
-        print(name, {key: round(value, 2) for key, value in evaluate_fd(name, args.n, args.steps).items()})
+    for name in (
+        name for name, entry in PRETRAINED.items() if entry.loader is None
+    ):  # the denoisers
+        print(
+            name,
+            {
+                key: round(value, 2)
+                for key, value in evaluate_fd(name, args.n, args.steps).items()
+            },
+        )
     return 0
 
 

@@ -26,10 +26,15 @@ def worker(out: Path) -> None:
 
     from ddpm_course.train import Trainer
 
-    trainer = Trainer(tiny_config(out / "run", max_steps=STEPS, checkpoint_every=0), dataset=tiny_data())
+    trainer = Trainer(
+        tiny_config(out / "run", max_steps=STEPS, checkpoint_every=0),
+        dataset=tiny_data(),
+    )
     trainer.sampler.set_epoch(0)
     shard = list(trainer.sampler)[: STEPS * trainer.rank_batch_size]
-    initial = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+    initial = {
+        name: tensor.clone() for name, tensor in trainer.model.state_dict().items()
+    }
     rank = trainer.rank
     trainer.train()
     torch.save(
@@ -39,29 +44,62 @@ def worker(out: Path) -> None:
     )  # fmt: skip
 
 
-def test_two_processes_hold_identical_weights_that_moved_and_read_disjoint_data(tmp_path):
+def test_two_processes_hold_identical_weights_that_moved_and_read_disjoint_data(
+    tmp_path,
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(Path(__file__)), str(tmp_path)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__)),
+        str(tmp_path),
+    ]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [state["world_size"] for state in ranks] == [2, 2]
-    assert set(ranks[0]["shard"]).isdisjoint(ranks[1]["shard"]), "the processes must read different images"
+    assert set(ranks[0]["shard"]).isdisjoint(ranks[1]["shard"]), (
+        "the processes must read different images"
+    )
     for name, weights in ranks[0]["model"].items():
-        assert torch.equal(weights, ranks[1]["model"][name]), f"{name} differs between the processes"
-        assert torch.equal(ranks[0]["ema"][name], ranks[1]["ema"][name]), f"EMA {name} differs between the processes"
-        assert torch.equal(ranks[0]["initial"][name], ranks[1]["initial"][name]), f"{name} started differently"
-    moved = [name for name, weights in ranks[0]["model"].items() if not torch.equal(weights, ranks[0]["initial"][name])]
-    assert len(moved) == len(ranks[0]["model"]), f"only {len(moved)} of {len(ranks[0]['model'])} tensors were trained"
+        assert torch.equal(weights, ranks[1]["model"][name]), (
+            f"{name} differs between the processes"
+        )
+        assert torch.equal(ranks[0]["ema"][name], ranks[1]["ema"][name]), (
+            f"EMA {name} differs between the processes"
+        )
+        assert torch.equal(ranks[0]["initial"][name], ranks[1]["initial"][name]), (
+            f"{name} started differently"
+        )
+    moved = [
+        name
+        for name, weights in ranks[0]["model"].items()
+        if not torch.equal(weights, ranks[0]["initial"][name])
+    ]
+    assert len(moved) == len(ranks[0]["model"]), (
+        f"only {len(moved)} of {len(ranks[0]['model'])} tensors were trained"
+    )
 
     run = tmp_path / "run"
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in log] == list(range(1, STEPS + 1)), "rank 0 alone writes the log"
+    assert [record["step"] for record in log] == list(range(1, STEPS + 1)), (
+        "rank 0 alone writes the log"
+    )
     (final,) = list_checkpoints(run / "checkpoints")
     state = load_checkpoint(final)
-    assert len(state["rng"]) == 2, "the checkpoint keeps the random state of both processes"
-    assert not torch.equal(state["rng"][0]["generator"], state["rng"][1]["generator"]), "one noise stream per process"
+    assert len(state["rng"]) == 2, (
+        "the checkpoint keeps the random state of both processes"
+    )
+    assert not torch.equal(
+        state["rng"][0]["generator"], state["rng"][1]["generator"]
+    ), "one noise stream per process"
 
 
 if __name__ == "__main__":

@@ -18,22 +18,26 @@ from ddpm_course.nn import (
     unet_from_preset,
 )
 
-FLOAT64_TOL = (
-    1e-9  # float64 forward passes of a few dozen layers agree to ~1e-13; summation order differs
-)
+FLOAT64_TOL = 1e-9  # float64 forward passes of a few dozen layers agree to ~1e-13; summation order differs
 
 
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _randomise(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+def _randomise(
+    model: torch.nn.Module, seed: int = 0, scale: float = 0.2
+) -> torch.nn.Module:
     """Replace every parameter (the zero-initialised ones too) by N(0, scale^2) draws, GroupNorm scales by 1 + that."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            noise = scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
-            is_norm_scale = parameter.ndim == 1 and "norm" in name and name.endswith("weight")
+            noise = scale * torch.randn(
+                parameter.shape, generator=generator, dtype=parameter.dtype
+            )
+            is_norm_scale = (
+                parameter.ndim == 1 and "norm" in name and name.endswith("weight")
+            )
             parameter.copy_(1 + noise if is_norm_scale else noise)
     return model
 
@@ -62,7 +66,9 @@ def test_timestep_embedding_matches_diffusers_ddpm_convention():
     from diffusers.models.embeddings import get_timestep_embedding
 
     t = torch.tensor([0, 3, 250, 999])
-    expected = get_timestep_embedding(t, 32, flip_sin_to_cos=False, downscale_freq_shift=1)
+    expected = get_timestep_embedding(
+        t, 32, flip_sin_to_cos=False, downscale_freq_shift=1
+    )
     torch.testing.assert_close(
         timestep_embedding(t, 32), expected, atol=1e-4, rtol=0
     )  # float32 angles up to 999 rad
@@ -71,7 +77,9 @@ def test_timestep_embedding_matches_diffusers_ddpm_convention():
 def test_timestep_embedding_accepts_fractional_times():
     emb = timestep_embedding(torch.tensor([0.5]), 4)
     expected = [math.sin(0.5), math.sin(0.5e-4), math.cos(0.5), math.cos(0.5e-4)]
-    assert emb[0].tolist() == pytest.approx(expected, abs=1e-6)  # float32 rounding of values <= 1
+    assert emb[0].tolist() == pytest.approx(
+        expected, abs=1e-6
+    )  # float32 rounding of values <= 1
 
 
 @pytest.mark.parametrize("dim", [3, 2, 7])
@@ -84,8 +92,12 @@ def test_timestep_embedding_refuses_odd_or_tiny_dims(dim):
 def test_attention_block_equals_a_naive_softmax_attention_per_head():
     torch.manual_seed(0)
     channels, heads, groups = 8, 2, 2
-    block = _randomise(AttentionBlock(channels, num_heads=heads, num_groups=groups)).double()
-    x = torch.randn(2, channels, 3, 5, dtype=torch.float64)  # H != W catches a transposed reshape
+    block = _randomise(
+        AttentionBlock(channels, num_heads=heads, num_groups=groups)
+    ).double()
+    x = torch.randn(
+        2, channels, 3, 5, dtype=torch.float64
+    )  # H != W catches a transposed reshape
 
     # group norm by hand: statistics over each group of C/G channels and all positions (biased variance)
     grouped = x.reshape(2, groups, -1)
@@ -98,7 +110,11 @@ def test_attention_block_equals_a_naive_softmax_attention_per_head():
     )
     tokens = normed.flatten(2).transpose(1, 2)  # (N, L, C)
     qkv = tokens @ block.qkv.weight[:, :, 0, 0].T + block.qkv.bias  # (N, L, 3C)
-    q, k, v = qkv[..., :channels], qkv[..., channels : 2 * channels], qkv[..., 2 * channels :]
+    q, k, v = (
+        qkv[..., :channels],
+        qkv[..., channels : 2 * channels],
+        qkv[..., 2 * channels :],
+    )
     d = channels // heads
     outputs = []
     for h in range(heads):
@@ -168,7 +184,9 @@ def test_learned_variance_doubles_the_output_channels():
 def test_head_channels_sets_the_number_of_heads_per_level():
     model = UNet(**{**TINY, "attention_resolutions": (8, 4)}, head_channels=4)
     heads = {
-        m.qkv.in_channels: m.num_heads for m in model.modules() if isinstance(m, AttentionBlock)
+        m.qkv.in_channels: m.num_heads
+        for m in model.modules()
+        if isinstance(m, AttentionBlock)
     }
     assert heads == {8: 2, 16: 4}
 
@@ -188,7 +206,10 @@ def test_channels_last_input_gives_the_same_output():
     model_cl = model.to(memory_format=torch.channels_last)
     # float32, different convolution kernels for the two layouts: differences of a few ulps per layer
     torch.testing.assert_close(
-        model_cl(x.to(memory_format=torch.channels_last), t), expected, atol=1e-5, rtol=1e-5
+        model_cl(x.to(memory_format=torch.channels_last), t),
+        expected,
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -202,23 +223,31 @@ def test_bfloat16_autocast_runs_and_stays_close_to_float32():
         out = model(x, t, y=torch.tensor([0, 1]))
     assert out.dtype == torch.bfloat16
     # bf16 keeps 8 bits of mantissa (relative error 4e-3 per op); ~20 layers deep, allow 10% of the output scale
-    assert (out.float() - expected).abs().max().item() < 0.1 * expected.abs().max().item()
+    assert (
+        out.float() - expected
+    ).abs().max().item() < 0.1 * expected.abs().max().item()
 
 
 def test_training_step_gives_gradients_to_every_parameter():
     model = _randomise(UNet(**TINY, num_classes=2, scale_shift_norm=True))
     loss = (
-        model(torch.randn(2, 2, 8, 8), torch.tensor([3, 400]), y=torch.tensor([0, 2])).pow(2).mean()
+        model(torch.randn(2, 2, 8, 8), torch.tensor([3, 400]), y=torch.tensor([0, 2]))
+        .pow(2)
+        .mean()
     )
     loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()
+    )
 
 
 # ------------------------------------------------------------------- errors
 def test_image_size_that_the_downsamplings_cannot_divide_is_refused():
     message = r"image_size 30 is not divisible by 2\*\*3 \(3 downsamplings\); use 32 or fewer channel_mults"
     with pytest.raises(ValueError, match=message):
-        UNet(image_size=30, in_channels=3, model_channels=32, channel_mults=(1, 2, 2, 2))
+        UNet(
+            image_size=30, in_channels=3, model_channels=32, channel_mults=(1, 2, 2, 2)
+        )
 
 
 def test_wrong_input_channels_at_forward_name_the_expected_shape():
@@ -255,17 +284,22 @@ def test_labels_for_an_unconditional_model_are_refused():
 
 def test_labels_beyond_the_null_class_are_refused():
     with pytest.raises(ValueError, match=r"\{0, \.\.\., 3\} \(3 is the null class\)"):
-        UNet(**TINY, num_classes=3)(torch.randn(1, 2, 8, 8), torch.tensor([0]), y=torch.tensor([4]))
+        UNet(**TINY, num_classes=3)(
+            torch.randn(1, 2, 8, 8), torch.tensor([0]), y=torch.tensor([4])
+        )
 
 
 def test_attention_resolution_that_is_never_reached_warns():
-    with pytest.warns(UserWarning, match=r"attention_resolutions \[16\] are never reached"):
+    with pytest.warns(
+        UserWarning, match=r"attention_resolutions \[16\] are never reached"
+    ):
         UNet(**{**TINY, "attention_resolutions": (16,)})
 
 
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(
-        ValueError, match="'digits', 'digits-cond', 'mnist', 'cifar10-ddpm', 'ddpm-default'"
+        ValueError,
+        match="'digits', 'digits-cond', 'mnist', 'cifar10-ddpm', 'ddpm-default'",
     ):
         unet_from_preset("imagenet")
 
@@ -276,7 +310,9 @@ def test_every_preset_maps_a_batch_to_the_input_shape(name):
     model = unet_from_preset(name).eval()
     config = PRESETS[name]
     batch = 2 if config["image_size"] <= 28 else 1
-    x = torch.randn(batch, config["in_channels"], config["image_size"], config["image_size"])
+    x = torch.randn(
+        batch, config["in_channels"], config["image_size"], config["image_size"]
+    )
     y = torch.arange(batch) if config.get("num_classes") else None
     with torch.no_grad():
         assert model(x, torch.full((batch,), 999), y=y).shape == x.shape
@@ -302,7 +338,14 @@ def test_ddpm_default_preset_is_within_one_percent_of_the_seed_default():
 def _resblock_count(cin: int, cout: int, emb: int) -> int:
     """Parameters of a ResBlock (no scale-shift), by hand: GN, 3×3 conv, embedding projection, GN, 3×3 conv, 1×1 skip."""
     skip = cin * cout + cout if cin != cout else 0
-    return 2 * cin + (9 * cin * cout + cout) + (emb * cout + cout) + 2 * cout + (9 * cout * cout + cout) + skip
+    return (
+        2 * cin
+        + (9 * cin * cout + cout)
+        + (emb * cout + cout)
+        + 2 * cout
+        + (9 * cout * cout + cout)
+        + skip
+    )
 
 
 def test_digits_preset_parameter_count():
@@ -310,8 +353,12 @@ def test_digits_preset_parameter_count():
     # twin (test_preset_parameter_count_equals_diffusers_twin). The preset keeps one ResBlock at
     # full resolution: one down block 32 -> 32 and one up block (32 + 32 skip) -> 32 fewer.
     two_everywhere = _count(unet_from_preset("digits", num_res_blocks=2))
-    assert two_everywhere == _count(_diffusers_twin({**PRESETS["digits"], "num_res_blocks": 2}))
-    expected = two_everywhere - _resblock_count(32, 32, 128) - _resblock_count(64, 32, 128)
+    assert two_everywhere == _count(
+        _diffusers_twin({**PRESETS["digits"], "num_res_blocks": 2})
+    )
+    expected = (
+        two_everywhere - _resblock_count(32, 32, 128) - _resblock_count(64, 32, 128)
+    )
     assert _count(unet_from_preset("digits")) == expected == 1_566_305
     # + (10 + null) × 4·32 class embedding
     assert _count(unet_from_preset("digits-cond")) == expected + 11 * 128
@@ -337,14 +384,18 @@ def test_per_level_res_blocks_set_the_blocks_of_each_level():
     assert kinds == ["ResBlock", "Downsample", "ResBlock", "ResBlock", "ResBlock"]
     # up: num_res_blocks + 1 per level, level 1 first: 4 blocks (the last up-samples), then 2
     assert len(model.up) == 4 + 2
-    assert [type(block[-1]).__name__ for block in model.up] == ["AttentionBlock"] * 3 + ["Upsample"] + ["ResBlock"] * 2
+    assert [type(block[-1]).__name__ for block in model.up] == [
+        "AttentionBlock"
+    ] * 3 + ["Upsample"] + ["ResBlock"] * 2
     x = torch.randn(2, 2, 8, 8)
     assert model(x, torch.tensor([0, 999])).shape == x.shape
 
 
 @pytest.mark.parametrize("blocks", [(1,), (1, 2, 2), (0, 2), (1, True), 0])
 def test_per_level_res_blocks_need_one_positive_count_per_level(blocks):
-    with pytest.raises(ValueError, match=r"num_res_blocks must be a positive integer or a tuple of 2"):
+    with pytest.raises(
+        ValueError, match=r"num_res_blocks must be a positive integer or a tuple of 2"
+    ):
         UNet(**{**TINY, "num_res_blocks": blocks})
 
 
@@ -407,7 +458,9 @@ def _diffusers_twin(config: dict, **extra):
     """diffusers' UNet2DModel with the same architecture as UNet(**config) (DDPM's time embedding)."""
     from diffusers import UNet2DModel
 
-    resolutions = [config["image_size"] // 2**i for i in range(len(config["channel_mults"]))]
+    resolutions = [
+        config["image_size"] // 2**i for i in range(len(config["channel_mults"]))
+    ]
     attention = [r in config.get("attention_resolutions", ()) for r in resolutions]
     channels = tuple(config["model_channels"] * m for m in config["channel_mults"])
     # diffusers fixes the channels per head (heads = channels // attention_head_dim; None means one head)
@@ -451,7 +504,7 @@ def _to_diffusers_state_dict(model: UNet) -> dict[str, torch.Tensor]:
     def attn(src: str, dst: str) -> None:
         copy(f"{src}.norm", f"{dst}.group_norm")
         weight, bias = ours[f"{src}.qkv.weight"][:, :, 0, 0], ours[f"{src}.qkv.bias"]
-        for part, name in zip(range(3), ("to_q", "to_k", "to_v")):
+        for part, name in zip(range(3), ("to_q", "to_k", "to_v"), strict=True):
             c = weight.shape[1]
             out[f"{dst}.{name}.weight"], out[f"{dst}.{name}.bias"] = (
                 weight[part * c : (part + 1) * c],
@@ -460,8 +513,15 @@ def _to_diffusers_state_dict(model: UNet) -> dict[str, torch.Tensor]:
         out[f"{dst}.to_out.0.weight"] = ours[f"{src}.proj_out.weight"][:, :, 0, 0]
         out[f"{dst}.to_out.0.bias"] = ours[f"{src}.proj_out.bias"]
 
-    copy("time_embed.0", "time_embedding.linear_1"), copy("time_embed.2", "time_embedding.linear_2")
-    copy("conv_in", "conv_in"), copy("norm_out", "conv_norm_out"), copy("conv_out", "conv_out")
+    (
+        copy("time_embed.0", "time_embedding.linear_1"),
+        copy("time_embed.2", "time_embedding.linear_2"),
+    )
+    (
+        copy("conv_in", "conv_in"),
+        copy("norm_out", "conv_norm_out"),
+        copy("conv_out", "conv_out"),
+    )
     copy("class_embed", "class_embedding")
     levels, blocks = len(model.config["channel_mults"]), model.config["num_res_blocks"]
     index = 0
@@ -488,7 +548,8 @@ def _to_diffusers_state_dict(model: UNet) -> dict[str, torch.Tensor]:
                 attn(f"up.{index}.1", f"up_blocks.{up_level}.attentions.{j}")
             if j == blocks and up_level != levels - 1:
                 copy(
-                    f"up.{index}.{len(layers) - 1}.conv", f"up_blocks.{up_level}.upsamplers.0.conv"
+                    f"up.{index}.{len(layers) - 1}.conv",
+                    f"up_blocks.{up_level}.upsamplers.0.conv",
                 )
             index += 1
     return out
@@ -538,8 +599,8 @@ def test_mlp2d_maps_points_to_points_and_depends_on_t():
     out = model(x, torch.tensor([3, 700]))
     assert out.shape == (2, 2)
     assert (
-        out[0] - out[1]
-    ).abs().max().item() > 1e-4  # same point, different t: PyTorch's default init is not zero
+        (out[0] - out[1]).abs().max().item() > 1e-4
+    )  # same point, different t: PyTorch's default init is not zero
 
 
 def test_mlp2d_parameter_count_matches_a_hand_count():
@@ -559,7 +620,10 @@ def test_mlp2d_uses_t_to_fit_targets_that_only_t_tells_apart():
     torch.manual_seed(0)
     model = MLP2D(hidden=64, n_layers=2)
     points = torch.randn(32, 2)
-    x, t = torch.cat([points, points]), torch.cat([torch.zeros(32), torch.ones(32)]).long()
+    x, t = (
+        torch.cat([points, points]),
+        torch.cat([torch.zeros(32), torch.ones(32)]).long(),
+    )
     target = torch.cat([points, -points])
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from ddpm_course.metrics import digits_fd
@@ -28,8 +28,16 @@ def test_every_registered_model_is_shipped_with_its_sidecar(name):
 
 def test_unconditional_digits_model_samples_are_far_closer_to_digits_than_noise_is():
     model, diffusion, config = load_pretrained("digits", device="cpu")
-    samples = ddim_sample(model, diffusion, (100, 1, 16, 16), steps=20, generator=torch.Generator().manual_seed(0))
-    noise = torch.rand(100, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    samples = ddim_sample(
+        model,
+        diffusion,
+        (100, 1, 16, 16),
+        steps=20,
+        generator=torch.Generator().manual_seed(0),
+    )
+    noise = (
+        torch.rand(100, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    )
     # noise scores ~2000 in this feature space; real digits at n = 100 score ~40-80 (the floor)
     assert digits_fd(samples) < 0.1 * digits_fd(noise)
 
@@ -39,7 +47,14 @@ def test_conditional_digits_model_draws_the_class_it_is_asked_for():
 
     model, diffusion, config = load_pretrained("digits-cond", device="cpu")
     labels = torch.arange(100) % 10
-    samples = ddim_sample(model, diffusion, (100, 1, 16, 16), steps=20, generator=torch.Generator().manual_seed(0), model_kwargs={"y": labels})
+    samples = ddim_sample(
+        model,
+        diffusion,
+        (100, 1, 16, 16),
+        steps=20,
+        generator=torch.Generator().manual_seed(0),
+        model_kwargs={"y": labels},
+    )
     with torch.no_grad():
         predicted = load_digits_classifier()(samples).argmax(1)
     # chance is 10%; a conditional model that ignored y could not pass 50%
@@ -56,9 +71,27 @@ def test_load_any_refuses_an_unknown_name_or_path_clearly(tmp_path: Path):
 def test_sample_cli_writes_a_grid_from_a_shipped_model(tmp_path: Path):
     out = tmp_path / "grid.png"
     result = subprocess.run(
-        [sys.executable, "-m", "ddpm_course.cli", "sample", "--checkpoint", "digits", "--n", "4", "--steps", "3",
-         "--out", str(out), "--save-tensor", str(tmp_path / "s.pt"), "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "ddpm_course.cli",
+            "sample",
+            "--checkpoint",
+            "digits",
+            "--n",
+            "4",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--save-tensor",
+            str(tmp_path / "s.pt"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
@@ -71,4 +104,9 @@ def test_sample_cli_writes_a_grid_from_a_shipped_model(tmp_path: Path):
     for i in range(4):
         row, col = divmod(i, 2)
         top, left = 2 + row * 18, 2 + col * 18
-        torch.testing.assert_close(grid[top : top + 16, left : left + 16], samples[i, 0].double(), atol=0.5 / 255 + 1e-6, rtol=0)
+        torch.testing.assert_close(
+            grid[top : top + 16, left : left + 16],
+            samples[i, 0].double(),
+            atol=0.5 / 255 + 1e-6,
+            rtol=0,
+        )

@@ -249,7 +249,9 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
                 "digits-sr); this one is not conditioned on a low-resolution image"
             )
         low = _images(args.sr, "--sr", n, channels, model.low_res_size, device)
-        return super_resolve(model, diffusion, low, steps=args.steps, generator=generator)
+        return super_resolve(
+            model, diffusion, low, steps=args.steps, generator=generator
+        )
     guides = _images(args.sdedit, "--sdedit", n, channels, size, device)
     if args.t0 is None or not 0 <= args.t0 < diffusion.num_timesteps:
         raise SystemExit(f"error: --sdedit needs --t0 in 0..{diffusion.num_timesteps - 1}, "

@@ -21,28 +21,56 @@ from typing import Any
 # flag -> (TrainConfig field, type, help)
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-steps": ("max_steps", int, "stop after this many optimiser steps"),
-    "--max-seconds": ("max_seconds", float, "stop after this many seconds of training (then save and sample)"),
+    "--max-seconds": (
+        "max_seconds",
+        float,
+        "stop after this many seconds of training (then save and sample)",
+    ),
     "--batch-size": ("batch_size", int, "global batch size"),
     "--lr": ("lr", float, "peak learning rate"),
     "--seed": ("seed", int, "random seed"),
     "--dataset": ("dataset", str, "digits, mnist, fashion_mnist or cifar10"),
     "--data-dir": ("data_dir", str, "folder of the torchvision data sets"),
-    "--precision": ("precision", str, "bf16, fp16 or fp32 on CUDA (the CPU always trains in fp32)"),
+    "--precision": (
+        "precision",
+        str,
+        "bf16, fp16 or fp32 on CUDA (the CPU always trains in fp32)",
+    ),
     "--grad-accum": ("grad_accum", int, "micro-batches per optimiser step"),
     "--num-workers": ("num_workers", int, "DataLoader worker processes"),
     "--log-every": ("log_every", int, "steps between log lines"),
-    "--sample-every": ("sample_every", int, "steps between sample grids (0: only at the end)"),
-    "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
+    "--sample-every": (
+        "sample_every",
+        int,
+        "steps between sample grids (0: only at the end)",
+    ),
+    "--checkpoint-every": (
+        "checkpoint_every",
+        int,
+        "steps between checkpoints (0: only at the end)",
+    ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help="training preset, e.g. digits (the default) or cifar10-ddpm; see ddpm_course.config.TRAIN_PRESETS")
+    parser.add_argument(
+        "--preset",
+        help="training preset, e.g. digits (the default) or cifar10-ddpm; see ddpm_course.config.TRAIN_PRESETS",
+    )
     parser.add_argument("--out", help="the run folder (default runs/PRESET)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in the run folder",
+    )
     for flag, (name, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=name, type=kind, help=help_text)
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model (CUDA)",
+    )
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                         help="set any field of ddpm_course.config.TrainConfig; VALUE is JSON (a bare word is a string)")  # fmt: skip
 
@@ -63,7 +91,11 @@ def _parse_settings(settings: list[str]) -> dict[str, Any]:
 def _config(args: argparse.Namespace):
     from ..config import TrainConfig
 
-    overrides = {name: getattr(args, name) for name, _, _ in FLAGS.values() if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name, _, _ in FLAGS.values()
+        if getattr(args, name) is not None
+    }
     if args.compile:
         overrides["compile"] = True
     overrides.update(_parse_settings(args.settings))
@@ -73,7 +105,9 @@ def _config(args: argparse.Namespace):
     if args.resume and saved.is_file():
         base = TrainConfig.from_json(saved).to_dict()
         if args.preset is not None and args.preset != base["preset"]:
-            raise ValueError(f"{out_dir} was trained with preset {base['preset']!r}, not {args.preset!r}")
+            raise ValueError(
+                f"{out_dir} was trained with preset {base['preset']!r}, not {args.preset!r}"
+            )
         return TrainConfig.from_dict({**base, **overrides})
     return TrainConfig.from_preset(args.preset or "digits", **overrides)
 
@@ -82,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..train import NonFiniteLossError, Trainer
 
-    if args.preset in ("digits-vae", "digits-ldm"):  # chapter 07: trained by ddpm_course.latent
+    if args.preset in (
+        "digits-vae",
+        "digits-ldm",
+    ):  # chapter 07: trained by ddpm_course.latent
         from ..latent import train_from_cli
 
         return train_from_cli(args)

@@ -21,7 +21,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["DRIVERS", "call_with_driver", "TinyDenoiser", "tiny_denoiser", "train_tiny_denoiser", "in_place"]
+__all__ = [
+    "DRIVERS",
+    "call_with_driver",
+    "TinyDenoiser",
+    "tiny_denoiser",
+    "train_tiny_denoiser",
+    "in_place",
+]
 
 
 # ------------------------------------------------------------- chapter 04: a training step
@@ -47,7 +54,12 @@ class TinyDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         h = self.inp(x.flatten(1))
         if t is not None:
-            angles = 2 * torch.pi * (t.to(x.dtype)[:, None] / self.num_timesteps) * self.frequencies
+            angles = (
+                2
+                * torch.pi
+                * (t.to(x.dtype)[:, None] / self.num_timesteps)
+                * self.frequencies
+            )
             h = h + self.time(torch.cat([angles.sin(), angles.cos()], dim=1))
         return self.out(F.silu(self.mid(F.silu(h)))).view_as(x)
 
@@ -74,9 +86,13 @@ def train_tiny_denoiser(training_step: Callable[..., Any], seed: int, images: to
         index = torch.randint(0, images.shape[0], (batch_size,), generator=batches)
         loss = training_step(model, optimizer, images[index], alphas_cumprod, generator)
         if loss is None:
-            raise TypeError("training_step returned None; return the loss (a 0-d tensor)")
+            raise TypeError(
+                "training_step returned None; return the loss (a 0-d tensor)"
+            )
         losses.append(float(torch.as_tensor(loss).detach()))
-    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(losses)
+    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(
+        losses
+    )
 
 
 def in_place(fn: Callable[..., Any], target: torch.Tensor, *args: Any) -> torch.Tensor:

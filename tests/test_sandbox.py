@@ -177,3 +177,33 @@ print("REPORT", report)
     assert all(report[name] != "written" for name in ["/usr/x", "/x", "/dev/x"])
     assert report["/jobs"] == "PermissionError" and report["/proc"] == ["cpuinfo"]
     assert report["tmp"] == 16 * 2**20
+
+
+def test_site_packages_under_tmp_stay_visible_behind_the_private_tmp(
+    tmp_path, monkeypatch
+):
+    """A checkout in a temporary folder has its virtual environment under /tmp, which the
+    sandbox covers with its own tmpfs: site-packages must be mounted somewhere else."""
+    site_dir = tmp_path / "venv" / "lib" / "python3" / "site-packages"
+    (site_dir / "ddpm_course").mkdir(parents=True)
+    (site_dir / "torch").mkdir()
+    monkeypatch.setattr(sandbox, "_site_dirs", lambda: [str(site_dir)])
+    command = sandbox.bwrap_command(
+        "/usr/bin/bwrap", tmp_path / "v", tmp_path / "j", True
+    )
+    hidden = ("/tmp", "/dev/shm")  # mounted as fresh tmpfs after the binds
+    binds = [
+        (command[i + 1], command[i + 2])
+        for i, arg in enumerate(command)
+        if arg in ("--ro-bind", "--bind")
+    ]
+    assert (str(site_dir), f"{sandbox.SITE_MOUNT}/0") in binds
+    for _source, target in binds:
+        assert not any(target == h or target.startswith(h + "/") for h in hidden), (
+            target
+        )
+    # the package installed in site-packages is masked at its mounted place
+    index = command.index("--tmpfs", command.index(str(site_dir)))
+    assert command[index + 1] == f"{sandbox.SITE_MOUNT}/0/ddpm_course"
+    runner = command.index("/view/sandbox_runner.py")
+    assert command[runner + 1 :] == [f"{sandbox.SITE_MOUNT}/0"]

@@ -199,6 +199,9 @@ def write_student_view(folder: Path) -> Path:
     return folder
 
 
+SITE_MOUNT = "/site"  # where the sandbox sees the grader's site-packages folders
+
+
 def _site_dirs() -> list[str]:
     """The site-packages folders the grader's interpreter uses (torch, safetensors, numpy...)."""
     dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
@@ -210,14 +213,15 @@ def _site_dirs() -> list[str]:
     return dirs
 
 
-def _masks(site_dir: str) -> list[str]:
-    """bwrap arguments that hide every ``ddpm_course`` entry of a site-packages folder."""
+def _masks(site_dir: str, target: str) -> list[str]:
+    """bwrap arguments that hide every ``ddpm_course`` entry of the site-packages folder
+    ``site_dir``, mounted at ``target`` in the sandbox."""
     arguments = []
     for entry in sorted(os.listdir(site_dir)):
         if "ddpm_course" not in entry and "ddpm-course" not in entry:
             continue
-        path = os.path.join(site_dir, entry)
-        if os.path.isdir(path):
+        path = os.path.join(target, entry)
+        if os.path.isdir(os.path.join(site_dir, entry)):
             arguments += ["--tmpfs", path]
         else:
             arguments += ["--ro-bind", "/dev/null", path]
@@ -233,7 +237,10 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
     """The bubblewrap command line of the batch's sandbox (see the module docstring)."""
     interpreter = os.path.realpath(sys.executable)
     prefix = os.path.realpath(sys.base_prefix)
-    binds = [prefix, *_site_dirs()]
+    # site-packages are mounted at /site/N, not where they are: a virtual environment under /tmp
+    # (a CI checkout in a temporary folder) would be hidden by the sandbox's private /tmp
+    site_dirs = _site_dirs()
+    mounted_sites = [f"{SITE_MOUNT}/{index}" for index in range(len(site_dirs))]
     command = [bwrap, "--die-with-parent", "--new-session", "--clearenv"]
     command += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     command += ["--unshare-cgroup-try"]
@@ -264,17 +271,13 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
             command += ["--symlink", os.readlink(target), target]
         elif os.path.isdir(target):
             command += ["--ro-bind", target, target]
-    made = set()
-    for path in binds:
-        if path.startswith("/usr/"):
-            continue
-        for parent in _ancestors(path):
-            if parent not in made:
-                command += ["--perms", "0755", "--dir", parent]
-                made.add(parent)
-        command += ["--ro-bind", path, path]
-    for path in binds[1:]:
-        command += _masks(path)
+    if not prefix.startswith("/usr/"):
+        for parent in _ancestors(prefix):
+            command += ["--perms", "0755", "--dir", parent]
+        command += ["--ro-bind", prefix, prefix]
+    command += ["--perms", "0755", "--dir", SITE_MOUNT]
+    for source, target in zip(site_dirs, mounted_sites, strict=True):
+        command += ["--ro-bind", source, target, *_masks(source, target)]
     command += ["--ro-bind", str(view), "/view", "--bind", str(jobs), "/jobs"]
     command += ["--perms", "0755", "--dir", "/job", "--proc", "/proc", "--dev", "/dev"]
     command += [
@@ -287,7 +290,7 @@ def bwrap_command(bwrap: str, view: Path, jobs: Path, privileged: bool) -> list[
         "--chdir",
         "/tmp",
     ]
-    command += [interpreter, "-I", "-S", "/view/sandbox_runner.py", *binds[1:]]
+    command += [interpreter, "-I", "-S", "/view/sandbox_runner.py", *mounted_sites]
     return command
 
 

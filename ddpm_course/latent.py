@@ -652,8 +652,7 @@ def sample_from_cli(args, model, diffusion, config, device) -> int:
     namespace): latent samples from any of its samplers (no x0 clipping), decoded, saved as the
     command saves pixel samples. ``--prompt`` (a digit name; an unknown word is an error listing
     the vocabulary) or ``--class-label``; ``--guidance-scale W`` applies classifier-free guidance."""
-    from .samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
-    from .viz import save_image_grid
+    from .commands.sample import draw, save
 
     if not isinstance(model, LatentDiffusion):
         raise SystemExit(
@@ -685,32 +684,8 @@ def sample_from_cli(args, model, diffusion, config, device) -> int:
     shape = (args.n, *model.latent_shape)
     common = dict(model_kwargs={"y": labels.to(device)}, generator=generator, progress=True, device=device,
                   clip_denoised=False)  # fmt: skip
-    if args.sampler == "ddpm":
-        latents = ddpm_sample(
-            net, respace(diffusion, args.steps, args.spacing), shape, **common
-        )
-    elif args.sampler == "ddim":
-        latents = ddim_sample(
-            net,
-            diffusion,
-            shape,
-            steps=args.steps,
-            eta=args.eta,
-            spacing=args.spacing,
-            **common,
-        )
-    else:
-        latents = dpm_solver_sample(
-            net, diffusion, shape, steps=args.steps, spacing=args.spacing, **common
-        )
-    images = ((model.decode(latents).float().cpu() + 1) / 2).clamp(0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, args.out, value_range=(0.0, 1.0))
-    print(f"wrote {args.out}")
-    if args.save_tensor is not None:
-        torch.save(images, args.save_tensor)
-        print(f"wrote {args.save_tensor}")
-    return 0
+    latents = draw(args, net, diffusion, shape, **common)
+    return save(args, ((model.decode(latents).float().cpu() + 1) / 2).clamp(0, 1))
 
 
 SD_LATENT_STD = (

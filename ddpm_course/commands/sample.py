@@ -72,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pretrained import load_any
     from ..profiles import default_device
-    from ..samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
-    from ..viz import save_image_grid
 
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
@@ -84,17 +82,14 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_any(args.checkpoint, device=device)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    if not (
-        isinstance(loaded, tuple) and len(loaded) == 3
-    ):  # e.g. digits-vae: (vae, scale)
+    # a shipped model that is not a denoiser (digits-vae loads as (vae, scale))
+    if not (isinstance(loaded, tuple) and len(loaded) == 3):
         raise SystemExit(
             f"error: {args.checkpoint} is not a diffusion model that `sample` can draw from; "
             "give a denoiser (digits, digits-cond, digits-ldm, a run folder or checkpoint)"
         )
     model, diffusion, config = loaded
-    if args.prompt is not None or hasattr(
-        model, "latent_shape"
-    ):  # chapter 07: a LatentDiffusion
+    if args.prompt is not None or hasattr(model, "latent_shape"):  # chapter 07's models
         from ..latent import sample_from_cli
 
         return sample_from_cli(args, model, diffusion, config, device)
@@ -119,28 +114,39 @@ def run(args: argparse.Namespace) -> int:
     common = dict(
         model_kwargs=model_kwargs, generator=generator, progress=True, device=device
     )
+    # a chapter-06 option (CFG, classifier guidance, inpainting, SR, SDEdit), else plain sampling
     samples = guided_samples(args, model, diffusion, config, shape, generator, device)
-    if samples is not None:
-        pass  # drawn by a chapter-06 option (CFG, classifier guidance, inpainting, SR, SDEdit)
-    elif args.sampler == "ddpm":
-        samples = ddpm_sample(
+    if samples is None:
+        samples = draw(args, model, diffusion, shape, **common)
+    return save(args, ((samples.float().cpu() + 1) / 2).clamp(0, 1))
+
+
+def draw(args: argparse.Namespace, model, diffusion, shape: tuple, **common):
+    """Samples of ``shape`` from ``model`` by the sampler the command line names (``--sampler``,
+    ``--steps``, ``--eta``, ``--spacing``); ``common``: the samplers' shared keyword arguments."""
+    from ..samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
+
+    if args.sampler == "ddpm":
+        return ddpm_sample(
             model, respace(diffusion, args.steps, args.spacing), shape, **common
         )
-    elif args.sampler == "ddim":
-        samples = ddim_sample(
-            model,
-            diffusion,
-            shape,
-            steps=args.steps,
-            eta=args.eta,
-            spacing=args.spacing,
+    if args.sampler == "ddim":
+        return ddim_sample(
+            model, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing,
             **common,
-        )
-    else:
-        samples = dpm_solver_sample(
-            model, diffusion, shape, steps=args.steps, spacing=args.spacing, **common
-        )
-    images = ((samples.float().cpu() + 1) / 2).clamp(0, 1)
+        )  # fmt: skip
+    return dpm_solver_sample(
+        model, diffusion, shape, steps=args.steps, spacing=args.spacing, **common
+    )
+
+
+def save(args: argparse.Namespace, images) -> int:
+    """Write ``images`` (N, C, H, W) in [0, 1] as a grid to ``--out`` (and the tensor to
+    ``--save-tensor``); the command's exit status."""
+    import torch
+
+    from ..viz import save_image_grid
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(images, args.out, value_range=(0.0, 1.0))
     print(f"wrote {args.out}")

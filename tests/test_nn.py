@@ -241,6 +241,39 @@ def test_training_step_gives_gradients_to_every_parameter():
     )
 
 
+def test_patch_size_folds_pixels_into_channels_around_the_same_network():
+    # The fold (C, H, W) -> (C·4, H/2, W/2) puts pixel (2h + i, 2w + j) in channel 2i + j:
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert F.pixel_unshuffle(image, 2)[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+    # A patch-2 U-Net on 16×16 images is the plain U-Net on the folded 8×8×4 images, with the
+    # prediction unfolded: the same weights (same names and shapes) and the same levels
+    # (attention at 4 = 16 / 2 / 2 in both).
+    common = dict(model_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                  attention_resolutions=(4,), num_groups=8)  # fmt: skip
+    folded = UNet(image_size=16, in_channels=1, patch_size=2, **common)
+    plain = UNet(image_size=8, in_channels=4, **common)
+    torch.manual_seed(0)
+    for parameter in folded.parameters():  # the zero-initialised output conv too
+        torch.nn.init.normal_(parameter, std=0.2)
+    plain.load_state_dict(folded.state_dict())
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        expected = F.pixel_shuffle(plain(F.pixel_unshuffle(x, 2), t), 2)
+        torch.testing.assert_close(folded(x, t), expected)
+    assert UNet(**folded.config).conv_in.in_channels == 4
+
+
+def test_patch_size_that_does_not_divide_the_image_is_refused():
+    with pytest.raises(ValueError, match="patch_size 3 must divide image_size 16"):
+        UNet(image_size=16, in_channels=1, model_channels=16, patch_size=3)
+    with pytest.raises(ValueError, match="patch_size must be a positive integer"):
+        UNet(image_size=16, in_channels=1, model_channels=16, patch_size=0)
+    message = r"image_size 16 / patch_size 4 = 4 is not divisible by 2\*\*3"
+    with pytest.raises(ValueError, match=message):
+        UNet(image_size=16, in_channels=1, model_channels=16,
+             channel_mults=(1, 2, 2, 2), patch_size=4)  # fmt: skip
+
+
 # ------------------------------------------------------------------- errors
 def test_image_size_that_the_downsamplings_cannot_divide_is_refused():
     message = r"image_size 30 is not divisible by 2\*\*3 \(3 downsamplings\); use 32 or fewer channel_mults"
@@ -299,7 +332,7 @@ def test_attention_resolution_that_is_never_reached_warns():
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(
         ValueError,
-        match="'digits', 'digits-cond', 'mnist', 'cifar10-ddpm', 'ddpm-default'",
+        match="'digits', 'digits-cond', 'digits-fast', 'mnist', 'cifar10-ddpm', 'ddpm-default'",
     ):
         unet_from_preset("imagenet")
 

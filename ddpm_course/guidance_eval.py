@@ -12,6 +12,8 @@ merged into the file). Every section uses the shipped models, fixed seeds, and t
   w = 3: accuracy >= 95 % and FD <= 2 × floor.
 * ``cfg_interval``: w = 3 guided only at t <= 150, 300, 500 (Kynkäänniemi et al. 2024), as
   ``cfg``.
+* ``cfg_samplers``: w = 3 with DDIM (η = 0) in 50 steps and the ancestral sampler (DDPM
+  respaced) in 100 and 250 steps, as ``cfg``: whether the sampler, not the scale, sets the FD.
 * ``classifier``: the noisy classifier's test accuracy against t, and classifier guidance of the
   unconditional ``digits`` model over a sweep of scales (DDIM with the ε shift; ancestral with the
   mean shift at one scale).
@@ -49,7 +51,7 @@ from .guidance import (
     super_resolve,
 )
 from .metrics import digits_fd, digits_fd_floor, digits_features, load_digits_classifier
-from .samplers import ddim_sample, dpm_solver_sample, respace
+from .samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
 
 __all__ = [
     "RESULTS_PATH",
@@ -59,6 +61,7 @@ __all__ = [
     "seam_error",
     "blur",
     "evaluate_cfg",
+    "evaluate_cfg_samplers",
     "evaluate_classifier_guidance",
     "evaluate_inpainting",
     "evaluate_sr",
@@ -191,6 +194,39 @@ def evaluate_cfg_interval(
         })  # fmt: skip
     return {
         "n": n, "ddim_steps": steps, "w": w, "rows": rows,
+        "floor": digits_fd_floor(n, generator=torch.Generator().manual_seed(seed)),
+    }  # fmt: skip
+
+
+def evaluate_cfg_samplers(
+    n: int = 400, w: float = 3.0, runs=(("ddim", 50), ("ddpm", 100), ("ddpm", 250)),
+    seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """CFG at w with a deterministic sampler (DDIM η = 0) and the ancestral one (DDPM respaced)
+    at more steps than the sweep's, measured as ``cfg``: is the FD at w set by the sampler?"""
+    from .pretrained import load_pretrained
+
+    model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
+    labels = _balanced_labels(n)
+    rows = []
+    for sampler, steps in runs:
+        guided = ClassifierFreeGuidance(model, w, labels)
+        generator = torch.Generator().manual_seed(seed)
+        if sampler == "ddim":
+            samples = ddim_sample(
+                guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
+            )
+        else:
+            samples = ddpm_sample(
+                guided, respace(diffusion, steps), (n, 1, 16, 16),
+                generator=generator, clip_denoised=True,
+            )  # fmt: skip
+        rows.append({
+            "sampler": sampler, "steps": steps, "accuracy": class_accuracy(samples, labels),
+            "fd": digits_fd(samples), "diversity": within_class_diversity(samples, labels),
+        })  # fmt: skip
+    return {
+        "n": n, "w": w, "rows": rows,
         "floor": digits_fd_floor(n, generator=torch.Generator().manual_seed(seed)),
     }  # fmt: skip
 
@@ -351,6 +387,7 @@ def evaluate_sdedit(
 SECTIONS = {
     "cfg": evaluate_cfg,
     "cfg_interval": evaluate_cfg_interval,
+    "cfg_samplers": evaluate_cfg_samplers,
     "classifier": evaluate_classifier_guidance,
     "inpaint": evaluate_inpainting,
     "sr": evaluate_sr,

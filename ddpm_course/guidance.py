@@ -89,7 +89,10 @@ class ClassifierFreeGuidance(nn.Module):
     {0, ..., num_classes - 1} or None; guidance_scale: w >= 0. ``max_timestep``: guide only at
     trained timesteps t <= max_timestep, and sample conditionally (w = 0) above, where the
     global layout is decided (the limited interval of Kynkäänniemi et al. 2024); None guides
-    at every step.
+    at every step. ``uncond_model``: take ε(x_t, ∅) from this separately trained unconditional
+    network (same schedule and objective, called as ``uncond_model(x_t, t)``) instead of the
+    model's null class; Ho & Salimans train one network for both only for convenience. Then the
+    two halves are two forward passes of N images each.
     """
 
     def __init__(
@@ -98,9 +101,17 @@ class ClassifierFreeGuidance(nn.Module):
         guidance_scale: float,
         labels: torch.Tensor | None = None,
         max_timestep: int | None = None,
+        uncond_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.max_timestep = max_timestep
+        if uncond_model is not None and getattr(uncond_model, "num_classes", None):
+            raise ValueError(
+                "uncond_model must be an unconditional network (num_classes None), got one with "
+                f"{uncond_model.num_classes} classes; leave uncond_model=None to use the "
+                "model's own null class"
+            )
+        self.uncond_model = uncond_model
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None:
             raise ValueError(
@@ -148,13 +159,17 @@ class ClassifierFreeGuidance(nn.Module):
             )
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        null = torch.full_like(labels, self.num_classes)
-        both = self.model(
-            torch.cat([x, x]),
-            torch.cat([t, t]),
-            y=torch.cat([labels, null]).to(x.device),
-        )
-        cond, uncond = both.chunk(2, dim=0)
+        if self.uncond_model is not None:
+            cond = self.model(x, t, y=labels.to(x.device))
+            uncond = self.uncond_model(x, t)
+        else:
+            null = torch.full_like(labels, self.num_classes)
+            both = self.model(
+                torch.cat([x, x]),
+                torch.cat([t, t]),
+                y=torch.cat([labels, null]).to(x.device),
+            )
+            cond, uncond = both.chunk(2, dim=0)
         channels = x.shape[1]
         scale = torch.full((x.shape[0],), self.guidance_scale, device=x.device)
         if self.max_timestep is not None:

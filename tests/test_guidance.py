@@ -124,6 +124,25 @@ def test_cfg_limited_to_an_interval_guides_only_the_timesteps_inside_it():
     torch.testing.assert_close(limited[2:], plain[2:])
 
 
+def test_cfg_with_a_separate_unconditional_model_guides_away_from_that_model():
+    model, other = _tiny_unet(), _tiny_unet(None)
+    for p in other.parameters():  # a different network from the conditional one
+        nn.init.normal_(p, std=0.07)
+    x, t, y = (
+        torch.randn(3, 1, 8, 8),
+        torch.tensor([5, 50, 95]),
+        torch.tensor([2, 0, 1]),
+    )
+    with torch.no_grad():
+        guided = ClassifierFreeGuidance(model, 2.0, y, uncond_model=other)(x, t)
+        cond, uncond = model(x, t, y), other(x, t)
+        null = model(x, t, torch.full((3,), 3))
+    torch.testing.assert_close(guided, 3.0 * cond - 2.0 * uncond, atol=1e-5, rtol=1e-5)
+    assert (guided - (3.0 * cond - 2.0 * null)).abs().max() > 1e-3  # not the null class
+    with pytest.raises(ValueError, match="uncond_model must be an unconditional"):
+        ClassifierFreeGuidance(model, 2.0, y, uncond_model=_tiny_unet())
+
+
 def test_cfg_refuses_an_unconditional_model_and_labels_outside_the_classes():
     with pytest.raises(ValueError, match="unconditional"):
         ClassifierFreeGuidance(_tiny_unet(None), 3.0)

@@ -29,6 +29,20 @@ def test_cfg_and_classifier_guidance_draw_images(tmp_path: Path):
         "4",
     )
     assert cfg.shape == (2, 1, 16, 16)
+    # the limited interval: with M above every step it is full guidance, with M = 0 (below
+    # every step the sampler visits) plain conditional sampling, from the same noise
+    same = ("--checkpoint", "digits-cond", "--class-label", "4", "--seed", "5")
+    full = _sample(tmp_path, *same, "--guidance-scale", "3")
+    whole = _sample(
+        tmp_path, *same, "--guidance-scale", "3", "--guidance-max-timestep", "999"
+    )
+    none = _sample(
+        tmp_path, *same, "--guidance-scale", "3", "--guidance-max-timestep", "0"
+    )
+    plain = _sample(tmp_path, *same, "--guidance-scale", "0")
+    torch.testing.assert_close(whole, full)
+    torch.testing.assert_close(none, plain)
+    assert (full - plain).abs().max() > 1e-3
     guided = _sample(tmp_path, "--checkpoint", "digits", "--classifier-scale", "2", "--class-label",
                      "1", "--sampler", "ddpm")  # fmt: skip
     assert guided.shape == (2, 1, 16, 16) and 0 <= guided.min() and guided.max() <= 1
@@ -96,6 +110,23 @@ def test_sr_and_sdedit_run_on_their_models(tmp_path: Path):
             r"0\.\.9",
         ),
         (["--checkpoint", "digits-cond", "--guidance-scale", "3"], "--class-label"),
+        (
+            ["--checkpoint", "digits-cond", "--guidance-max-timestep", "300"],
+            "give both",
+        ),
+        (
+            [
+                "--checkpoint",
+                "digits-cond",
+                "--guidance-scale",
+                "3",
+                "--class-label",
+                "1",
+                "--guidance-max-timestep",
+                "1000",
+            ],
+            r"0\.\.\.999",
+        ),  # fmt: skip
         (["--checkpoint", "digits", "--sr", "LOW"], "super-resolution model"),
         (["--checkpoint", "digits-sr"], "--sr"),
         (["--checkpoint", "digits", "--inpaint", "MASK"], "--known"),

@@ -7,8 +7,16 @@ library and tqdm in answers, scratch cells and drafts that used the package, ``%
 continuation lines starting with ``!=`` or ``%``, printing Markdown): every one gets full marks.
 After the command returns, the CSV is there and final, and no process of the batch is alive.
 
+The batch is graded twice, by root (bubblewrap keeps the capabilities to give each notebook its
+own uid) and by an unprivileged user (bubblewrap in a user namespace, how an instructor runs the
+grader on a laptop), and every test holds for both. Run by root, the unprivileged batch runs as
+``nobody`` in a private mount namespace where the directories on the way to the interpreter and
+the checkout are made searchable (they may be 0700, e.g. ``/root``), without changing them for
+anyone else.
+
 These tests need bubblewrap. Without it they are skipped, except in CI (``CI=true``), where a
-missing sandbox is a failure: ``make sandbox-deps`` installs it.
+missing sandbox is a failure: ``make sandbox-deps`` installs it. The same holds for the root
+batch when the tests are not run by root.
 """
 
 from __future__ import annotations
@@ -17,6 +25,10 @@ import csv
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +50,64 @@ MARKER = (
 )
 
 
+NOBODY = 65534
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}: in CI the sandbox tests must run")
+    pytest.skip(message)
+
+
 def require_bwrap() -> None:
     if sandbox.bwrap_path() is None:
-        message = "bubblewrap is not installed (make sandbox-deps)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{message}: in CI the sandbox tests must run")
-        pytest.skip(message)
+        _unavailable("bubblewrap is not installed (make sandbox-deps)")
+
+
+# Run by root inside `unshare --mount`: every directory on the way to the given paths that
+# others cannot search is covered by a 0755 tmpfs holding bind mounts of its entries (in this
+# mount namespace only), then the process becomes uid/gid argv[1] and executes argv[3:].
+_AS_USER = r"""
+import os, subprocess, sys, tempfile
+uid, needed, argv = int(sys.argv[1]), sys.argv[2].split(os.pathsep), sys.argv[3:]
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+blocked = set()
+for path in needed:
+    current = "/"
+    for part in os.path.abspath(path).split(os.sep)[1:]:
+        current = os.path.join(current, part)
+        if os.path.isdir(current) and not os.stat(current).st_mode & 0o001:
+            blocked.add(current)
+for directory in sorted(blocked, key=lambda path: path.count(os.sep)):
+    stage = tempfile.mkdtemp()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", stage], check=True)
+    for entry in os.scandir(directory):
+        target = os.path.join(stage, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), target)
+            continue
+        os.mkdir(target) if entry.is_dir() else open(target, "w").close()
+        subprocess.run(["mount", "--rbind", entry.path, target], check=True)
+    subprocess.run(["mount", "--rbind", stage, directory], check=True)
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+os.execv(argv[0], argv)
+"""
+
+
+def _grade_as_nobody(arguments: list[str], home: Path) -> None:
+    """``ddpm-course grade`` run by uid 65534 (see _AS_USER); fails with its output if it fails."""
+    needed = [os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, str(ROOT)]
+    needed += [str(home), *sys.path[1:]]
+    command = ["unshare", "--mount", sys.executable, "-c", _AS_USER, str(NOBODY)]
+    command += [os.pathsep.join(p for p in needed if p and os.path.exists(p))]
+    command += [sys.executable, "-m", "ddpm_course.cli", *arguments]
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def notebook(*cells: str) -> nbformat.NotebookNode:
@@ -267,8 +331,8 @@ def _rows(path: Path) -> dict[str, dict]:
 
 
 def _sandbox_processes() -> list[str]:
-    """Processes left by the batch: the marker `sleep`s, and (as root) any process of the
-    notebooks' uids."""
+    """Processes left by the batch: the marker `sleep`s, any fork server, and (as root) any
+    process of the notebooks' uids."""
     left = []
     base = (
         100_000 + (os.getpid() % 4000) * 64
@@ -288,22 +352,40 @@ def _sandbox_processes() -> list[str]:
             )
         except (OSError, IndexError, ValueError):
             continue
-        if MARKER in cmdline or base <= uid < base + 64:
+        if MARKER in cmdline or "sandbox_runner" in cmdline or base <= uid < base + 64:
             left.append(f"{entry} uid {uid}: {cmdline}")
     return left
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
+@pytest.fixture(scope="module", params=["root", "unprivileged"])
+def batch(request, tmp_path_factory):
     require_bwrap()
-    submissions = tmp_path_factory.mktemp("hostile-submissions")
-    out = tmp_path_factory.mktemp("hostile-grades")
+    as_root = os.geteuid() == 0
+    if request.param == "root" and not as_root:
+        _unavailable("the root batch needs the tests run by root")
+    if request.param == "unprivileged" and as_root:
+        if shutil.which("unshare") is None:
+            _unavailable("util-linux's unshare is not installed")
+        home = Path(tempfile.mkdtemp(prefix="ddpm-hostile-"))
+        request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+        home.chmod(0o755)
+        submissions, out = home / "submissions", home / "grades"
+        submissions.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        os.chown(submissions, NOBODY, NOBODY)
+        grade = lambda arguments: _grade_as_nobody(arguments, home)  # noqa: E731
+    else:
+        submissions = tmp_path_factory.mktemp("hostile-submissions")
+        out = tmp_path_factory.mktemp("hostile-grades")
+        grade = lambda arguments: assert_ok(main(arguments))  # noqa: E731
     paths = [str(SOLUTIONS), str(submissions / "honest_plain.ipynb")]
     for name, nb in {**HONEST, **HOSTILE}.items():
         if name == "hostile_snoop":
             nb = nbformat.from_dict(json.loads(json.dumps(nb)))
             nb.cells.insert(0, nbformat.v4.new_code_cell(f"PATHS = {paths!r}"))
         nbformat.write(nb, submissions / f"{name}.ipynb")
+        if request.param == "unprivileged" and as_root:
+            os.chown(submissions / f"{name}.ipynb", NOBODY, NOBODY)
     arguments = [
         "grade",
         str(SOLUTIONS),
@@ -316,7 +398,7 @@ def batch(tmp_path_factory):
     arguments += ["--cell-timeout", "20", "--timeout", "40", "--memory-mb", "512"]
     arguments += ["--analysis-timeout", "4"]
     start = time.perf_counter()
-    assert main(arguments) == 0
+    grade(arguments)
     elapsed = time.perf_counter() - start
     left_at_exit = _sandbox_processes()
     csv_at_exit = (out / "grades.csv").read_bytes()
@@ -326,7 +408,12 @@ def batch(tmp_path_factory):
     return {
         "out": out, "elapsed": elapsed, "left": left_at_exit, "csv": csv_at_exit,
         "rows": _rows(out / "grades.csv"), "submissions": submissions,
+        "mode": request.param,
     }  # fmt: skip
+
+
+def assert_ok(code: int) -> None:
+    assert code == 0
 
 
 def _feedback(batch, student: str) -> str:
@@ -359,6 +446,14 @@ def test_the_csv_is_there_and_final_when_the_command_returns(batch):
     assert (batch["out"] / "grades.csv").read_bytes() == batch["csv"]
     assert not list(batch["out"].glob(".*"))  # no temporary file left behind
     assert set(batch["rows"]) == set(HONEST) | set(HOSTILE)
+
+
+def test_the_batch_ran_with_the_privileges_of_its_mode(batch):
+    owner = (batch["out"] / "grades.csv").stat().st_uid
+    if batch["mode"] == "root":
+        assert owner == 0
+    else:  # the grader itself ran unprivileged: as nobody when the tests run as root
+        assert owner != 0 and (os.geteuid() != 0 or owner == NOBODY)
 
 
 def test_no_process_of_the_batch_is_alive_afterwards(batch):

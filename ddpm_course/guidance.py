@@ -162,6 +162,12 @@ class ClassifierFreeGuidance(nn.Module):
         if self.uncond_model is not None:
             cond = self.model(x, t, y=labels.to(x.device))
             uncond = self.uncond_model(x, t)
+            if uncond.shape[0] != cond.shape[0] or uncond.shape[2:] != cond.shape[2:]:
+                raise ValueError(
+                    f"uncond_model returned {tuple(uncond.shape)} for x_t {tuple(x.shape)}, "
+                    f"the conditional model {tuple(cond.shape)}: give an unconditional model "
+                    "of the same images (size, channels) as the conditional one"
+                )
         else:
             null = torch.full_like(labels, self.num_classes)
             both = self.model(

@@ -1,8 +1,8 @@
 r"""The measured numbers of chapter 06, written to ``book/results/06_guidance.json``.
 
-``python -m ddpm_course.guidance_eval`` (all sections: about 20 minutes of one CPU thread, ``cfg``
-the longest) or ``--only cfg cfg_interval classifier inpaint sr sdedit`` (the named sections,
-merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
+``python -m ddpm_course.guidance_eval`` (all sections: each records its ``minutes`` in the file,
+together about three hours of one CPU thread, some of them on a shared machine) or ``--only
+cfg_seeds sr`` (the named sections, merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
 :mod:`ddpm_course.metrics` for accuracy, features and FD:
 
 * ``cfg``: classifier-free guidance on ``digits-cond`` over a sweep of w (DDIM), 400 samples

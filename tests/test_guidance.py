@@ -142,6 +142,12 @@ def test_cfg_with_a_separate_unconditional_model_guides_away_from_that_model():
     with pytest.raises(ValueError, match="uncond_model must be an unconditional"):
         ClassifierFreeGuidance(model, 2.0, y, uncond_model=_tiny_unet())
 
+    def half_size(x, t):  # an unconditional "model" of other images
+        return torch.zeros(x.shape[0], 1, 4, 4)
+
+    with pytest.raises(ValueError, match=r"uncond_model returned \(3, 1, 4, 4\)"):
+        ClassifierFreeGuidance(model, 2.0, y, uncond_model=half_size)(x, t)
+
 
 def test_cfg_refuses_an_unconditional_model_and_labels_outside_the_classes():
     with pytest.raises(ValueError, match="unconditional"):

@@ -16,8 +16,9 @@ cfg_seeds sr`` (the named sections, merged into the file). Every section uses th
   respaced) in 100 and 250 steps, as ``cfg``: whether the sampler, not the scale, sets the FD.
 * ``cfg_seeds``: the acceptance test over five sampling seeds (0-4: 0 is the seed the interval
   was chosen on, 1-4 are fresh): w = 3 guided at every step, at t <= 150 and at t <= 300, and at
-  every step with the separately trained ``digits`` model as ε(x, ∅) instead of the null class;
-  beside them the floor of five subsets of 400 training digits (seeds 0-4).
+  every step with the separately trained ``digits`` model as ε(x, ∅) instead of the null class
+  (DDIM, 20 steps), and at every step with the ancestral sampler in 100 steps; beside
+  them the floor of five subsets of 400 training digits (seeds 0-4).
 * ``classifier``: the noisy classifier's test accuracy against t, and classifier guidance of the
   unconditional ``digits`` model over a sweep of scales (DDIM with the ε shift; ancestral with the
   mean shift at one scale).
@@ -238,10 +239,11 @@ def evaluate_cfg_samplers(
 
 
 CFG_VARIANTS = (
-    ("every step", None, False),
-    ("t <= 150", 150, False),
-    ("t <= 300", 300, False),
-    ("every step, digits as the unconditional half", None, True),
+    ("every step", None, False, None),
+    ("t <= 150", 150, False, None),
+    ("t <= 300", 300, False, None),
+    ("every step, digits as the unconditional half", None, True, None),
+    ("every step, ancestral 100 steps", None, False, 100),
 )
 
 
@@ -251,26 +253,35 @@ def evaluate_cfg_seeds(
 ) -> dict[str, Any]:  # fmt: skip
     """CFG at w over several sampling seeds, one row per (variant, seed), measured as ``cfg``;
     each variant is (name, max_timestep, whether ε(x, ∅) comes from the unconditional
-    ``digits`` model). The floors are those of ``len(seeds)`` random subsets of n training
-    digits."""
+    ``digits`` model, ancestral steps): DDIM in ``steps`` steps when the last is None, else the
+    ancestral sampler (DDPM respaced to that many steps). The floors are those of
+    ``len(seeds)`` random subsets of n training digits."""
     from .pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
     uncond, _, _ = load_pretrained("digits", device="cpu")
     labels = _balanced_labels(n)
     rows = []
-    for name, max_timestep, separate in variants:
+    for name, max_timestep, separate, ancestral in variants:
         guided = ClassifierFreeGuidance(
             model, w, labels, max_timestep=max_timestep,
             uncond_model=uncond if separate else None,
         )  # fmt: skip
         for seed in seeds:
-            samples = ddim_sample(
-                guided, diffusion, (n, 1, 16, 16), steps=steps,
-                generator=torch.Generator().manual_seed(seed),
-            )  # fmt: skip
+            generator = torch.Generator().manual_seed(seed)
+            if ancestral is None:
+                samples = ddim_sample(
+                    guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
+                )
+            else:
+                samples = ddpm_sample(
+                    guided, respace(diffusion, ancestral), (n, 1, 16, 16),
+                    generator=generator, clip_denoised=True,
+                )  # fmt: skip
             rows.append({
                 "variant": name, "max_timestep": max_timestep, "separate_uncond": separate,
+                "sampler": "ddim" if ancestral is None else "ddpm",
+                "steps": steps if ancestral is None else ancestral,
                 "seed": seed, "accuracy": class_accuracy(samples, labels),
                 "fd": digits_fd(samples), "diversity": within_class_diversity(samples, labels),
             })  # fmt: skip

@@ -42,10 +42,17 @@ def test_acceptance_median_of_an_even_number_of_floors_is_the_middle_mean():
 
 
 def test_cfg_seeds_section_runs_each_variant_on_each_seed():
-    variants = (("every step", None, False), ("separate", None, True))
+    variants = (
+        ("every step", None, False, None), ("separate", None, True, None),
+        ("ancestral", None, False, 3),
+    )  # fmt: skip
     out = evaluate_cfg_seeds(n=20, steps=2, seeds=(0, 1), variants=variants)
     assert [(r["variant"], r["seed"]) for r in out["rows"]] == [
         ("every step", 0), ("every step", 1), ("separate", 0), ("separate", 1),
+        ("ancestral", 0), ("ancestral", 1),
+    ]  # fmt: skip
+    assert [(r["sampler"], r["steps"]) for r in out["rows"]][3:] == [
+        ("ddim", 2), ("ddpm", 3), ("ddpm", 3),
     ]  # fmt: skip
     assert len(out["floors"]) == 2 and all(f > 0 for f in out["floors"])
     by = {(r["variant"], r["seed"]): r["fd"] for r in out["rows"]}

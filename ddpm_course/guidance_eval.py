@@ -1,7 +1,7 @@
 r"""The measured numbers of chapter 06, written to ``book/results/06_guidance.json``.
 
 ``python -m ddpm_course.guidance_eval`` (all sections: each records its ``minutes`` in the file,
-together about three hours of one CPU thread, some of them on a shared machine) or ``--only
+together about two and a half hours of one CPU thread, some on a shared machine) or ``--only
 cfg_seeds sr`` (the named sections, merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
 :mod:`ddpm_course.metrics` for accuracy, features and FD:
 

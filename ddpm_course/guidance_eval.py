@@ -205,6 +205,22 @@ def evaluate_cfg_interval(
     }  # fmt: skip
 
 
+def _sample(
+    guided, diffusion, n: int, sampler: str, steps: int, seed: int
+) -> torch.Tensor:
+    """n 16×16 samples of ``guided`` from seed: DDIM (η = 0) in ``steps`` steps for "ddim", else
+    the ancestral sampler (DDPM respaced to ``steps``, x0 clipped)."""
+    generator = torch.Generator().manual_seed(seed)
+    if sampler == "ddim":
+        return ddim_sample(
+            guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
+        )
+    return ddpm_sample(
+        guided, respace(diffusion, steps), (n, 1, 16, 16),
+        generator=generator, clip_denoised=True,
+    )  # fmt: skip
+
+
 def evaluate_cfg_samplers(
     n: int = 400, w: float = 3.0, runs=(("ddim", 50), ("ddpm", 100), ("ddpm", 250)),
     seed: int = 0,
@@ -218,16 +234,7 @@ def evaluate_cfg_samplers(
     rows = []
     for sampler, steps in runs:
         guided = ClassifierFreeGuidance(model, w, labels)
-        generator = torch.Generator().manual_seed(seed)
-        if sampler == "ddim":
-            samples = ddim_sample(
-                guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
-            )
-        else:
-            samples = ddpm_sample(
-                guided, respace(diffusion, steps), (n, 1, 16, 16),
-                generator=generator, clip_denoised=True,
-            )  # fmt: skip
+        samples = _sample(guided, diffusion, n, sampler, steps, seed)
         rows.append({
             "sampler": sampler, "steps": steps, "accuracy": class_accuracy(samples, labels),
             "fd": digits_fd(samples), "diversity": within_class_diversity(samples, labels),
@@ -267,21 +274,12 @@ def evaluate_cfg_seeds(
             model, w, labels, max_timestep=max_timestep,
             uncond_model=uncond if separate else None,
         )  # fmt: skip
+        sampler = "ddim" if ancestral is None else "ddpm"
         for seed in seeds:
-            generator = torch.Generator().manual_seed(seed)
-            if ancestral is None:
-                samples = ddim_sample(
-                    guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
-                )
-            else:
-                samples = ddpm_sample(
-                    guided, respace(diffusion, ancestral), (n, 1, 16, 16),
-                    generator=generator, clip_denoised=True,
-                )  # fmt: skip
+            samples = _sample(guided, diffusion, n, sampler, ancestral or steps, seed)
             rows.append({
                 "variant": name, "max_timestep": max_timestep, "separate_uncond": separate,
-                "sampler": "ddim" if ancestral is None else "ddpm",
-                "steps": steps if ancestral is None else ancestral,
+                "sampler": sampler, "steps": ancestral or steps,
                 "seed": seed, "accuracy": class_accuracy(samples, labels),
                 "fd": digits_fd(samples), "diversity": within_class_diversity(samples, labels),
             })  # fmt: skip

@@ -162,7 +162,10 @@ class ClassifierFreeGuidance(nn.Module):
         if self.uncond_model is not None:
             cond = self.model(x, t, y=labels.to(x.device))
             uncond = self.uncond_model(x, t)
-            if uncond.shape[0] != cond.shape[0] or uncond.shape[2:] != cond.shape[2:]:
+            mismatched = (
+                uncond.shape[0] != cond.shape[0] or uncond.shape[2:] != cond.shape[2:]
+            )
+            if mismatched or uncond.shape[1] < x.shape[1]:
                 raise ValueError(
                     f"uncond_model returned {tuple(uncond.shape)} for x_t {tuple(x.shape)}, "
                     f"the conditional model {tuple(cond.shape)}: give an unconditional model "

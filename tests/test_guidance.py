@@ -148,6 +148,12 @@ def test_cfg_with_a_separate_unconditional_model_guides_away_from_that_model():
     with pytest.raises(ValueError, match=r"uncond_model returned \(3, 1, 4, 4\)"):
         ClassifierFreeGuidance(model, 2.0, y, uncond_model=half_size)(x, t)
 
+    def no_channels(x, t):  # would broadcast silently against the 1-channel prediction
+        return torch.zeros(x.shape[0], 0, 8, 8)
+
+    with pytest.raises(ValueError, match=r"uncond_model returned \(3, 0, 8, 8\)"):
+        ClassifierFreeGuidance(model, 2.0, y, uncond_model=no_channels)(x, t)
+
 
 def test_cfg_refuses_an_unconditional_model_and_labels_outside_the_classes():
     with pytest.raises(ValueError, match="unconditional"):

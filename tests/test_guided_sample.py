@@ -125,7 +125,7 @@ def test_sr_and_sdedit_run_on_their_models(tmp_path: Path):
                 "--guidance-max-timestep",
                 "1000",
             ],
-            r"0\.\.\.999",
+            r"0\.\.999",
         ),  # fmt: skip
         (["--checkpoint", "digits", "--sr", "LOW"], "super-resolution model"),
         (["--checkpoint", "digits-sr"], "--sr"),

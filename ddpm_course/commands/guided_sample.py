@@ -193,7 +193,7 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
             )
         limit = args.guidance_max_timestep
         if limit is not None and not 0 <= limit < diffusion.num_timesteps:
-            raise SystemExit(f"error: --guidance-max-timestep must lie in 0..."
+            raise SystemExit(f"error: --guidance-max-timestep must lie in 0.."
                              f"{diffusion.num_timesteps - 1} (the model's trained timesteps), "
                              f"got {limit}")  # fmt: skip
         labels = _labels(

@@ -5,8 +5,11 @@ r"""Data for the course: offline handwritten digits, 2-D toy distributions, and 
   train/test split (:func:`digits_split`) that never changes.
 * :func:`toy_2d`: swiss roll, two moons, 8 Gaussians and a checkerboard in 2-D, each of roughly
   unit scale, for the score-matching and 2-D diffusion pages.
-* :func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`: the torchvision data sets with images
-  as (C, H, W) float32 tensors in [-1, 1] (``download=True`` fetches them; the GPU chapters).
+* :func:`fashion_mnist`: Fashion-MNIST's 28×28 clothes (60,000 + 10,000, ten classes), the
+  image data of chapters 04–10, read offline from Debian's ``dataset-fashion-mnist`` package
+  (or a folder the caller names); torchvision downloads it only where allowed.
+* :func:`mnist`, :func:`cifar10`: the torchvision data sets with images as (C, H, W) float32
+  tensors in [-1, 1] (``download=True`` fetches them; the GPU chapters).
 
 Images are NCHW in [-1, 1], the range the models work in (see DESIGN.md, Conventions).
 """
@@ -14,6 +17,7 @@ Images are NCHW in [-1, 1], the range the models work in (see DESIGN.md, Convent
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,6 +38,9 @@ __all__ = [
     "TOY_2D",
     "mnist",
     "fashion_mnist",
+    "fashion_mnist_folder",
+    "read_idx",
+    "FASHION_MNIST_CLASSES",
     "cifar10",
 ]
 
@@ -236,23 +243,151 @@ def mnist(
     )
 
 
-def fashion_mnist(
-    root: str | Path,
-    train: bool = True,
-    download: bool = True,
-    size: int | None = None,
-    random_flip: bool = False,
-):
-    """torchvision's Fashion-MNIST (files in ``root/FashionMNIST/raw``); as :func:`mnist`."""
+# ------------------------------------------------------------------------- Fashion-MNIST
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)  # fmt: skip
+FASHION_MNIST_ENV = "DDPM_COURSE_DATA_DIR"
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_SPLITS = ("train", "test")
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FASHION_COUNTS = {"train": 60_000, "test": 10_000}
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` or ``folder/stem.gz``, also in torchvision's ``FashionMNIST/raw`` below it."""
+    for base in (folder, folder / "FashionMNIST" / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (base / name).is_file():
+                return base / name
+    return None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, plain or gzip) as a read-only uint8 array.
+
+    Header: two zero bytes, the type code 0x08 (unsigned byte), the rank r, then r big-endian
+    uint32 sizes; the data follow in C order.
+    """
+    import gzip
+
+    path = Path(path)
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(
+            f"{path} is not an IDX file of unsigned bytes (bad magic number)"
+        )
+    rank = raw[3]
+    shape = tuple(
+        int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)
+    )
+    offset = 4 + 4 * rank
+    if len(raw) - offset != math.prod(shape):
+        raise ValueError(
+            f"{path} holds {len(raw) - offset} bytes of data, its header says {shape}"
+        )
+    array = np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+    return array
+
+
+def _fashion_folders(data_dir: str | Path | None) -> list[tuple[str, Path]]:
+    folders = []
+    if data_dir is not None:
+        folders.append(("data_dir", Path(data_dir)))
+    if os.environ.get(FASHION_MNIST_ENV):
+        folders.append((FASHION_MNIST_ENV, Path(os.environ[FASHION_MNIST_ENV])))
+    folders.append(("Debian's dataset-fashion-mnist", FASHION_MNIST_DEBIAN_DIR))
+    return folders
+
+
+def _fashion_download(split: str) -> Path:
+    """torchvision's download into ``~/.cache/ddpm_course`` (needs the network)."""
     from torchvision import datasets
 
-    _check_size(size)
-    return datasets.FashionMNIST(
-        str(root),
-        train=train,
-        download=download,
-        transform=_to_minus_one_one(size, random_flip),
+    root = Path.home() / ".cache" / "ddpm_course"
+    datasets.FashionMNIST(str(root), train=split == "train", download=True)
+    return root
+
+
+@lru_cache(maxsize=4)
+def _fashion_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_stem, labels_stem = _FASHION_FILES[split]
+    images = read_idx(_idx_file(folder, images_stem))
+    labels = read_idx(_idx_file(folder, labels_stem))
+    if images.shape != (_FASHION_COUNTS[split], 28, 28) or labels.shape != (
+        _FASHION_COUNTS[split],
+    ):
+        raise ValueError(
+            f"Fashion-MNIST {split} files in {folder} hold images {images.shape} and labels "
+            f"{labels.shape}; expected ({_FASHION_COUNTS[split]}, 28, 28) and "
+            f"({_FASHION_COUNTS[split]},)"
+        )
+    return images, labels
+
+
+def fashion_mnist_folder(
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    download: bool | None = None,
+) -> Path:
+    """The folder that :func:`fashion_mnist` reads ``split`` from (see there for the order)."""
+    check_choice("Fashion-MNIST split", split, FASHION_MNIST_SPLITS)
+    searched = []
+    for origin, folder in _fashion_folders(data_dir):
+        if all(_idx_file(folder, stem) for stem in _FASHION_FILES[split]):
+            return folder
+        searched.append(f"{folder} ({origin})")
+    if download is None:
+        from .profiles import profile
+
+        download = profile() == "full"
+    if download:
+        return _fashion_download(split)
+    raise FileNotFoundError(
+        f"Fashion-MNIST's {split} files ({', '.join(_FASHION_FILES[split])}, plain or .gz) "
+        f"are in none of: {'; '.join(searched)}. Either name a folder that holds them "
+        f"(data_dir=... / --data-dir, or the environment variable {FASHION_MNIST_ENV}), "
+        "or install Debian's copy (`sudo apt-get install dataset-fashion-mnist`, or "
+        "`make data-deps`), or let torchvision download them where a network exists "
+        "(download=True, the default in the `full` profile)."
     )
+
+
+def fashion_mnist(
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    size: int | None = None,
+    download: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Fashion-MNIST (Xiao et al. 2017): images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64.
+
+    ``split`` is ``"train"`` (60,000 images) or ``"test"`` (10,000); class names in
+    :data:`FASHION_MNIST_CLASSES`. A pixel value v in {0, ..., 255} becomes :math:`2v/255 - 1`;
+    ``size`` resizes to size×size: smaller by area averaging (14 is 2×2 average pooling, the
+    degradation of chapter 06's super-resolution), larger bilinearly.
+
+    The IDX files (plain or gzip, also in torchvision's ``FashionMNIST/raw`` layout) are read
+    from the first of: ``data_dir``; the folder in ``$DDPM_COURSE_DATA_DIR``; Debian's
+    ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+    With none of them, torchvision downloads them when ``download`` is true (default: only in
+    the ``full`` profile, so tests and the ``quick`` profile never touch the network);
+    otherwise a ``FileNotFoundError`` names all three.
+    """
+    _check_size(size)
+    folder = fashion_mnist_folder(split, data_dir, download)
+    images, labels = _fashion_arrays(folder.resolve(), split)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None] * 2 - 1
+    if (
+        size is not None and size < 28
+    ):  # each output pixel the mean of the pixels it covers
+        x = F.interpolate(x, size=(size, size), mode="area")
+    elif size is not None and size > 28:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def cifar10(

@@ -19,8 +19,10 @@ balanced as the test split), and one floor value is itself one draw.
 from __future__ import annotations
 
 import argparse
+import statistics
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +38,17 @@ __all__ = [
     "digits_fd_floor",
     "train_digits_classifier",
     "CLASSIFIER_PATH",
+    "FashionClassifier",
+    "load_fashion_classifier",
+    "fashion_features",
+    "fashion_predict",
+    "fashion_test_features",
+    "fashion_fd",
+    "fashion_fd_floor",
+    "kernel_inception_distance",
+    "fashion_kid",
+    "train_fashion_classifier",
+    "FASHION_CLASSIFIER_PATH",
 ]
 
 CLASSIFIER_PATH = Path(__file__).parent / "weights" / "digits_classifier.safetensors"
@@ -203,17 +216,251 @@ def train_digits_classifier(
     return model, accuracy
 
 
+# ----------------------------------------------------------------- Fashion-MNIST's metric
+FASHION_CLASSIFIER_PATH = (
+    Path(__file__).parent / "weights" / "fashion-classifier.safetensors"
+)
+FASHION_CLASSIFIER_COMMAND = (
+    "OMP_NUM_THREADS=1 python -m ddpm_course.metrics --model fashion "
+    "--out ddpm_course/weights/fashion-classifier.safetensors"
+)
+
+
+class FashionClassifier(nn.Module):
+    """A small CNN for 28×28×1 Fashion-MNIST images in [-1, 1]: ``features(x) -> (N, 128)``,
+    ``forward(x) -> (N, 10)`` logits.
+
+    Levels 28 → 14 → 7 → 3 (convolutions of 32, 64 and 128 channels, each followed by ReLU and a
+    2×2 max-pool), then a 128-d ReLU layer: the features of the Fréchet distance and KID.
+    """
+
+    feature_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14x14
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 7x7
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 3x3
+        )
+        self.fc = nn.Linear(128 * 3 * 3, self.feature_dim)
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(self.feature_dim, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(
+                "the Fashion-MNIST classifier takes (N, 1, 28, 28) images in [-1, 1], "
+                f"got {tuple(x.shape)}"
+            )
+        return F.relu(self.fc(self.conv(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+@lru_cache(maxsize=1)
+def load_fashion_classifier() -> FashionClassifier:
+    """The shipped Fashion-MNIST classifier (CPU, eval mode)."""
+    from safetensors.torch import load_file
+
+    if not FASHION_CLASSIFIER_PATH.exists():
+        raise FileNotFoundError(
+            f"{FASHION_CLASSIFIER_PATH} is missing; rebuild it with "
+            f"`{FASHION_CLASSIFIER_COMMAND}`"
+        )
+    model = FashionClassifier()
+    model.load_state_dict(
+        {k: v.float() for k, v in load_file(FASHION_CLASSIFIER_PATH).items()}
+    )
+    return model.eval()
+
+
+@torch.no_grad()
+def fashion_features(images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Classifier features (N, 128) of Fashion-MNIST-like images (N, 1, 28, 28) in [-1, 1]."""
+    model = load_fashion_classifier()
+    images = images.detach().to("cpu", torch.float32)
+    return torch.cat([model.features(chunk) for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
+def fashion_predict(images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The shipped classifier's class (N,) int64 for images (N, 1, 28, 28) in [-1, 1]."""
+    model = load_fashion_classifier()
+    images = images.detach().to("cpu", torch.float32)
+    return torch.cat([model(chunk).argmax(1) for chunk in images.split(batch_size)])
+
+
+@lru_cache(maxsize=1)
+def fashion_test_features() -> torch.Tensor:
+    """Features (10000, 128) of the whole Fashion-MNIST test set: the reference of every FD."""
+    from .data import fashion_mnist
+
+    images, _ = fashion_mnist("test")
+    return fashion_features(images)
+
+
+def fashion_fd(samples: torch.Tensor) -> float:
+    """FD between samples (N, 1, 28, 28) in [-1, 1] and the 10,000 Fashion-MNIST test images,
+    in the shipped classifier's features. Compare only with a floor at the same N."""
+    reference = gaussian_stats(fashion_test_features())
+    return frechet_distance(*gaussian_stats(fashion_features(samples)), *reference)
+
+
+def fashion_fd_floor(n: int, draws: int = 5, seed: int = 0) -> dict[str, Any]:
+    """The FD of ``n`` real Fashion-MNIST *training* images against the test set, over ``draws``
+    independent subsets (seeds ``seed``, ``seed + 1``, ...): ``{"n", "median", "min", "max",
+    "values"}``.
+
+    What a model that reproduced the training distribution would score at this n (the bias of
+    an FD estimated from n samples included); its spread over draws is why one draw is not a
+    floor.
+    """
+    from .data import fashion_mnist
+
+    images, _ = fashion_mnist("train")
+    if not 2 <= n <= images.shape[0]:
+        raise ValueError(f"n must lie in 2..{images.shape[0]}, got {n}")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    values = []
+    for k in range(draws):
+        generator = torch.Generator().manual_seed(seed + k)
+        index = torch.randperm(images.shape[0], generator=generator)[:n]
+        values.append(fashion_fd(images[index]))
+    ordered = sorted(values)
+    return {
+        "n": n,
+        "median": statistics.median(values),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "values": values,
+    }
+
+
+def kernel_inception_distance(
+    features_a: torch.Tensor,
+    features_b: torch.Tensor,
+    subsets: int = 10,
+    subset_size: int = 1000,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
+    r"""KID (Bińkowski et al. 2018): the unbiased estimate of the squared MMD with the cubic
+    polynomial kernel :math:`k(x, y) = (x^\top y / d + 1)^3`, averaged over ``subsets`` random
+    subsets of ``subset_size`` rows of each side; returns (mean, standard deviation).
+
+    For subsets X, Y of m rows each, with kernel matrices K_XX, K_YY, K_XY:
+    :math:`\widehat{\mathrm{MMD}}^2 = \frac{\sum_{i\ne j} k(x_i,x_j) + \sum_{i\ne j}
+    k(y_i,y_j)}{m(m-1)} - \frac{2}{m^2}\sum_{i,j} k(x_i, y_j)`; unlike the FD its expectation
+    does not depend on m. features: (N_a, d) and (N_b, d).
+    """
+    a = features_a.detach().to(torch.float64)
+    b = features_b.detach().to(torch.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"features must be (N, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    m = min(subset_size, a.shape[0], b.shape[0])
+    if m < 2:
+        raise ValueError(
+            f"need at least 2 rows on each side, got {a.shape[0]}, {b.shape[0]}"
+        )
+    d = a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(a.shape[0], generator=generator)[:m]]
+        y = b[torch.randperm(b.shape[0], generator=generator)[:m]]
+        k_xx = (x @ x.T / d + 1) ** 3
+        k_yy = (y @ y.T / d + 1) ** 3
+        k_xy = (x @ y.T / d + 1) ** 3
+        within = (
+            k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()
+        ) / (m * (m - 1))
+        values.append(float(within - 2 * k_xy.mean()))
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, spread
+
+
+def fashion_kid(
+    samples: torch.Tensor, subsets: int = 10, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID (mean, std over subsets) between samples and the Fashion-MNIST test set, in the
+    shipped classifier's features."""
+    return kernel_inception_distance(
+        fashion_features(samples),
+        fashion_test_features(),
+        subsets,
+        subset_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def train_fashion_classifier(
+    epochs: int = 8, seed: int = 0, progress: bool = True
+) -> tuple[FashionClassifier, float]:
+    """Train :class:`FashionClassifier` on the 60,000 training images (random horizontal flips
+    and ±2-pixel shifts); returns it and its accuracy on the 10,000 test images."""
+    from tqdm.auto import tqdm
+
+    from .data import fashion_mnist
+
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x_train, y_train = fashion_mnist("train")
+    x_test, y_test = fashion_mnist("test")
+    model = FashionClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    batches = -(-x_train.shape[0] // 128)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2e-3, total_steps=epochs * batches
+    )
+    for _ in tqdm(range(epochs), disable=not progress, desc="classifier"):
+        model.train()
+        for index in torch.randperm(x_train.shape[0], generator=generator).split(128):
+            batch = x_train[index]
+            flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+            batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+            shifts = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            batch = torch.roll(batch, shifts=shifts, dims=(2, 3))
+            loss = F.cross_entropy(model(batch), y_train[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat(
+            [model(chunk).argmax(1) for chunk in x_test.split(1000)]
+        )
+    return model, (predictions == y_test).float().mean().item()
+
+
 def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     parser = argparse.ArgumentParser(
-        description="Train the shipped digits classifier used by digits_fd."
+        description="Train a shipped classifier of the metrics: digits (digits_fd) or "
+        "fashion (fashion_fd, fashion_kid)."
     )
-    parser.add_argument("--out", type=Path, default=CLASSIFIER_PATH)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--model", choices=("digits", "fashion"), default="digits")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    model, accuracy = train_digits_classifier(args.epochs, args.seed)
+    if args.model == "fashion":
+        model, accuracy = train_fashion_classifier(args.epochs or 8, args.seed)
+        args.out = args.out or FASHION_CLASSIFIER_PATH
+    else:
+        model, accuracy = train_digits_classifier(args.epochs or 30, args.seed)
+        args.out = args.out or CLASSIFIER_PATH
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
     print(f"test accuracy {accuracy:.4f}; wrote {args.out}")

@@ -652,6 +652,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # images upscaled, so the 16×16 level had little to add) and no attention (a quarter of
     # the step's time at 8×8): about 3× the steps per second of `digits`.
     "digits-fast": {**_DIGITS, "patch_size": 2, "attention_resolutions": ()},
+    # 28×28 Fashion-MNIST on a CPU: each 2×2 patch folded into channels, levels 14 and 7 at
+    # 48 and 96 channels, two ResBlocks per level, no attention (2,062,948 parameters; 4 MB in
+    # float16). On one thread: 0.74 s per step of 64 images, against 1.44 s for 64 channels
+    # with attention at 7×7 (4.0M parameters, twice the shipped size).
+    "fashion": {
+        "image_size": 28, "in_channels": 1, "model_channels": 48, "channel_mults": (1, 2),
+        "num_res_blocks": 2, "attention_resolutions": (), "dropout": 0.0, "num_groups": 8,
+        "patch_size": 2,
+    },
     # 28×28 MNIST / Fashion-MNIST on a GPU: levels 28, 14, 7.
     "mnist": {
         "image_size": 28, "in_channels": 1, "model_channels": 64, "channel_mults": (1, 2, 2),

@@ -154,6 +154,14 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
     if config.dataset == "digits":
         return TensorDataset(*data.digits(size=config.image_size, split="train"))
+    if config.dataset == "fashion_mnist":
+        size = None if config.image_size == 28 else config.image_size
+        images, labels = data.fashion_mnist("train", config.data_dir, size=size)
+        if config.random_flip:
+            raise ValueError(
+                "random_flip is for torchvision data sets; Fashion-MNIST is read as tensors"
+            )
+        return TensorDataset(images, labels)
     size = (
         None
         if config.image_size == NATIVE_IMAGE_SIZE[config.dataset]
@@ -161,7 +169,6 @@ def load_dataset(config: TrainConfig) -> Dataset:
     )
     loader = {
         "mnist": data.mnist,
-        "fashion_mnist": data.fashion_mnist,
         "cifar10": data.cifar10,
     }[config.dataset]
     return loader(

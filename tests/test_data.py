@@ -260,12 +260,9 @@ def _fake_mnist(root, folder: str, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-@pytest.mark.parametrize(
-    "loader, folder", [(data.mnist, "MNIST"), (data.fashion_mnist, "FashionMNIST")]
-)
-def test_mnist_style_sets_read_idx_files_into_minus_one_one(tmp_path, loader, folder):
-    images, labels = _fake_mnist(tmp_path, folder)
-    dataset = loader(tmp_path, train=True, download=False)
+def test_mnist_reads_idx_files_into_minus_one_one(tmp_path):
+    images, labels = _fake_mnist(tmp_path, "MNIST")
+    dataset = data.mnist(tmp_path, train=True, download=False)
     assert len(dataset) == len(labels)
     for i in range(len(labels)):
         image, label = dataset[i]

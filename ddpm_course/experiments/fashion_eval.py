@@ -1,0 +1,173 @@
+r"""The Fashion-MNIST metric and the shipped ``fashion`` model, measured: the results file that
+chapters 04, 05 and 08 read.
+
+Sections (each rewrites its own key of the JSON file named by ``--out``; the others are kept):
+
+* ``floor``: the FD of ``n`` real *training* images against the 10,000 test images, over
+  ``--draws`` independent subsets (median, range, values), and their KID;
+* ``fashion``: ``n`` DDIM-``steps`` samples of the shipped ``fashion`` model per sampling seed:
+  FD, KID, seconds per image; the median FD over seeds as a multiple of the floor's median;
+* ``curve``: FD of ``n`` samples (one seed) from every checkpoint of a run folder (``--run``),
+  against its optimiser steps and the training seconds its log records.
+
+Reproduce the committed file (about 25 minutes on one thread)::
+
+    OMP_NUM_THREADS=1 python -m ddpm_course.experiments.fashion_eval \
+        --out book/results/fashion_eval.json --run runs/fashion
+
+FDs are comparable only at the same ``n``: every entry records its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_write
+from ..loading import load_model
+from ..metrics import (
+    fashion_fd,
+    fashion_fd_floor,
+    fashion_features,
+    fashion_test_features,
+    kernel_inception_distance,
+)
+from ..pretrained import load_pretrained
+from ..samplers import ddim_sample
+
+SECTIONS = ("floor", "fashion", "curve")
+
+
+def _kid(samples: torch.Tensor, seed: int) -> dict[str, float]:
+    mean, spread = kernel_inception_distance(
+        fashion_features(samples),
+        fashion_test_features(),
+        subsets=10,
+        subset_size=min(1000, samples.shape[0]),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return {"kid": mean, "kid_std": spread}
+
+
+@torch.no_grad()
+def draw(
+    model, diffusion, n: int, steps: int, seed: int, size: int = 28, batch: int = 250
+) -> torch.Tensor:
+    """``n`` DDIM-``steps`` samples (η = 0, trailing spacing) of size×size in [-1, 1], drawn in
+    batches from one generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    for start in range(0, n, batch):
+        shape = (min(batch, n - start), 1, size, size)
+        chunks.append(
+            ddim_sample(model, diffusion, shape, steps=steps, generator=generator)
+        )
+    return torch.cat(chunks)
+
+
+def floor_section(n: int, draws: int) -> dict[str, Any]:
+    from ..data import fashion_mnist
+
+    floor = fashion_fd_floor(n, draws=draws, seed=0)
+    images, _ = fashion_mnist("train")
+    subset = images[
+        torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    ]
+    return {**floor, **_kid(subset, seed=0), "draws": draws}
+
+
+def model_section(
+    n: int, steps: int, seeds: list[int], floor: dict[str, Any]
+) -> dict[str, Any]:
+    model, diffusion, _ = load_pretrained("fashion", device="cpu")
+    rows = []
+    for seed in seeds:
+        start = time.perf_counter()
+        samples = draw(model, diffusion, n, steps, seed)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "seed": seed,
+                "fd": fashion_fd(samples),
+                **_kid(samples, seed),
+                "seconds_per_image": seconds / n,
+            }
+        )
+    median = statistics.median(row["fd"] for row in rows)
+    result = {
+        "n": n,
+        "steps": steps,
+        "sampler": "ddim",
+        "rows": rows,
+        "median_fd": median,
+    }
+    if floor.get("n") == n:
+        result["floor_median"] = floor["median"]
+        result["ratio_to_floor"] = median / floor["median"]
+    return result
+
+
+def curve_section(run: Path, n: int, steps: int, seed: int) -> dict[str, Any]:
+    log = [
+        json.loads(line)
+        for line in (run / "log.jsonl").read_text().splitlines()
+        if line
+    ]
+    seconds_at = {row["step"]: row["time"] for row in log}
+    rows = []
+    for checkpoint in sorted((run / "checkpoints").glob("step_*.pt")):
+        model, diffusion, _ = load_model(checkpoint, device="cpu")
+        step = int(checkpoint.stem.split("_")[1])
+        samples = draw(model, diffusion, n, steps, seed)
+        rows.append(
+            {
+                "step": step,
+                "train_seconds": seconds_at.get(step),
+                "fd": fashion_fd(samples),
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"run": str(run), "n": n, "steps": steps, "seed": seed, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the JSON results file")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--n", type=int, default=1000, help="images per FD")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--draws", type=int, default=5, help="subsets of the floor")
+    parser.add_argument("--run", type=Path, help="run folder of the curve section")
+    args = parser.parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    command = "python -m ddpm_course.experiments.fashion_eval " + " ".join(argv or [])
+    for section in args.only:
+        start = time.perf_counter()
+        if section == "floor":
+            value = floor_section(args.n, args.draws)
+        elif section == "fashion":
+            value = model_section(
+                args.n, args.steps, args.seeds, results.get("floor", {})
+            )
+        else:
+            if args.run is None:
+                parser.error("the curve section needs --run RUN_FOLDER")
+            value = curve_section(args.run, args.n, args.steps, args.seeds[0])
+        value["minutes"] = round((time.perf_counter() - start) / 60, 1)
+        results[section] = value
+        results.setdefault("commands", {})[section] = command
+        text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+        atomic_write(args.out, lambda file, text=text: file.write(text.encode()))
+        print(section, json.dumps(value)[:400], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,6 +46,12 @@ __all__ = [
     "fashion_fd",
     "fashion_fd_floor",
     "kernel_inception_distance",
+    "pairwise_distances",
+    "knn_radii",
+    "precision_recall",
+    "nearest_neighbours",
+    "memorisation",
+    "inception_features",
     "fashion_kid",
     "train_fashion_classifier",
     "FASHION_CLASSIFIER_PATH",
@@ -387,6 +393,145 @@ def kernel_inception_distance(
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, spread
+
+
+def pairwise_distances(
+    a: torch.Tensor, b: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    r"""Euclidean distances (N_a, N_b) between the rows of a (N_a, D) and b (N_b, D), in float64
+    (from :math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2 a^\top b`, clamped at 0)."""
+    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    b_sq = (b**2).sum(1)
+    rows = []
+    for chunk in a.split(batch_size):
+        squared = (chunk**2).sum(1, keepdim=True) + b_sq - 2 * chunk @ b.T
+        rows.append(squared.clamp(min=0).sqrt())
+    return torch.cat(rows)
+
+
+def knn_radii(features: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Distance (N,) from each row of features (N, D) to its k-th nearest other row."""
+    if not 1 <= k < features.shape[0]:
+        raise ValueError(f"k must lie in 1..{features.shape[0] - 1} (N - 1), got {k}")
+    distances = pairwise_distances(features, features)
+    # the 0-th smallest is the row itself (distance 0)
+    return distances.kthvalue(k + 1, dim=1).values
+
+
+def precision_recall(
+    real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 3
+) -> dict[str, float]:
+    r"""Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds.
+
+    The real manifold is the union of balls around each real feature φ_r with radius the
+    distance to its k-th nearest real neighbour; precision is the fraction of fake features
+    inside it (quality: samples look real), recall the fraction of real features inside the
+    fake manifold built the same way (coverage: the real variety is reached). features:
+    (N_real, D) and (N_fake, D); the paper uses k = 3 and equal N.
+    """
+    real_radii = knn_radii(real_features, k)
+    fake_radii = knn_radii(fake_features, k)
+    cross = pairwise_distances(fake_features, real_features)  # (N_fake, N_real)
+    precision = (cross <= real_radii[None, :]).any(dim=1).double().mean()
+    recall = (cross.T <= fake_radii[None, :]).any(dim=1).double().mean()
+    return {"precision": float(precision), "recall": float(recall), "k": k}
+
+
+def nearest_neighbours(
+    queries: torch.Tensor, reference: torch.Tensor, k: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest rows of reference (M, D) to each query (N, D): distances (N, k) ascending
+    and indices (N, k). Images (N, C, H, W) are flattened (pixel space)."""
+    queries, reference = queries.flatten(1), reference.flatten(1)
+    values, indices = [], []
+    for chunk in queries.split(256):
+        distances = pairwise_distances(chunk, reference)
+        top = distances.topk(k, dim=1, largest=False)
+        values.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(values), torch.cat(indices)
+
+
+def memorisation(
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    held_out: torch.Tensor,
+    ratio: float = 1 / 3,
+) -> dict[str, float]:
+    r"""Nearest-neighbour memorisation statistics of samples against their training set.
+
+    For each sample, d₁ and d₂ are the distances to its nearest and second-nearest training
+    image; it counts as a copy when :math:`d_1 < 	ext{ratio}\cdot d_2` (Yoon et al. 2023 use
+    1/3: far closer to one training image than to any other). ``held_out`` images (real, not
+    trained on) give the same statistics for data that cannot have been memorised: a model
+    that generalises has a median d₁ like theirs; one that memorises has far smaller. Inputs
+    are (N, ...) tensors compared in their own space (pixels or features).
+    """
+    result = {}
+    for name, queries in (("samples", samples), ("held_out", held_out)):
+        distances, _ = nearest_neighbours(queries, train, k=2)
+        result[f"{name}_median_d1"] = float(distances[:, 0].median())
+        result[f"{name}_copy_fraction"] = float(
+            (distances[:, 0] < ratio * distances[:, 1]).double().mean()
+        )
+    result["median_d1_ratio"] = (
+        result["samples_median_d1"] / result["held_out_median_d1"]
+    )
+    return result
+
+
+INCEPTION_WEIGHTS = "inception_v3_google-0cc3c7bd.pth"
+
+
+def inception_features(
+    images: torch.Tensor, download: bool | None = None, batch_size: int = 64
+) -> torch.Tensor:
+    """2048-d pool features of torchvision's ImageNet Inception v3 for images (N, C, H, W) in
+    [-1, 1] (grey repeated to RGB, resized to 299×299, ImageNet normalisation).
+
+    The path to a conventional FID in the ``full`` profile. Its weights come from the network
+    (``download``: default only in the ``full`` profile); offline, without them in torch's hub
+    cache, this raises a ``RuntimeError`` that says so: never a silent fallback to another
+    network. (TF-FID's Inception weights differ slightly; use a maintained FID package such as
+    ``clean-fid`` or ``torchmetrics`` for numbers comparable with papers.)
+    """
+    from torchvision.models import Inception_V3_Weights, inception_v3
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    if download is None:
+        from .profiles import profile
+
+        download = profile() == "full"
+    if not cached.exists() and not download:
+        raise RuntimeError(
+            f"Inception v3's ImageNet weights are not in torch's hub cache ({cached}) and "
+            "downloading is off (the `quick` profile never downloads). Inception FID means "
+            "little on 28×28 grey images anyway: use fashion_fd here, or run with "
+            "DDPM_COURSE_PROFILE=full / download=True where a network exists."
+        )
+    try:
+        network = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).eval()
+    except Exception as error:  # the download's URLError, an SSL error, ...
+        raise RuntimeError(
+            f"could not fetch Inception v3's ImageNet weights ({error}); "
+            "Inception FID needs them: run where a network exists"
+        ) from error
+    network.fc = nn.Identity()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    features = []
+    with torch.no_grad():
+        for chunk in images.detach().float().cpu().split(batch_size):
+            rgb = (
+                ((chunk + 1) / 2).expand(-1, 3, -1, -1)
+                if chunk.shape[1] == 1
+                else (chunk + 1) / 2
+            )
+            rgb = F.interpolate(
+                rgb, size=(299, 299), mode="bilinear", align_corners=False
+            )
+            features.append(network((rgb - mean) / std))
+    return torch.cat(features)
 
 
 def fashion_kid(

@@ -36,7 +36,7 @@ class Pretrained:
 
 # the step each shipped model was trained to (on 1 thread of a 2-core CPU: digits 16 minutes,
 # digits-cond 26; the run is deterministic on the CPU, so --max-steps reproduces it)
-TRAINED_STEPS = {"digits": 2500, "digits-cond": 4000}
+TRAINED_STEPS = {"digits": 2500, "digits-cond": 4000, "fashion": 5000}
 
 
 def _command(preset: str) -> str:
@@ -56,6 +56,11 @@ PRETRAINED = {
         "digits-cond",
         "class-conditional U-Net with a null class (p_uncond 0.2) on the 16×16 digits",
         _command("digits-cond"),
+    ),
+    "fashion": Pretrained(
+        "fashion",
+        "unconditional patch-2 U-Net (fashion preset) on the 28×28 Fashion-MNIST images",
+        _command("fashion"),
     ),
     "digits-noisy-classifier": Pretrained(
         "digits-noisy-classifier",

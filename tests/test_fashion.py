@@ -202,3 +202,83 @@ def test_fashion_floor_reports_median_and_range_over_draws():
     ]
     blurred = torch.nn.functional.avg_pool2d(subset, 3, stride=1, padding=1)
     assert metrics.fashion_fd(blurred) > 3 * floor["max"]
+
+
+# ------------------------------------------------- precision, recall, memorisation (ch. 08)
+def _brute_precision_recall(
+    real: np.ndarray, fake: np.ndarray, k: int
+) -> tuple[float, float]:
+    """Kynkäänniemi et al. 2019 written out with numpy loops: a point is in a manifold when it
+    lies within some manifold point's distance to that point's k-th nearest neighbour."""
+
+    def radii(points):
+        out = []
+        for p in points:
+            d = sorted(np.linalg.norm(points - p, axis=1))
+            out.append(d[k])  # d[0] = 0 is the point itself
+        return np.array(out)
+
+    def inside(queries, points, r):
+        return np.mean(
+            [np.any(np.linalg.norm(points - q, axis=1) <= r) for q in queries]
+        )
+
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
+def test_precision_recall_matches_the_definition_written_out():
+    rng = np.random.RandomState(3)
+    real, fake = rng.randn(40, 2), rng.randn(30, 2) * 1.5 + 0.7
+    result = metrics.precision_recall(
+        torch.from_numpy(real), torch.from_numpy(fake), k=3
+    )
+    precision, recall = _brute_precision_recall(real, fake, 3)
+    assert result["precision"] == pytest.approx(precision, abs=1e-12)
+    assert result["recall"] == pytest.approx(recall, abs=1e-12)
+
+
+def test_mode_dropping_keeps_precision_and_halves_recall():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
+    real = centres[torch.arange(400) % 2] + 0.3 * torch.randn(
+        400, 2, generator=generator
+    )
+    one_mode = centres[0] + 0.3 * torch.randn(400, 2, generator=generator)
+    result = metrics.precision_recall(real, one_mode, k=3)
+    assert result["precision"] > 0.95  # every sample looks real ...
+    assert 0.4 < result["recall"] < 0.6  # ... but half the real data is never reached
+
+
+def test_nearest_neighbours_against_a_sorted_brute_force():
+    rng = np.random.RandomState(4)
+    queries, reference = rng.randn(7, 1, 3, 3), rng.randn(20, 1, 3, 3)
+    distances, indices = metrics.nearest_neighbours(
+        torch.from_numpy(queries), torch.from_numpy(reference), k=2
+    )
+    for i, q in enumerate(queries.reshape(7, -1)):
+        d = np.linalg.norm(reference.reshape(20, -1) - q, axis=1)
+        order = np.argsort(d)[:2]
+        assert indices[i].tolist() == order.tolist()
+        np.testing.assert_allclose(distances[i].numpy(), d[order], rtol=1e-10)
+
+
+def test_memorisation_flags_copies_and_not_fresh_draws():
+    generator = torch.Generator().manual_seed(1)
+    train = torch.randn(200, 16, generator=generator)
+    held_out = torch.randn(100, 16, generator=generator)
+    copies = train[:50] + 0.01 * torch.randn(50, 16, generator=generator)
+    copied = metrics.memorisation(copies, train, held_out)
+    assert copied["samples_copy_fraction"] == 1.0
+    assert copied["held_out_copy_fraction"] < 0.05
+    assert copied["median_d1_ratio"] < 0.05
+    fresh = metrics.memorisation(
+        torch.randn(50, 16, generator=generator), train, held_out
+    )
+    assert fresh["samples_copy_fraction"] < 0.1 and 0.7 < fresh["median_d1_ratio"] < 1.4
+
+
+def test_inception_features_offline_raise_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_COURSE_PROFILE", "quick")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(RuntimeError, match="quick. profile never downloads"):
+        metrics.inception_features(torch.zeros(2, 1, 28, 28))

@@ -805,22 +805,21 @@ class VPDenoiser(torch.nn.Module):
         r"""The trained t whose :math:`\log\sigma_t` matches :math:`\log\sigma` (N,): float64 by linear
         interpolation between neighbouring steps, or int64 nearest with ``quantize``; mapped through
         the process's ``timestep_map`` (a respaced process)."""
-        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().log()
-        table, T = self.log_sigmas, self.log_sigmas.shape[0]
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).log()
+        table = self.log_sigmas.to(log_sigma.device)
+        timestep_map = self.diffusion.timestep_map.to(log_sigma.device)
+        T = table.shape[0]
         if T == 1:
-            index = torch.zeros_like(log_sigma)
-        else:
-            upper = torch.searchsorted(table, log_sigma).clamp(1, T - 1)
-            fraction = (log_sigma - table[upper - 1]) / (
-                table[upper] - table[upper - 1]
-            )
-            index = (upper - 1) + fraction.clamp(0, 1)
-        timestep_map = self.diffusion.timestep_map
-        if self.quantize or T == 1:
-            return timestep_map[index.round().long()]
-        lower = index.floor().long().clamp(max=T - 2)
-        fraction = index - lower
-        return (1 - fraction) * timestep_map[lower] + fraction * timestep_map[lower + 1]
+            return timestep_map[torch.zeros_like(log_sigma, dtype=torch.long)]
+        upper = torch.searchsorted(table, log_sigma).clamp(1, T - 1)
+        lower = upper - 1
+        fraction = (log_sigma - table[lower]) / (table[upper] - table[lower])
+        fraction = fraction.clamp(0, 1)
+        if self.quantize:
+            return torch.where(fraction < 0.5, timestep_map[lower], timestep_map[upper])
+        return timestep_map[lower] + fraction * (
+            timestep_map[upper] - timestep_map[lower]
+        )
 
     def predictions(
         self,
@@ -869,7 +868,8 @@ class VPVelocity(torch.nn.Module):
     :func:`flow_state` at :func:`flow_time`). The model gives (x̂0, ε̂) there
     (:meth:`VPDenoiser.predictions`), and :math:`\hat u = \hat\epsilon - \hat x_0`. With it, Euler's
     step of the flow ODE is DDIM's step (η = 0) exactly. A VP model has no velocity at s = 1
-    (ᾱ = 0): start the grid at ``s_max`` or lower, e.g. ``times=vp_flow_times(diffusion, timesteps)``.
+    (ᾱ = 0): start the grid at ``s_max`` or lower, e.g. ``times=vp_flow_times(diffusion, timesteps)``
+    (s outside [0, 1) is refused on the CPU; on CUDA it is not checked, as in ``utils.check_timesteps``).
     """
 
     def __init__(
@@ -898,7 +898,8 @@ class VPVelocity(torch.nn.Module):
             -1
         )
         s = (s / self.time_scale).expand(x.shape[0])
-        if bool((s >= 1).any()) or bool((s < 0).any()):
+        # range-checked on CPU tensors only (a check on CUDA would synchronise every step)
+        if s.device.type == "cpu" and (bool((s >= 1).any()) or bool((s < 0).any())):
             raise ValueError(
                 f"a VP model has a velocity for flow times s in [0, 1) only (s = 1 is ᾱ = 0), got "
                 f"s up to {float(s.max())}; start the grid at s_max = {self.s_max:.6f} "

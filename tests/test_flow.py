@@ -16,7 +16,7 @@ from ddpm_course import flow
 from ddpm_course.config import TrainConfig
 from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.nn import UNet
-from ddpm_course.samplers import ddim_sample, ddim_step, timestep_sequence
+from ddpm_course.samplers import ddim_sample, ddim_step, respace, timestep_sequence
 from ddpm_course.schedules import linear
 from ddpm_course.train import Trainer
 
@@ -410,6 +410,51 @@ def test_a_vp_eps_model_as_denoiser_is_the_exact_denoiser_of_its_data(
     )  # fmt: skip
     assert float(samples.mean()) == pytest.approx(0.5, abs=0.05)
     assert float(samples.std()) == pytest.approx(1.5, abs=0.05)
+
+
+def test_the_denoiser_of_a_v_or_x0_model_is_that_of_the_same_eps_model(
+    toy_noise_predictor,
+):
+    eps_diffusion = GaussianDiffusion(linear(1000))
+    eps_model = toy_noise_predictor.double()
+
+    def as_objective(
+        objective,
+    ):  # the same predictor re-expressed by GaussianDiffusion's tables
+        def model(x, t):
+            eps = eps_model(x, t)
+            x0 = eps_diffusion.predict_x0_from_eps(x, t, eps)
+            return x0 if objective == "x0" else eps_diffusion.predict_v(x0, t, eps)
+
+        return model
+
+    x = torch.randn(
+        3, 3, 8, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64
+    )
+    # at the trained levels (off them, a model of each objective is read at the nearest step
+    # with the true sigma, and the three differ by that step's error)
+    alphas_cumprod = eps_diffusion.alphas_cumprod[[10, 400, 900]]
+    sigma = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    expected = flow.VPDenoiser(eps_model, eps_diffusion, quantize=True)(x, sigma)
+    for objective in ("x0", "v"):
+        diffusion = GaussianDiffusion(linear(1000), objective=objective)
+        denoiser = flow.VPDenoiser(as_objective(objective), diffusion, quantize=True)
+        torch.testing.assert_close(denoiser(x, sigma), expected, rtol=0, atol=1e-9)
+
+
+def test_a_respaced_process_is_called_at_its_trained_timesteps():
+    diffusion = GaussianDiffusion(linear(1000))
+    respaced = respace(diffusion, 10)  # trained t 99, 199, ..., 999 (trailing)
+    kept = respaced.timestep_map
+    sigma = (
+        (1 - diffusion.alphas_cumprod[kept]) / diffusion.alphas_cumprod[kept]
+    ).sqrt()
+    denoiser = flow.VPDenoiser(lambda x, t: x, respaced)
+    torch.testing.assert_close(
+        denoiser.timestep(sigma), kept.double(), rtol=0, atol=1e-9
+    )
+    halfway = (sigma[3] * sigma[4]).sqrt()  # between trained 399 and 499 in log sigma
+    assert float(denoiser.timestep(halfway[None])) == pytest.approx(449.0)
 
 
 # ---------------------------------------------------------------------- DDIM = flow Euler

@@ -282,8 +282,6 @@ class FlowMatching:
     scale (``time_scale=num_timesteps`` in :func:`flow_sample`).
     """
 
-    prediction = "velocity"
-
     def __init__(
         self,
         num_timesteps: int = 1000,

@@ -555,8 +555,12 @@ def flow_sample(
         if times is None
         else _check_grid(times, steps, "times")
     )
-    device = device or _device_of(model)
     s0 = float(times[0])
+    if s0 > 1:
+        raise ValueError(
+            f"times must lie in [0, 1] (s = 1 is pure noise), got times[0] = {s0}"
+        )
+    device = device or _device_of(model)
     x = _start(shape, x_init, math.hypot(1 - s0, s0), generator, device, dtype)
     trajectory = [x.cpu()] if return_trajectory else None
 

@@ -650,6 +650,7 @@ def test_edm_sigmas_preconditioning_and_euler_step_match_diffusers_edm_euler_sch
         (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 4, "rk4"), ["method", "'heun'"]),
         (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 4, times=[1.0, 0.5, 0.0]), ["times", "steps + 1 = 5"]),
         (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 2, times=[0.0, 0.5, 1.0]), ["times", "decrease"]),
+        (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 1, times=[2.0, 0.0]), ["times", "[0, 1]"]),
         (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 0), ["steps", "positive integer"]),
         (lambda: flow.flow_times(4, shift=0.0), ["shift", "> 0"]),
         (lambda: flow.edm_sigmas(10, sigma_min=90.0, sigma_max=80.0), ["sigma_min", "sigma_max"]),

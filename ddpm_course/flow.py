@@ -1,0 +1,932 @@
+r"""Flow matching, one view of Gaussian paths, and EDM.
+
+Chapter 09 (Flow matching & EDM). Every process of chapters 03-09 noises data along a Gaussian path
+:math:`x = \alpha\,x_0 + \sigma\,\epsilon` (Kingma & Gao 2023); they differ in :math:`(\alpha, \sigma)`,
+in what the network predicts and in how the loss weighs the noise levels:
+
+* **VP** (DDPM, chapters 03-05): :math:`\alpha = \sqrt{\bar\alpha_t}`, :math:`\sigma = \sqrt{1-\bar\alpha_t}`,
+  discrete t in {0, ..., T-1};
+* **flow** (rectified flow / conditional flow matching; Lipman et al. 2023, Liu et al. 2023, Albergo
+  & Vanden-Eijnden 2023): :math:`\alpha = 1 - s`, :math:`\sigma = s`, continuous s in [0, 1];
+* **EDM** (Karras et al. 2022): :math:`\alpha = 1`, :math:`\sigma \in [0, \infty)`.
+
+Time runs as in the rest of the course: **larger is noisier** (s = 1 is pure noise, s = 0 the data),
+and samplers integrate from noise down to s = 0 (or σ = 0). Two paths with the same ratio
+:math:`\sigma/\alpha` (the same SNR) carry the same information: a state x of the path
+:math:`(\alpha, \sigma)` is the EDM state :math:`x/\alpha` at :math:`\sigma_\text{EDM} = \sigma/\alpha`,
+and the flow state :math:`x/(\alpha+\sigma)` at :math:`s = \sigma/(\alpha+\sigma)`. That change of
+variables makes DDIM the Euler step of the flow ODE, and lets the flow and EDM samplers run a
+discrete-time VP model (:class:`VPVelocity`, :class:`VPDenoiser`).
+
+The module has five parts: conversions between the predictions (ε, x0, v, score, velocity) for any
+:math:`(\alpha, \sigma)`; the flow-matching objective :class:`FlowMatching`, which the trainer accepts
+in place of a :class:`~ddpm_course.diffusion.GaussianDiffusion`; ODE step functions and the flow
+samplers; EDM's σ schedule, preconditioning and Heun sampler; and the VP-model wrappers.
+Schedule coefficients (α, σ, s, EDM σ) are floats or float64 tensors that broadcast against the
+data (e.g. (N, 1, 1, 1)); they are formed in float64 and applied in the data's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import GaussianDiffusion, Model, mean_flat
+from .utils import check_choice, check_timesteps
+
+__all__ = [
+    "PREDICTIONS",
+    "TIME_SAMPLINGS",
+    "ODE_METHODS",
+    "DEFAULT_TIME_SCALE",
+    "vp_alpha_sigma",
+    "flow_alpha_sigma",
+    "flow_time",
+    "flow_state",
+    "edm_sigma",
+    "edm_state",
+    "flow_interpolant",
+    "flow_velocity_target",
+    "x0_from_eps",
+    "eps_from_x0",
+    "v_from_x0_eps",
+    "x0_from_v",
+    "eps_from_v",
+    "score_from_eps",
+    "eps_from_score",
+    "velocity_from_x0_eps",
+    "x0_from_velocity",
+    "eps_from_velocity",
+    "predictions_from_output",
+    "FlowMatching",
+    "euler_step",
+    "heun_step",
+    "flow_times",
+    "flow_sample",
+    "edm_sigmas",
+    "EDMCoefficients",
+    "edm_preconditioning",
+    "EDMPrecond",
+    "edm_slope",
+    "edm_churn",
+    "edm_sample",
+    "VPDenoiser",
+    "VPVelocity",
+    "vp_flow_times",
+]
+
+PREDICTIONS = ("eps", "x0", "v", "velocity")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+ODE_METHODS = ("euler", "heun")
+DEFAULT_TIME_SCALE = (
+    1000  # the network sees T·s, the range of a DDPM model's t (T = 1000)
+)
+
+Coefficient = float | torch.Tensor
+
+
+def _float64(value: Coefficient, like: torch.Tensor) -> torch.Tensor:
+    """A schedule value (float or tensor) as a float64 tensor on ``like``'s device."""
+    return torch.as_tensor(value, dtype=torch.float64, device=like.device)
+
+
+def _in(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float64 coefficient in ``like``'s dtype, to multiply it."""
+    return coefficient.to(dtype=like.dtype)
+
+
+def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) values shaped (N, 1, ..., 1) to broadcast against ``like`` (N, ...)."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+# ------------------------------------------------------------------- paths and conversions
+def vp_alpha_sigma(alpha_bar: Coefficient) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The VP path (DDPM): :math:`\alpha = \sqrt{\bar\alpha}`, :math:`\sigma = \sqrt{1-\bar\alpha}` (float64)."""
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+def flow_alpha_sigma(s: Coefficient) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The flow path (rectified flow): :math:`\alpha = 1 - s`, :math:`\sigma = s` (float64)."""
+    s = torch.as_tensor(s, dtype=torch.float64)
+    return 1 - s, s
+
+
+def flow_time(alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
+    r"""The flow time with the same SNR as :math:`(\alpha, \sigma)`: :math:`s = \sigma/(\alpha+\sigma)`
+    (float64), since :math:`(1-s)/s = \alpha/\sigma`."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    return sigma / (alpha + sigma)
+
+
+def flow_state(x: torch.Tensor, alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
+    r"""A state of the path :math:`(\alpha, \sigma)` as a flow state: :math:`x/(\alpha+\sigma)`, which
+    is :math:`(1-s)x_0 + s\,\epsilon` at :math:`s =` :func:`flow_time`. x: (N, ...) -> like x."""
+    return _in(1 / (_float64(alpha, x) + _float64(sigma, x)), x) * x
+
+
+def edm_sigma(alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
+    r"""The EDM noise level with the same SNR as :math:`(\alpha, \sigma)`: :math:`\sigma/\alpha` (float64);
+    for VP :math:`\sqrt{(1-\bar\alpha)/\bar\alpha}`, for the flow path :math:`s/(1-s)`."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    return sigma / alpha
+
+
+def edm_state(x: torch.Tensor, alpha: Coefficient) -> torch.Tensor:
+    r"""A state of the path :math:`(\alpha, \sigma)` as an EDM state: :math:`x/\alpha = x_0 + (\sigma/\alpha)\epsilon`."""
+    return _in(1 / _float64(alpha, x), x) * x
+
+
+def flow_interpolant(
+    x0: torch.Tensor, noise: torch.Tensor, s: Coefficient
+) -> torch.Tensor:
+    r"""The rectified-flow interpolant :math:`x_s = (1-s)\,x_0 + s\,\epsilon` (Liu et al. 2023, Eq. (1);
+    Lipman et al. 2023's conditional path with :math:`\sigma_\text{min} = 0`).
+
+    x0, noise: (N, ...); s: float or float64 tensor broadcastable against x0 (s = 1 is pure noise).
+    """
+    s = _float64(s, x0)
+    return _in(1 - s, x0) * x0 + _in(s, x0) * noise
+
+
+def flow_velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    r"""The conditional velocity :math:`u = \frac{d x_s}{ds} = \epsilon - x_0` of :func:`flow_interpolant`:
+    the regression target of flow matching. x0, noise: (N, ...)."""
+    return noise - x0
+
+
+def x0_from_eps(
+    x: torch.Tensor, eps: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r""":math:`x_0 = (x - \sigma\epsilon)/\alpha` (the path :math:`x = \alpha x_0 + \sigma\epsilon` solved for x0)."""
+    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    return _in(1 / alpha, x) * x - _in(sigma / alpha, x) * eps
+
+
+def eps_from_x0(
+    x: torch.Tensor, x0: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r""":math:`\epsilon = (x - \alpha x_0)/\sigma`."""
+    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    return _in(1 / sigma, x) * x - _in(alpha / sigma, x) * x0
+
+
+def v_from_x0_eps(
+    x0: torch.Tensor, eps: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r"""The v-prediction target :math:`v = \alpha\epsilon - \sigma x_0` (Salimans & Ho 2022, Sec. 4;
+    for VP, :math:`v = d x/d\phi` with :math:`\alpha = \cos\phi`, :math:`\sigma = \sin\phi`)."""
+    alpha, sigma = _float64(alpha, x0), _float64(sigma, x0)
+    return _in(alpha, x0) * eps - _in(sigma, x0) * x0
+
+
+def x0_from_v(
+    x: torch.Tensor, v: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r""":math:`x_0 = (\alpha x - \sigma v)/(\alpha^2+\sigma^2)` (:math:`\alpha x - \sigma v = \sqrt{\bar\alpha}x_t - \sqrt{1-\bar\alpha}v` for VP)."""
+    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    norm = alpha**2 + sigma**2
+    return _in(alpha / norm, x) * x - _in(sigma / norm, x) * v
+
+
+def eps_from_v(
+    x: torch.Tensor, v: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r""":math:`\epsilon = (\sigma x + \alpha v)/(\alpha^2+\sigma^2)`."""
+    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    norm = alpha**2 + sigma**2
+    return _in(sigma / norm, x) * x + _in(alpha / norm, x) * v
+
+
+def score_from_eps(eps: torch.Tensor, sigma: Coefficient) -> torch.Tensor:
+    r"""The score of the noisy marginal, :math:`\nabla_x \log p(x) = -\hat\epsilon/\sigma`
+    (Tweedie; chapter 02's denoising score matching)."""
+    return _in(-1 / _float64(sigma, eps), eps) * eps
+
+
+def eps_from_score(score: torch.Tensor, sigma: Coefficient) -> torch.Tensor:
+    r""":math:`\epsilon = -\sigma\,\nabla_x \log p(x)`."""
+    return _in(-_float64(sigma, score), score) * score
+
+
+def velocity_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    r"""The flow velocity :math:`u = \epsilon - x_0`: the velocity of the flow path with the same SNR,
+    whatever the path :math:`(\alpha, \sigma)` that x lies on (:func:`flow_state`)."""
+    return eps - x0
+
+
+def x0_from_velocity(
+    x: torch.Tensor, velocity: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r""":math:`x_0 = (x - \sigma u)/(\alpha+\sigma)`, from :math:`x = \alpha x_0 + \sigma\epsilon`,
+    :math:`u = \epsilon - x_0` (on the flow path: :math:`x_0 = x_s - s\,u`)."""
+    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    return _in(1 / (alpha + sigma), x) * x - _in(sigma / (alpha + sigma), x) * velocity
+
+
+def eps_from_velocity(
+    x: torch.Tensor, velocity: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    r""":math:`\epsilon = (x + \alpha u)/(\alpha+\sigma)` (on the flow path: :math:`\epsilon = x_s + (1-s)u`)."""
+    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    return _in(1 / (alpha + sigma), x) * x + _in(alpha / (alpha + sigma), x) * velocity
+
+
+def predictions_from_output(
+    output: torch.Tensor,
+    prediction: str,
+    x: torch.Tensor,
+    alpha: Coefficient,
+    sigma: Coefficient,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(x0, ε) implied by a network output that predicts ``prediction`` ("eps", "x0", "v" or
+    "velocity") at the state x of the path :math:`(\alpha, \sigma)`: the functions above, for any
+    path (:meth:`~ddpm_course.diffusion.GaussianDiffusion.predictions_from_output` is the VP case,
+    on integer t). output, x: (N, ...)."""
+    check_choice("prediction", prediction, PREDICTIONS)
+    if prediction == "eps":
+        return x0_from_eps(x, output, alpha, sigma), output
+    if prediction == "x0":
+        return output, eps_from_x0(x, output, alpha, sigma)
+    if prediction == "v":
+        return x0_from_v(x, output, alpha, sigma), eps_from_v(x, output, alpha, sigma)
+    return (
+        x0_from_velocity(x, output, alpha, sigma),
+        eps_from_velocity(x, output, alpha, sigma),
+    )
+
+
+# ------------------------------------------------------------- the flow-matching objective
+class FlowMatching:
+    r"""The conditional flow-matching objective (Lipman et al. 2023; Liu et al. 2023), in the shape the
+    :class:`~ddpm_course.train.Trainer` expects of a process: ``num_timesteps`` and ``training_losses``.
+
+    The trainer draws integer t uniformly in {0, ..., T-1}; :meth:`continuous_time` maps it to
+    s in (0, 1): :math:`u = (t + \tfrac12)/T` (the midpoints of T equal bins), then
+
+    * ``time_sampling="uniform"``: s = u;
+    * ``"logit_normal"``: :math:`s = \mathrm{sigmoid}(m + \varsigma\,\Phi^{-1}(u))`, the quantile
+      function of the logit-normal distribution (Esser et al. 2024, Sec. 3.1), so that uniform t
+      give logit-normal s, which puts more training on the middle noise levels
+      (``logit_mean`` m, ``logit_std`` ς; SD3 uses m = 0, ς = 1).
+
+    The network is called as ``model(x_s, T·s, **model_kwargs)``: its time input spans (0, T), the
+    range a DDPM model's t covers, so the same :class:`~ddpm_course.nn.UNet` and its sinusoidal
+    embedding (which takes float t) serve both without retuning the frequencies (diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` feeds ``1000·σ`` likewise). Samplers must pass the same
+    scale (``time_scale=num_timesteps`` in :func:`flow_sample`).
+    """
+
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        time_sampling: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+    ) -> None:
+        if (
+            not isinstance(num_timesteps, int)
+            or isinstance(num_timesteps, bool)
+            or num_timesteps < 1
+        ):
+            raise ValueError(
+                f"num_timesteps (T, the number of time bins) must be a positive integer, got {num_timesteps!r}"
+            )
+        self.time_sampling = check_choice(
+            "time_sampling", time_sampling, TIME_SAMPLINGS
+        )
+        if not logit_std > 0 or not math.isfinite(logit_mean):
+            raise ValueError(
+                f"logit_std must be > 0 and logit_mean finite, got logit_mean={logit_mean}, "
+                f"logit_std={logit_std} (Esser et al. use 0 and 1)"
+            )
+        self.num_timesteps = num_timesteps
+        self.logit_mean = logit_mean
+        self.logit_std = logit_std
+
+    def __repr__(self) -> str:
+        return f"FlowMatching(T={self.num_timesteps}, time_sampling={self.time_sampling!r})"
+
+    def continuous_time(self, t: torch.Tensor) -> torch.Tensor:
+        r"""Integer t (N,) in {0, ..., T-1} -> flow time s (N,) float64 in (0, 1) (see the class)."""
+        t = check_timesteps(t, self.num_timesteps)
+        u = (t.to(torch.float64) + 0.5) / self.num_timesteps
+        if self.time_sampling == "uniform":
+            return u
+        return torch.sigmoid(self.logit_mean + self.logit_std * torch.special.ndtri(u))
+
+    def model_output(
+        self,
+        model: Model,
+        x_s: torch.Tensor,
+        s: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """The predicted velocity ``model(x_s, T·s, **model_kwargs)``, checked to have x_s's shape.
+        x_s: (N, ...); s: (N,) float64."""
+        return _velocity(model, x_s, s, self.num_timesteps, model_kwargs)
+
+    def training_losses(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        loss_type: str = "simple",
+        generator: torch.Generator | None = None,
+        min_snr_gamma: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        r"""The flow-matching loss per example, ``{"loss": (N,), "mse": (N,)}`` (both the same):
+
+        .. math:: \mathcal L = \big\| \hat u_\theta(x_s, s) - (\epsilon - x_0) \big\|^2 / d,\qquad
+           x_s = (1-s)\,x_0 + s\,\epsilon,
+
+        with s = :meth:`continuous_time` (t) (t uniform when None). In the one view (Kingma & Gao
+        2023) this is an ε-loss weighted by :math:`1/(1-s)^2` and an x0-loss weighted by
+        :math:`1/s^2`, since :math:`\hat u - u = (\hat\epsilon - \epsilon)/(1-s) = -(\hat x_0 - x_0)/s`.
+
+        x0: (N, C, ...) in [-1, 1]; t: (N,) int64 or a scalar; noise: like x0 (drawn with
+        ``generator`` when None). The signature is :meth:`GaussianDiffusion.training_losses`'s;
+        only ``loss_type="simple"`` and ``min_snr_gamma=None`` apply.
+        """
+        if loss_type != "simple":
+            raise ValueError(
+                f"FlowMatching supports loss_type 'simple' only (the velocity MSE), got {loss_type!r}: "
+                "'hybrid' and 'vlb' train a learned DDPM variance, which a flow model has not; "
+                "set loss_type='simple'"
+            )
+        if min_snr_gamma is not None:
+            raise ValueError(
+                f"FlowMatching does not weight by min-SNR (got min_snr_gamma={min_snr_gamma!r}): the "
+                "velocity loss already weighs noise levels its own way; set min_snr_gamma=None"
+            )
+        if x0.ndim < 2:
+            raise ValueError(
+                f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}"
+            )
+        if t is None:
+            device = generator.device if generator is not None else x0.device
+            t = torch.randint(
+                0,
+                self.num_timesteps,
+                (x0.shape[0],),
+                generator=generator,
+                device=device,
+            )
+        t = check_timesteps(t, self.num_timesteps, batch_size=x0.shape[0])
+        if noise is None:
+            noise = torch.randn(
+                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
+            )
+        elif noise.shape != x0.shape:
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}"
+            )
+        s = self.continuous_time(t).to(x0.device)
+        x_s = flow_interpolant(x0, noise, _per_example(s, x0))
+        predicted = self.model_output(model, x_s, s, model_kwargs)
+        mse = mean_flat((flow_velocity_target(x0, noise) - predicted) ** 2)
+        return {"loss": mse, "mse": mse}
+
+
+def _velocity(
+    model: Model,
+    x: torch.Tensor,
+    s: torch.Tensor,
+    time_scale: float,
+    model_kwargs: dict[str, Any] | None,
+) -> torch.Tensor:
+    """``model(x, time_scale·s, **model_kwargs)`` with s (N,) float64, the output checked against x."""
+    time_input = (time_scale * s).to(torch.promote_types(x.dtype, torch.float32))
+    out = model(x, time_input, **(model_kwargs or {}))
+    if out.shape != x.shape:
+        raise ValueError(
+            f"the velocity model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+            "a flow model predicts a velocity shaped like its input"
+        )
+    return out
+
+
+# ------------------------------------------------------------------- ODE steps and the flow samplers
+def euler_step(
+    x: torch.Tensor, slope: torch.Tensor, time: Coefficient, time_next: Coefficient
+) -> torch.Tensor:
+    r"""One Euler step of :math:`dx/d\tau = f(x, \tau)`: :math:`x_\text{next} = x + (\tau_\text{next} - \tau)\,f(x, \tau)`.
+
+    The flow ODE has :math:`\tau = s`, :math:`f = \hat u` (Liu et al. 2023); EDM's has
+    :math:`\tau = \sigma`, :math:`f =` :func:`edm_slope` (Algorithm 1 of Karras et al. 2022).
+    x, slope: (N, ...); time, time_next: floats or float64 tensors broadcastable against x.
+    """
+    step = _float64(time_next, x) - _float64(time, x)
+    return x + _in(step, x) * slope
+
+
+def heun_step(
+    x: torch.Tensor,
+    slope: torch.Tensor,
+    slope_next: torch.Tensor,
+    time: Coefficient,
+    time_next: Coefficient,
+) -> torch.Tensor:
+    r"""Heun's second-order step (the trapezoidal rule, Algorithm 1 of Karras et al. 2022, line 8):
+
+    .. math:: x_\text{next} = x + (\tau_\text{next} - \tau)\,\tfrac12\big(f(x, \tau) + f(\tilde x, \tau_\text{next})\big),
+
+    where ``slope_next`` is f at the Euler prediction :math:`\tilde x` = :func:`euler_step` (x, slope, τ, τ_next).
+    """
+    step = _float64(time_next, x) - _float64(time, x)
+    return x + _in(step / 2, x) * (slope + slope_next)
+
+
+def flow_times(steps: int, shift: float = 1.0) -> torch.Tensor:
+    r"""The flow sampler's grid, ``steps + 1`` times from 1 down to 0: (steps + 1,) float64.
+
+    Evenly spaced :math:`s_i = 1 - i/\text{steps}`, then shifted
+    :math:`s \mapsto \text{shift}\cdot s/(1 + (\text{shift}-1)s)` (Esser et al. 2024, Eq. (23); shift > 1
+    spends more steps at high noise; diffusers' ``shift``). diffusers' ``FlowMatchEulerDiscreteScheduler``
+    stops its even grid at 1/T before 0; this one is evenly spaced all the way to 0.
+    """
+    _check_steps(steps)
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0 (1: no shift; SD3 uses 3), got {shift}")
+    s = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+def _check_grid(
+    grid: Sequence[float] | torch.Tensor, steps: int, what: str
+) -> torch.Tensor:
+    """A user-given decreasing grid of steps + 1 times ending at 0, as float64."""
+    grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
+    if grid.ndim != 1 or grid.shape[0] != steps + 1:
+        raise ValueError(
+            f"{what} must have steps + 1 = {steps + 1} values, got shape {tuple(grid.shape)}"
+        )
+    if not bool((grid[1:] < grid[:-1]).all()) or float(grid[-1]) < 0:
+        raise ValueError(
+            f"{what} must decrease strictly to a value >= 0 (noise first), got {grid.tolist()}"
+        )
+    return grid
+
+
+def _start(
+    shape: Sequence[int],
+    x_init: torch.Tensor | None,
+    scale: float,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The sampler's first state: ``x_init`` as given, or ``scale`` times N(0, I) drawn with ``generator``."""
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) < 2
+        or not all(isinstance(n, int) and n >= 1 for n in shape)
+    ):
+        raise ValueError(
+            f"shape must be a tuple of positive ints (N, C, ...), got {shape!r}"
+        )
+    if x_init is not None:
+        if tuple(x_init.shape) != tuple(shape):
+            raise ValueError(
+                f"x_init has shape {tuple(x_init.shape)} but shape {tuple(shape)} was asked for"
+            )
+        return x_init.to(device=device, dtype=dtype)
+    if generator is not None and device is None:
+        device = generator.device
+    return scale * torch.randn(
+        tuple(shape), generator=generator, device=device, dtype=dtype
+    )
+
+
+def _device_of(model: Any) -> torch.device | None:
+    if isinstance(model, torch.nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+    return None
+
+
+@torch.no_grad()
+def flow_sample(
+    model: Model,
+    shape: Sequence[int],
+    steps: int,
+    method: str = "euler",
+    times: Sequence[float] | torch.Tensor | None = None,
+    shift: float = 1.0,
+    time_scale: float = DEFAULT_TIME_SCALE,
+    x_init: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+):
+    r"""Integrate the flow ODE :math:`dx/ds = \hat u(x, s)` from noise to data (s = 1 -> 0).
+
+    ``method="euler"``: :func:`euler_step` at each of the ``steps`` intervals (``steps`` network
+    calls); ``"heun"``: :func:`heun_step`, with Euler on the last interval when it ends at s = 0
+    (2·steps - 1 calls, as Algorithm 1 of Karras et al. 2022).
+
+    model: a velocity model called as ``model(x_s, time_scale·s, **model_kwargs)`` (as
+    :class:`FlowMatching` trains it; ``time_scale`` = its ``num_timesteps``); shape: (N, C, ...).
+    ``times``: the grid, ``steps + 1`` decreasing values ending at 0 (default :func:`flow_times`
+    (steps, shift)). The start is ``x_init``, or :math:`\sqrt{(1-s_0)^2 + s_0^2}\,z`,
+    z ~ N(0, I) drawn with ``generator`` (pure noise z when s_0 = 1; for s_0 < 1, the flow state of a
+    VP model's x_T ~ N(0, I), see :func:`vp_flow_times`). Returns samples (N, C, ...), or
+    ``(samples, trajectory)`` with trajectory (steps + 1, N, C, ...) on the CPU.
+    """
+    check_choice("method", method, ODE_METHODS)
+    _check_steps(steps)
+    times = (
+        flow_times(steps, shift)
+        if times is None
+        else _check_grid(times, steps, "times")
+    )
+    s0 = float(times[0])
+    if s0 > 1:
+        raise ValueError(
+            f"times must lie in [0, 1] (s = 1 is pure noise), got times[0] = {s0}"
+        )
+    device = device or _device_of(model)
+    x = _start(shape, x_init, math.hypot(1 - s0, s0), generator, device, dtype)
+    trajectory = [x.cpu()] if return_trajectory else None
+
+    def velocity(state: torch.Tensor, s: float) -> torch.Tensor:
+        s_batch = torch.full(
+            (state.shape[0],), s, dtype=torch.float64, device=state.device
+        )
+        return _velocity(model, state, s_batch, time_scale, model_kwargs)
+
+    for k in tqdm(range(steps), disable=not progress, desc=f"flow {method}"):
+        s, s_next = float(times[k]), float(times[k + 1])
+        slope = velocity(x, s)
+        x_euler = euler_step(x, slope, s, s_next)
+        if method == "heun" and s_next > 0:
+            x = heun_step(x, slope, velocity(x_euler, s_next), s, s_next)
+        else:
+            x = x_euler
+        if trajectory is not None:
+            trajectory.append(x.cpu())
+    return (x, torch.stack(trajectory)) if trajectory is not None else x
+
+
+# ------------------------------------------------------------------------------------ EDM
+def edm_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> torch.Tensor:
+    r"""EDM's noise levels (Eq. (5) of Karras et al. 2022): (steps + 1,) float64, from σ_max down to 0,
+
+    .. math:: \sigma_i = \Big(\sigma_\text{max}^{1/\rho} + \tfrac{i}{N-1}\big(\sigma_\text{min}^{1/\rho}
+       - \sigma_\text{max}^{1/\rho}\big)\Big)^{\rho},\quad i = 0, \dots, N-1,\qquad \sigma_N = 0,
+
+    with N = ``steps``; ρ = 7 spends more steps at low noise. One step gives [σ_max, 0].
+    """
+    _check_steps(steps)
+    if not 0 < sigma_min < sigma_max or not rho > 0:
+        raise ValueError(
+            f"need 0 < sigma_min < sigma_max and rho > 0, got sigma_min={sigma_min}, "
+            f"sigma_max={sigma_max}, rho={rho} (Karras et al.: 0.002, 80, 7)"
+        )
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+class EDMCoefficients(NamedTuple):
+    """EDM's preconditioning (Table 1 of Karras et al. 2022), each float64 shaped like σ."""
+
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    c_noise: torch.Tensor
+
+
+def edm_preconditioning(sigma: Coefficient, sigma_data: float = 0.5) -> EDMCoefficients:
+    r"""The coefficients of :math:`D(x;\sigma) = c_\text{skip}x + c_\text{out}F(c_\text{in}x;\, c_\text{noise})`
+    (Eq. (7) and Table 1 of Karras et al. 2022), float64:
+
+    .. math:: c_\text{skip} = \frac{\sigma_d^2}{\sigma^2+\sigma_d^2},\quad
+       c_\text{out} = \frac{\sigma\sigma_d}{\sqrt{\sigma^2+\sigma_d^2}},\quad
+       c_\text{in} = \frac{1}{\sqrt{\sigma^2+\sigma_d^2}},\quad c_\text{noise} = \tfrac14\ln\sigma.
+
+    c_in gives the network unit-variance inputs, c_skip and c_out a unit-variance target.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if not sigma_data > 0:
+        raise ValueError(
+            f"sigma_data must be > 0 (the data's std; 0.5 for images in [-1, 1]), got {sigma_data}"
+        )
+    variance = sigma**2 + sigma_data**2
+    return EDMCoefficients(
+        c_skip=sigma_data**2 / variance,
+        c_out=sigma * sigma_data / variance.sqrt(),
+        c_in=variance.rsqrt(),
+        c_noise=sigma.log() / 4,
+    )
+
+
+class EDMPrecond(torch.nn.Module):
+    r"""A network F turned into EDM's denoiser :math:`D(x;\sigma) = c_\text{skip}x + c_\text{out}F(c_\text{in}x;\, c_\text{noise})`
+    with :func:`edm_preconditioning`. ``forward(x, sigma, **kwargs)``: x (N, ...), sigma (N,)
+    float64 -> D (N, ...); F is called as ``network(c_in·x, c_noise, **kwargs)`` with c_noise (N,)."""
+
+    def __init__(self, network: torch.nn.Module, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        self.network = network
+        self.sigma_data = sigma_data
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        sigma = _float64(sigma, x)
+        c = edm_preconditioning(_per_example(sigma, x), self.sigma_data)
+        c_noise = c.c_noise.reshape(-1).expand(x.shape[0])
+        out = self.network(_in(c.c_in, x) * x, c_noise.to(torch.float32), **kwargs)
+        return _in(c.c_skip, x) * x + _in(c.c_out, x) * out
+
+
+def edm_slope(
+    x: torch.Tensor, denoised: torch.Tensor, sigma: Coefficient
+) -> torch.Tensor:
+    r"""The probability-flow ODE's slope in EDM's coordinates, :math:`dx/d\sigma = (x - D(x;\sigma))/\sigma`
+    (Eq. (3) of Karras et al. 2022 with :math:`\sigma(t) = t`, s(t) = 1). x, denoised: (N, ...)."""
+    return _in(1 / _float64(sigma, x), x) * (x - denoised)
+
+
+def edm_churn(
+    x: torch.Tensor,
+    sigma: float,
+    gamma: float,
+    noise: torch.Tensor | None,
+    S_noise: float = 1.0,
+) -> tuple[torch.Tensor, float]:
+    r"""EDM's stochastic churn (Algorithm 2 of Karras et al. 2022, lines 5-6): raise the noise level
+    to :math:`\hat\sigma = (1+\gamma)\sigma` by adding fresh noise,
+    :math:`\hat x = x + \sqrt{\hat\sigma^2 - \sigma^2}\,S_\text{noise}\,z`. Returns (x̂, σ̂); γ = 0 returns (x, σ)."""
+    sigma_hat = sigma * (1 + gamma)
+    if gamma == 0 or noise is None:
+        return x, sigma_hat
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * noise, sigma_hat
+
+
+@torch.no_grad()
+def edm_sample(
+    denoiser: Model,
+    shape: Sequence[int],
+    steps: int = 18,
+    method: str = "heun",
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    sigmas: Sequence[float] | torch.Tensor | None = None,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = math.inf,
+    S_noise: float = 1.0,
+    x_init: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+):
+    r"""EDM's sampler (Algorithm 2 of Karras et al. 2022; Algorithm 1 when S_churn = 0).
+
+    Over the noise levels :func:`edm_sigmas` (steps, sigma_min, sigma_max, rho) (or ``sigmas``,
+    ``steps + 1`` decreasing values ending at 0): at each σ_i in [S_tmin, S_tmax], churn
+    (:func:`edm_churn`) with :math:`\gamma = \min(S_\text{churn}/N, \sqrt2 - 1)`, then
+    :func:`euler_step` on :func:`edm_slope` and, with ``method="heun"`` and σ_{i+1} > 0, the
+    :func:`heun_step` correction (2·steps - 1 denoiser calls).
+
+    denoiser: ``denoiser(x, sigma, **model_kwargs) -> D(x; σ)`` with sigma (N,) float64
+    (:class:`EDMPrecond`, or :class:`VPDenoiser` for a DDPM model; for the latter take
+    ``sigma_min``/``sigma_max`` from its attributes). The start is ``x_init`` or
+    :math:`\sigma_0 z`, z ~ N(0, I) drawn with ``generator``, which also draws the churn noise.
+    Returns samples (N, C, ...), or ``(samples, trajectory)`` with trajectory (steps + 1, N, C, ...).
+    """
+    check_choice("method", method, ODE_METHODS)
+    _check_steps(steps)
+    sigmas = (
+        edm_sigmas(steps, sigma_min, sigma_max, rho)
+        if sigmas is None
+        else _check_grid(sigmas, steps, "sigmas")
+    )
+    if S_churn < 0 or S_noise < 0 or S_tmin > S_tmax:
+        raise ValueError(
+            f"need S_churn >= 0, S_noise >= 0 and S_tmin <= S_tmax, got S_churn={S_churn}, "
+            f"S_noise={S_noise}, S_tmin={S_tmin}, S_tmax={S_tmax} (S_churn=0: deterministic)"
+        )
+    device = device or _device_of(denoiser)
+    x = _start(shape, x_init, float(sigmas[0]), generator, device, dtype)
+    trajectory = [x.cpu()] if return_trajectory else None
+
+    def slope_at(state: torch.Tensor, sigma: float) -> torch.Tensor:
+        sigma_batch = torch.full(
+            (state.shape[0],), sigma, dtype=torch.float64, device=state.device
+        )
+        denoised = denoiser(state, sigma_batch, **(model_kwargs or {}))
+        return edm_slope(state, denoised, sigma)
+
+    for i in tqdm(range(steps), disable=not progress, desc=f"EDM {method}"):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        gamma = (
+            min(S_churn / steps, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
+        )
+        noise = None
+        if gamma > 0:
+            noise = torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
+        x_hat, sigma_hat = edm_churn(x, sigma, gamma, noise, S_noise)
+        slope = slope_at(x_hat, sigma_hat)
+        x = euler_step(x_hat, slope, sigma_hat, sigma_next)
+        if method == "heun" and sigma_next > 0:
+            x = heun_step(x_hat, slope, slope_at(x, sigma_next), sigma_hat, sigma_next)
+        if trajectory is not None:
+            trajectory.append(x.cpu())
+    return (x, torch.stack(trajectory)) if trajectory is not None else x
+
+
+# --------------------------------------------------------------------- VP models as EDM / flow models
+class VPDenoiser(torch.nn.Module):
+    r"""A discrete-time VP model (ε, x0 or v) and its :class:`~ddpm_course.diffusion.GaussianDiffusion`
+    as EDM's denoiser :math:`D(x;\sigma)` (Karras et al. 2022, Appendix C.3's VP case).
+
+    The EDM state :math:`x = x_0 + \sigma\epsilon` is the VP state :math:`x_\text{VP} = x/\sqrt{1+\sigma^2}`
+    with :math:`\bar\alpha = 1/(1+\sigma^2)`, i.e. :math:`\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}`.
+    The model's t for σ is found by linear interpolation of :math:`\log\sigma_t` over its timesteps
+    (:meth:`timestep`: a float t, or the nearest integer with ``quantize=True``; σ outside
+    [``sigma_min``, ``sigma_max``], the σ of t = 0 and t = T-1, is clamped to those ends). Then
+    :math:`D = \hat x_0`, which for an ε-model is :math:`x - \sigma\hat\epsilon`; with ``clip_denoised``
+    it is clipped to [-1, 1]. ``forward(x, sigma, **model_kwargs)``: x (N, ...), sigma (N,) -> (N, ...).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        diffusion: GaussianDiffusion,
+        quantize: bool = False,
+        clip_denoised: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.diffusion = diffusion
+        self.quantize = quantize
+        self.clip_denoised = clip_denoised
+        alphas_cumprod = diffusion.alphas_cumprod
+        self.log_sigmas = 0.5 * (
+            torch.log1p(-alphas_cumprod) - torch.log(alphas_cumprod)
+        )
+
+    @property
+    def sigma_min(self) -> float:
+        """σ at t = 0, the least noisy level the model was trained on."""
+        return math.exp(float(self.log_sigmas[0]))
+
+    @property
+    def sigma_max(self) -> float:
+        """σ at t = T - 1, the noisiest level the model was trained on."""
+        return math.exp(float(self.log_sigmas[-1]))
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        r"""The trained t whose :math:`\log\sigma_t` matches :math:`\log\sigma` (N,): float64 by linear
+        interpolation between neighbouring steps, or int64 nearest with ``quantize``; mapped through
+        the process's ``timestep_map`` (a respaced process)."""
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).log()
+        table = self.log_sigmas.to(log_sigma.device)
+        timestep_map = self.diffusion.timestep_map.to(log_sigma.device)
+        T = table.shape[0]
+        if T == 1:
+            return timestep_map[torch.zeros_like(log_sigma, dtype=torch.long)]
+        upper = torch.searchsorted(table, log_sigma).clamp(1, T - 1)
+        lower = upper - 1
+        fraction = (log_sigma - table[lower]) / (table[upper] - table[lower])
+        fraction = fraction.clamp(0, 1)
+        if self.quantize:
+            return torch.where(fraction < 0.5, timestep_map[lower], timestep_map[upper])
+        return timestep_map[lower] + fraction * (
+            timestep_map[upper] - timestep_map[lower]
+        )
+
+    def predictions(
+        self,
+        x_vp: torch.Tensor,
+        alpha: torch.Tensor,
+        sigma: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""(x0, ε) of the model at the VP state x_vp with :math:`(\alpha, \sigma)`, :math:`\alpha^2+\sigma^2 = 1`
+        (float64, (N,)); x0 clipped with ``clip_denoised`` (and ε recomputed from it)."""
+        t = self.timestep(sigma / alpha).to(x_vp.device)
+        if t.dtype == torch.float64:
+            t = t.to(torch.promote_types(x_vp.dtype, torch.float32))
+        out = self.model(x_vp, t, **(model_kwargs or {}))
+        if self.diffusion.var_type == "learned_range":
+            out = out.chunk(2, dim=1)[0]
+        if out.shape != x_vp.shape:
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} for input {tuple(x_vp.shape)}"
+            )
+        alpha, sigma = _per_example(alpha, x_vp), _per_example(sigma, x_vp)
+        x0, eps = predictions_from_output(
+            out, self.diffusion.objective, x_vp, alpha, sigma
+        )
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(x_vp, x0, alpha, sigma)
+        return x0, eps
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, **model_kwargs: Any
+    ) -> torch.Tensor:
+        sigma = _float64(sigma, x).reshape(-1).expand(x.shape[0])
+        alpha_vp = (1 + sigma**2).rsqrt()
+        x_vp = _in(_per_example(alpha_vp, x), x) * x
+        return self.predictions(x_vp, alpha_vp, sigma * alpha_vp, model_kwargs)[0]
+
+
+class VPVelocity(torch.nn.Module):
+    r"""A discrete-time VP model as a flow velocity model, called like a :class:`FlowMatching` network:
+    ``forward(x_s, time_scale·s, **model_kwargs) -> û`` (N, ...).
+
+    Change of variables: the flow state :math:`x_s = (1-s)x_0 + s\epsilon` is, divided by
+    :math:`n = \sqrt{(1-s)^2+s^2}`, the VP state with :math:`\alpha = (1-s)/n`, :math:`\sigma = s/n`
+    (the same SNR; conversely a VP state at :math:`\bar\alpha` is the flow state
+    :func:`flow_state` at :func:`flow_time`). The model gives (x̂0, ε̂) there
+    (:meth:`VPDenoiser.predictions`), and :math:`\hat u = \hat\epsilon - \hat x_0`. With it, Euler's
+    step of the flow ODE is DDIM's step (η = 0) exactly. A VP model has no velocity at s = 1
+    (ᾱ = 0): start the grid at ``s_max`` or lower, e.g. ``times=vp_flow_times(diffusion, timesteps)``
+    (s outside [0, 1) is refused on the CPU; on CUDA it is not checked, as in ``utils.check_timesteps``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        diffusion: GaussianDiffusion,
+        time_scale: float = DEFAULT_TIME_SCALE,
+        quantize: bool = False,
+        clip_denoised: bool = False,
+    ) -> None:
+        super().__init__()
+        self.denoiser = VPDenoiser(model, diffusion, quantize, clip_denoised)
+        self.time_scale = time_scale
+
+    @property
+    def s_max(self) -> float:
+        """The flow time of the model's noisiest step t = T - 1."""
+        return float(
+            flow_time(*vp_alpha_sigma(self.denoiser.diffusion.alphas_cumprod[-1]))
+        )
+
+    def forward(
+        self, x: torch.Tensor, time_input: torch.Tensor, **model_kwargs: Any
+    ) -> torch.Tensor:
+        s = torch.as_tensor(time_input, dtype=torch.float64, device=x.device).reshape(
+            -1
+        )
+        s = (s / self.time_scale).expand(x.shape[0])
+        # range-checked on CPU tensors only (a check on CUDA would synchronise every step)
+        if s.device.type == "cpu" and (bool((s >= 1).any()) or bool((s < 0).any())):
+            raise ValueError(
+                f"a VP model has a velocity for flow times s in [0, 1) only (s = 1 is ᾱ = 0), got "
+                f"s up to {float(s.max())}; start the grid at s_max = {self.s_max:.6f} "
+                "(times=vp_flow_times(diffusion, timesteps))"
+            )
+        norm = ((1 - s) ** 2 + s**2).sqrt()
+        x_vp = _in(_per_example(1 / norm, x), x) * x
+        x0, eps = self.denoiser.predictions(
+            x_vp, (1 - s) / norm, s / norm, model_kwargs
+        )
+        return velocity_from_x0_eps(x0, eps)
+
+
+def vp_flow_times(
+    diffusion: GaussianDiffusion, timesteps: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    r"""The flow grid matching a VP sampler's decreasing ``timesteps`` (indices of ``diffusion``), then
+    0: :math:`s_k = \sigma_k/(\alpha_k + \sigma_k)` with :math:`\alpha_k = \sqrt{\bar\alpha_{t_k}}`
+    (:func:`flow_time`): (len(timesteps) + 1,) float64. E.g. ``vp_flow_times(diffusion,
+    samplers.timestep_sequence(T, steps))`` is DDIM's grid, on which :func:`flow_sample` of
+    :class:`VPVelocity` reproduces ``ddim_sample(eta=0, clip_denoised=False)``."""
+    timesteps = check_timesteps(torch.as_tensor(timesteps), diffusion.num_timesteps)
+    if timesteps.ndim != 1 or not bool((timesteps[1:] < timesteps[:-1]).all()):
+        raise ValueError(
+            f"timesteps must be a strictly decreasing 1-D sequence (noisiest first), got {timesteps.tolist()}"
+        )
+    s = flow_time(*vp_alpha_sigma(diffusion.alphas_cumprod[timesteps]))
+    return torch.cat([s, s.new_zeros(1)])

@@ -256,8 +256,14 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST 28×28 on one CPU thread (the shipped `fashion` model): the digits-fast
     # recipe (lr 2e-3, sigmoid schedule, min-SNR-5) on the patch-2 `fashion` U-Net.
     "fashion": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=2e-3, warmup_steps=100,
-                    grad_clip=1.0, ema_decay=0.999, schedule="sigmoid", min_snr_gamma=5.0, max_steps=5000,
+                    grad_clip=1.0, ema_decay=0.999, schedule="sigmoid", min_snr_gamma=5.0, max_steps=9000,
                     log_every=50, sample_every=1000, checkpoint_every=500, keep_checkpoints=10),
+    # p_uncond 0.2 as digits-cond: the null class trained on one label in five
+    "fashion-cond": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=2e-3,
+                         warmup_steps=100, grad_clip=1.0, ema_decay=0.999, schedule="sigmoid",
+                         min_snr_gamma=5.0, max_steps=5000, log_every=50, sample_every=1000,
+                         checkpoint_every=500, keep_checkpoints=10, class_conditional=True,
+                         num_classes=10, p_uncond=0.2),
     "mnist": dict(dataset="mnist", image_size=28, channels=1, batch_size=128, lr=2e-4, warmup_steps=1000, grad_clip=1.0,
                   ema_decay=0.9995, max_steps=50_000, log_every=100, sample_every=5000, checkpoint_every=5000, num_workers=4),
     "cifar10-ddpm": _CIFAR,  # Ho et al. 2020, Appendix B: batch 128, lr 2e-4 after 5,000 warm-up steps, EMA 0.9999, 800k steps

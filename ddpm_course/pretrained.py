@@ -36,7 +36,7 @@ class Pretrained:
 
 # the step each shipped model was trained to (on 1 thread of a 2-core CPU: digits 16 minutes,
 # digits-cond 26; the run is deterministic on the CPU, so --max-steps reproduces it)
-TRAINED_STEPS = {"digits": 2500, "digits-cond": 4000, "fashion": 5000}
+TRAINED_STEPS = {"digits": 2500, "digits-cond": 4000, "fashion": 9000}
 
 
 def _command(preset: str) -> str:

@@ -7,13 +7,10 @@ Sections (each rewrites its own key of the JSON file named by ``--out``; the oth
   ``--draws`` independent subsets (median, range, values), and their KID;
 * ``fashion``: ``n`` DDIM-``steps`` samples of the shipped ``fashion`` model per sampling seed:
   FD, KID, seconds per image; the median FD over seeds as a multiple of the floor's median;
-* ``curve``: FD of ``n`` samples (one seed) from every checkpoint of a run folder (``--run``),
-  against its optimiser steps and the training seconds its log records.
+* ``curve``: FD of ``n`` samples (the first seed) from checkpoints of a run (``--checkpoints``),
+  against their optimiser steps and the training seconds of the run's log (``--log``).
 
-Reproduce the committed file (about 25 minutes on one thread)::
-
-    OMP_NUM_THREADS=1 python -m ddpm_course.experiments.fashion_eval \
-        --out book/results/fashion_eval.json --run runs/fashion
+Each section records the command that wrote it under ``commands``.
 
 FDs are comparable only at the same ``n``: every entry records its own.
 """
@@ -113,15 +110,15 @@ def model_section(
     return result
 
 
-def curve_section(run: Path, n: int, steps: int, seed: int) -> dict[str, Any]:
-    log = [
-        json.loads(line)
-        for line in (run / "log.jsonl").read_text().splitlines()
-        if line
-    ]
-    seconds_at = {row["step"]: row["time"] for row in log}
+def curve_section(
+    checkpoints: list[Path], log: Path, n: int, steps: int, seed: int
+) -> dict[str, Any]:
+    """FD of ``n`` samples (seed ``seed``) of each checkpoint's EMA weights, with the optimiser
+    steps and the training seconds that the run's ``log.jsonl`` recorded at that step."""
+    rows_of_log = [json.loads(line) for line in log.read_text().splitlines() if line]
+    seconds_at = {row["step"]: row["time"] for row in rows_of_log}
     rows = []
-    for checkpoint in sorted((run / "checkpoints").glob("step_*.pt")):
+    for checkpoint in sorted(checkpoints):
         model, diffusion, _ = load_model(checkpoint, device="cpu")
         step = int(checkpoint.stem.split("_")[1])
         samples = draw(model, diffusion, n, steps, seed)
@@ -133,7 +130,7 @@ def curve_section(run: Path, n: int, steps: int, seed: int) -> dict[str, Any]:
             }
         )
         print(rows[-1], flush=True)
-    return {"run": str(run), "n": n, "steps": steps, "seed": seed, "rows": rows}
+    return {"log": str(log), "n": n, "steps": steps, "seed": seed, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=5, help="subsets of the floor")
-    parser.add_argument("--run", type=Path, help="run folder of the curve section")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        nargs="+",
+        help="step_*.pt files of the curve section",
+    )
+    parser.add_argument("--log", type=Path, help="the run's log.jsonl (curve section)")
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     command = "python -m ddpm_course.experiments.fashion_eval " + " ".join(argv or [])
@@ -157,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.n, args.steps, args.seeds, results.get("floor", {})
             )
         else:
-            if args.run is None:
-                parser.error("the curve section needs --run RUN_FOLDER")
-            value = curve_section(args.run, args.n, args.steps, args.seeds[0])
+            if not args.checkpoints or args.log is None:
+                parser.error(
+                    "the curve section needs --checkpoints FILE... and --log FILE"
+                )
+            value = curve_section(
+                args.checkpoints, args.log, args.n, args.steps, args.seeds[0]
+            )
         value["minutes"] = round((time.perf_counter() - start) / 60, 1)
         results[section] = value
         results.setdefault("commands", {})[section] = command

@@ -1,4 +1,4 @@
-r"""Flow matching, one view of Gaussian paths, and EDM.
+r"""Flow matching and one view of Gaussian paths.
 
 Chapter 09 (Flow matching & EDM). Every process of chapters 03-09 noises data along a Gaussian path
 :math:`x = \alpha\,x_0 + \sigma\,\epsilon` (Kingma & Gao 2023); they differ in :math:`(\alpha, \sigma)`,
@@ -16,26 +16,28 @@ and samplers integrate from noise down to s = 0 (or σ = 0). Two paths with the 
 :math:`(\alpha, \sigma)` is the EDM state :math:`x/\alpha` at :math:`\sigma_\text{EDM} = \sigma/\alpha`,
 and the flow state :math:`x/(\alpha+\sigma)` at :math:`s = \sigma/(\alpha+\sigma)`. That change of
 variables makes DDIM the Euler step of the flow ODE, and lets the flow and EDM samplers run a
-discrete-time VP model (:class:`VPVelocity`, :class:`VPDenoiser`).
+discrete-time VP model (:mod:`ddpm_course.vp_wrappers`).
 
-The module has five parts: conversions between the predictions (ε, x0, v, score, velocity) for any
-:math:`(\alpha, \sigma)`; the flow-matching objective :class:`FlowMatching`, which the trainer accepts
-in place of a :class:`~ddpm_course.diffusion.GaussianDiffusion`; ODE step functions and the flow
-samplers; EDM's σ schedule, preconditioning and Heun sampler; and the VP-model wrappers.
-Schedule coefficients (α, σ, s, EDM σ) are floats or float64 tensors that broadcast against the
-data (e.g. (N, 1, 1, 1)); they are formed in float64 and applied in the data's dtype.
+This module has three parts: conversions between the paths and between the predictions (ε, x0, v,
+score, velocity) for any :math:`(\alpha, \sigma)`; the flow-matching objective :class:`FlowMatching`,
+which the trainer accepts in place of a :class:`~ddpm_course.diffusion.GaussianDiffusion`; and the
+ODE step functions (:func:`euler_step`, :func:`heun_step`, shared with EDM) and the flow sampler.
+Chapter 09's other modules build on it: :mod:`ddpm_course.edm` (EDM's σ schedule, preconditioning
+and Heun sampler) and :mod:`ddpm_course.vp_wrappers` (a VP model as an EDM denoiser or a flow
+velocity model). Schedule coefficients (α, σ, s, EDM σ) are floats or float64 tensors that broadcast
+against the data (e.g. (N, 1, 1, 1)); they are formed in float64 and applied in the data's dtype.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion, Model, mean_flat
+from .diffusion import Model, mean_flat
 from .utils import check_choice, check_timesteps
 
 __all__ = [
@@ -67,16 +69,6 @@ __all__ = [
     "heun_step",
     "flow_times",
     "flow_sample",
-    "edm_sigmas",
-    "EDMCoefficients",
-    "edm_preconditioning",
-    "EDMPrecond",
-    "edm_slope",
-    "edm_churn",
-    "edm_sample",
-    "VPDenoiser",
-    "VPVelocity",
-    "vp_flow_times",
 ]
 
 PREDICTIONS = ("eps", "x0", "v", "velocity")
@@ -420,7 +412,7 @@ def euler_step(
     r"""One Euler step of :math:`dx/d\tau = f(x, \tau)`: :math:`x_\text{next} = x + (\tau_\text{next} - \tau)\,f(x, \tau)`.
 
     The flow ODE has :math:`\tau = s`, :math:`f = \hat u` (Liu et al. 2023); EDM's has
-    :math:`\tau = \sigma`, :math:`f =` :func:`edm_slope` (Algorithm 1 of Karras et al. 2022).
+    :math:`\tau = \sigma`, :math:`f =` :func:`~ddpm_course.edm.edm_slope` (Algorithm 1 of Karras et al. 2022).
     x, slope: (N, ...); time, time_next: floats or float64 tensors broadcastable against x.
     """
     step = _float64(time_next, x) - _float64(time, x)
@@ -545,7 +537,7 @@ def flow_sample(
     ``times``: the grid, ``steps + 1`` decreasing values ending at 0 (default :func:`flow_times`
     (steps, shift)). The start is ``x_init``, or :math:`\sqrt{(1-s_0)^2 + s_0^2}\,z`,
     z ~ N(0, I) drawn with ``generator`` (pure noise z when s_0 = 1; for s_0 < 1, the flow state of a
-    VP model's x_T ~ N(0, I), see :func:`vp_flow_times`). Returns samples (N, C, ...), or
+    VP model's x_T ~ N(0, I), see :func:`~ddpm_course.vp_wrappers.vp_flow_times`). Returns samples (N, C, ...), or
     ``(samples, trajectory)`` with trajectory (steps + 1, N, C, ...) on the CPU.
     """
     check_choice("method", method, ODE_METHODS)
@@ -581,352 +573,3 @@ def flow_sample(
         if trajectory is not None:
             trajectory.append(x.cpu())
     return (x, torch.stack(trajectory)) if trajectory is not None else x
-
-
-# ------------------------------------------------------------------------------------ EDM
-def edm_sigmas(
-    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> torch.Tensor:
-    r"""EDM's noise levels (Eq. (5) of Karras et al. 2022): (steps + 1,) float64, from σ_max down to 0,
-
-    .. math:: \sigma_i = \Big(\sigma_\text{max}^{1/\rho} + \tfrac{i}{N-1}\big(\sigma_\text{min}^{1/\rho}
-       - \sigma_\text{max}^{1/\rho}\big)\Big)^{\rho},\quad i = 0, \dots, N-1,\qquad \sigma_N = 0,
-
-    with N = ``steps``; ρ = 7 spends more steps at low noise. One step gives [σ_max, 0].
-    """
-    _check_steps(steps)
-    if not 0 < sigma_min < sigma_max or not rho > 0:
-        raise ValueError(
-            f"need 0 < sigma_min < sigma_max and rho > 0, got sigma_min={sigma_min}, "
-            f"sigma_max={sigma_max}, rho={rho} (Karras et al.: 0.002, 80, 7)"
-        )
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    max_inv_rho, min_inv_rho = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-class EDMCoefficients(NamedTuple):
-    """EDM's preconditioning (Table 1 of Karras et al. 2022), each float64 shaped like σ."""
-
-    c_skip: torch.Tensor
-    c_out: torch.Tensor
-    c_in: torch.Tensor
-    c_noise: torch.Tensor
-
-
-def edm_preconditioning(sigma: Coefficient, sigma_data: float = 0.5) -> EDMCoefficients:
-    r"""The coefficients of :math:`D(x;\sigma) = c_\text{skip}x + c_\text{out}F(c_\text{in}x;\, c_\text{noise})`
-    (Eq. (7) and Table 1 of Karras et al. 2022), float64:
-
-    .. math:: c_\text{skip} = \frac{\sigma_d^2}{\sigma^2+\sigma_d^2},\quad
-       c_\text{out} = \frac{\sigma\sigma_d}{\sqrt{\sigma^2+\sigma_d^2}},\quad
-       c_\text{in} = \frac{1}{\sqrt{\sigma^2+\sigma_d^2}},\quad c_\text{noise} = \tfrac14\ln\sigma.
-
-    c_in gives the network unit-variance inputs, c_skip and c_out a unit-variance target.
-    """
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    if not sigma_data > 0:
-        raise ValueError(
-            f"sigma_data must be > 0 (the data's std; 0.5 for images in [-1, 1]), got {sigma_data}"
-        )
-    variance = sigma**2 + sigma_data**2
-    return EDMCoefficients(
-        c_skip=sigma_data**2 / variance,
-        c_out=sigma * sigma_data / variance.sqrt(),
-        c_in=variance.rsqrt(),
-        c_noise=sigma.log() / 4,
-    )
-
-
-class EDMPrecond(torch.nn.Module):
-    r"""A network F turned into EDM's denoiser :math:`D(x;\sigma) = c_\text{skip}x + c_\text{out}F(c_\text{in}x;\, c_\text{noise})`
-    with :func:`edm_preconditioning`. ``forward(x, sigma, **kwargs)``: x (N, ...), sigma (N,)
-    float64 -> D (N, ...); F is called as ``network(c_in·x, c_noise, **kwargs)`` with c_noise (N,)."""
-
-    def __init__(self, network: torch.nn.Module, sigma_data: float = 0.5) -> None:
-        super().__init__()
-        self.network = network
-        self.sigma_data = sigma_data
-
-    def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any
-    ) -> torch.Tensor:
-        sigma = _float64(sigma, x)
-        c = edm_preconditioning(_per_example(sigma, x), self.sigma_data)
-        c_noise = c.c_noise.reshape(-1).expand(x.shape[0])
-        out = self.network(_in(c.c_in, x) * x, c_noise.to(torch.float32), **kwargs)
-        return _in(c.c_skip, x) * x + _in(c.c_out, x) * out
-
-
-def edm_slope(
-    x: torch.Tensor, denoised: torch.Tensor, sigma: Coefficient
-) -> torch.Tensor:
-    r"""The probability-flow ODE's slope in EDM's coordinates, :math:`dx/d\sigma = (x - D(x;\sigma))/\sigma`
-    (Eq. (3) of Karras et al. 2022 with :math:`\sigma(t) = t`, s(t) = 1). x, denoised: (N, ...)."""
-    return _in(1 / _float64(sigma, x), x) * (x - denoised)
-
-
-def edm_churn(
-    x: torch.Tensor,
-    sigma: float,
-    gamma: float,
-    noise: torch.Tensor | None,
-    S_noise: float = 1.0,
-) -> tuple[torch.Tensor, float]:
-    r"""EDM's stochastic churn (Algorithm 2 of Karras et al. 2022, lines 5-6): raise the noise level
-    to :math:`\hat\sigma = (1+\gamma)\sigma` by adding fresh noise,
-    :math:`\hat x = x + \sqrt{\hat\sigma^2 - \sigma^2}\,S_\text{noise}\,z`. Returns (x̂, σ̂); γ = 0 returns (x, σ)."""
-    sigma_hat = sigma * (1 + gamma)
-    if gamma == 0 or noise is None:
-        return x, sigma_hat
-    return x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * noise, sigma_hat
-
-
-@torch.no_grad()
-def edm_sample(
-    denoiser: Model,
-    shape: Sequence[int],
-    steps: int = 18,
-    method: str = "heun",
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    sigmas: Sequence[float] | torch.Tensor | None = None,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = math.inf,
-    S_noise: float = 1.0,
-    x_init: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    progress: bool = False,
-    return_trajectory: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-):
-    r"""EDM's sampler (Algorithm 2 of Karras et al. 2022; Algorithm 1 when S_churn = 0).
-
-    Over the noise levels :func:`edm_sigmas` (steps, sigma_min, sigma_max, rho) (or ``sigmas``,
-    ``steps + 1`` decreasing values ending at 0): at each σ_i in [S_tmin, S_tmax], churn
-    (:func:`edm_churn`) with :math:`\gamma = \min(S_\text{churn}/N, \sqrt2 - 1)`, then
-    :func:`euler_step` on :func:`edm_slope` and, with ``method="heun"`` and σ_{i+1} > 0, the
-    :func:`heun_step` correction (2·steps - 1 denoiser calls).
-
-    denoiser: ``denoiser(x, sigma, **model_kwargs) -> D(x; σ)`` with sigma (N,) float64
-    (:class:`EDMPrecond`, or :class:`VPDenoiser` for a DDPM model; for the latter take
-    ``sigma_min``/``sigma_max`` from its attributes). The start is ``x_init`` or
-    :math:`\sigma_0 z`, z ~ N(0, I) drawn with ``generator``, which also draws the churn noise.
-    Returns samples (N, C, ...), or ``(samples, trajectory)`` with trajectory (steps + 1, N, C, ...).
-    """
-    check_choice("method", method, ODE_METHODS)
-    _check_steps(steps)
-    sigmas = (
-        edm_sigmas(steps, sigma_min, sigma_max, rho)
-        if sigmas is None
-        else _check_grid(sigmas, steps, "sigmas")
-    )
-    if S_churn < 0 or S_noise < 0 or S_tmin > S_tmax:
-        raise ValueError(
-            f"need S_churn >= 0, S_noise >= 0 and S_tmin <= S_tmax, got S_churn={S_churn}, "
-            f"S_noise={S_noise}, S_tmin={S_tmin}, S_tmax={S_tmax} (S_churn=0: deterministic)"
-        )
-    device = device or _device_of(denoiser)
-    x = _start(shape, x_init, float(sigmas[0]), generator, device, dtype)
-    trajectory = [x.cpu()] if return_trajectory else None
-
-    def slope_at(state: torch.Tensor, sigma: float) -> torch.Tensor:
-        sigma_batch = torch.full(
-            (state.shape[0],), sigma, dtype=torch.float64, device=state.device
-        )
-        denoised = denoiser(state, sigma_batch, **(model_kwargs or {}))
-        return edm_slope(state, denoised, sigma)
-
-    for i in tqdm(range(steps), disable=not progress, desc=f"EDM {method}"):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        gamma = (
-            min(S_churn / steps, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
-        )
-        noise = None
-        if gamma > 0:
-            noise = torch.randn(
-                x.shape, generator=generator, device=x.device, dtype=x.dtype
-            )
-        x_hat, sigma_hat = edm_churn(x, sigma, gamma, noise, S_noise)
-        slope = slope_at(x_hat, sigma_hat)
-        x = euler_step(x_hat, slope, sigma_hat, sigma_next)
-        if method == "heun" and sigma_next > 0:
-            x = heun_step(x_hat, slope, slope_at(x, sigma_next), sigma_hat, sigma_next)
-        if trajectory is not None:
-            trajectory.append(x.cpu())
-    return (x, torch.stack(trajectory)) if trajectory is not None else x
-
-
-# --------------------------------------------------------------------- VP models as EDM / flow models
-class VPDenoiser(torch.nn.Module):
-    r"""A discrete-time VP model (ε, x0 or v) and its :class:`~ddpm_course.diffusion.GaussianDiffusion`
-    as EDM's denoiser :math:`D(x;\sigma)` (Karras et al. 2022, Appendix C.3's VP case).
-
-    The EDM state :math:`x = x_0 + \sigma\epsilon` is the VP state :math:`x_\text{VP} = x/\sqrt{1+\sigma^2}`
-    with :math:`\bar\alpha = 1/(1+\sigma^2)`, i.e. :math:`\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}`.
-    The model's t for σ is found by linear interpolation of :math:`\log\sigma_t` over its timesteps
-    (:meth:`timestep`: a float t, or the nearest integer with ``quantize=True``; σ outside
-    [``sigma_min``, ``sigma_max``], the σ of t = 0 and t = T-1, is clamped to those ends). Then
-    :math:`D = \hat x_0`, which for an ε-model is :math:`x - \sigma\hat\epsilon`; with ``clip_denoised``
-    it is clipped to [-1, 1]. ``forward(x, sigma, **model_kwargs)``: x (N, ...), sigma (N,) -> (N, ...).
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        diffusion: GaussianDiffusion,
-        quantize: bool = False,
-        clip_denoised: bool = False,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.diffusion = diffusion
-        self.quantize = quantize
-        self.clip_denoised = clip_denoised
-        alphas_cumprod = diffusion.alphas_cumprod
-        self.log_sigmas = 0.5 * (
-            torch.log1p(-alphas_cumprod) - torch.log(alphas_cumprod)
-        )
-
-    @property
-    def sigma_min(self) -> float:
-        """σ at t = 0, the least noisy level the model was trained on."""
-        return math.exp(float(self.log_sigmas[0]))
-
-    @property
-    def sigma_max(self) -> float:
-        """σ at t = T - 1, the noisiest level the model was trained on."""
-        return math.exp(float(self.log_sigmas[-1]))
-
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        r"""The trained t whose :math:`\log\sigma_t` matches :math:`\log\sigma` (N,): float64 by linear
-        interpolation between neighbouring steps, or int64 nearest with ``quantize``; mapped through
-        the process's ``timestep_map`` (a respaced process)."""
-        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).log()
-        table = self.log_sigmas.to(log_sigma.device)
-        timestep_map = self.diffusion.timestep_map.to(log_sigma.device)
-        T = table.shape[0]
-        if T == 1:
-            return timestep_map[torch.zeros_like(log_sigma, dtype=torch.long)]
-        upper = torch.searchsorted(table, log_sigma).clamp(1, T - 1)
-        lower = upper - 1
-        fraction = (log_sigma - table[lower]) / (table[upper] - table[lower])
-        fraction = fraction.clamp(0, 1)
-        if self.quantize:
-            return torch.where(fraction < 0.5, timestep_map[lower], timestep_map[upper])
-        return timestep_map[lower] + fraction * (
-            timestep_map[upper] - timestep_map[lower]
-        )
-
-    def predictions(
-        self,
-        x_vp: torch.Tensor,
-        alpha: torch.Tensor,
-        sigma: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""(x0, ε) of the model at the VP state x_vp with :math:`(\alpha, \sigma)`, :math:`\alpha^2+\sigma^2 = 1`
-        (float64, (N,)); x0 clipped with ``clip_denoised`` (and ε recomputed from it)."""
-        t = self.timestep(sigma / alpha).to(x_vp.device)
-        if t.dtype == torch.float64:
-            t = t.to(torch.promote_types(x_vp.dtype, torch.float32))
-        out = self.model(x_vp, t, **(model_kwargs or {}))
-        if self.diffusion.var_type == "learned_range":
-            out = out.chunk(2, dim=1)[0]
-        if out.shape != x_vp.shape:
-            raise ValueError(
-                f"the model returned shape {tuple(out.shape)} for input {tuple(x_vp.shape)}"
-            )
-        alpha, sigma = _per_example(alpha, x_vp), _per_example(sigma, x_vp)
-        x0, eps = predictions_from_output(
-            out, self.diffusion.objective, x_vp, alpha, sigma
-        )
-        if self.clip_denoised:
-            x0 = x0.clamp(-1, 1)
-            eps = eps_from_x0(x_vp, x0, alpha, sigma)
-        return x0, eps
-
-    def forward(
-        self, x: torch.Tensor, sigma: torch.Tensor, **model_kwargs: Any
-    ) -> torch.Tensor:
-        sigma = _float64(sigma, x).reshape(-1).expand(x.shape[0])
-        alpha_vp = (1 + sigma**2).rsqrt()
-        x_vp = _in(_per_example(alpha_vp, x), x) * x
-        return self.predictions(x_vp, alpha_vp, sigma * alpha_vp, model_kwargs)[0]
-
-
-class VPVelocity(torch.nn.Module):
-    r"""A discrete-time VP model as a flow velocity model, called like a :class:`FlowMatching` network:
-    ``forward(x_s, time_scale·s, **model_kwargs) -> û`` (N, ...).
-
-    Change of variables: the flow state :math:`x_s = (1-s)x_0 + s\epsilon` is, divided by
-    :math:`n = \sqrt{(1-s)^2+s^2}`, the VP state with :math:`\alpha = (1-s)/n`, :math:`\sigma = s/n`
-    (the same SNR; conversely a VP state at :math:`\bar\alpha` is the flow state
-    :func:`flow_state` at :func:`flow_time`). The model gives (x̂0, ε̂) there
-    (:meth:`VPDenoiser.predictions`), and :math:`\hat u = \hat\epsilon - \hat x_0`. With it, Euler's
-    step of the flow ODE is DDIM's step (η = 0) exactly. A VP model has no velocity at s = 1
-    (ᾱ = 0): start the grid at ``s_max`` or lower, e.g. ``times=vp_flow_times(diffusion, timesteps)``
-    (s outside [0, 1) is refused on the CPU; on CUDA it is not checked, as in ``utils.check_timesteps``).
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        diffusion: GaussianDiffusion,
-        time_scale: float = DEFAULT_TIME_SCALE,
-        quantize: bool = False,
-        clip_denoised: bool = False,
-    ) -> None:
-        super().__init__()
-        self.denoiser = VPDenoiser(model, diffusion, quantize, clip_denoised)
-        self.time_scale = time_scale
-
-    @property
-    def s_max(self) -> float:
-        """The flow time of the model's noisiest step t = T - 1."""
-        return float(
-            flow_time(*vp_alpha_sigma(self.denoiser.diffusion.alphas_cumprod[-1]))
-        )
-
-    def forward(
-        self, x: torch.Tensor, time_input: torch.Tensor, **model_kwargs: Any
-    ) -> torch.Tensor:
-        s = torch.as_tensor(time_input, dtype=torch.float64, device=x.device).reshape(
-            -1
-        )
-        s = (s / self.time_scale).expand(x.shape[0])
-        # range-checked on CPU tensors only (a check on CUDA would synchronise every step)
-        if s.device.type == "cpu" and (bool((s >= 1).any()) or bool((s < 0).any())):
-            raise ValueError(
-                f"a VP model has a velocity for flow times s in [0, 1) only (s = 1 is ᾱ = 0), got "
-                f"s up to {float(s.max())}; start the grid at s_max = {self.s_max:.6f} "
-                "(times=vp_flow_times(diffusion, timesteps))"
-            )
-        norm = ((1 - s) ** 2 + s**2).sqrt()
-        x_vp = _in(_per_example(1 / norm, x), x) * x
-        x0, eps = self.denoiser.predictions(
-            x_vp, (1 - s) / norm, s / norm, model_kwargs
-        )
-        return velocity_from_x0_eps(x0, eps)
-
-
-def vp_flow_times(
-    diffusion: GaussianDiffusion, timesteps: Sequence[int] | torch.Tensor
-) -> torch.Tensor:
-    r"""The flow grid matching a VP sampler's decreasing ``timesteps`` (indices of ``diffusion``), then
-    0: :math:`s_k = \sigma_k/(\alpha_k + \sigma_k)` with :math:`\alpha_k = \sqrt{\bar\alpha_{t_k}}`
-    (:func:`flow_time`): (len(timesteps) + 1,) float64. E.g. ``vp_flow_times(diffusion,
-    samplers.timestep_sequence(T, steps))`` is DDIM's grid, on which :func:`flow_sample` of
-    :class:`VPVelocity` reproduces ``ddim_sample(eta=0, clip_denoised=False)``."""
-    timesteps = check_timesteps(torch.as_tensor(timesteps), diffusion.num_timesteps)
-    if timesteps.ndim != 1 or not bool((timesteps[1:] < timesteps[:-1]).all()):
-        raise ValueError(
-            f"timesteps must be a strictly decreasing 1-D sequence (noisiest first), got {timesteps.tolist()}"
-        )
-    s = flow_time(*vp_alpha_sigma(diffusion.alphas_cumprod[timesteps]))
-    return torch.cat([s, s.new_zeros(1)])

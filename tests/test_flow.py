@@ -1,7 +1,7 @@
-"""Chapter 09's `flow` module: conversions on hand-chosen numbers, the flow-matching loss and its
-minimiser, flow and EDM samplers on Gaussian data with the exact velocity / denoiser (written here
-from their closed forms), parity with diffusers' flow-matching and EDM schedulers, and DDIM as the
-Euler step of the flow ODE."""
+"""Chapter 09's `flow`, `edm` and `vp_wrappers` modules: conversions on hand-chosen numbers, the
+flow-matching loss and its minimiser, flow and EDM samplers on Gaussian data with the exact velocity /
+denoiser (written here from their closed forms), parity with diffusers' flow-matching and EDM
+schedulers, and DDIM as the Euler step of the flow ODE."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_course import flow
+from ddpm_course import edm, flow, vp_wrappers
 from ddpm_course.config import TrainConfig
 from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.nn import UNet
@@ -316,7 +316,7 @@ def test_flow_times_are_even_from_one_to_zero_and_shift_towards_noise():
 
 # ---------------------------------------------------------------------------------- EDM
 def test_edm_sigmas_follow_the_rho_seven_formula_by_hand():
-    sigmas = flow.edm_sigmas(10, sigma_min=0.002, sigma_max=80.0, rho=7.0)
+    sigmas = edm.edm_sigmas(10, sigma_min=0.002, sigma_max=80.0, rho=7.0)
     assert sigmas.shape == (11,) and sigmas.dtype == torch.float64
     assert float(sigmas[0]) == pytest.approx(80.0, rel=1e-14)
     assert float(sigmas[9]) == pytest.approx(0.002, rel=1e-12)
@@ -326,12 +326,12 @@ def test_edm_sigmas_follow_the_rho_seven_formula_by_hand():
         assert float(sigmas[i]) == pytest.approx(by_hand, rel=1e-12)
     # (1.8702 + 5/9 · (0.41155 - 1.8702))^7 = 1.05984^7, worked by hand to four digits
     assert float(sigmas[5]) == pytest.approx(1.5017, rel=1e-3)
-    assert flow.edm_sigmas(1, 0.002, 80.0).tolist() == [80.0, 0.0]
+    assert edm.edm_sigmas(1, 0.002, 80.0).tolist() == [80.0, 0.0]
 
 
 def test_edm_preconditioning_matches_table_one_by_hand():
     # sigma = 1.2, sigma_data = 0.5: sigma^2 + sigma_data^2 = 1.69 = 1.3^2
-    c = flow.edm_preconditioning(1.2, sigma_data=0.5)
+    c = edm.edm_preconditioning(1.2, sigma_data=0.5)
     assert float(c.c_skip) == pytest.approx(0.25 / 1.69)
     assert float(c.c_out) == pytest.approx(0.6 / 1.3)
     assert float(c.c_in) == pytest.approx(1 / 1.3)
@@ -343,7 +343,7 @@ def edm_error(steps: int, method: str) -> float:
     start = (
         MU + (STD**2 + sigma_max**2).sqrt() * noise
     )  # the exact marginal at sigma_max
-    samples = flow.edm_sample(
+    samples = edm.edm_sample(
         exact_denoiser,
         (2000, 2),
         steps,
@@ -360,7 +360,7 @@ def test_edm_heun_with_the_exact_denoiser_reaches_the_gaussian_target():
     # 18 steps leave a 4% error in the std (0.26 of edm_error below), churn more: the steps
     # here bring each below the tolerance (2.013 deterministic, 2.018 with churn, when written)
     for steps, churn in ((40, 0.0), (80, 20.0)):
-        samples = flow.edm_sample(
+        samples = edm.edm_sample(
             exact_denoiser, (n, 2), steps, S_churn=churn, S_tmin=0.05, S_tmax=50.0,
             generator=torch.Generator().manual_seed(4), dtype=torch.float64,
         )  # fmt: skip
@@ -383,7 +383,9 @@ def test_a_vp_eps_model_as_denoiser_is_the_exact_denoiser_of_its_data(
     model = gaussian_eps_model(
         alphas_cumprod, 0.5, 1.5
     )  # the exact eps of N(0.5, 1.5^2) data
-    denoiser = flow.VPDenoiser(model, GaussianDiffusion(linear(1000)), quantize=True)
+    denoiser = vp_wrappers.VPDenoiser(
+        model, GaussianDiffusion(linear(1000)), quantize=True
+    )
     sigma_t = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
     assert denoiser.sigma_min == pytest.approx(
         sigma_t[0]
@@ -402,9 +404,9 @@ def test_a_vp_eps_model_as_denoiser_is_the_exact_denoiser_of_its_data(
     # halfway between two steps in log sigma, the interpolated t is halfway too
     between = torch.from_numpy(np.sqrt(sigma_t[[399]] * sigma_t[[400]]))
     assert float(
-        flow.VPDenoiser(model, GaussianDiffusion(linear(1000))).timestep(between)
+        vp_wrappers.VPDenoiser(model, GaussianDiffusion(linear(1000))).timestep(between)
     ) == pytest.approx(399.5)
-    samples = flow.edm_sample(
+    samples = edm.edm_sample(
         denoiser, (20_000, 1), 40, sigma_min=denoiser.sigma_min, sigma_max=denoiser.sigma_max,
         generator=torch.Generator().manual_seed(6), dtype=torch.float64,
     )  # fmt: skip
@@ -435,10 +437,12 @@ def test_the_denoiser_of_a_v_or_x0_model_is_that_of_the_same_eps_model(
     # with the true sigma, and the three differ by that step's error)
     alphas_cumprod = eps_diffusion.alphas_cumprod[[10, 400, 900]]
     sigma = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
-    expected = flow.VPDenoiser(eps_model, eps_diffusion, quantize=True)(x, sigma)
+    expected = vp_wrappers.VPDenoiser(eps_model, eps_diffusion, quantize=True)(x, sigma)
     for objective in ("x0", "v"):
         diffusion = GaussianDiffusion(linear(1000), objective=objective)
-        denoiser = flow.VPDenoiser(as_objective(objective), diffusion, quantize=True)
+        denoiser = vp_wrappers.VPDenoiser(
+            as_objective(objective), diffusion, quantize=True
+        )
         torch.testing.assert_close(denoiser(x, sigma), expected, rtol=0, atol=1e-9)
 
 
@@ -449,7 +453,7 @@ def test_a_respaced_process_is_called_at_its_trained_timesteps():
     sigma = (
         (1 - diffusion.alphas_cumprod[kept]) / diffusion.alphas_cumprod[kept]
     ).sqrt()
-    denoiser = flow.VPDenoiser(lambda x, t: x, respaced)
+    denoiser = vp_wrappers.VPDenoiser(lambda x, t: x, respaced)
     torch.testing.assert_close(
         denoiser.timestep(sigma), kept.double(), rtol=0, atol=1e-9
     )
@@ -491,7 +495,7 @@ def test_one_ddim_step_is_one_euler_step_of_the_flow_ode(net, toy_noise_predicto
     alpha, sigma = flow.vp_alpha_sigma(alpha_bar)
     alpha_prev, sigma_prev = flow.vp_alpha_sigma(alpha_bar_prev)
     s, s_prev = flow.flow_time(alpha, sigma), flow.flow_time(alpha_prev, sigma_prev)
-    velocity_model = flow.VPVelocity(model, diffusion, quantize=quantize)
+    velocity_model = vp_wrappers.VPVelocity(model, diffusion, quantize=quantize)
     z = flow.flow_state(x_t, alpha, sigma)
     velocity = velocity_model(z, torch.full((2,), 1000 * float(s), dtype=torch.float64))
     z_prev = flow.euler_step(z, velocity, s, s_prev)
@@ -524,11 +528,11 @@ def test_ddim_sampling_is_flow_euler_sampling_of_the_wrapped_model_on_the_matche
         dtype=torch.float64,
     )
     timesteps = timestep_sequence(1000, steps)
-    times = flow.vp_flow_times(diffusion, timesteps)
+    times = vp_wrappers.vp_flow_times(diffusion, timesteps)
     x_init = flow.flow_state(
         x_T, *flow.vp_alpha_sigma(diffusion.alphas_cumprod[timesteps[0]])
     )
-    velocity_model = flow.VPVelocity(
+    velocity_model = vp_wrappers.VPVelocity(
         model, diffusion, quantize=True, clip_denoised=clip_denoised
     )
     flowed = flow.flow_sample(
@@ -588,21 +592,21 @@ def test_edm_sigmas_preconditioning_and_euler_step_match_diffusers_edm_euler_sch
         sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0
     )
     scheduler.set_timesteps(12)
-    ours_sigmas = flow.edm_sigmas(12, 0.002, 80.0, 7.0)
+    ours_sigmas = edm.edm_sigmas(12, 0.002, 80.0, 7.0)
     torch.testing.assert_close(
         scheduler.sigmas.double(), ours_sigmas, rtol=1e-6, atol=0
     )
     sigmas = scheduler.sigmas.double()
     generator = torch.Generator().manual_seed(10)
     x = torch.randn(2, 3, 4, 4, generator=generator) * 80
-    coefficients = flow.edm_preconditioning(sigmas[:-1])
+    coefficients = edm.edm_preconditioning(sigmas[:-1])
     torch.testing.assert_close(
         scheduler.timesteps.double(), coefficients.c_noise, rtol=0, atol=1e-6
     )
     theirs = x.clone()
     for i, timestep in enumerate(scheduler.timesteps):
         sigma = float(sigmas[i])
-        c = flow.edm_preconditioning(sigma)
+        c = edm.edm_preconditioning(sigma)
         torch.testing.assert_close(
             scheduler.precondition_inputs(theirs, scheduler.sigmas[i]),
             float(c.c_in) * theirs,
@@ -615,7 +619,7 @@ def test_edm_sigmas_preconditioning_and_euler_step_match_diffusers_edm_euler_sch
         )
         expected = scheduler.step(output, timestep, theirs).prev_sample
         ours = flow.euler_step(
-            theirs, flow.edm_slope(theirs, denoised, sigma), sigma, sigmas[i + 1]
+            theirs, edm.edm_slope(theirs, denoised, sigma), sigma, sigmas[i + 1]
         )
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
         theirs = expected
@@ -630,8 +634,8 @@ def test_edm_sigmas_preconditioning_and_euler_step_match_diffusers_edm_euler_sch
         theirs = scheduler.step(
             network(scaled, timestep.expand(2)), timestep, theirs
         ).prev_sample
-    ours = flow.edm_sample(
-        flow.EDMPrecond(network), (2, 3, 4, 4), 12, "euler", sigmas=sigmas, x_init=x
+    ours = edm.edm_sample(
+        edm.EDMPrecond(network), (2, 3, 4, 4), 12, "euler", sigmas=sigmas, x_init=x
     )
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
 
@@ -653,12 +657,12 @@ def test_edm_sigmas_preconditioning_and_euler_step_match_diffusers_edm_euler_sch
         (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 1, times=[2.0, 0.0]), ["times", "[0, 1]"]),
         (lambda: flow.flow_sample(exact_velocity_model, (2, 2), 0), ["steps", "positive integer"]),
         (lambda: flow.flow_times(4, shift=0.0), ["shift", "> 0"]),
-        (lambda: flow.edm_sigmas(10, sigma_min=90.0, sigma_max=80.0), ["sigma_min", "sigma_max"]),
-        (lambda: flow.edm_sample(exact_denoiser, (2, 2), 4, S_churn=-1.0), ["S_churn", ">= 0"]),
-        (lambda: flow.edm_preconditioning(1.0, sigma_data=0.0), ["sigma_data", "> 0"]),
+        (lambda: edm.edm_sigmas(10, sigma_min=90.0, sigma_max=80.0), ["sigma_min", "sigma_max"]),
+        (lambda: edm.edm_sample(exact_denoiser, (2, 2), 4, S_churn=-1.0), ["S_churn", ">= 0"]),
+        (lambda: edm.edm_preconditioning(1.0, sigma_data=0.0), ["sigma_data", "> 0"]),
         (lambda: flow.predictions_from_output(torch.zeros(1), "score", torch.zeros(1), 0.6, 0.8), ["prediction", "'velocity'"]),
-        (lambda: flow.VPVelocity(lambda x, t: x, GaussianDiffusion(linear(100)))(torch.zeros(1, 2), torch.tensor([1000.0])), ["s_max", "vp_flow_times"]),
-        (lambda: flow.vp_flow_times(GaussianDiffusion(linear(100)), [10, 50]), ["timesteps", "decreasing"]),
+        (lambda: vp_wrappers.VPVelocity(lambda x, t: x, GaussianDiffusion(linear(100)))(torch.zeros(1, 2), torch.tensor([1000.0])), ["s_max", "vp_flow_times"]),
+        (lambda: vp_wrappers.vp_flow_times(GaussianDiffusion(linear(100)), [10, 50]), ["timesteps", "decreasing"]),
     ],
 )  # fmt: skip
 def test_bad_input_names_the_argument_and_what_to_do(call, words):

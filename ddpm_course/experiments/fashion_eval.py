@@ -8,7 +8,9 @@ Sections (each rewrites its own key of the JSON file named by ``--out``; the oth
 * ``fashion``: ``n`` DDIM-``steps`` samples of the shipped ``fashion`` model per sampling seed:
   FD, KID, seconds per image; the median FD over seeds as a multiple of the floor's median;
 * ``curve``: FD of ``n`` samples (the first seed) from checkpoints of a run (``--checkpoints``),
-  against their optimiser steps and the training seconds of the run's log (``--log``).
+  against their optimiser steps and the training seconds of the run's log (``--log``); rows of
+  an earlier call at the same n, steps and seed are kept, so checkpoints can be measured as
+  the run writes them.
 
 Each section records the command that wrote it under ``commands``.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +136,15 @@ def curve_section(
     return {"log": str(log), "n": n, "steps": steps, "seed": seed, "rows": rows}
 
 
+def _merge_rows(previous: dict[str, Any] | None, new: dict[str, Any]) -> list[dict]:
+    """The curve's rows: those of an earlier run with the same n, steps and seed, replaced or
+    joined by the new ones (so checkpoints can be measured as a run produces them)."""
+    same = previous and all(previous.get(k) == new[k] for k in ("n", "steps", "seed"))
+    rows = {row["step"]: row for row in (previous["rows"] if same else [])}
+    rows.update({row["step"]: row for row in new["rows"]})
+    return [rows[step] for step in sorted(rows)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the JSON results file")
@@ -150,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="the run's log.jsonl (curve section)")
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    command = "python -m ddpm_course.experiments.fashion_eval " + " ".join(argv or [])
+    words = sys.argv[1:] if argv is None else argv
+    command = (
+        "OMP_NUM_THREADS=1 python -m ddpm_course.experiments.fashion_eval "
+        + " ".join(words)
+    )
     for section in args.only:
         start = time.perf_counter()
         if section == "floor":
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             value = curve_section(
                 args.checkpoints, args.log, args.n, args.steps, args.seeds[0]
             )
+            value["rows"] = _merge_rows(results.get("curve"), value)
         value["minutes"] = round((time.perf_counter() - start) / 60, 1)
         results[section] = value
         results.setdefault("commands", {})[section] = command

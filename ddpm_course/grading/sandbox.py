@@ -38,6 +38,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from .exercise import InputFunction
+from .sandbox_runner import FILTER_FILE
+from .seccomp import SeccompUnavailable, compile_filter, syscall_number
 
 __all__ = [
     "INSTALL_HINT",
@@ -179,7 +181,7 @@ def _input_function_sources() -> str:
 
 
 def write_student_view(folder: Path) -> Path:
-    """Write the student view and the runner into ``folder``; return ``folder``."""
+    """Write the student view, the runner and its seccomp filter into ``folder``; return it."""
     package = folder / "ddpm_course"
     (package / "grading").mkdir(parents=True)
     allowed = sorted(STUDENT_VIEW)
@@ -194,6 +196,10 @@ def write_student_view(folder: Path) -> Path:
             relative = Path(*module.split(".")[1:]).with_suffix(".py")
             shutil.copy(HERE.parent / relative, package / relative)
     shutil.copy(HERE / "sandbox_runner.py", folder / "sandbox_runner.py")
+    try:
+        compile_filter(folder / FILTER_FILE)
+    except SeccompUnavailable as error:
+        raise SandboxUnavailable(str(error)) from None
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return folder
@@ -311,6 +317,7 @@ class Zygote:
         self.jobs.mkdir(mode=0o711)
         self.privileged = os.geteuid() == 0
         self._uid_base = 100_000 + (os.getpid() % 4000) * 64
+        self._keyctl = syscall_number("keyctl")
         if sandboxed:
             if bwrap is None:
                 raise SandboxUnavailable(INSTALL_HINT)
@@ -389,7 +396,8 @@ class Zygote:
 
     def run(self, ident: str, folder: Path, uid: int | None, limits: dict) -> dict:
         """Run the job in ``folder``; wait for every process of it to be gone. Returns the fork
-        server's report ``{"exit": code, "reason": None | "timeout" | "memory" | "disk"}``."""
+        server's report ``{"exit": code, "reason": None | "timeout" | "memory" | "disk"}``
+        ("timeout": its CPU time, or the wall-clock backstop ``limits["wall_timeout"]``)."""
         ended: Future = Future()
         with self._lock:
             if self._process.poll() is not None:
@@ -403,10 +411,11 @@ class Zygote:
                 "uid": uid,
                 "limits": limits,
                 "sandboxed": self.sandboxed,
+                "keyctl": self._keyctl,
             }
         )
         try:
-            return ended.result(timeout=limits["timeout"] + self.SLACK)
+            return ended.result(timeout=limits["wall_timeout"] + self.SLACK)
         except FutureTimeout:
             self._send({"kill": ident, "reason": "timeout"})
             record = ended.result(timeout=self.KILL_TIMEOUT)

@@ -68,7 +68,9 @@ PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 KEYCTL_JOIN_SESSION_KEYRING = 1
 FILTER_FILE = "seccomp.bpf"  # beside this file: the BPF program of grading/seccomp.py
 INPUT_FILES = ("cells.json", "exercises.json", "inputs.pt")  # the grader's, read-only
-MAX_NOTE_BYTES = 2**20  # a runner-written note (not outputs) copied out of the job's tmpfs
+MAX_NOTE_BYTES = (
+    2**20
+)  # a runner-written note (not outputs) copied out of the job's tmpfs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -353,6 +355,7 @@ def _compile_cell(source: str, filename: str, flags: int):
     IPython does: ``from __future__ import annotations`` holds from its cell on), not this
     module's; returns (code, the features in force after it)."""
     import __future__
+
     import ast
 
     tree = ast.parse(source, filename)

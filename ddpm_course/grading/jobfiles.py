@@ -111,7 +111,9 @@ def load_outputs(path: Path, max_entries: int) -> dict[str, torch.Tensor]:
         entries = json.loads(header)
     except (json.JSONDecodeError, RecursionError):
         return {}
-    if not isinstance(entries, dict) or len(entries) > max_entries + 1:
+    if not isinstance(entries, dict):
+        return {}
+    if len(entries) - ("__metadata__" in entries) > max_entries:
         return {}
     try:
         return safetensors_load(data)

@@ -75,8 +75,8 @@ def collect_submissions(submissions: list[Path | str]) -> dict[str, Path]:
             raw = os.fsencode(path.name)
             if raw in names:
                 raise ValueError(
-                    f"two submissions have the file name {student_id(path)!r}: "
-                    f"{names[raw]!r} and {str(path)!r}; rename one"
+                    f"two submissions have the student id {student_id(path)!r}: "
+                    f"{names[raw]} and {path}; rename one"
                 )
             names[raw] = path
             ident = student_id(path)

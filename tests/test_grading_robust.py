@@ -206,10 +206,14 @@ def test_open_in_an_answer_is_not_a_finding():
     assert find_violations([step], ["f"]) == {"f": []}
 
 
-@pytest.mark.parametrize("name", [b"hostile_deep_folders.ipynb", round2.SPOOF_NAME])
+@pytest.mark.parametrize(
+    "name",
+    [b"hostile_deep_folders.ipynb", round2.SPOOF_NAME, b"hostile_helper_copy.ipynb"],
+)
 def test_without_the_sandbox_the_batch_completes_and_leaves_nothing(tmp_path, name):
     """A1 and F18 with --no-sandbox: the job folder is a real folder, removed without
-    recursion; the CSV and every feedback file are written."""
+    recursion; the CSV and every feedback file are written. E14 under ``--copy-policy zero``:
+    the answer that calls a copy of a classmate's in a helper scores 0 for it."""
     namespace = {
         "__file__": str(ROOT / "tests/fixtures/submissions/make_submissions.py")
     }
@@ -234,6 +238,7 @@ def test_without_the_sandbox_the_batch_completes_and_leaves_nothing(tmp_path, na
             nbformat.write(notebooks[each], handle)
     arguments = ["grade", str(ROOT / "solutions/03_elbo.ipynb"), str(submissions)]
     arguments += ["--out", str(tmp_path / "o"), "--no-sandbox", "--timeout", "60"]
+    arguments += ["--copy-policy", "zero"]
     import tempfile
 
     tempfile.tempdir = str(temporary)
@@ -245,6 +250,11 @@ def test_without_the_sandbox_the_batch_completes_and_leaves_nothing(tmp_path, na
             os.system(f"rm -rf {temporary}/*")
     with open(tmp_path / "o" / "grades.csv", newline="") as handle:
         rows = {row["student"]: row for row in csv.DictReader(handle)}
-    assert rows["Müller"]["total"] == "10" and len(rows) == 2
+    assert len(rows) == 2
+    if name == b"hostile_helper_copy.ipynb":  # both copies score 0 for that answer
+        assert rows["hostile_helper_copy"]["q_posterior_mean_variance"] == "0"
+        assert "copied" in rows["hostile_helper_copy"]["status"]
+    else:
+        assert rows["Müller"]["total"] == "10"
     assert len(list((tmp_path / "o" / "feedback").iterdir())) == 2
     assert list(temporary.iterdir()) == []

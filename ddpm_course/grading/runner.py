@@ -35,8 +35,9 @@ class Limits:
     watchdog kills its namespace then); cell_timeout: CPU seconds of the notebook's process per
     cell and per exercise. Both are CPU time, so that a busy sibling notebook on the same cores
     cannot make an honest one run out of time; each has a wall-clock backstop for a notebook
-    that sleeps or waits, :data:`WALL_FACTOR` times as long plus :data:`WALL_SLACK` seconds
-    (``wall_timeout``, ``cell_wall_timeout``). memory_mb: address space each process may
+    that sleeps or waits: :data:`WALL_FACTOR` times ``timeout`` plus :data:`WALL_SLACK` seconds
+    (``wall_timeout``), and :data:`WALL_FACTOR` times ``cell_timeout`` plus ``timeout``
+    (``cell_wall_timeout``). memory_mb: address space each process may
     add beyond the runner's (RLIMIT_AS), and sandbox_memory_mb: the memory all its processes
     together may hold (the watchdog); output_chars: characters of output kept; processes:
     RLIMIT_NPROC (its processes, itself included); open_files: RLIMIT_NOFILE; tmp_mb: the size
@@ -59,7 +60,8 @@ class Limits:
 
     @property
     def cell_wall_timeout(self) -> float:
-        return WALL_FACTOR * self.cell_timeout + WALL_SLACK
+        """A sibling may hold the cores for its whole CPU budget (``timeout``) meanwhile."""
+        return WALL_FACTOR * self.cell_timeout + self.timeout
 
     def as_request(self) -> dict:
         """The limits as the fork server reads them."""

@@ -5,9 +5,11 @@ and holds only the interpreter, site-packages with every ``ddpm_course`` entry m
 student view of the package (below) and the batch's job folders (read-write); no network, its own
 PID, IPC and UTS namespaces, a clean environment, ``--die-with-parent``. Inside, the fork server
 of :mod:`~ddpm_course.grading.sandbox_runner` imports torch once and gives every notebook its own
-user, mount, PID, network, IPC and UTS namespaces, its own job folder only, size-capped ``/tmp``
-and ``/dev/shm``, an unprivileged uid, no capabilities, and rlimits (processes, address space,
-CPU time, file size, open files) with a watchdog on the memory of all its processes together.
+user, mount, PID, network, IPC and UTS namespaces, its own job folder only (a size-capped
+tmpfs), size-capped ``/tmp`` and ``/dev/shm``, an unprivileged uid, no capabilities, a fresh
+session keyring, a seccomp filter (:mod:`~ddpm_course.grading.seccomp`: no new namespaces,
+keyrings, memfds, ptrace, mounts, bpf...), and rlimits (processes, address space, CPU time, file
+size, open files) with a watchdog on the memory and CPU time of all its processes together.
 
 The student view (:data:`STUDENT_VIEW`) is what ``import ddpm_course`` finds inside: an explicit
 allowlist of modules that import only the standard library and torch and hold no answer

@@ -6,29 +6,43 @@ checks it), never the package: the grader copies this file into the student view
 sandbox whose file system holds the interpreter, site-packages (without ``ddpm_course``), the
 student view and the job folders, and nothing else.
 
-The zygote imports torch once, then reads one JSON request per line on stdin:
+The zygote imports torch once, reads the seccomp program that the grader compiled
+(``seccomp.bpf`` beside this file, :mod:`~ddpm_course.grading.seccomp`), then reads one JSON
+request per line on stdin:
 
-* ``{"run": id, "job": folder, "uid": uid or null, "limits": {...}}``: fork a child C that
-  (sandboxed mode) drops to the unprivileged ``uid`` (when the zygote runs as root), enters new
-  user, mount, PID, network, IPC and UTS namespaces, binds its own job folder on ``/job``, hides
-  every other job folder and ``/proc`` behind empty tmpfs mounts, mounts size-capped tmpfs on
-  ``/tmp`` and ``/dev/shm``, and forks G, the PID 1 of the new PID namespace, which sets the
-  rlimits, drops every capability and runs the notebook (:func:`run_notebook`). When G ends, the
-  kernel kills everything left in its namespace: nothing a notebook starts outlives it.
-* ``{"kill": id}``: SIGKILL C and G (G has a parent-death SIGKILL too); the namespace goes with G.
+* ``{"run": id, "job": folder, "uid": uid or null, "limits": {...}, "keyctl": number}``: fork a
+  child C that (sandboxed mode) drops to the unprivileged ``uid`` (when the zygote runs as
+  root), joins a fresh session keyring, enters new user, mount, PID, network, IPC and UTS
+  namespaces, mounts a tmpfs of ``job_folder_mb`` on ``/job`` and copies the grader's inputs
+  into it, hides every other job folder and ``/proc`` behind empty tmpfs mounts, mounts
+  size-capped tmpfs on ``/tmp`` and ``/dev/shm``, and forks G, the PID 1 of the new PID
+  namespace, which sets the rlimits, drops every capability, loads the seccomp filter and runs
+  the notebook (:func:`run_notebook`). When G ends, the kernel kills everything left in its
+  namespace: nothing a notebook starts outlives it. C then copies the files the grader reads
+  (regular files only, each capped) from the tmpfs to the job folder, and exits; the tmpfs,
+  with whatever else the notebook left there, goes with the last process of its namespace.
+* ``{"kill": id}``: SIGKILL G (G has a parent-death SIGKILL too); the namespace goes with G, and C
+  copies out and exits (C is killed too if it has not within 15 s).
 
 It writes ``{"id": id, "exit": code, "reason": ...}`` on stdout once C and G have both been
 reaped, i.e. once no process of that notebook exists (the zygote is a child subreaper, so an
-orphaned G is reaped here). A watchdog kills a job whose processes together hold more than the
-memory limit (resident set sizes summed over the job's process tree: the substitute for a memory
-cgroup, see ARCHITECTURE.md) or whose job folder grows past its size cap.
+orphaned G is reaped here). A watchdog (4 Hz) stands in for a memory and CPU cgroup (see
+ARCHITECTURE.md): it kills a job whose processes together hold more than the memory limit
+(their proportional share of anonymous and shared memory, Pss_Anon + Pss_Shmem, summed over the
+namespace's processes, so that memory shared copy-on-write after a fork counts in full), or that
+used more CPU time than the notebook's limit (utime + stime of every process of the namespace,
+and of the children it reaped). The notebook's cells are timed in CPU time too (ITIMER_PROF),
+each with a wall-clock backstop (ITIMER_REAL): a busy sibling cannot make an honest notebook
+run out of time.
 
-In ``--no-sandbox`` mode C skips the namespaces (only setsid and the rlimits): the grader records
-that mode in the CSV and every feedback file.
+In ``--no-sandbox`` mode C skips the namespaces (setsid, the rlimits and the seccomp filter
+only), the job folder is a plain folder whose size the watchdog checks: the grader records that
+mode in the CSV and every feedback file.
 
-What G writes in the job folder: ``cells.jsonl`` (each cell's start and end), ``output.txt``
-(what the notebook printed, capped), ``<exercise>.json`` and ``<exercise>.safetensors``, ``done``.
-The grader reads them only after the job has ended, and trusts none of it.
+What G writes in the job folder (by absolute path: a notebook's ``os.chdir`` changes nothing):
+``cells.jsonl`` (each cell's start and end), ``output.txt`` (what the notebook printed, capped),
+``<exercise>.json`` and ``<exercise>.safetensors``, ``done``. The grader reads them only after
+the job has ended, and trusts none of it.
 """
 
 from __future__ import annotations
@@ -646,6 +660,7 @@ def _child(request: dict, report_fd: int, program: bytes) -> None:
             )
             _set_limits(limits, base)
             if sandboxed:
+                os.setsid()  # one session (autogroup) per notebook: see grading/seccomp.py
                 _drop_capabilities()
             else:
                 _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")

@@ -9,6 +9,8 @@ filter allows every system call except those below, which fail with ``EPERM`` (`
 * new namespaces: ``unshare``, ``setns``, and ``clone`` with any ``CLONE_NEW*`` flag (a user
   namespace would give the notebook back every capability inside it, and with them the kernel's
   whole surface of mounts, network and keys);
+* new sessions (``setsid``): each notebook is one session, and so one of the scheduler's
+  autogroups, which share the cores fairly whatever the number of processes in each;
 * the kernel keyrings (``add_key``, ``keyctl``, ``request_key``): a keyring outlives a process
   and is shared by a session, a channel between students and a leak of the instructor's tickets;
 * memory no watchdog sees: ``memfd_create``, ``memfd_secret``, System V shared memory and
@@ -45,6 +47,9 @@ __all__ = [
 DENIED_SYSCALLS = (
     # namespaces (clone's flags are checked below)
     "unshare", "setns",
+    # sessions: a notebook's processes stay in the session (and so the scheduler's autogroup)
+    # its PID 1 made, so that 30 busy processes get one notebook's share of the cores
+    "setsid",
     # keyrings
     "add_key", "keyctl", "request_key",
     # memory the watchdog cannot count

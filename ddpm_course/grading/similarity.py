@@ -18,12 +18,13 @@ that the assignment itself provides (its notebook's functions outside the answer
 out. The static check's worker computes the tokens, under its time limit, and keeps at most
 :data:`MAX_TOKENS` of each function.
 
-Cost: the grams of every unit are computed once, and each pair of units costs one set
-intersection of at most ``MAX_TOKENS`` grams. Measured on 100 submissions of chapter 03's five
-exercises (``tests/test_grading_copy.py``), the check takes about 0.3 s for honest answers and
-about 20 s when every answer carries helpers at the caps; it stops at
-:data:`TIME_LIMIT` seconds in any case, and the functions it did not reach are marked "not
-compared" in the feedback.
+Cost: the grams of every unit are computed once (the joined unit, too, is cut at
+:data:`MAX_TOKENS`), and each pair of units costs one set intersection. Per 100 students and
+chapter 03's six exercises (``tests/fixtures/bench_copy_check.py``, one core of the shared
+machine): 0.6 s of CPU for honest answers, 20 s when every answer calls helpers up to the caps;
+the cost grows with the square of the class (4x for 200 students), and the check stops at
+:data:`TIME_LIMIT` seconds in any case, the functions it did not reach marked "not compared"
+in the feedback.
 
 ``apply_similarity`` stores the closest match of each function in its grade (shown in the
 feedback: the package by name, another student as "another submission" so that feedback names
@@ -175,7 +176,7 @@ def _units(functions: list, provided: set[tuple[str, ...]]) -> list[frozenset]:
     own = [list(found) for _, found in functions if tuple(found) not in provided]
     if not own or len(own[0]) == 0:
         return []
-    joined = [token for found in own for token in found]
+    joined = [token for found in own for token in found][:MAX_TOKENS]
     units = [joined] + ([found for found in own] if len(own) > 1 else [])
     return [_grams(unit) for unit in units if len(unit) >= MIN_TOKENS]
 

@@ -19,7 +19,13 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["MAX_ID_CHARS", "collect_submissions", "file_stem", "remove_tree"]
+__all__ = [
+    "MAX_ID_CHARS",
+    "collect_submissions",
+    "file_stem",
+    "remove_tree",
+    "student_id",
+]
 
 MAX_ID_CHARS = 100  # characters of a student id
 MAX_STEM_BYTES = 120  # UTF-8 bytes of a feedback file's name before ".md"

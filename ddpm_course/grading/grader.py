@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_write
 from .analyser import Analyser, AnalysisTimeout
 from .exercise import encode_args
+from .gradebook import read_roster, write_gradebook
 from .jobfiles import cell_log, grade_exercise, read_json, read_text
 from .notebook import NotebookError, exercise_points, read_code_cells
 from .registry import get_exercise
@@ -74,6 +75,7 @@ from .report import (
 )
 from .runner import DONE_FILE, OUTPUT_FILE, STDIO_FILE, Limits
 from .sandbox import INSTALL_HINT, SandboxUnavailable, Zygote, bwrap_path
+from .similarity import DEFAULT_THRESHOLD, apply_similarity, provided_functions
 from .students import collect_submissions, file_stem, remove_tree
 
 __all__ = ["ExerciseGrade", "SubmissionGrade", "collect_submissions", "grade"]
@@ -336,9 +338,6 @@ def grade(
     ``roster``: a CSV (``student`` = file stem, ``id``, ``name``, ``section``...) for
     ``gradebook.csv``. Returns the grades, sorted by student id.
     """
-    from .gradebook import read_roster, write_gradebook
-    from .similarity import DEFAULT_THRESHOLD, apply_similarity, provided_functions
-
     limits = limits or Limits()
     assignment = Path(assignment)
     solutions = nbformat.read(assignment, as_version=4)

@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 
 test: lint unit notebooks
 
-# bubblewrap, the grader's sandbox (tests/test_hostile.py); installed with apt when missing
+# bubblewrap, the grader's sandbox (tests/test_hostile.py), and libseccomp, which compiles the
+# notebooks' seccomp filter; installed with apt when missing
 sandbox-deps:
-	@command -v bwrap >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; fi; }
+	@command -v bwrap >/dev/null && ldconfig -p | grep -q 'libseccomp\.so\.2' || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap libseccomp2; fi; }
 	@bwrap --version
 
 # Fashion-MNIST, the image data of chapters 04-10: Debian's dataset-fashion-mnist puts the

@@ -26,13 +26,14 @@ import torch
 
 from ddpm_course.cli import main
 from ddpm_course.grading import CheckResult, check, sandbox
+from ddpm_course.grading.analyser import Analyser, AnalysisTimeout
 from ddpm_course.grading.exercise import (
     InputFunction,
     as_outputs,
     decode_args,
     encode_args,
 )
-from ddpm_course.grading.integrity import Analyser, AnalysisTimeout, find_violations
+from ddpm_course.grading.integrity import find_violations
 from ddpm_course.grading.notebook import python_source
 from ddpm_course.grading.registry import CHAPTERS, EXERCISES, get_exercise
 
@@ -538,7 +539,7 @@ def test_python_source_reads_cells_as_ipython_does():
 def test_the_analysis_runs_under_a_time_limit():
     analyser = Analyser(timeout=1.0)
     try:
-        sources, report = analyser.analyse(
+        sources, report, _ = analyser.analyse(
             ["import torch", "def f(x):\n    return x"], ["f"], first=True
         )
         assert report == {"f": []} and sources[1].strip() == "def f(x):\n    return x"

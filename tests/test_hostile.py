@@ -37,9 +37,15 @@ import pytest
 
 from ddpm_course.cli import main
 from ddpm_course.grading import grader, sandbox
+from ddpm_course.grading.seccomp import syscall_number
+from ddpm_course.grading.students import file_stem, student_id
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions" / "03_elbo.ipynb"
+SOLUTIONS_04 = ROOT / "solutions" / "04_training.ipynb"
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+import hostile_round2 as round2  # noqa: E402  (the second red team's notebooks, issue 26)
+
 MAKE = ROOT / "tests" / "fixtures" / "submissions" / "make_submissions.py"
 _namespace: dict = {"__file__": str(MAKE)}
 exec(MAKE.read_text().split("NAMES = list(CORRECT)")[0], _namespace)
@@ -97,13 +103,15 @@ os.execv(argv[0], argv)
 
 
 def _grade_as_nobody(arguments: list[str], home: Path) -> None:
-    """``ddpm-course grade`` run by uid 65534 (see _AS_USER); fails with its output if it fails."""
+    """``ddpm-course grade`` run by uid 65534 (see _AS_USER), its temporary files in
+    ``home/tmp``; fails with its output if it fails."""
     needed = [os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, str(ROOT)]
     needed += [str(home), *sys.path[1:]]
     command = ["unshare", "--mount", sys.executable, "-c", _AS_USER, str(NOBODY)]
     command += [os.pathsep.join(p for p in needed if p and os.path.exists(p))]
     command += [sys.executable, "-m", "ddpm_course.cli", *arguments]
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    environment["TMPDIR"] = str(home / "tmp")
     result = subprocess.run(
         command, env=environment, capture_output=True, text=True, timeout=900
     )
@@ -330,6 +338,16 @@ def _rows(path: Path) -> dict[str, dict]:
         return {row["student"]: row for row in csv.DictReader(handle)}
 
 
+def _ours(pid: str, cmdline: str) -> bool:
+    """Whether the process ``pid`` is a sandbox of this checkout (bubblewrap's arguments, or
+    the mounts inside, name it): a grader of another checkout on the same machine may be
+    grading as nobody at the same time. A process whose mounts cannot be read counts as ours."""
+    try:
+        return str(ROOT) in cmdline + Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return True
+
+
 def _sandbox_processes() -> list[str]:
     """Processes left by the batch: the marker `sleep`s, and (as root) any process of the
     notebooks' uids or a fork server of nobody's (the unprivileged batch; other test files
@@ -354,15 +372,28 @@ def _sandbox_processes() -> list[str]:
         except (OSError, IndexError, ValueError):
             continue
         notebook = base <= uid < base + 64 or (
-            uid == NOBODY and "sandbox_runner" in cmdline
+            uid == NOBODY and "sandbox_runner" in cmdline and _ours(entry, cmdline)
         )
         if MARKER in cmdline or notebook:
             left.append(f"{entry} uid {uid}: {cmdline}")
     return left
 
 
-@pytest.fixture(scope="module", params=["root", "unprivileged"])
-def batch(request, tmp_path_factory):
+ROUND2 = round2.chapter03(
+    CORRECT, STUBS, notebook,
+    {name: syscall_number(name) for name in ("keyctl", "add_key")},
+)  # fmt: skip
+ROUND2_04 = round2.chapter04(notebook)
+
+
+def _id(name: bytes) -> str:
+    """The student id the grader gives the file ``name``."""
+    return student_id(Path(os.fsdecode(name)))
+
+
+def _run_batch(request, tmp_path_factory, solutions: Path, notebooks: dict) -> dict:
+    """Grade ``notebooks`` ({file name as bytes: notebook}) against ``solutions`` in the mode
+    ``request.param``, with the grader's temporary files in a folder of the test's own."""
     require_bwrap()
     as_root = os.geteuid() == 0
     if request.param == "root" and not as_root:
@@ -373,26 +404,41 @@ def batch(request, tmp_path_factory):
         home = Path(tempfile.mkdtemp(prefix="ddpm-hostile-"))
         request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
         home.chmod(0o755)
-        submissions, out = home / "submissions", home / "grades"
+        submissions, out, temporary = (
+            home / "submissions",
+            home / "grades",
+            home / "tmp",
+        )
         submissions.mkdir()
-        os.chown(home, NOBODY, NOBODY)
-        os.chown(submissions, NOBODY, NOBODY)
+        temporary.mkdir()
+        for folder in (home, submissions, temporary):
+            os.chown(folder, NOBODY, NOBODY)
         grade = lambda arguments: _grade_as_nobody(arguments, home)  # noqa: E731
     else:
         submissions = tmp_path_factory.mktemp("hostile-submissions")
         out = tmp_path_factory.mktemp("hostile-grades")
-        grade = lambda arguments: assert_ok(main(arguments))  # noqa: E731
-    paths = [str(SOLUTIONS), str(submissions / "honest_plain.ipynb")]
-    for name, nb in {**HONEST, **HOSTILE}.items():
-        if name == "hostile_snoop":
+        temporary = tmp_path_factory.mktemp("hostile-tmp")
+
+        def grade(arguments):
+            tempfile.tempdir = str(temporary)
+            try:
+                assert_ok(main(arguments))
+            finally:
+                tempfile.tempdir = None
+
+    paths = [str(solutions), str(submissions / "honest_plain.ipynb")]
+    for name, nb in notebooks.items():
+        if name == b"hostile_snoop.ipynb":
             nb = nbformat.from_dict(json.loads(json.dumps(nb)))
             nb.cells.insert(0, nbformat.v4.new_code_cell(f"PATHS = {paths!r}"))
-        nbformat.write(nb, submissions / f"{name}.ipynb")
+        path = os.path.join(os.fsencode(submissions), name)
+        with open(path, "w", encoding="utf-8") as handle:
+            nbformat.write(nb, handle)
         if request.param == "unprivileged" and as_root:
-            os.chown(submissions / f"{name}.ipynb", NOBODY, NOBODY)
+            os.chown(path, NOBODY, NOBODY)
     arguments = [
         "grade",
-        str(SOLUTIONS),
+        str(solutions),
         str(submissions),
         "--out",
         str(out),
@@ -412,8 +458,21 @@ def batch(request, tmp_path_factory):
     return {
         "out": out, "elapsed": elapsed, "left": left_at_exit, "csv": csv_at_exit,
         "rows": _rows(out / "grades.csv"), "submissions": submissions,
-        "mode": request.param,
+        "mode": request.param, "tmp": temporary,
     }  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["root", "unprivileged"])
+def batch(request, tmp_path_factory):
+    notebooks = {
+        f"{name}.ipynb".encode(): nb for name, nb in {**HONEST, **HOSTILE}.items()
+    }
+    return _run_batch(request, tmp_path_factory, SOLUTIONS, {**notebooks, **ROUND2})
+
+
+@pytest.fixture(scope="module", params=["root", "unprivileged"])
+def batch04(request, tmp_path_factory):
+    return _run_batch(request, tmp_path_factory, SOLUTIONS_04, ROUND2_04)
 
 
 def assert_ok(code: int) -> None:
@@ -421,7 +480,7 @@ def assert_ok(code: int) -> None:
 
 
 def _feedback(batch, student: str) -> str:
-    return (batch["out"] / "feedback" / f"{student}.md").read_text()
+    return (batch["out"] / "feedback" / f"{file_stem(student)}.md").read_text()
 
 
 @pytest.mark.parametrize("student", sorted(HONEST))
@@ -449,7 +508,7 @@ def test_the_answer_key_is_not_importable_inside(batch):
 def test_the_csv_is_there_and_final_when_the_command_returns(batch):
     assert (batch["out"] / "grades.csv").read_bytes() == batch["csv"]
     assert not list(batch["out"].glob(".*"))  # no temporary file left behind
-    assert set(batch["rows"]) == set(HONEST) | set(HOSTILE)
+    assert set(batch["rows"]) == set(HONEST) | set(HOSTILE) | set(map(_id, ROUND2))
 
 
 def test_the_batch_ran_with_the_privileges_of_its_mode(batch):
@@ -527,6 +586,141 @@ def test_similar_functions_are_listed_but_cost_nothing_by_default(batch):
     assert "closest match: another submission of this batch" in _feedback(
         batch, "honest_plain"
     )
+
+
+# ------------------------------------------------------ the second red team (issue 26)
+ROUND2_HONEST = [
+    round2.LATIN1_NAME, round2.LONG_NAME, b"honest_chdir.ipynb",
+    b"honest_future_annotations.ipynb", b"honest_tqdm_main.ipynb",
+    b"hostile_long_expression.ipynb", b"hostile_big_answer.ipynb",
+]  # fmt: skip
+# E14 keeps what it copied under the default copy policy (flag): see the similarity test, and
+# tests/test_grading_robust.py for the zero policy
+ROUND2_STUBBED = sorted(
+    set(ROUND2) - set(ROUND2_HONEST) - {b"hostile_helper_copy.ipynb"}
+)
+
+
+@pytest.mark.parametrize("name", ROUND2_HONEST)
+def test_round2_honest_work_keeps_full_marks_whatever_the_file_name(batch, name):
+    """A3, A4 (names), D11 (os.chdir), D12 (deferred annotations), E15 (tqdm.__main__
+    named), and A2, F17 (a 600-term dead line, a 40 kB answer: their own work)."""
+    student = _id(name)
+    assert batch["rows"][student]["total"] == "10", _feedback(batch, student)
+    assert batch["rows"][student]["status"] == "ok", _feedback(batch, student)
+
+
+@pytest.mark.parametrize("name", ROUND2_STUBBED)
+def test_round2_attackers_earn_nothing(batch, name):
+    student = _id(name)
+    assert batch["rows"][student]["total"] == "0", _feedback(batch, student)
+    assert "grader-error" not in batch["rows"][student]["status"]
+
+
+def _batch_files(batch) -> list[Path]:
+    """What is left of the grader's temporary folders (its own torch may keep a cache there)."""
+    return list(batch["tmp"].glob("ddpm-course-grade-*"))
+
+
+def test_no_file_of_the_batch_survives_it(batch):
+    """A1: 1,200 nested folders (and everything else) gone with the batch."""
+    assert _batch_files(batch) == []
+    assert "DEPTH 12" in _feedback(batch, "hostile_deep_folders")
+
+
+def test_latin1_and_long_file_names_become_safe_ids_and_file_names(batch):
+    assert _id(round2.LATIN1_NAME) == "M\u00fcller"
+    assert (batch["out"] / "feedback" / "M\u00fcller.md").exists()
+    assert all(
+        len(path.name.encode()) <= 130 for path in (batch["out"] / "feedback").iterdir()
+    )
+
+
+def test_memory_shared_copy_on_write_is_counted(batch):
+    """B5: 300 MiB shared by five processes, 100 MiB more in four (700 MiB > 512)."""
+    assert batch["rows"]["hostile_cow_fork"]["status"].startswith("crashed")
+    assert "in all its processes together" in _feedback(batch, "hostile_cow_fork")
+
+
+def test_memory_no_process_maps_is_refused(batch):
+    """B6: memfd_create and System V shared memory fail with EPERM."""
+    text = _feedback(batch, "hostile_memfd")
+    assert "MEMFD PermissionError" in text and "SHMGET -1 1" in text
+
+
+def test_unlinked_files_count_against_the_job_folder_cap(batch):
+    """B7: the job folder is a 256 MiB tmpfs: the 7 x 60 MiB held open do not fit."""
+    text = _feedback(batch, "hostile_unlinked")
+    assert (
+        "No space left on device" in text
+    )  # its own printing fails too: output.txt is there
+
+
+def test_keyrings_are_out_of_reach(batch):
+    """C9: add_key and keyctl fail with EPERM (and each notebook has a fresh keyring)."""
+    text = _feedback(batch, "hostile_keyring")
+    assert "ADD_KEY -1 1" in text and "KEYCTL -1 1" in text
+
+
+def test_no_namespace_can_be_made_inside(batch):
+    """C10: unshare of a user namespace, mount, and new PID and mount namespaces: EPERM."""
+    text = _feedback(batch, "hostile_userns")
+    for probe in ("UNSHARE", "MOUNT", "CLONE"):
+        assert f"{probe} -1 1" in text, text
+
+
+def test_a_copy_moved_into_a_helper_is_compared(batch):
+    """E14: a classmate's answer in a helper, the answer a one-line call of it."""
+    with open(batch["out"] / "similarity.csv", newline="") as handle:
+        pairs = {
+            (row["exercise"], row["student"], row["other"])
+            for row in csv.DictReader(handle)
+        }
+    assert (
+        "q_posterior_mean_variance",
+        "hostile_helper_copy",
+        "honest_plain",
+    ) in pairs
+
+
+def test_a_forged_outputs_header_is_refused(batch):
+    """F16: a header listing a million empty tensors reads as no outputs."""
+    assert batch["rows"]["hostile_header"]["total"] == "0"
+    assert "no output" in _feedback(batch, "hostile_header")
+
+
+def test_a_huge_answer_is_compared_within_the_caps(batch):
+    """F17: the copy check reads at most MAX_TOKENS of it, so it costs what a short one does."""
+    assert "closest match" in _feedback(batch, _id(b"hostile_big_answer.ipynb"))
+
+
+def test_a_file_name_cannot_fake_the_total_or_hide_it(batch):
+    """F18: a name with newlines, a fake total and an HTML comment opener."""
+    student = _id(round2.SPOOF_NAME)
+    assert "\n" not in student and batch["rows"][student]["total"] == "0"
+    text = _feedback(batch, student)
+    heading, _, total = text.splitlines()[:3]
+    assert heading.startswith("# 03_elbo: `") and heading.endswith("`")
+    assert total.startswith("**Total: 0 / 10 points.**")
+    assert not re.search(r"^\*\*Total: 10", text, re.M)
+    assert text.count("<!--") == 2 and text.index("<!--", len(heading)) > text.index(
+        total
+    )
+
+
+def test_a_busy_sibling_cannot_starve_an_honest_notebook(batch04):
+    """B8: 30 busy processes under --jobs 2; the limits are CPU time, the sibling is killed at
+    its own budget, and the honest notebooks keep full marks (D13: one logs its loss to a
+    file inside training_step)."""
+    rows = batch04["rows"]
+    assert rows["honest_ch04"]["total"] == "10", _feedback(batch04, "honest_ch04")
+    assert rows["honest_ch04_logging"]["total"] == "10", _feedback(
+        batch04, "honest_ch04_logging"
+    )
+    assert rows["hostile_busy"]["total"] == "0"
+    assert rows["hostile_busy"]["status"].startswith("timeout")
+    assert batch04["left"] == [] and _sandbox_processes() == []
+    assert _batch_files(batch04) == []
 
 
 # ------------------------------------------------- without the sandbox; copy policy; gradebook

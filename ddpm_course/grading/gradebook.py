@@ -16,6 +16,8 @@ import csv
 import io
 from pathlib import Path
 
+from ..checkpoint import atomic_write
+
 __all__ = ["CANVAS_COLUMNS", "read_roster", "write_gradebook"]
 
 CANVAS_COLUMNS = ("Student", "ID", "SIS User ID", "SIS Login ID", "Section")
@@ -57,8 +59,6 @@ def write_gradebook(
     roster: dict[str, dict[str, str]],
 ) -> list[str]:
     """Write ``path`` (atomically); return the students graded but missing from the roster."""
-    from .grader import _write_atomic
-
     totals = {result.student: result.total for result in results}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -75,5 +75,7 @@ def write_gradebook(
                 f"{totals.get(student, 0.0):g}",
             ]
         )
-    _write_atomic(path, buffer.getvalue())
+    text = buffer.getvalue()
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8", "replace")))
+    path.chmod(0o644)
     return sorted(set(totals) - set(roster))

@@ -12,14 +12,21 @@ those names (``torch.kl = ...``). In that closure it flags:
 * imports of modules outside :data:`ALLOWED_MODULES` (``os``, ``sys``, ``importlib``, ``subprocess``,
   ``builtins``, ``pickle``, a file the notebook wrote, ...);
 * the builtins that reach code or objects by name or by text: ``__import__``, ``eval``, ``exec``,
-  ``compile``, ``globals``, ``vars``, ``locals``, ``open``, ``setattr``, ``delattr``, and
-  ``getattr`` with anything but a literal attribute name;
+  ``compile``, ``globals``, ``vars``, ``locals``, ``setattr``, ``delattr``, and ``getattr`` with
+  anything but a literal attribute name (``open`` is allowed: in the sandbox, files hold only
+  what the notebook wrote);
 * attributes that reach interpreter internals (``__dict__``, ``__globals__``, ``__closure__``,
   ``__wrapped__``, ``__subclasses__``, ``__self__``, frame and code attributes, ...);
 * attribute chains on allowed modules that lead outside them or do not exist there (``torch.os``,
   ``torch.sys.modules``, ``torch.load``, ``torch.hub``, ``torch.kl`` put there at run time);
 * names that nothing in the notebook defines and that are not Python builtins (injected into
-  ``builtins`` by some other route).
+  ``builtins`` by some other route); a name used only in an annotation that is never evaluated
+  (``from __future__ import annotations`` in that cell or an earlier one, as IPython carries
+  it) is not a use.
+
+Attribute chains are followed in the modules the worker loaded at its start, never by importing
+anything (a submodule such as ``tqdm.__main__`` would run): a chain into an allowed module that
+is not loaded, but exists, is judged by its text only.
 
 What it cannot see: code that the student copies from the package by hand, and tricks through
 objects that an allowed module hands out at run time without an attribute chain the grader can
@@ -32,20 +39,15 @@ import ast
 import builtins
 import functools
 import importlib
-import json
-import os
-import select
-import subprocess
+import importlib.util
 import symtable
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from types import ModuleType
 
 from .notebook import python_source
 
-__all__ = ["ALLOWED_MODULES", "Analyser", "AnalysisTimeout", "find_violations"]
+__all__ = ["ALLOWED_MODULES", "PRELOAD_SKIPPED", "RESOLVABLE", "find_violations"]
 
 # what an answer may import (and anything below these, except DENIED): the standard library and
 # the scientific stack; a progress bar is never a reason to flag
@@ -61,8 +63,11 @@ DENIED = (
     "importlib", "builtins", "ctypes", "runpy", "pickle", "marshal", "zipimport", "code", "codeop",
     "imp", "pkgutil", "sys.modules", "sys.meta_path", "sys.path_hooks", "gc", "inspect",
 )  # fmt: skip
+# ``open`` is not among them: inside the sandbox a file holds nothing but what the notebook
+# wrote (no answer key is there to read), and ``pathlib`` reads files just as well; a training
+# step that logs its loss to a file is an honest one
 FORBIDDEN_NAMES = {
-    "__import__", "eval", "exec", "compile", "globals", "vars", "locals", "open", "setattr", "delattr",
+    "__import__", "eval", "exec", "compile", "globals", "vars", "locals", "setattr", "delattr",
     "breakpoint", "input", "__builtins__", "__loader__", "__spec__",
 }  # fmt: skip
 FORBIDDEN_ATTRIBUTES = {
@@ -119,7 +124,29 @@ def _names_in(node: ast.AST) -> set[str]:
     return {child.id for child in ast.walk(node) if isinstance(child, ast.Name)}
 
 
-def _statement(cell: int, node: ast.stmt) -> _Statement:
+def _annotation_only_names(node: ast.AST) -> set[str]:
+    """Names that ``node`` uses only inside annotations (arguments, returns, annotated
+    assignments), which deferred annotations never evaluate. Iterative."""
+    inside, outside = set(), set()
+    stack = [(node, False)]
+    while stack:
+        current, annotation = stack.pop()
+        if isinstance(current, ast.Name):
+            (inside if annotation else outside).add(current.id)
+        roots = set()
+        if isinstance(current, ast.arg) and current.annotation is not None:
+            roots.add(id(current.annotation))
+        elif isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if current.returns is not None:
+                roots.add(id(current.returns))
+        elif isinstance(current, ast.AnnAssign):
+            roots.add(id(current.annotation))
+        for child in ast.iter_child_nodes(current):
+            stack.append((child, annotation or id(child) in roots))
+    return inside - outside
+
+
+def _statement(cell: int, node: ast.stmt, deferred: bool = False) -> _Statement:
     statement = _Statement(cell, node)
     table = symtable.symtable(ast.unparse(node), f"<code cell {cell}>", "exec")
     for symbol in table.get_symbols():
@@ -129,6 +156,8 @@ def _statement(cell: int, node: ast.stmt) -> _Statement:
             statement.uses.add(symbol.get_name())
     for child in table.get_children():
         _scope_names(child, statement)
+    if deferred:
+        statement.uses -= _annotation_only_names(node)
     for child in ast.walk(node):
         if isinstance(child, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = (
@@ -164,13 +193,26 @@ def _statement(cell: int, node: ast.stmt) -> _Statement:
     return statement
 
 
+def _defers_annotations(tree: ast.Module) -> bool:
+    return any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "__future__"
+        and any(alias.name == "annotations" for alias in node.names)
+        for node in tree.body
+    )
+
+
 def _parse_cells(sources: list[str]) -> list[_Statement]:
     statements = []
+    deferred = (
+        False  # from __future__ import annotations, from its cell on (as IPython)
+    )
     for cell, source in enumerate(sources):
         try:
             tree = ast.parse(python_source(source))
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue  # the runner cannot run this cell either
+        deferred = deferred or _defers_annotations(tree)
         for node in tree.body:  # code cells counted from 1
             if isinstance(node, (ast.Import, ast.ImportFrom)) and len(node.names) > 1:
                 # `import math, os, sys`: each name is its own binding, judged on its own
@@ -178,9 +220,9 @@ def _parse_cells(sources: list[str]) -> list[_Statement]:
                     single = ast.copy_location(
                         type(node)(**{**vars(node), "names": [alias]}), node
                     )
-                    statements.append(_statement(cell + 1, single))
+                    statements.append(_statement(cell + 1, single, deferred))
             else:
-                statements.append(_statement(cell + 1, node))
+                statements.append(_statement(cell + 1, node, deferred))
     return statements
 
 
@@ -190,9 +232,9 @@ def _is_allowed_module(dotted: str) -> bool:
     )
 
 
-# the modules whose attribute chains the grader follows by importing them here (outside the
-# sandbox): side-effect-free ones; a chain into any other allowed module (``antigravity`` opens
-# a browser when imported) is judged by its text only
+# the modules whose attribute chains the grader follows, in the worker that loads them at its
+# start (outside the sandbox): side-effect-free ones; a chain into any other allowed module
+# (``antigravity`` opens a browser when imported) is judged by its text only
 RESOLVABLE = {
     "torch", "numpy", "scipy", "einops", "tqdm", "matplotlib", "math", "cmath", "numbers",
     "typing", "collections", "functools", "itertools", "dataclasses", "statistics", "abc",
@@ -201,23 +243,43 @@ RESOLVABLE = {
 }  # fmt: skip
 
 
+# slow to import (a second or more each): not loaded by the worker, judged by their text only
+PRELOAD_SKIPPED = {"scipy", "matplotlib"}
+
+
 class _NotImported(Exception):
     """A module the grader does not import to follow a chain (see :data:`RESOLVABLE`)."""
 
 
+def _loaded(dotted: str) -> ModuleType:
+    """The module ``dotted`` if it is loaded already; :class:`_NotImported` if it exists but is
+    not loaded (it is never imported here: importing runs its code), ``ImportError`` if there
+    is no such module. Finding a submodule needs its parent loaded, which it is here."""
+    module = sys.modules.get(dotted)
+    if module is not None:
+        return module
+    try:
+        spec = importlib.util.find_spec(dotted)
+    except (ImportError, ValueError, AttributeError):
+        spec = None
+    if spec is None:
+        raise ImportError(f"no module {dotted}")
+    raise _NotImported(dotted)
+
+
 @functools.lru_cache(maxsize=4096)
 def _resolve(dotted: str) -> object:
-    """The object ``dotted`` names inside an allowed module (imported here, in the grader): a module,
-    or an attribute of one; ``AttributeError`` / ``ImportError`` when there is none."""
+    """The object ``dotted`` names inside an allowed module that is loaded here: a module, or an
+    attribute of one; ``AttributeError`` / ``ImportError`` when there is none."""
     parts = dotted.split(".")
     if parts[0] not in RESOLVABLE:
         raise _NotImported(parts[0])
-    value: object = importlib.import_module(parts[0])
+    value: object = _loaded(parts[0])
     for depth, part in enumerate(parts[1:], start=2):
         try:
             value = getattr(value, part)
         except AttributeError:
-            value = importlib.import_module(".".join(parts[:depth]))
+            value = _loaded(".".join(parts[:depth]))
     return value
 
 
@@ -475,114 +537,3 @@ def find_violations(
             }
         report[exercise] = sorted(findings)
     return report
-
-
-# ------------------------------------------------------------------- under a time limit, elsewhere
-def _worker() -> None:
-    """``python -m ddpm_course.grading.integrity --worker``: one JSON request per line on stdin
-    (``{"cells": [the code cells as written], "names": [...]}``), one JSON answer per line on
-    stdout (``{"sources": [the cells as Python], "report": {name: [finding, ...]}}``)."""
-    sys.setrecursionlimit(3000)
-    python_source(
-        "%time pass"
-    )  # IPython's transformers and torch imported before any notebook
-    _resolve("torch.nn")
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            sources = [python_source(cell) for cell in request["cells"]]
-            answer = {
-                "sources": sources,
-                "report": find_violations(sources, request["names"]),
-            }
-        except (RecursionError, MemoryError) as error:
-            answer = {"error": f"{type(error).__name__}"}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
-
-
-class AnalysisTimeout(RuntimeError):
-    """The static check did not finish in time (or could not run) on one notebook."""
-
-
-class Analyser:
-    """Runs :func:`find_violations` in worker processes, each call under a time limit: a notebook
-    too large or too slow to analyse gets :class:`AnalysisTimeout`, and its worker is replaced."""
-
-    def __init__(self, timeout: float, workers: int = 1) -> None:
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        # started now, so that their imports overlap the sandbox's start
-        self._idle: list[subprocess.Popen] = [self._start() for _ in range(workers)]
-        self._fresh = set(map(id, self._idle))
-
-    def _start(self) -> subprocess.Popen:
-        environment = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-        # this module and notebook.py loaded on their own, as a package of two: importing
-        # ddpm_course.grading would import every chapter's module (seconds per worker)
-        boot = (
-            "import importlib, sys, types\n"
-            "package = types.ModuleType('_ddpm_static')\n"
-            f"package.__path__ = [{os.path.dirname(os.path.abspath(__file__))!r}]\n"
-            "sys.modules['_ddpm_static'] = package\n"
-            "importlib.import_module('_ddpm_static.integrity')._worker()\n"
-        )
-        return subprocess.Popen(
-            [sys.executable, "-c", boot],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=environment, start_new_session=True,
-        )  # fmt: skip
-
-    def analyse(
-        self, cells: list[str], names: list[str], first: bool = False
-    ) -> tuple[list, dict]:
-        """(the cells as Python, the findings per exercise) of one notebook's code cells; the
-        IPython transformation runs in the worker too (a huge cell cannot stall the grader)."""
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None or worker.poll() is not None:
-            worker = self._start()
-            first = True  # the worker's imports are not the notebook's fault
-        elif id(worker) in self._fresh:
-            self._fresh.discard(id(worker))
-            first = True
-        request = (json.dumps({"cells": cells, "names": names}) + "\n").encode()
-        deadline = time.monotonic() + self.timeout + (30.0 if first else 0.0)
-        try:
-            worker.stdin.write(request)
-            worker.stdin.flush()
-            line = b""
-            while not line.endswith(b"\n"):
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([worker.stdout], [], [], left)[0]:
-                    raise AnalysisTimeout(
-                        f"the static check did not finish within {self.timeout:g} s"
-                    )
-                chunk = worker.stdout.readline()
-                if not chunk:
-                    raise AnalysisTimeout("the static check stopped")
-                line += chunk
-            answer = json.loads(line)
-        except BaseException:
-            worker.kill()
-            worker.wait()
-            raise
-        with self._lock:
-            self._idle.append(worker)
-        if "error" in answer:
-            raise AnalysisTimeout(
-                f"the static check could not analyse it ({answer['error']})"
-            )
-        return answer["sources"], answer["report"]
-
-    def close(self) -> None:
-        with self._lock:
-            workers, self._idle = self._idle, []
-        for worker in workers:
-            worker.stdin.close()
-            worker.kill()
-            worker.wait()
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
-    _worker()

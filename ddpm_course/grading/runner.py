@@ -21,12 +21,23 @@ __all__ = [
 ]
 
 
+# the wall-clock backstops: a notebook whose sibling holds both cores for its whole CPU budget
+# still finishes within them
+WALL_FACTOR = 3.0
+WALL_SLACK = 30.0
+
+
 @dataclass(frozen=True)
 class Limits:
     """The limits of one submission.
 
-    timeout: wall-clock seconds for the whole notebook (the grader kills its namespace then);
-    cell_timeout: seconds per cell and per exercise; memory_mb: address space each process may
+    timeout: CPU seconds for the whole notebook, all its processes together (the fork server's
+    watchdog kills its namespace then); cell_timeout: CPU seconds of the notebook's process per
+    cell and per exercise. Both are CPU time, so that a busy sibling notebook on the same cores
+    cannot make an honest one run out of time; each has a wall-clock backstop for a notebook
+    that sleeps or waits: :data:`WALL_FACTOR` times ``timeout`` plus :data:`WALL_SLACK` seconds
+    (``wall_timeout``), and :data:`WALL_FACTOR` times ``cell_timeout`` plus ``timeout``
+    (``cell_wall_timeout``). memory_mb: address space each process may
     add beyond the runner's (RLIMIT_AS), and sandbox_memory_mb: the memory all its processes
     together may hold (the watchdog); output_chars: characters of output kept; processes:
     RLIMIT_NPROC (its processes, itself included); open_files: RLIMIT_NOFILE; tmp_mb: the size
@@ -43,8 +54,19 @@ class Limits:
     sandbox_memory_mb: int | None = None  # default: memory_mb
     job_folder_mb: int = 256
 
+    @property
+    def wall_timeout(self) -> float:
+        return WALL_FACTOR * self.timeout + WALL_SLACK
+
+    @property
+    def cell_wall_timeout(self) -> float:
+        """A sibling may hold the cores for its whole CPU budget (``timeout``) meanwhile."""
+        return WALL_FACTOR * self.cell_timeout + self.timeout
+
     def as_request(self) -> dict:
         """The limits as the fork server reads them."""
         values = asdict(self)
         values["sandbox_memory_mb"] = self.sandbox_memory_mb or self.memory_mb
+        values["wall_timeout"] = self.wall_timeout
+        values["cell_wall_timeout"] = self.cell_wall_timeout
         return values

@@ -5,9 +5,11 @@ and holds only the interpreter, site-packages with every ``ddpm_course`` entry m
 student view of the package (below) and the batch's job folders (read-write); no network, its own
 PID, IPC and UTS namespaces, a clean environment, ``--die-with-parent``. Inside, the fork server
 of :mod:`~ddpm_course.grading.sandbox_runner` imports torch once and gives every notebook its own
-user, mount, PID, network, IPC and UTS namespaces, its own job folder only, size-capped ``/tmp``
-and ``/dev/shm``, an unprivileged uid, no capabilities, and rlimits (processes, address space,
-CPU time, file size, open files) with a watchdog on the memory of all its processes together.
+user, mount, PID, network, IPC and UTS namespaces, its own job folder only (a size-capped
+tmpfs), size-capped ``/tmp`` and ``/dev/shm``, an unprivileged uid, no capabilities, a fresh
+session keyring, a seccomp filter (:mod:`~ddpm_course.grading.seccomp`: no new namespaces,
+keyrings, memfds, ptrace, mounts, bpf...), and rlimits (processes, address space, CPU time, file
+size, open files) with a watchdog on the memory and CPU time of all its processes together.
 
 The student view (:data:`STUDENT_VIEW`) is what ``import ddpm_course`` finds inside: an explicit
 allowlist of modules that import only the standard library and torch and hold no answer
@@ -38,6 +40,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from .exercise import InputFunction
+from .sandbox_runner import FILTER_FILE
+from .seccomp import SeccompUnavailable, compile_filter, syscall_number
 
 __all__ = [
     "INSTALL_HINT",
@@ -179,7 +183,7 @@ def _input_function_sources() -> str:
 
 
 def write_student_view(folder: Path) -> Path:
-    """Write the student view and the runner into ``folder``; return ``folder``."""
+    """Write the student view, the runner and its seccomp filter into ``folder``; return it."""
     package = folder / "ddpm_course"
     (package / "grading").mkdir(parents=True)
     allowed = sorted(STUDENT_VIEW)
@@ -194,6 +198,10 @@ def write_student_view(folder: Path) -> Path:
             relative = Path(*module.split(".")[1:]).with_suffix(".py")
             shutil.copy(HERE.parent / relative, package / relative)
     shutil.copy(HERE / "sandbox_runner.py", folder / "sandbox_runner.py")
+    try:
+        compile_filter(folder / FILTER_FILE)
+    except SeccompUnavailable as error:
+        raise SandboxUnavailable(str(error)) from None
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return folder
@@ -311,6 +319,7 @@ class Zygote:
         self.jobs.mkdir(mode=0o711)
         self.privileged = os.geteuid() == 0
         self._uid_base = 100_000 + (os.getpid() % 4000) * 64
+        self._keyctl = syscall_number("keyctl")
         if sandboxed:
             if bwrap is None:
                 raise SandboxUnavailable(INSTALL_HINT)
@@ -389,7 +398,8 @@ class Zygote:
 
     def run(self, ident: str, folder: Path, uid: int | None, limits: dict) -> dict:
         """Run the job in ``folder``; wait for every process of it to be gone. Returns the fork
-        server's report ``{"exit": code, "reason": None | "timeout" | "memory" | "disk"}``."""
+        server's report ``{"exit": code, "reason": None | "timeout" | "memory" | "disk"}``
+        ("timeout": its CPU time, or the wall-clock backstop ``limits["wall_timeout"]``)."""
         ended: Future = Future()
         with self._lock:
             if self._process.poll() is not None:
@@ -403,10 +413,11 @@ class Zygote:
                 "uid": uid,
                 "limits": limits,
                 "sandboxed": self.sandboxed,
+                "keyctl": self._keyctl,
             }
         )
         try:
-            return ended.result(timeout=limits["timeout"] + self.SLACK)
+            return ended.result(timeout=limits["wall_timeout"] + self.SLACK)
         except FutureTimeout:
             self._send({"kill": ident, "reason": "timeout"})
             record = ended.result(timeout=self.KILL_TIMEOUT)

@@ -6,29 +6,43 @@ checks it), never the package: the grader copies this file into the student view
 sandbox whose file system holds the interpreter, site-packages (without ``ddpm_course``), the
 student view and the job folders, and nothing else.
 
-The zygote imports torch once, then reads one JSON request per line on stdin:
+The zygote imports torch once, reads the seccomp program that the grader compiled
+(``seccomp.bpf`` beside this file, :mod:`~ddpm_course.grading.seccomp`), then reads one JSON
+request per line on stdin:
 
-* ``{"run": id, "job": folder, "uid": uid or null, "limits": {...}}``: fork a child C that
-  (sandboxed mode) drops to the unprivileged ``uid`` (when the zygote runs as root), enters new
-  user, mount, PID, network, IPC and UTS namespaces, binds its own job folder on ``/job``, hides
-  every other job folder and ``/proc`` behind empty tmpfs mounts, mounts size-capped tmpfs on
-  ``/tmp`` and ``/dev/shm``, and forks G, the PID 1 of the new PID namespace, which sets the
-  rlimits, drops every capability and runs the notebook (:func:`run_notebook`). When G ends, the
-  kernel kills everything left in its namespace: nothing a notebook starts outlives it.
-* ``{"kill": id}``: SIGKILL C and G (G has a parent-death SIGKILL too); the namespace goes with G.
+* ``{"run": id, "job": folder, "uid": uid or null, "limits": {...}, "keyctl": number}``: fork a
+  child C that (sandboxed mode) drops to the unprivileged ``uid`` (when the zygote runs as
+  root), joins a fresh session keyring, enters new user, mount, PID, network, IPC and UTS
+  namespaces, mounts a tmpfs of ``job_folder_mb`` on ``/job`` and copies the grader's inputs
+  into it, hides every other job folder and ``/proc`` behind empty tmpfs mounts, mounts
+  size-capped tmpfs on ``/tmp`` and ``/dev/shm``, and forks G, the PID 1 of the new PID
+  namespace, which sets the rlimits, drops every capability, loads the seccomp filter and runs
+  the notebook (:func:`run_notebook`). When G ends, the kernel kills everything left in its
+  namespace: nothing a notebook starts outlives it. C then copies the files the grader reads
+  (regular files only, each capped) from the tmpfs to the job folder, and exits; the tmpfs,
+  with whatever else the notebook left there, goes with the last process of its namespace.
+* ``{"kill": id}``: SIGKILL G (G has a parent-death SIGKILL too); the namespace goes with G, and C
+  copies out and exits (C is killed too if it has not within 15 s).
 
 It writes ``{"id": id, "exit": code, "reason": ...}`` on stdout once C and G have both been
 reaped, i.e. once no process of that notebook exists (the zygote is a child subreaper, so an
-orphaned G is reaped here). A watchdog kills a job whose processes together hold more than the
-memory limit (resident set sizes summed over the job's process tree: the substitute for a memory
-cgroup, see ARCHITECTURE.md) or whose job folder grows past its size cap.
+orphaned G is reaped here). A watchdog (4 Hz) stands in for a memory and CPU cgroup (see
+ARCHITECTURE.md): it kills a job whose processes together hold more than the memory limit
+(their proportional share of anonymous and shared memory, Pss_Anon + Pss_Shmem, summed over the
+namespace's processes, so that memory shared copy-on-write after a fork counts in full), or that
+used more CPU time than the notebook's limit (utime + stime of every process of the namespace,
+and of the children it reaped). The notebook's cells are timed in CPU time too (ITIMER_PROF),
+each with a wall-clock backstop (ITIMER_REAL): a busy sibling cannot make an honest notebook
+run out of time.
 
-In ``--no-sandbox`` mode C skips the namespaces (only setsid and the rlimits): the grader records
-that mode in the CSV and every feedback file.
+In ``--no-sandbox`` mode C skips the namespaces (setsid, the rlimits and the seccomp filter
+only), the job folder is a plain folder whose size the watchdog checks: the grader records that
+mode in the CSV and every feedback file.
 
-What G writes in the job folder: ``cells.jsonl`` (each cell's start and end), ``output.txt``
-(what the notebook printed, capped), ``<exercise>.json`` and ``<exercise>.safetensors``, ``done``.
-The grader reads them only after the job has ended, and trusts none of it.
+What G writes in the job folder (by absolute path: a notebook's ``os.chdir`` changes nothing):
+``cells.jsonl`` (each cell's start and end), ``output.txt`` (what the notebook printed, capped),
+``<exercise>.json`` and ``<exercise>.safetensors``, ``done``. The grader reads them only after
+the job has ended, and trusts none of it.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -63,6 +78,13 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
+FILTER_FILE = "seccomp.bpf"  # beside this file: the BPF program of grading/seccomp.py
+INPUT_FILES = ("cells.json", "exercises.json", "inputs.pt")  # the grader's, read-only
+MAX_NOTE_BYTES = (
+    2**20
+)  # a runner-written note (not outputs) copied out of the job's tmpfs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -107,6 +129,31 @@ def _drop_capabilities() -> None:
     header, data = Header(0x20080522, 0), (Data * 2)()
     _check(_libc.capset(ctypes.byref(header), data), "capset")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _load_filter(program: bytes) -> None:
+    """Put the seccomp program (``grading/seccomp.py`` compiled it) on this process and every
+    process it will start; ``no_new_privs`` must be set."""
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    if not program or len(program) % 8:
+        raise OSError("the seccomp filter of the sandbox is missing or damaged")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = Program(len(program) // 8, ctypes.addressof(buffer))
+    _check(
+        _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+        "seccomp",
+    )
+
+
+def _new_session_keyring(keyctl: int | None) -> None:
+    """Join a fresh, empty session keyring: nothing of the grader's (or of the previous
+    notebook's) is reachable from it. Where keyrings are refused already (a container's own
+    seccomp filter), there is nothing to leave."""
+    if keyctl is not None:
+        _libc.syscall(ctypes.c_long(keyctl), KEYCTL_JOIN_SESSION_KEYRING, None)
 
 
 # ------------------------------------------------------------------------------- the notebook (G)
@@ -176,8 +223,12 @@ def _on_timeout(signum, frame) -> None:
     raise CellTimeout()
 
 
-def _timer(seconds: float) -> None:
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def _timer(limits: dict | None) -> None:
+    """Arm (or, with None, disarm) the time limit of a cell: ``cell_timeout`` seconds of this
+    process's own CPU time (ITIMER_PROF: a busy sibling notebook cannot use it up), and the
+    generous wall-clock backstop ``cell_wall_timeout`` for a cell that sleeps or waits."""
+    signal.setitimer(signal.ITIMER_PROF, limits["cell_timeout"] if limits else 0)
+    signal.setitimer(signal.ITIMER_REAL, limits["cell_wall_timeout"] if limits else 0)
 
 
 def _describe(error: BaseException) -> str:
@@ -261,7 +312,7 @@ def _evaluate(job: str, spec: dict, cases: list, namespace: dict, limits: dict) 
             else f"is a {type(function).__name__}, not a function"
         )
     else:
-        _timer(limits["cell_timeout"])
+        _timer(limits)
         try:
             for number, encoded in enumerate(cases):
                 error_text = None
@@ -291,7 +342,7 @@ def _evaluate(job: str, spec: dict, cases: list, namespace: dict, limits: dict) 
             note["status"] = "timeout"
             note["detail"] = f"did not return within {limits['cell_timeout']:g} s"
         finally:
-            _timer(0)
+            _timer(None)
     try:
         save_file(tensors, os.path.join(job, f"{name}.safetensors"))
     except Exception as error:
@@ -313,12 +364,22 @@ def _is_check_call(statement) -> bool:
     )
 
 
-def _compile_cell(source: str, filename: str):
+def _compile_cell(source: str, filename: str, flags: int):
+    """The cell's code, compiled with the ``__future__`` features of the cells before it (as
+    IPython does: ``from __future__ import annotations`` holds from its cell on), not this
+    module's; returns (code, the features in force after it)."""
+    import __future__
+
     import ast
 
     tree = ast.parse(source, filename)
     tree.body = [statement for statement in tree.body if not _is_check_call(statement)]
-    return compile(tree, filename, "exec")
+    code = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+    for feature in __future__.all_feature_names:
+        flag = getattr(__future__, feature).compiler_flag
+        if code.co_flags & flag:
+            flags |= flag
+    return code, flags
 
 
 def run_notebook(job: str, limits: dict) -> None:
@@ -335,10 +396,12 @@ def run_notebook(job: str, limits: dict) -> None:
     output = CappedText(int(limits["output_chars"]), os.path.join(job, OUTPUT_FILE))
     sys.stdout = sys.stderr = output
     signal.signal(signal.SIGALRM, _on_timeout)
+    signal.signal(signal.SIGPROF, _on_timeout)
     namespace: dict[str, Any] = {"__name__": "__main__", "display": _display}
     shell = _Shell(namespace)
     namespace["get_ipython"] = lambda: shell
     cell_log = os.path.join(job, CELL_LOG)
+    future_flags = 0
     for number, source in enumerate(cells, start=1):
         _append_line(cell_log, {"cell": number, "event": "start"})
         error_text = traceback_text = None
@@ -350,12 +413,12 @@ def run_notebook(job: str, limits: dict) -> None:
                 source.splitlines(True),
                 filename,
             )
-            code = _compile_cell(source, filename)
-            _timer(limits["cell_timeout"])
+            code, future_flags = _compile_cell(source, filename, future_flags)
+            _timer(limits)
             try:
                 exec(code, namespace)
             finally:
-                _timer(0)
+                _timer(None)
         except (
             BaseException
         ) as error:  # the notebook's errors are recorded, never fatal
@@ -421,8 +484,11 @@ def _remount_read_only(path: str) -> None:
     _mount(None, path, None, flags)
 
 
-def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
-    """C's part in sandboxed mode: an unprivileged uid, new namespaces, the job's mounts."""
+def _enter_namespaces(uid: int | None, limits: dict, keyctl: int | None) -> None:
+    """C's part in sandboxed mode: an unprivileged uid, a fresh session keyring, new
+    namespaces, and the job's mounts: ``/job`` is a tmpfs of its own, ``job_folder_mb`` in
+    size, so that everything the notebook keeps there (unlinked files held open, deep trees)
+    counts against its cap and vanishes with its namespace."""
     with open("/proc/cpuinfo") as handle:
         cpuinfo = handle.read()  # torch reads it lazily; /proc is hidden below
     if uid is not None and os.getuid() == 0:
@@ -432,6 +498,7 @@ def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
         _libc.prctl(
             PR_SET_DUMPABLE, 1, 0, 0, 0
         )  # so that it may write its own /proc/self/uid_map
+    _new_session_keyring(keyctl)
     outer_uid, outer_gid = os.getuid(), os.getgid()
     flags = (
         CLONE_NEWUSER
@@ -453,7 +520,10 @@ def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
     # the sandbox's root and /dev are shared by every notebook of the batch: read-only here
     for shared in ("/", "/dev"):
         _remount_read_only(shared)
-    _mount(job, "/job", None, MS_BIND | MS_REC)
+    _mount(
+        "tmpfs", "/job", "tmpfs", MS_NOSUID | MS_NODEV,
+        f"size={int(limits['job_folder_mb'])}m,mode=755",
+    )  # fmt: skip
     _mount(
         "tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000"
     )
@@ -468,6 +538,47 @@ def _enter_namespaces(job: str, uid: int | None, limits: dict) -> None:
     _mount(
         None, "/proc", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     )
+
+
+def _copy_file(
+    name: str, limit: int, source_dir: int | None, target_dir: int | None
+) -> None:
+    """Copy the regular file ``name`` (at most ``limit`` bytes; a link or anything else is not
+    copied) between two folders given as descriptors (None: the working folder)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        source = os.open(name, flags, dir_fd=source_dir)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(source).st_mode):
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        target = os.open(name, flags, 0o644, dir_fd=target_dir)
+        try:
+            left = limit
+            while left > 0:
+                chunk = os.read(source, min(left, 2**20))
+                if not chunk:
+                    break
+                os.write(target, chunk)
+                left -= len(chunk)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+
+
+def _output_files(exercises: list) -> list[tuple[str, int]]:
+    """The files of a run that the grader reads, and the most of each it reads."""
+    files = [(name, MAX_NOTE_BYTES) for name in (CELL_LOG, DONE_FILE)]
+    files += [(OUTPUT_FILE, MAX_NOTE_BYTES), (STDIO_FILE, MAX_NOTE_BYTES)]
+    for spec in exercises:
+        name = str(spec.get("name", ""))
+        if name.isidentifier():
+            files += [(f"{name}.json", MAX_NOTE_BYTES)]
+            files += [(f"{name}.safetensors", MAX_FILE_BYTES)]
+    return files
 
 
 def _close_fds(keep: set[int]) -> None:
@@ -496,17 +607,26 @@ def _init_of(notebook: int) -> None:
             os._exit(min(code, 255) if code >= 0 else min(128 - code, 255))
 
 
-def _child(request: dict, report_fd: int) -> None:
-    """C: prepare, fork G, tell the zygote G's pid, let G go, wait for it, exit with its status."""
+def _child(request: dict, report_fd: int, program: bytes) -> None:
+    """C: prepare, fork G, tell the zygote G's pid, let G go, wait for it; in sandboxed mode
+    copy what the grader reads from the job's tmpfs to the job folder; exit with G's status."""
     sandboxed = request.get("sandboxed", True)
     job, limits = request["job"], request["limits"]
     base = _address_space()
+    folder = os.open(job, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with open(os.path.join(job, "exercises.json"), "rb") as handle:
+        exercises = json.loads(handle.read(MAX_NOTE_BYTES))
     if sandboxed:
-        _enter_namespaces(job, request.get("uid"), limits)
+        _enter_namespaces(request.get("uid"), limits, request.get("keyctl"))
         workdir = "/job"
+        inside = _dir(workdir)
+        for name in INPUT_FILES:
+            _copy_file(name, MAX_FILE_BYTES, folder, inside)
+            os.chmod(os.path.join(workdir, name), 0o444)
     else:
         os.setsid()
-        workdir = job
+        _new_session_keyring(request.get("keyctl"))
+        workdir = os.path.abspath(job)
     go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # G: PID 1 of the new namespace
@@ -540,11 +660,16 @@ def _child(request: dict, report_fd: int) -> None:
             )
             _set_limits(limits, base)
             if sandboxed:
+                os.setsid()  # one session (autogroup) per notebook: see grading/seccomp.py
                 _drop_capabilities()
+            else:
+                _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+            _load_filter(program)
+            if sandboxed:
                 _init_of(
                     os.fork()
                 )  # G stays PID 1 (reaps orphans); the notebook runs below it
-            run_notebook(".", limits)
+            run_notebook(workdir, limits)
             code = 0
         except BaseException:
             code = 1
@@ -556,7 +681,15 @@ def _child(request: dict, report_fd: int) -> None:
     os.close(go_write)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)  # minus the signal that killed G
+    if sandboxed:  # every process of the namespace is gone: its files are what it left
+        here = _dir("/job")
+        for name, limit in _output_files(exercises):
+            _copy_file(name, limit, here, folder)
     os._exit(min(code, 255) if code >= 0 else min(128 - code, 255))
+
+
+def _dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 # ------------------------------------------------------------------------------------- the zygote
@@ -567,6 +700,8 @@ class _Job:
         self.c_status: int | None = None
         self.g_done = False
         self.reason: str | None = None
+        self.killed_at: float | None = None
+        self.c_killed = False
         self.buffer = b""
 
 
@@ -598,19 +733,37 @@ def _resident_bytes(pids: list[int]) -> int:
     return total
 
 
-def _private_bytes(pids: list[int]) -> int:
-    """The memory the processes hold on their own (Private_Clean + Private_Dirty of
-    /proc/PID/smaps_rollup): not the pages of torch they still share with the fork server."""
+def _charged_bytes(pids: list[int]) -> int:
+    """The memory the processes hold, shared or not: their proportional share (PSS) of
+    anonymous and shared-memory pages (Pss_Anon + Pss_Shmem of /proc/PID/smaps_rollup). A
+    block that the notebook's processes share copy-on-write after a fork counts once in full
+    over them; pages shared with the fork server (torch's) count by their share; file pages
+    (the libraries' code) do not count."""
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as handle:
                 for line in handle:
-                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
                         total += int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time used by the processes and by the children they reaped (utime + stime + cutime
+    + cstime of /proc/PID/stat): the whole namespace's, when ``pids`` is its tree, since its
+    PID 1 reaps every orphan."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ticks += sum(int(value) for value in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _folder_bytes(folder: str, cap_entries: int = 20000) -> int:
@@ -635,8 +788,8 @@ def _folder_bytes(folder: str, cap_entries: int = 20000) -> int:
     return total
 
 
-def serve() -> None:
-    """The zygote's loop (see the module docstring)."""
+def serve(program: bytes) -> None:
+    """The zygote's loop (see the module docstring); ``program``: the notebooks' seccomp filter."""
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     reports = os.fdopen(os.dup(1), "w")
     reports.write(json.dumps({"ready": True}) + "\n")
@@ -654,14 +807,21 @@ def serve() -> None:
         jobs.pop(job.ident, None)
 
     def kill(job: _Job, reason: str | None) -> None:
+        """Kill the notebook: G, the PID 1 of its namespace, and with it every process there;
+        C then copies out what it left and exits (without namespaces, or when C has not
+        exited 15 s later, C is killed too)."""
         job.reason = job.reason or reason
-        for pid in (job.cpid, job.gpid):
+        sandboxed = job.request.get("sandboxed", True)
+        if job.killed_at is not None:
+            return
+        job.killed_at = time.monotonic()
+        for pid in (job.gpid,) if sandboxed and job.gpid else (job.cpid, job.gpid):
             if pid:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-        if job.gpid and not job.request.get("sandboxed", True):
+        if job.gpid and not sandboxed:
             try:  # without namespaces, G's process group is what can be reached
                 os.killpg(job.gpid, signal.SIGKILL)
             except OSError:
@@ -693,7 +853,7 @@ def serve() -> None:
                         try:
                             os.close(read_fd)
                             os.close(0)
-                            _child(request, write_fd)
+                            _child(request, write_fd, program)
                         except BaseException:
                             traceback.print_exc()
                             code = 71
@@ -756,17 +916,21 @@ def serve() -> None:
         if now - last_watch > 0.25:
             last_watch = now
             for job in list(jobs.values()):
-                if job.c_status is not None or job.reason:
+                if job.c_status is not None:
+                    continue
+                if job.killed_at is not None:
+                    if now - job.killed_at > 15 and not job.c_killed:
+                        job.c_killed = True  # C has not copied out and exited in time
+                        os.kill(job.cpid, signal.SIGKILL)
                     continue
                 limits = job.request["limits"]
-                tree = _tree(job.cpid)
+                tree = _tree(job.cpid)[1:]
                 budget = int(limits["sandbox_memory_mb"]) * 2**20
-                if (
-                    _resident_bytes(tree[1:]) > budget
-                    and _private_bytes(tree[1:]) > budget
-                ):
+                if _resident_bytes(tree) > budget and _charged_bytes(tree) > budget:
                     kill(job, "memory")
-                elif (
+                elif _cpu_seconds(tree) > float(limits["timeout"]):
+                    kill(job, "timeout")
+                elif not job.request.get("sandboxed", True) and (
                     _folder_bytes(job.request["job"])
                     > int(limits["job_folder_mb"]) * 2**20
                 ):
@@ -789,7 +953,9 @@ def main(argv: list[str]) -> None:
     import ddpm_course.grading.drivers  # noqa: F401
     import ddpm_course.grading.exercise  # noqa: F401
 
-    serve()
+    with open(os.path.join(here, FILTER_FILE), "rb") as handle:
+        program = handle.read()
+    serve(program)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             value["rows"] = _merge_rows(results.get("curve"), value)
         value["minutes"] = round((time.perf_counter() - start) / 60, 1)
+        # read again just before writing: another section may have been written meanwhile
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
         results[section] = value
         results.setdefault("commands", {})[section] = command
         text = json.dumps(results, indent=1, sort_keys=True) + "\n"

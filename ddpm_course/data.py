@@ -13,6 +13,7 @@ Images are NCHW in [-1, 1], the range the models work in (see DESIGN.md, Convent
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, TensorDataset
 
+from .config import NATIVE_IMAGE_SIZE, TrainConfig
 from .utils import check_choice
 
 __all__ = [
@@ -275,4 +277,79 @@ def cifar10(
         train=train,
         download=download,
         transform=_to_minus_one_one(size, random_flip),
+    )
+
+
+# ------------------------------------------------------- the Trainer's data (chapter 04)
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way, for exact resume.
+
+    Epoch e visits a permutation seeded by ``seed + e`` (the same on every process), of which rank
+    r takes every ``num_replicas``-th index from r. ``set_epoch(e, skip=k)`` leaves out the first k
+    indices of this rank's share: the ones consumed before the checkpoint.
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def load_dataset(config: TrainConfig) -> Dataset:
+    """The training split of ``config.dataset`` as (image (C, H, W) in [-1, 1], label) pairs."""
+    if config.dataset == "digits":
+        return TensorDataset(*digits(size=config.image_size, split="train"))
+    size = (
+        None
+        if config.image_size == NATIVE_IMAGE_SIZE[config.dataset]
+        else config.image_size
+    )
+    loader = {
+        "mnist": mnist,
+        "fashion_mnist": fashion_mnist,
+        "cifar10": cifar10,
+    }[config.dataset]
+    return loader(
+        config.data_dir,
+        train=True,
+        download=True,
+        size=size,
+        random_flip=config.random_flip,
+    )
+
+
+def as_dataset(
+    dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig
+) -> Dataset:
+    """``dataset`` as a Dataset: the Trainer's ``dataset`` argument (None: :func:`load_dataset`)."""
+    if dataset is None:
+        return load_dataset(config)
+    if isinstance(dataset, torch.Tensor):
+        return TensorDataset(dataset)
+    if isinstance(dataset, (tuple, list)) and all(
+        isinstance(t, torch.Tensor) for t in dataset
+    ):
+        return TensorDataset(*dataset)
+    if isinstance(dataset, Dataset):
+        return dataset
+    raise TypeError(
+        f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}"
     )

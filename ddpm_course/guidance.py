@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion
-from .nn import sr_model_input
+from .guidance_nets import sr_model_input
 from .samplers import ddpm_sample, ddpm_step, respace
 
 __all__ = [

@@ -34,6 +34,8 @@ from .diffusion import GaussianDiffusion, Model, PMeanVariance
 from .utils import check_choice
 
 __all__ = [
+    "SAMPLERS",
+    "sample",
     "SPACINGS",
     "DEFAULT_SPACING",
     "timestep_sequence",
@@ -599,3 +601,33 @@ def dpm_solver_sample(
         if trajectory is not None:
             trajectory.append(x.cpu())
     return (x, torch.stack(trajectory)) if trajectory is not None else x
+
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+
+
+def sample(
+    name: str,
+    model: Model,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = DEFAULT_SPACING,
+    **kwargs: Any,
+):
+    """The one front door: ``shape`` samples of ``model`` by the sampler called ``name``.
+
+    ``"ddpm"``: :func:`ddpm_sample` on ``respace(diffusion, steps, spacing)``; ``"ddim"``:
+    :func:`ddim_sample` with ``eta``; ``"dpm-solver"``: :func:`dpm_solver_sample` (``eta`` must
+    be 0). ``kwargs`` go to the loop (``x_T``, ``generator``, ``model_kwargs``,
+    ``clip_denoised``, ``progress``, ``device``, ...), whose own defaults hold otherwise.
+    """
+    check_choice("sampler", name, SAMPLERS)
+    if name == "ddpm":
+        return ddpm_sample(model, respace(diffusion, steps, spacing), shape, **kwargs)
+    if name == "ddim":
+        return ddim_sample(model, diffusion, shape, steps, eta, spacing, **kwargs)
+    if eta != 0.0:
+        raise ValueError(f"DPM-Solver++(2M) is deterministic; eta must be 0, got {eta}")
+    return dpm_solver_sample(model, diffusion, shape, steps, spacing, **kwargs)

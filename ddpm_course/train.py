@@ -27,7 +27,6 @@ a :class:`~ddpm_course.config.TrainConfig` (:mod:`ddpm_course.config`).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import logging
 import math
@@ -42,46 +41,47 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
     CheckpointError,
     atomic_write,
+    check_architecture,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
     save_weights,
+    set_rng_state,
 )
 from .config import (
-    NATIVE_IMAGE_SIZE,
     RESUME_INVARIANTS,
     TRAIN_PRESETS,
     TrainConfig,
     build_diffusion,
     build_model,
 )
+from .data import ResumableSampler, as_dataset, load_dataset
 from .ema import ema_decay_at, ema_update
-from .loading import load_model
 from .samplers import ddim_sample
 from .viz import save_image_grid
 
 __all__ = [
     "Trainer",
     "NonFiniteLossError",
-    "load_dataset",
     "warmup_lr",
+    # defined in data, config and ema; importable from here too
+    "load_dataset",
     "ResumableSampler",
-    # defined in config, ema and loading; importable from here too
     "TrainConfig",
     "TRAIN_PRESETS",
     "build_model",
     "build_diffusion",
     "ema_decay_at",
     "ema_update",
-    "load_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,82 +113,6 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return lr
     return lr * min(1.0, (step + 1) / warmup_steps)
-
-
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way, for exact resume.
-
-    Epoch e visits a permutation seeded by ``seed + e`` (the same on every process), of which rank
-    r takes every ``num_replicas``-th index from r. ``set_epoch(e, skip=k)`` leaves out the first k
-    indices of this rank's share: the ones consumed before the checkpoint.
-    """
-
-    def __init__(
-        self, dataset: Dataset, num_replicas: int, rank: int, seed: int
-    ) -> None:
-        super().__init__(
-            dataset,
-            num_replicas=num_replicas,
-            rank=rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=True,
-        )
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
-
-
-# ---------------------------------------------------------------------------- the data
-def load_dataset(config: TrainConfig) -> Dataset:
-    """The training split of ``config.dataset`` as (image (C, H, W) in [-1, 1], label) pairs."""
-    from . import data
-
-    if config.dataset == "digits":
-        return TensorDataset(*data.digits(size=config.image_size, split="train"))
-    size = (
-        None
-        if config.image_size == NATIVE_IMAGE_SIZE[config.dataset]
-        else config.image_size
-    )
-    loader = {
-        "mnist": data.mnist,
-        "fashion_mnist": data.fashion_mnist,
-        "cifar10": data.cifar10,
-    }[config.dataset]
-    return loader(
-        config.data_dir,
-        train=True,
-        download=True,
-        size=size,
-        random_flip=config.random_flip,
-    )
-
-
-def _as_dataset(
-    dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig
-) -> Dataset:
-    if dataset is None:
-        return load_dataset(config)
-    if isinstance(dataset, torch.Tensor):
-        return TensorDataset(dataset)
-    if isinstance(dataset, (tuple, list)) and all(
-        isinstance(t, torch.Tensor) for t in dataset
-    ):
-        return TensorDataset(*dataset)
-    if isinstance(dataset, Dataset):
-        return dataset
-    raise TypeError(
-        f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}"
-    )
 
 
 def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -257,7 +181,7 @@ class Trainer:
             self.device.type, enabled=self.autocast_dtype == torch.float16
         )
 
-        self.dataset = _as_dataset(dataset, config)
+        self.dataset = as_dataset(dataset, config)
         if config.batch_size % (self.world_size * config.grad_accum):
             raise ValueError(
                 f"batch_size {config.batch_size} must split evenly over {self.world_size} process(es) × "
@@ -687,51 +611,12 @@ class Trainer:
         return path
 
     # --------------------------------------------------------------- checkpoints
-    def _rng_state(self) -> dict[str, Any]:
-        """This process's random state, as plain tensors and numbers (loadable with weights_only)."""
-        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        version, python_state, gauss_next = random.getstate()
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
-            "generator": self.generator.get_state(),
-            "numpy": {
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": position,
-                "has_gauss": has_gauss,
-                "cached_gaussian": cached_gaussian,
-            },
-            "python": {
-                "version": version,
-                "state": torch.tensor(python_state, dtype=torch.int64),
-                "gauss_next": gauss_next,
-            },
-        }
-
-    def _set_rng_state(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-        self.generator.set_state(state["generator"])
-        numpy_state = state["numpy"]
-        np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
-        python_state = state["python"]
-        random.setstate(
-            (
-                python_state["version"],
-                tuple(python_state["state"].tolist()),
-                python_state["gauss_next"],
-            )
-        )
-
     def _model_metadata(self) -> dict[str, Any]:
         model_config = getattr(self.model, "config", None)
         return {
             "format": "ddpm_course.model",
             "step": self.step,
+            "model_class": type(self.model).__name__,
             "model_config": model_config,
             "train_config": self.config.to_dict(),
         }
@@ -739,7 +624,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_XXXXXXX.pt`` atomically (rank 0) and keep the last K. Every
         process contributes its random state; all wait until the file is in place."""
-        rng_states = [self._rng_state()]
+        rng_states = [rng_state(self.generator, self.device)]
         if self.world_size > 1:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rng_states[0])
@@ -750,7 +635,12 @@ class Trainer:
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "config": self.config.to_dict(),
-                "model_config": self._model_metadata()["model_config"],
+                **{
+                    key: value
+                    for key, value in self._model_metadata().items()
+                    if key
+                    in ("model_class", "model_config", "autoencoder", "scale_factor")
+                },  # fmt: skip
                 "model": self.model.state_dict(),
                 "ema": self.ema_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -787,7 +677,9 @@ class Trainer:
             raise ValueError(
                 f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were"
             )
-        self._check_architecture(path, state.get("model_config"))
+        check_architecture(
+            path, state.get("model_config"), getattr(self.model, "config", None)
+        )
         try:
             self.model.load_state_dict(state["model"])
             self.ema_model.load_state_dict(state["ema"])
@@ -806,7 +698,7 @@ class Trainer:
             state["data"]["batch_in_epoch"],
         )
         if len(state["rng"]) == self.world_size:
-            self._set_rng_state(state["rng"][self.rank])
+            set_rng_state(state["rng"][self.rank], self.generator, self.device)
         else:
             logger.warning("the checkpoint holds the random state of %d process(es), not %d: reseeding, so the resume is not exact",
                            len(state["rng"]), self.world_size)  # fmt: skip
@@ -815,33 +707,6 @@ class Trainer:
             )
         self.last_checkpoint = path
         self._last_sample_step = None
-
-    def _check_architecture(self, path: Path, saved: Any) -> None:
-        """Refuse a checkpoint written by a model of another configuration (e.g. a preset that changed
-        since), naming the differences and the ``model_overrides`` that rebuild the saved model."""
-        current = getattr(self.model, "config", None)
-        if not isinstance(saved, dict) or not isinstance(current, dict):
-            return
-
-        def plain(value: Any) -> Any:  # tuples and lists alike, as in JSON
-            return json.loads(json.dumps(value))
-
-        differ = sorted(
-            key
-            for key in saved.keys() | current.keys()
-            if plain(saved.get(key)) != plain(current.get(key))
-        )
-        if differ:
-            was = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
-            now = ", ".join(f"{key}={current.get(key)!r}" for key in differ)
-            overrides = json.dumps(
-                {key: plain(saved.get(key)) for key in differ if key in saved}
-            )
-            raise CheckpointError(
-                f"the checkpoint {path} was written by a model with {was}, but this run builds {now} (did the preset "
-                f"change?); resume with the checkpoint's architecture: --set model_overrides='{overrides}' "
-                f"(TrainConfig.model_overrides)"
-            )
 
 
 def _seed_everything(seed: int) -> None:

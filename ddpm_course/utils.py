@@ -62,3 +62,40 @@ def extract(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
     """
     values = table.to(device=t.device)[t].to(dtype=x.dtype, device=x.device)
     return values.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+
+def check_class_labels(
+    labels: torch.Tensor,
+    num_classes: int,
+    batch_size: int | None = None,
+    null: bool = True,
+) -> torch.Tensor:
+    """Validate class labels: integers in {0, ..., num_classes - 1}, or ``num_classes`` (the null
+    class of classifier-free guidance) when ``null``; shape (N,), N = ``batch_size`` when given.
+    Returns an int64 tensor. The one place a label's range is checked (the U-Net, the sample
+    command, latent sampling).
+    """
+    labels = torch.as_tensor(labels)
+    if (
+        labels.ndim != 1
+        or (batch_size is not None and labels.shape[0] != batch_size)
+        or labels.dtype.is_floating_point
+        or labels.dtype == torch.bool
+    ):
+        size = "N" if batch_size is None else batch_size
+        raise ValueError(
+            f"y must hold ({size},) integer class labels, got shape {tuple(labels.shape)} "
+            f"and dtype {labels.dtype}"
+        )
+    top = num_classes if null else num_classes - 1
+    if (
+        labels.numel()
+        and not torch.compiler.is_compiling()
+        and bool(((labels < 0) | (labels > top)).any())
+    ):
+        null_class = f" ({num_classes} is the null class)" if null else ""
+        raise ValueError(
+            f"class labels must lie in {{0, ..., {top}}}{null_class}; got values from "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
+    return labels.long()

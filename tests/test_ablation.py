@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from ddpm_course import ablation
+from ddpm_course.experiments import ablation
 from ddpm_course.cli import main as cli_main
 
 

@@ -26,9 +26,9 @@ from ddpm_course.attention import (
     prompt_labels,
     tokenize,
 )
+from ddpm_course.autoencoder import AutoencoderKL, vae_loss
 from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.guidance import ClassifierFreeGuidance
-from ddpm_course.autoencoder import AutoencoderKL, vae_loss
 from ddpm_course.latent import (
     LatentDiffusion,
     LatentTrainer,
@@ -41,10 +41,10 @@ from ddpm_course.latent import (
     unscale_latents,
 )
 from ddpm_course.pretrained import load_pretrained
-
-RESULTS_PATH = Path(__file__).parent.parent / "book" / "results" / "07_latent.json"
 from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
 from ddpm_course.schedules import linear
+
+RESULTS_PATH = Path(__file__).parent.parent / "book" / "results" / "07_latent.json"
 
 TINY_UNET = {
     "image_size": 4, "in_channels": 4, "model_channels": 16, "channel_mults": (1, 2),
@@ -279,6 +279,7 @@ def test_the_trainer_trains_the_denoiser_on_scaled_latents(tmp_path):
 # ------------------------------------------------------------------- shipped models, results
 def test_shipped_vae_reconstructs_the_test_digits():
     from ddpm_course.data import digits
+
     vae, _, _ = load_pretrained("digits-vae", device="cpu")
     scale = vae.scale_factor
     x, _ = digits(size=16, split="test")

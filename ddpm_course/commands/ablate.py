@@ -2,7 +2,7 @@
 
     ddpm-course ablate --steps 300 --seeds 0 1 2 --jobs 3 --out book/results/04_ablation.json
 
-See :mod:`ddpm_course.ablation`. The results file is written after every run, and a rerun with
+See :mod:`ddpm_course.experiments.ablation`. The results file is written after every run, and a rerun with
 the same budget continues it.
 """
 

@@ -318,7 +318,7 @@ def failures(report: dict[str, Any]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ddpm_course.gpu_check",
+        prog="python -m ddpm_course.experiments.gpu_check",
         description="Train the paper-scale U-Net briefly on random data: speed, memory, bf16, DDP.",
     )
     parser.add_argument(

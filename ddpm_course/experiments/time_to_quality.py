@@ -16,7 +16,7 @@ Contenders:
   ``ddpm-course train --preset NAME`` builds them, stepped by
   :meth:`~ddpm_course.train.Trainer.train_step` on shuffled batches of the training digits;
 * ``diffusers``: diffusers' ``UNet2DModel`` (laid out like our U-Net, at our parameter count:
-  :func:`~ddpm_course.bench.build_contenders`) with ``DDPMScheduler(num_train_timesteps=1000)``,
+  :func:`~ddpm_course.experiments.bench.build_contenders`) with ``DDPMScheduler(num_train_timesteps=1000)``,
   trained the way diffusers' ``examples/unconditional_image_generation/train_unconditional.py``
   trains by default: batch 16, AdamW (lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, eps 1e-8),
   a cosine learning-rate schedule after 500 warm-up steps, gradient clipping at 1, fp32, and

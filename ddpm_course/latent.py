@@ -26,7 +26,6 @@ book/results/07_latent.json`` the chapter's numbers.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,20 +33,15 @@ from torch import nn
 
 from .attention import DIGIT_NAMES, prompt_labels, tokenize
 from .autoencoder import AutoencoderKL, gaussian_kl, reparameterize
-from .config import TRAIN_PRESETS, TrainConfig
 from .guidance import ClassifierFreeGuidance
 from .samplers import sample
-from .train import Trainer
 from .utils import check_class_labels
-from .viz import save_image_grid
 
 __all__ = [
     "estimate_scale_factor",
     "scale_latents",
     "unscale_latents",
     "LatentDiffusion",
-    "LatentTrainer",
-    "ldm_train_config",
     "latent_sample",
     "LDM_UNET",
     "DIGIT_NAMES",
@@ -198,59 +192,3 @@ LDM_UNET: dict[str, Any] = {
     "num_res_blocks": 2, "attention_resolutions": (4, 2), "dropout": 0.0, "num_groups": 8,
     "head_channels": 32, "context_dim": 64, "num_prompt_classes": 10,
 }  # fmt: skip
-
-
-def ldm_train_config(**overrides: Any):
-    """The :class:`~ddpm_course.config.TrainConfig` of ``digits-ldm``: the digits recipe on
-    4×4×4 latents, labels = the prompt's digit with prompt dropout 0.1 (the null prompt)."""
-    base = dict(TRAIN_PRESETS["digits"])
-    values = {
-        **base, "preset": "digits", "image_size": 4, "channels": 4, "class_conditional": True,
-        "num_classes": 10, "p_uncond": 0.1, "max_steps": 3000, "sample_every": 0,
-        "checkpoint_every": 1000, "lr": 1e-3, "out_dir": "runs/digits-ldm",
-    }  # fmt: skip
-    values.update(overrides)
-    return TrainConfig.from_dict(values)
-
-
-class LatentTrainer(Trainer):
-    """The package's :class:`~ddpm_course.train.Trainer` on scaled latents: trains ``ldm.denoiser``
-    on ``ldm.encode(images)`` (one posterior sample per image, drawn once), with the labels as
-    the prompts' digits; its sample grids are decoded to images. ``autoencoder`` names the
-    shipped autoencoder that ``ldm`` holds: the weights' sidecar records it and the scale factor,
-    so that :func:`~ddpm_course.loading.load_model` rebuilds the whole latent model."""
-
-    def __init__(
-        self,
-        config,
-        ldm: LatentDiffusion,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        autoencoder: str = "digits-vae",
-    ) -> None:
-        latents = ldm.encode(
-            images, generator=torch.Generator().manual_seed(config.seed)
-        )
-        self.ldm, self.autoencoder_name = ldm, autoencoder
-        super().__init__(config, model=ldm.denoiser, dataset=(latents, labels))
-
-    def _model_metadata(self) -> dict[str, Any]:
-        return {
-            **super()._model_metadata(),
-            "autoencoder": self.autoencoder_name,
-            "scale_factor": self.ldm.scale_factor,
-        }
-
-    def save_samples(self) -> Path:
-        path = self.samples_dir / f"step_{self.step:07d}.png"
-        if self.is_main:
-            generator = torch.Generator(self.device).manual_seed(self.config.seed)
-            latents = self.sample(generator=generator)
-            save_image_grid(
-                self.ldm.autoencoder.to(self.device)
-                .decode(latents / self.ldm.scale_factor)
-                .cpu(),
-                path,
-            )
-        self._last_sample_step = self.step
-        return path

@@ -30,14 +30,11 @@ import copy
 import json
 import logging
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -65,6 +62,14 @@ from .config import (
     build_model,
 )
 from .data import ResumableSampler, as_dataset, load_dataset
+from .distributed import (
+    autocast_dtype,
+    barrier,
+    leave_distributed,
+    rank_seed,
+    seed_everything,
+    setup_distributed,
+)
 from .ema import ema_decay_at, ema_update
 from .samplers import ddim_sample
 from .viz import save_image_grid
@@ -122,11 +127,6 @@ def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch[0], (batch[1] if len(batch) > 1 else None)
 
 
-def _rank_seed(seed: int, rank: int) -> int:
-    """An independent seed for each process (numpy's SeedSequence of (seed, rank)), below 2**32."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
     """Train ``model`` (default: :func:`build_model` of ``config``) on ``dataset`` (default:
@@ -145,18 +145,19 @@ class Trainer:
         dataset: Dataset | torch.Tensor | tuple | None = None,
     ) -> None:
         self.config = config
-        self._owns_process_group = False
-        self.rank, self.world_size, local_rank = self._setup_distributed()
+        self.rank, self.world_size, local_rank, self._owns_process_group = (
+            setup_distributed()
+        )
         self.is_main = self.rank == 0
         self.device = (
             torch.device("cuda", local_rank)
             if torch.cuda.is_available()
             else torch.device("cpu")
         )
-        self.autocast_dtype = self._autocast_dtype()
+        self.autocast_dtype = autocast_dtype(self.device, config.precision)
 
         # identical initial weights on every process, then one random stream per process
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         self.model = (model if model is not None else build_model(config)).to(
             self.device
         )
@@ -188,14 +189,14 @@ class Trainer:
                 f"{config.grad_accum} accumulation step(s)"
             )
         self.rank_batch_size = config.batch_size // self.world_size
-        rank_seed = _rank_seed(config.seed, self.rank)
+        process_seed = rank_seed(config.seed, self.rank)
         self.sampler = ResumableSampler(
             self.dataset, self.world_size, self.rank, config.seed
         )
         self.loader = DataLoader(
             self.dataset, batch_size=self.rank_batch_size, sampler=self.sampler, drop_last=True,
             num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=config.num_workers > 0, generator=torch.Generator().manual_seed(rank_seed),
+            persistent_workers=config.num_workers > 0, generator=torch.Generator().manual_seed(process_seed),
         )  # fmt: skip
         self.steps_per_epoch = self.sampler.num_samples // self.rank_batch_size
         if self.steps_per_epoch == 0:
@@ -203,10 +204,9 @@ class Trainer:
                 f"the dataset has {len(self.dataset)} images, fewer than one batch of {self.rank_batch_size} per "
                 f"process; lower batch_size"
             )
-        _seed_everything(rank_seed)
-        self.generator = torch.Generator(self.device).manual_seed(
-            rank_seed
-        )  # timesteps, noise, label dropout
+        seed_everything(process_seed)
+        # timesteps, noise, label dropout
+        self.generator = torch.Generator(self.device).manual_seed(process_seed)
 
         self.train_model: nn.Module = self.model
         if self.world_size > 1:
@@ -229,49 +229,11 @@ class Trainer:
         self.samples_dir = self.out_dir / "samples"
         self.log_path = self.out_dir / "log.jsonl"
 
-    # ------------------------------------------------------------------ process group
-    def _setup_distributed(self) -> tuple[int, int, int]:
-        """(rank, world size, local rank); joins the torchrun process group when there is one."""
-        if dist.is_available() and dist.is_initialized():
-            return (
-                dist.get_rank(),
-                dist.get_world_size(),
-                int(os.environ.get("LOCAL_RANK", "0")),
-            )
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
-            return 0, 1, 0
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        self._owns_process_group = True
-        return dist.get_rank(), dist.get_world_size(), local_rank
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
     def close(self) -> None:
         """Leave the process group if this Trainer created it (:meth:`train` does this at its end)."""
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_process_group:
+            leave_distributed()
             self._owns_process_group = False
-
-    def _autocast_dtype(self) -> torch.dtype | None:
-        """bf16 on GPUs that compute in it natively (compute capability 8+), fp16 where asked or
-        where bf16 is only emulated; None (fp32) on the CPU."""
-        if self.device.type != "cuda" or self.config.precision == "fp32":
-            return None
-        if (
-            self.config.precision == "bf16"
-            and torch.cuda.get_device_capability(self.device)[0] < 8
-        ):
-            logger.warning(
-                "this GPU has no native bf16; training in fp16 with a GradScaler instead"
-            )
-            return torch.float16
-        return torch.bfloat16 if self.config.precision == "bf16" else torch.float16
 
     def _autocast(self):
         """Mixed precision on CUDA (bf16 or fp16), nothing on the CPU."""
@@ -458,7 +420,7 @@ class Trainer:
                 self.out_dir / "config.json", lambda file: file.write(text.encode())
             )
             self._trim_log(keep_through=self.step)
-        self._barrier()
+        barrier(self.world_size)
 
     def _trim_log(self, keep_through: int) -> None:
         """Drop log lines of steps after ``keep_through`` (steps that a resumed run will redo)."""
@@ -572,7 +534,7 @@ class Trainer:
                 self.out_dir / "model.safetensors",
                 self._model_metadata(),
             )
-        self._barrier()
+        barrier(self.world_size)
 
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
@@ -650,26 +612,24 @@ class Trainer:
             }
             save_checkpoint(state, path)
             prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
-        self._barrier()
+        barrier(self.world_size)
         self.last_checkpoint = path
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote, so that training continues exactly."""
         path = Path(path)
-        state = load_checkpoint(
-            path,
-            required=(
-                "step",
-                "config",
-                "model",
-                "ema",
-                "optimizer",
-                "scaler",
-                "data",
-                "rng",
-            ),
+        required = (
+            "step",
+            "config",
+            "model",
+            "ema",
+            "optimizer",
+            "scaler",
+            "data",
+            "rng",
         )
+        state = load_checkpoint(path, required=required)
         saved = state["config"]
         changed = [f"{name}: {saved.get(name)!r} -> {getattr(self.config, name)!r}"
                    for name in RESUME_INVARIANTS if saved.get(name) != getattr(self.config, name)]  # fmt: skip
@@ -703,13 +663,7 @@ class Trainer:
             logger.warning("the checkpoint holds the random state of %d process(es), not %d: reseeding, so the resume is not exact",
                            len(state["rng"]), self.world_size)  # fmt: skip
             self.generator.manual_seed(
-                _rank_seed(self.config.seed + self.step, self.rank)
+                rank_seed(self.config.seed + self.step, self.rank)
             )
         self.last_checkpoint = path
         self._last_sample_step = None
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)

@@ -31,15 +31,14 @@ from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.guidance import ClassifierFreeGuidance
 from ddpm_course.latent import (
     LatentDiffusion,
-    LatentTrainer,
     estimate_scale_factor,
     gaussian_kl,
     latent_sample,
-    ldm_train_config,
     reparameterize,
     scale_latents,
     unscale_latents,
 )
+from ddpm_course.latent_train import LatentTrainer, ldm_train_config
 from ddpm_course.pretrained import load_pretrained
 from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
 from ddpm_course.schedules import linear

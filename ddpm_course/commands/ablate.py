@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ablation import run_ablation
+    from ..experiments.ablation import run_ablation
 
     if args.steps < 1 or args.num_samples < 2 or args.sample_steps < 1:
         raise SystemExit(

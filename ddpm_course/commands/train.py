@@ -171,7 +171,8 @@ def _train_ldm(args: argparse.Namespace) -> int:
     folder ``--out`` (``--resume`` and the Trainer's flags apply; ``--set`` any field)."""
     from ..attention import CrossAttnUNet
     from ..data import digits
-    from ..latent import LDM_UNET, LatentDiffusion, LatentTrainer, ldm_train_config
+    from ..latent import LDM_UNET, LatentDiffusion
+    from ..latent_train import LatentTrainer, ldm_train_config
     from ..pretrained import load_pretrained
 
     overrides = {

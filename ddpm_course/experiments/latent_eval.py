@@ -25,12 +25,11 @@ from ..data import digits
 from ..latent import (
     LDM_UNET,
     LatentDiffusion,
-    LatentTrainer,
     estimate_scale_factor,
     latent_sample,
-    ldm_train_config,
     reparameterize,
 )
+from ..latent_train import LatentTrainer, ldm_train_config
 from ..metrics import digits_fd, digits_fd_floor, load_digits_classifier
 from ..pretrained import load_pretrained
 from ..samplers import ddim_sample

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import AttentionBlock, EmbedSequential, ResBlock, UNet, _zero_init
+from .blocks import AttentionBlock, EmbedSequential, ResBlock, _zero_init
+from .nn import UNet
 
 __all__ = [
     "DIGIT_NAMES",

@@ -37,12 +37,27 @@ __all__ = [
     "save_weights",
     "load_weights",
     "sidecar_path",
+    "append_log",
+    "trim_log",
     "rng_state",
     "set_rng_state",
     "check_architecture",
+    "check_resumable",
+    "TRAINING_STATE_KEYS",
 ]
 
 CHECKPOINT_FORMAT = "ddpm_course.checkpoint"
+# what a training checkpoint holds (the Trainer's save_checkpoint)
+TRAINING_STATE_KEYS = (
+    "step",
+    "config",
+    "model",
+    "ema",
+    "optimizer",
+    "scaler",
+    "data",
+    "rng",
+)
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -210,6 +225,32 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return state_dict, metadata
 
 
+# -------------------------------------------------------------------------- the run log
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Add ``record`` as one JSON line to the run's ``log.jsonl``."""
+    with Path(path).open("a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def trim_log(path: Path, keep_through: int) -> None:
+    """Drop the log lines of steps after ``keep_through`` (steps that a resumed run will redo),
+    and any line cut short by a crash; atomically."""
+    path = Path(path)
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    kept = ""
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= keep_through:
+                kept += line
+        except (
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+        ):  # a line cut short by a crash
+            continue
+    atomic_write(path, lambda file: file.write(kept.encode()))
+
+
 # ------------------------------------------------------------------ exact resume
 def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
     """This process's random state (torch, CUDA on ``device``, ``generator``, numpy, Python), as plain tensors and numbers (loadable with weights_only)."""
@@ -252,6 +293,22 @@ def set_rng_state(
             python_state["gauss_next"],
         )
     )
+
+
+def check_resumable(
+    path: Path,
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    invariants: tuple[str, ...],
+) -> None:
+    """Refuse to resume the checkpoint ``path`` (its training config ``saved``) with a config
+    ``current`` that changes one of the settings named in ``invariants``."""
+    changed = [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}"
+               for name in invariants if saved.get(name) != current.get(name)]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were"
+        )
 
 
 def check_architecture(path: Path, saved: Any, current: Any) -> None:

@@ -7,6 +7,8 @@ r"""Data for the course: offline handwritten digits, 2-D toy distributions, and 
   unit scale, for the score-matching and 2-D diffusion pages.
 * :func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`: the torchvision data sets with images
   as (C, H, W) float32 tensors in [-1, 1] (``download=True`` fetches them; the GPU chapters).
+* :func:`load_dataset`, :class:`ResumableSampler` and :func:`resumable_loader`: the Trainer's
+  data (chapter 04), in an order that a resumed run continues exactly.
 
 Images are NCHW in [-1, 1], the range the models work in (see DESIGN.md, Conventions).
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from .config import NATIVE_IMAGE_SIZE, TrainConfig
 from .utils import check_choice
@@ -37,6 +39,10 @@ __all__ = [
     "mnist",
     "fashion_mnist",
     "cifar10",
+    "load_dataset",
+    "as_dataset",
+    "ResumableSampler",
+    "resumable_loader",
 ]
 
 DIGITS_SPLITS = ("train", "test", "all")
@@ -353,3 +359,30 @@ def as_dataset(
     raise TypeError(
         f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}"
     )
+
+
+def resumable_loader(
+    dataset: Dataset,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    loader_seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[ResumableSampler, DataLoader]:
+    """This process's :class:`ResumableSampler` (epochs seeded by ``seed + epoch``) and the
+    DataLoader of full batches of ``batch_size`` over it. Refuses a dataset too small for one
+    batch per process."""
+    sampler = ResumableSampler(dataset, world_size, rank, seed)
+    if sampler.num_samples < batch_size:
+        raise ValueError(
+            f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size} per "
+            f"process; lower batch_size"
+        )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(loader_seed),
+    )  # fmt: skip
+    return sampler, loader

@@ -15,6 +15,7 @@ import random
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "setup_distributed",
@@ -23,6 +24,8 @@ __all__ = [
     "rank_seed",
     "seed_everything",
     "autocast_dtype",
+    "wrap_model",
+    "any_process",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,3 +82,25 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         )
         return torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def wrap_model(
+    model: nn.Module, device: torch.device, world_size: int, compile_model: bool
+) -> nn.Module:
+    """The model a training step calls: wrapped in DistributedDataParallel on several processes,
+    and ``torch.compile``'d when asked on CUDA; ``model`` itself otherwise."""
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if compile_model and device.type == "cuda":
+        model = torch.compile(model)
+    return model
+
+
+def any_process(flag: bool, device: torch.device, world_size: int) -> bool:
+    """Whether ``flag`` holds on any process (an all-reduce of the maximum; ``flag`` itself alone)."""
+    if world_size == 1:
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

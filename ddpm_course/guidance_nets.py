@@ -15,15 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import (
+from .blocks import (
     AttentionBlock,
     Downsample,
     EmbedSequential,
     ResBlock,
-    UNet,
-    UNetConfig,
     timestep_embedding,
 )
+from .nn import UNet, UNetConfig
 
 __all__ = ["NoisyClassifier", "sr_model_input", "SuperResUNet"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .nn import _check_embedding_dim, timestep_embedding
+from .blocks import _check_embedding_dim, timestep_embedding
 
 __all__ = ["MLP2D"]
 

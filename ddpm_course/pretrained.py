@@ -122,7 +122,7 @@ def evaluate_fd(
     with balanced labels (no guidance) and with the null class. ``spacing`` stays "leading" (not the
     samplers' trailing default): the model card's numbers were measured with it."""
     from .metrics import digits_fd, digits_fd_floor
-    from .samplers import ddim_sample
+    from .samplers import sample
 
     model, diffusion, config = load_pretrained(name, device="cpu")
     shape = (n, config.channels, config.image_size, config.image_size)
@@ -132,7 +132,8 @@ def evaluate_fd(
     }
     if config.class_conditional:
         labels = torch.arange(n) % config.num_classes
-        samples = ddim_sample(
+        samples = sample(
+            "ddim",
             model,
             diffusion,
             shape,
@@ -143,7 +144,8 @@ def evaluate_fd(
         )
         result["fd_conditional"] = digits_fd(samples)
         null = torch.full((n,), config.num_classes)
-        samples = ddim_sample(
+        samples = sample(
+            "ddim",
             model,
             diffusion,
             shape,
@@ -155,7 +157,8 @@ def evaluate_fd(
         result["fd_null_class"] = digits_fd(samples)
     else:
         result["fd"] = digits_fd(
-            ddim_sample(
+            sample(
+                "ddim",
                 model,
                 diffusion,
                 shape,

@@ -38,13 +38,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    TRAINING_STATE_KEYS,
     CheckpointError,
+    append_log,
     atomic_write,
     check_architecture,
+    check_resumable,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -53,6 +56,7 @@ from .checkpoint import (
     save_checkpoint,
     save_weights,
     set_rng_state,
+    trim_log,
 )
 from .config import (
     RESUME_INVARIANTS,
@@ -61,17 +65,19 @@ from .config import (
     build_diffusion,
     build_model,
 )
-from .data import ResumableSampler, as_dataset, load_dataset
+from .data import ResumableSampler, as_dataset, load_dataset, resumable_loader
 from .distributed import (
+    any_process,
     autocast_dtype,
     barrier,
     leave_distributed,
     rank_seed,
     seed_everything,
     setup_distributed,
+    wrap_model,
 )
 from .ema import ema_decay_at, ema_update
-from .samplers import ddim_sample
+from .samplers import sample
 from .viz import save_image_grid
 
 __all__ = [
@@ -100,11 +106,9 @@ class NonFiniteLossError(FloatingPointError):
         self, step: int, loss: float, lr: float, checkpoint: Path | None
     ) -> None:
         self.step, self.loss, self.checkpoint = step, loss, checkpoint
-        saved = (
-            f"the last good checkpoint, {checkpoint}, is intact"
-            if checkpoint
-            else "no checkpoint had been written yet"
-        )
+        saved = "no checkpoint had been written yet"
+        if checkpoint:
+            saved = f"the last good checkpoint, {checkpoint}, is intact"
         super().__init__(
             f"the loss is {loss} at step {step} (learning rate {lr:.3g}): training diverged, and {saved}. "
             f"Try a lower learning rate (e.g. lr={lr / 4:.3g}), a longer warm-up, or gradient clipping (grad_clip)."
@@ -149,11 +153,8 @@ class Trainer:
             setup_distributed()
         )
         self.is_main = self.rank == 0
-        self.device = (
-            torch.device("cuda", local_rank)
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         self.autocast_dtype = autocast_dtype(self.device, config.precision)
 
         # identical initial weights on every process, then one random stream per process
@@ -169,9 +170,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = build_diffusion(config)
-        fused = (
-            {"fused": True} if self.device.type in ("cuda", "cpu") else {}
-        )  # one kernel for all tensors
+        # one kernel for all tensors
+        fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.lr,
@@ -190,37 +190,23 @@ class Trainer:
             )
         self.rank_batch_size = config.batch_size // self.world_size
         process_seed = rank_seed(config.seed, self.rank)
-        self.sampler = ResumableSampler(
-            self.dataset, self.world_size, self.rank, config.seed
-        )
-        self.loader = DataLoader(
-            self.dataset, batch_size=self.rank_batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=config.num_workers > 0, generator=torch.Generator().manual_seed(process_seed),
+        self.sampler, self.loader = resumable_loader(
+            self.dataset, self.rank_batch_size, self.world_size, self.rank, config.seed,
+            process_seed, config.num_workers, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         self.steps_per_epoch = self.sampler.num_samples // self.rank_batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the dataset has {len(self.dataset)} images, fewer than one batch of {self.rank_batch_size} per "
-                f"process; lower batch_size"
-            )
         seed_everything(process_seed)
         # timesteps, noise, label dropout
         self.generator = torch.Generator(self.device).manual_seed(process_seed)
 
-        self.train_model: nn.Module = self.model
-        if self.world_size > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids
-            )
-        if config.compile and self.device.type == "cuda":
-            self.train_model = torch.compile(self.train_model)
+        # the model that the step calls: DDP's wrapper under torchrun, compiled when asked
+        self.train_model = wrap_model(
+            self.model, self.device, self.world_size, config.compile
+        )
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.elapsed = (
-            0.0  # seconds of training before this invocation (from the checkpoint)
-        )
+        # seconds of training before this invocation (from the checkpoint)
+        self.elapsed = 0.0
         self.last_grad_norm = float("nan")
         self.last_checkpoint: Path | None = None
         self._last_sample_step: int | None = None
@@ -285,11 +271,9 @@ class Trainer:
                 f"a batch of {images.shape[0]} images does not split into grad_accum={k} equal micro-batches"
             )
         images = images.to(self.device, non_blocking=True)
-        return (
-            images.contiguous(memory_format=torch.channels_last)
-            if self.channels_last
-            else images
-        )
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _backward(
         self,
@@ -307,9 +291,8 @@ class Trainer:
         for i, (x0_i, t_i, noise_i, y_i) in enumerate(
             zip(x0.chunk(k), t.chunk(k), noise.chunk(k), micro_labels, strict=True)
         ):
-            skip_sync = (
-                self.world_size > 1 and i < k - 1
-            )  # all-reduce the gradients once, after the last micro-batch
+            # all-reduce the gradients once, after the last micro-batch
+            skip_sync = self.world_size > 1 and i < k - 1
             with self.train_model.no_sync() if skip_sync else nullcontext():
                 with self._autocast():
                     losses = self.diffusion.training_losses(
@@ -340,11 +323,9 @@ class Trainer:
         if not math.isfinite(loss_value) or (
             not self.scaler.is_enabled() and not math.isfinite(self.last_grad_norm)
         ):
-            bad = (
-                loss_value
-                if not math.isfinite(loss_value)
-                else f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
-            )
+            bad = f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
+            if not math.isfinite(loss_value):
+                bad = loss_value
             lr = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
             raise NonFiniteLossError(self.step + 1, bad, lr, self.last_checkpoint)
         return loss_value
@@ -359,11 +340,9 @@ class Trainer:
     def _update_ema(self) -> None:
         """Move the EMA weights towards the model's (with the decay's warm-up when ``ema_warmup``)."""
         config = self.config
-        decay = (
-            ema_decay_at(self.step, config.ema_decay)
-            if config.ema_warmup
-            else config.ema_decay
-        )
+        decay = config.ema_decay
+        if config.ema_warmup:
+            decay = ema_decay_at(self.step, config.ema_decay)
         ema_update(self.ema_model, self.model, decay)
 
     def _conditioning(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -375,13 +354,9 @@ class Trainer:
                 "class_conditional training needs labels: the dataset must yield (image, label) pairs"
             )
         labels = labels.to(self.device).long()
-        drop = (
-            torch.rand(n, generator=self.generator, device=self.device)
-            < self.config.p_uncond
-        )
-        return torch.where(
-            drop, torch.full_like(labels, self.config.num_classes), labels
-        )
+        uniform = torch.rand(n, generator=self.generator, device=self.device)
+        null = torch.full_like(labels, self.config.num_classes)
+        return torch.where(uniform < self.config.p_uncond, null, labels)
 
     # ------------------------------------------------------------------- the run loop
     def train(self, resume: bool = False) -> Path:
@@ -419,27 +394,8 @@ class Trainer:
             atomic_write(
                 self.out_dir / "config.json", lambda file: file.write(text.encode())
             )
-            self._trim_log(keep_through=self.step)
+            trim_log(self.log_path, keep_through=self.step)
         barrier(self.world_size)
-
-    def _trim_log(self, keep_through: int) -> None:
-        """Drop log lines of steps after ``keep_through`` (steps that a resumed run will redo)."""
-        kept = ""
-        for line in (
-            self.log_path.read_text().splitlines(keepends=True)
-            if self.log_path.is_file()
-            else []
-        ):
-            try:
-                if json.loads(line)["step"] <= keep_through:
-                    kept += line
-            except (
-                json.JSONDecodeError,
-                KeyError,
-                TypeError,
-            ):  # a line cut short by a crash
-                continue
-        atomic_write(self.log_path, lambda file: file.write(kept.encode()))
 
     def _batches(self):
         """This process's batches, epoch after epoch, from the saved data position on."""
@@ -456,15 +412,9 @@ class Trainer:
     def _out_of_time(self, start: float) -> bool:
         if self.config.max_seconds is None:
             return False
-        late = torch.tensor(
-            float(time.perf_counter() - start >= self.config.max_seconds),
-            device=self.device,
-        )
-        if (
-            self.world_size > 1
-        ):  # the processes must agree, or one would wait for the others forever
-            dist.all_reduce(late, op=dist.ReduceOp.MAX)
-        return bool(late.item())
+        late = time.perf_counter() - start >= self.config.max_seconds
+        # the processes must agree, or one would wait for the others forever
+        return any_process(late, self.device, self.world_size)
 
     def _loop(self) -> None:
         config = self.config
@@ -519,8 +469,7 @@ class Trainer:
             "images_per_s": round(images_per_s, 2),
             "time": round(self.elapsed + time.perf_counter() - start, 3),
         }
-        with self.log_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        append_log(self.log_path, record)
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
 
     def _finish(self) -> None:
@@ -555,8 +504,8 @@ class Trainer:
                 "y": torch.arange(n, device=self.device) % config.num_classes
             }
         with self._autocast():
-            images = ddim_sample(
-                self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
+            images = sample(
+                "ddim", self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
                 steps=steps or config.sample_steps, spacing="trailing", generator=generator,
                 model_kwargs=model_kwargs, device=self.device,
             )  # fmt: skip
@@ -619,24 +568,8 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote, so that training continues exactly."""
         path = Path(path)
-        required = (
-            "step",
-            "config",
-            "model",
-            "ema",
-            "optimizer",
-            "scaler",
-            "data",
-            "rng",
-        )
-        state = load_checkpoint(path, required=required)
-        saved = state["config"]
-        changed = [f"{name}: {saved.get(name)!r} -> {getattr(self.config, name)!r}"
-                   for name in RESUME_INVARIANTS if saved.get(name) != getattr(self.config, name)]  # fmt: skip
-        if changed:
-            raise ValueError(
-                f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were"
-            )
+        state = load_checkpoint(path, required=TRAINING_STATE_KEYS)
+        check_resumable(path, state["config"], self.config.to_dict(), RESUME_INVARIANTS)
         check_architecture(
             path, state.get("model_config"), getattr(self.model, "config", None)
         )
@@ -653,10 +586,8 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
-        self.epoch, self.batch_in_epoch = (
-            state["data"]["epoch"],
-            state["data"]["batch_in_epoch"],
-        )
+        position = state["data"]  # where in the data the checkpoint was written
+        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
         if len(state["rng"]) == self.world_size:
             set_rng_state(state["rng"][self.rank], self.generator, self.device)
         else:

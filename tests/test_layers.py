@@ -146,8 +146,7 @@ def test_no_chapter_module_is_over_600_lines():
         for path in PACKAGE.rglob("*.py")
         if _layer(_module_name(path)) == "chapter"
         and _module_name(path) not in LONG_BY_DESIGN
-        and (n := len(path.read_text().splitlines()))
-        > NOT_YET_SPLIT.get(_module_name(path), 600)
+        and (n := len(path.read_text().splitlines())) > 600
     }
     assert not long, long
 

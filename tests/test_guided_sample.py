@@ -58,7 +58,19 @@ def test_cfg_and_classifier_guidance_draw_images(tmp_path: Path):
     assert (full - plain).abs().max() > 1e-3
     guided = _sample(tmp_path, "--checkpoint", "digits", "--classifier-scale", "2", "--class-label",
                      "1", "--sampler", "ddpm")  # fmt: skip
-    assert guided.shape == (2, 1, 16, 16) and 0 <= guided.min() and guided.max() <= 1
+    # the ancestral mean shift of guidance.classifier_guided_ddpm_sample, seed 0, nothing else
+    from ddpm_course.guidance import classifier_guided_ddpm_sample
+    from ddpm_course.guidance_models import load_noisy_classifier
+    from ddpm_course.pretrained import load_pretrained
+    from ddpm_course.samplers import respace
+
+    model, diffusion, _ = load_pretrained("digits", device="cpu")
+    classifier, _, _ = load_noisy_classifier(device="cpu")
+    expected = classifier_guided_ddpm_sample(
+        model, respace(diffusion, 3), classifier, torch.ones(2, dtype=torch.long), 2.0,
+        (2, 1, 16, 16), generator=torch.Generator("cpu").manual_seed(0),
+    )  # fmt: skip
+    torch.testing.assert_close(guided, ((expected + 1) / 2).clamp(0, 1))
 
 
 def test_inpainting_keeps_the_known_pixels(tmp_path: Path):

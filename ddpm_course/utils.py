@@ -69,11 +69,12 @@ def check_class_labels(
     num_classes: int,
     batch_size: int | None = None,
     null: bool = True,
+    what: str = "class labels",
 ) -> torch.Tensor:
     """Validate class labels: integers in {0, ..., num_classes - 1}, or ``num_classes`` (the null
     class of classifier-free guidance) when ``null``; shape (N,), N = ``batch_size`` when given.
     Returns an int64 tensor. The one place a label's range is checked (the U-Net, the sample
-    command, latent sampling).
+    command, latent sampling, the CFG wrapper, the prompt labels of the cross-attention U-Net).
     """
     labels = torch.as_tensor(labels)
     if (
@@ -84,7 +85,7 @@ def check_class_labels(
     ):
         size = "N" if batch_size is None else batch_size
         raise ValueError(
-            f"y must hold ({size},) integer class labels, got shape {tuple(labels.shape)} "
+            f"y must hold ({size},) integer {what}, got shape {tuple(labels.shape)} "
             f"and dtype {labels.dtype}"
         )
     top = num_classes if null else num_classes - 1
@@ -93,9 +94,13 @@ def check_class_labels(
         and not torch.compiler.is_compiling()
         and bool(((labels < 0) | (labels > top)).any())
     ):
-        null_class = f" ({num_classes} is the null class)" if null else ""
+        allowed = (
+            f"{{0, ..., {top}}} ({num_classes} is the null class)"
+            if null
+            else f"0..{top} (the model's {num_classes} classes, without the null class)"
+        )
         raise ValueError(
-            f"class labels must lie in {{0, ..., {top}}}{null_class}; got values from "
-            f"{int(labels.min())} to {int(labels.max())}"
+            f"{what} must lie in {allowed}; got values from {int(labels.min())} to "
+            f"{int(labels.max())}"
         )
     return labels.long()

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import AttentionBlock, EmbedSequential, ResBlock, UNet, _zero_init
+from .blocks import AttentionBlock, EmbedSequential, ResBlock, _zero_init
+from .nn import UNet
+from .utils import check_class_labels
 
 __all__ = [
     "DIGIT_NAMES",
@@ -260,14 +262,7 @@ class CrossAttnUNet(UNet):
             if y is None:
                 y = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
             y = torch.as_tensor(y, device=device)
-            if y.shape != (n,) or y.dtype.is_floating_point:
-                raise ValueError(
-                    f"y must hold ({n},) integer prompt labels, got {tuple(y.shape)} {y.dtype}"
-                )
-            if bool(((y < 0) | (y > self.num_classes)).any()):
-                raise ValueError(
-                    f"prompt labels must lie in 0..{self.num_classes} ({self.num_classes}: empty prompt)"
-                )
+            y = check_class_labels(y, self.num_classes, n, what="prompt labels")
             ids = self.label_ids.to(device)[y]
         if ids.shape[0] != n:
             raise ValueError(

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -35,9 +37,27 @@ __all__ = [
     "save_weights",
     "load_weights",
     "sidecar_path",
+    "append_log",
+    "trim_log",
+    "rng_state",
+    "set_rng_state",
+    "check_architecture",
+    "check_resumable",
+    "TRAINING_STATE_KEYS",
 ]
 
 CHECKPOINT_FORMAT = "ddpm_course.checkpoint"
+# what a training checkpoint holds (the Trainer's save_checkpoint)
+TRAINING_STATE_KEYS = (
+    "step",
+    "config",
+    "model",
+    "ema",
+    "optimizer",
+    "scaler",
+    "data",
+    "rng",
+)
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -158,7 +178,10 @@ def save_weights(
     state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]
 ) -> Path:
     """Write ``state_dict`` to a ``.safetensors`` file and ``metadata`` (JSON-serialisable) to its
-    sidecar :func:`sidecar_path`, both atomically. Returns the weights path."""
+    sidecar :func:`sidecar_path`, both atomically and readable by all (0644, like any shipped
+    file). The one writer of weights: the trainer's ``model.safetensors`` and every export of
+    shipped weights (:func:`ddpm_course.pretrained.export`, chapter 06's and 07's models) go
+    through it. Returns the weights path."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -171,6 +194,8 @@ def save_weights(
     atomic_write(path, lambda file: file.write(payload))
     text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
     atomic_write(sidecar_path(path), lambda file: file.write(text.encode()))
+    for written in (path, sidecar_path(path)):
+        written.chmod(0o644)  # mkstemp's files are 0600
     return path
 
 
@@ -198,3 +223,117 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"the sidecar {sidecar} is not valid JSON: {error}"
         ) from None
     return state_dict, metadata
+
+
+# -------------------------------------------------------------------------- the run log
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Add ``record`` as one JSON line to the run's ``log.jsonl``."""
+    with Path(path).open("a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def trim_log(path: Path, keep_through: int) -> None:
+    """Drop the log lines of steps after ``keep_through`` (steps that a resumed run will redo),
+    and any line cut short by a crash; atomically."""
+    path = Path(path)
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    kept = ""
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= keep_through:
+                kept += line
+        except (
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+        ):  # a line cut short by a crash
+            continue
+    atomic_write(path, lambda file: file.write(kept.encode()))
+
+
+# ------------------------------------------------------------------ exact resume
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """This process's random state (torch, CUDA on ``device``, ``generator``, numpy, Python), as plain tensors and numbers (loadable with weights_only)."""
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "generator": generator.get_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": position,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached_gaussian,
+        },
+        "python": {
+            "version": version,
+            "state": torch.tensor(python_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
+
+
+def set_rng_state(
+    state: dict[str, Any], generator: torch.Generator, device: torch.device
+) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    generator.set_state(state["generator"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
+    python_state = state["python"]
+    random.setstate(
+        (
+            python_state["version"],
+            tuple(python_state["state"].tolist()),
+            python_state["gauss_next"],
+        )
+    )
+
+
+def check_resumable(
+    path: Path,
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    invariants: tuple[str, ...],
+) -> None:
+    """Refuse to resume the checkpoint ``path`` (its training config ``saved``) with a config
+    ``current`` that changes one of the settings named in ``invariants``."""
+    changed = [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}"
+               for name in invariants if saved.get(name) != current.get(name)]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were"
+        )
+
+
+def check_architecture(path: Path, saved: Any, current: Any) -> None:
+    """Refuse a checkpoint whose model config ``saved`` differs from ``current`` (the model
+    being resumed; e.g. a preset that changed since), naming the differences and the
+    ``model_overrides`` that rebuild the saved model."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return
+
+    def plain(value: Any) -> Any:  # tuples and lists alike, as in JSON
+        return json.loads(json.dumps(value))
+
+    differ = sorted(
+        key
+        for key in saved.keys() | current.keys()
+        if plain(saved.get(key)) != plain(current.get(key))
+    )
+    if differ:
+        was = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
+        now = ", ".join(f"{key}={current.get(key)!r}" for key in differ)
+        overrides = json.dumps(
+            {key: plain(saved.get(key)) for key in differ if key in saved}
+        )
+        raise CheckpointError(
+            f"the checkpoint {path} was written by a model with {was}, but this run builds {now} (did the preset "
+            f"change?); resume with the checkpoint's architecture: --set model_overrides='{overrides}' "
+            f"(TrainConfig.model_overrides)"
+        )

@@ -10,12 +10,15 @@ r"""Data for the course: offline handwritten digits, 2-D toy distributions, and 
   (or a folder the caller names); torchvision downloads it only where allowed.
 * :func:`mnist`, :func:`cifar10`: the torchvision data sets with images as (C, H, W) float32
   tensors in [-1, 1] (``download=True`` fetches them; the GPU chapters).
+* :func:`load_dataset`, :class:`ResumableSampler` and :func:`resumable_loader`: the Trainer's
+  data (chapter 04), in an order that a resumed run continues exactly.
 
 Images are NCHW in [-1, 1], the range the models work in (see DESIGN.md, Conventions).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from functools import lru_cache
@@ -24,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from .config import NATIVE_IMAGE_SIZE, TrainConfig
 from .utils import check_choice
 
 __all__ = [
@@ -42,6 +46,10 @@ __all__ = [
     "read_idx",
     "FASHION_MNIST_CLASSES",
     "cifar10",
+    "load_dataset",
+    "as_dataset",
+    "ResumableSampler",
+    "resumable_loader",
 ]
 
 DIGITS_SPLITS = ("train", "test", "all")
@@ -411,3 +419,108 @@ def cifar10(
         download=download,
         transform=_to_minus_one_one(size, random_flip),
     )
+
+
+# ------------------------------------------------------- the Trainer's data (chapter 04)
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way, for exact resume.
+
+    Epoch e visits a permutation seeded by ``seed + e`` (the same on every process), of which rank
+    r takes every ``num_replicas``-th index from r. ``set_epoch(e, skip=k)`` leaves out the first k
+    indices of this rank's share: the ones consumed before the checkpoint.
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def load_dataset(config: TrainConfig) -> Dataset:
+    """The training split of ``config.dataset`` as (image (C, H, W) in [-1, 1], label) pairs."""
+    if config.dataset == "digits":
+        return TensorDataset(*digits(size=config.image_size, split="train"))
+    if config.dataset == "fashion_mnist":
+        if config.random_flip:
+            raise ValueError(
+                "random_flip is for torchvision data sets; Fashion-MNIST is read as tensors"
+            )
+        size = None if config.image_size == 28 else config.image_size
+        return TensorDataset(*fashion_mnist("train", config.data_dir, size=size))
+    size = (
+        None
+        if config.image_size == NATIVE_IMAGE_SIZE[config.dataset]
+        else config.image_size
+    )
+    loader = {"mnist": mnist, "cifar10": cifar10}[config.dataset]
+    return loader(
+        config.data_dir,
+        train=True,
+        download=True,
+        size=size,
+        random_flip=config.random_flip,
+    )
+
+
+def as_dataset(
+    dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig
+) -> Dataset:
+    """``dataset`` as a Dataset: the Trainer's ``dataset`` argument (None: :func:`load_dataset`)."""
+    if dataset is None:
+        return load_dataset(config)
+    if isinstance(dataset, torch.Tensor):
+        return TensorDataset(dataset)
+    if isinstance(dataset, (tuple, list)) and all(
+        isinstance(t, torch.Tensor) for t in dataset
+    ):
+        return TensorDataset(*dataset)
+    if isinstance(dataset, Dataset):
+        return dataset
+    raise TypeError(
+        f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}"
+    )
+
+
+def resumable_loader(
+    dataset: Dataset,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    loader_seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[ResumableSampler, DataLoader]:
+    """This process's :class:`ResumableSampler` (epochs seeded by ``seed + epoch``) and the
+    DataLoader of full batches of ``batch_size`` over it. Refuses a dataset too small for one
+    batch per process."""
+    sampler = ResumableSampler(dataset, world_size, rank, seed)
+    if sampler.num_samples < batch_size:
+        raise ValueError(
+            f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size} per "
+            f"process; lower batch_size"
+        )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(loader_seed),
+    )  # fmt: skip
+    return sampler, loader

@@ -37,8 +37,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion
-from .nn import sr_model_input
+from .guidance_nets import sr_model_input
 from .samplers import ddpm_sample, ddpm_step, respace
+from .utils import check_class_labels
 
 __all__ = [
     "cfg_combine",
@@ -132,21 +133,7 @@ class ClassifierFreeGuidance(nn.Module):
         )
 
     def _check_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        if (
-            labels.ndim != 1
-            or labels.dtype.is_floating_point
-            or labels.dtype == torch.bool
-        ):
-            raise ValueError(
-                f"labels must be (N,) integers, got {tuple(labels.shape)} {labels.dtype}"
-            )
-        if labels.numel() and bool(((labels < 0) | (labels >= self.num_classes)).any()):
-            raise ValueError(
-                f"class labels must lie in 0..{self.num_classes - 1} for this model (its "
-                f"{self.num_classes} classes); got values from {int(labels.min())} to "
-                f"{int(labels.max())}"
-            )
-        return labels.long()
+        return check_class_labels(labels, self.num_classes, null=False)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None

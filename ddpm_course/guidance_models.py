@@ -4,10 +4,10 @@ Chapter 06 (Guidance and conditioning). Neither fits the Trainer of chapter 04 (
 denoiser, the other needs a low-resolution image beside each batch), so each has a short
 training loop here, written like the Trainer's core step:
 
-* :func:`train_noisy_classifier`: :class:`~ddpm_course.nn.NoisyClassifier` on
+* :func:`train_noisy_classifier`: :class:`~ddpm_course.guidance_nets.NoisyClassifier` on
   :math:`x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\epsilon` with t uniform over all T
   steps of the digits schedule, cross-entropy against the label (Dhariwal & Nichol 2021, Sec. 4.1).
-* :func:`train_sr`: :class:`~ddpm_course.nn.SuperResUNet` with :math:`L_\text{simple}`, conditioned
+* :func:`train_sr`: :class:`~ddpm_course.guidance_nets.SuperResUNet` with :math:`L_\text{simple}`, conditioned
   on :func:`~ddpm_course.guidance.sr_downsample` of the image (2×2 average pooling to 8×8).
 
 Both write ``.safetensors`` + JSON sidecar in the trainer's format (``model_config``,
@@ -34,7 +34,10 @@ from .config import TrainConfig, build_diffusion
 from .data import digits
 from .diffusion import GaussianDiffusion
 from .ema import ema_decay_at, ema_update
-from .nn import NoisyClassifier, SuperResUNet
+from .guidance import sr_downsample
+from .guidance_nets import NoisyClassifier, SuperResUNet
+from .loading import WEIGHTS_DIR
+from .pretrained import load_pretrained
 
 __all__ = [
     "CLASSIFIER_NAME",
@@ -54,7 +57,6 @@ SR_UNET: dict[str, Any] = {
     "image_size": 16, "model_channels": 16, "channel_mults": (1, 2, 2),
     "num_res_blocks": (1, 1, 1), "attention_resolutions": (8,), "num_groups": 8,
 }  # fmt: skip
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -120,8 +122,6 @@ def train_sr(
     :math:`L_\text{simple}` on the training digits (±1-pixel shifts; the low-resolution image is
     taken after the shift). AdamW, linear warm-up, gradient clipping at 1, EMA. Returns (EMA model
     in eval mode, diffusion, config)."""
-    from .guidance import sr_downsample
-
     config = _process_config(
         preset="digits", batch_size=batch_size, lr=lr, max_steps=steps, seed=seed,
         class_conditional=False, ema_decay=ema_decay, warmup_steps=warmup_steps,
@@ -170,36 +170,17 @@ def _save(
         "step": config.max_steps,
         **extra,
     }
-    save_weights(state, path, metadata)
-    for written in (path, path.with_suffix(".json")):
-        written.chmod(
-            0o644
-        )  # readable like the other shipped files (atomic writes make 0600)
-    return path
-
-
-def _load(name: str, model: nn.Module, device: torch.device | str | None):
-    from .loading import load_model
-
-    path = WEIGHTS_DIR / f"{name}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; rebuild it with `python -m ddpm_course.guidance_models "
-            f"{'classifier' if name == CLASSIFIER_NAME else 'sr'}`"
-        )
-    return load_model(path, model=model, device=device)
+    return save_weights(state, path, metadata)
 
 
 def load_noisy_classifier(device: torch.device | str | None = None):
     """The shipped noisy classifier: ``(classifier in eval mode, diffusion, config)``."""
-    return _load(CLASSIFIER_NAME, NoisyClassifier(), device)
+    return load_pretrained(CLASSIFIER_NAME, device=device)
 
 
 def load_sr_model(device: torch.device | str | None = None):
     """The shipped 8×8 → 16×16 model: ``(SuperResUNet in eval mode, diffusion, config)``."""
-    return _load(
-        SR_NAME, SuperResUNet(low_res_size=8, channels=1, unet=SR_UNET), device
-    )
+    return load_pretrained(SR_NAME, device=device)
 
 
 @torch.no_grad()

@@ -37,6 +37,10 @@ __all__ = [
     "digits_fd",
     "digits_fd_floor",
     "train_digits_classifier",
+    "class_accuracy",
+    "within_class_diversity",
+    "saturation",
+    "seam_error",
     "CLASSIFIER_PATH",
     "FashionClassifier",
     "load_fashion_classifier",
@@ -158,6 +162,44 @@ def digits_features(images: torch.Tensor, batch_size: int = 512) -> torch.Tensor
     model = load_digits_classifier()
     images = images.detach().to("cpu", torch.float32)
     return torch.cat([model.features(chunk) for chunk in images.split(batch_size)])
+
+
+# ---------------------------------------------- chapter 06's measures of guided samples
+@torch.no_grad()
+def class_accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images (N, 1, 16, 16) in [-1, 1] that the shipped digits classifier labels ``labels``."""
+    return (
+        (load_digits_classifier()(images.clamp(-1, 1)).argmax(1) == labels)
+        .float()
+        .mean()
+        .item()
+    )
+
+
+def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean pairwise Euclidean distance of the classifier features within each class, averaged
+    over the classes: lower means the samples of a class look more alike."""
+    features = digits_features(images.clamp(-1, 1)).double()
+    per_class = []
+    for label in labels.unique():
+        group = features[labels == label]
+        if group.shape[0] > 1:
+            distances = torch.cdist(group, group)
+            per_class.append(distances.sum() / (group.shape[0] * (group.shape[0] - 1)))
+    return float(torch.stack(per_class).mean())
+
+
+def saturation(images: torch.Tensor, threshold: float = 0.98) -> float:
+    """Fraction of pixels with |x| > threshold (x in [-1, 1]): over-guided samples saturate."""
+    return (images.abs() > threshold).float().mean().item()
+
+
+def seam_error(completions: torch.Tensor, truth: torch.Tensor, row: int = 8) -> float:
+    """Mean |(x[row] - x[row - 1]) - (truth[row] - truth[row - 1])|: how much the jump across the
+    border of the mask differs from the real image's (0 for a seamless completion)."""
+    jump = completions[..., row, :] - completions[..., row - 1, :]
+    true_jump = truth[..., row, :] - truth[..., row - 1, :]
+    return (jump - true_jump).abs().mean().item()
 
 
 @lru_cache(maxsize=1)

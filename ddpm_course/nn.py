@@ -1,6 +1,6 @@
-r"""The denoising networks: the U-Net of Ho et al. 2020 for images and a small MLP for 2-D data.
+r"""The denoising networks: the U-Net of Ho et al. 2020 for images.
 
-Chapter 04 (Training a DDPM). A network here is a function :math:`\epsilon_\theta(x_t, t[, y])`
+Chapter 04 (Training a DDPM); its building blocks are in :mod:`ddpm_course.blocks`. A network here is a function :math:`\epsilon_\theta(x_t, t[, y])`
 that sees a noisy input and its timestep and returns something the shape of the input (the
 predicted noise, x0 or v; twice the channels with a learned variance).
 
@@ -26,13 +26,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import astuple, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import check_choice
+from .blocks import (
+    AttentionBlock,
+    Downsample,
+    EmbedSequential,
+    ResBlock,
+    Upsample,
+    _zero_init,
+    timestep_embedding,
+)
+from .utils import check_choice, check_class_labels
 
 __all__ = [
     "timestep_embedding",
@@ -41,193 +51,18 @@ __all__ = [
     "Downsample",
     "Upsample",
     "EmbedSequential",
+    "UNetConfig",
     "UNet",
-    "MLP2D",
     "PRESETS",
     "unet_from_preset",
-    "NoisyClassifier",
-    "sr_model_input",
-    "SuperResUNet",
 ]
 
 
-def _check_embedding_dim(dim: int) -> None:
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 4 or dim % 2:
-        raise ValueError(
-            f"the embedding dim must be an even integer >= 4 (sin and cos of dim/2 >= 2 frequencies), got {dim!r}"
-        )
-
-
-def timestep_embedding(
-    t: torch.Tensor, dim: int, max_period: float = 10000.0
-) -> torch.Tensor:
-    r"""Sinusoidal embedding of timesteps (Sec. 3.5 of Vaswani et al. 2017, as in Ho et al. 2020).
-
-    With :math:`h = \text{dim}/2` frequencies :math:`\omega_i = \text{max\_period}^{-i/(h-1)}`,
-    i = 0, ..., h-1 (from 1 down to 1/max_period, evenly spaced in log),
-
-    .. math:: \text{emb}(t) = [\sin(t\omega_0), \dots, \sin(t\omega_{h-1}),
-              \cos(t\omega_0), \dots, \cos(t\omega_{h-1})].
-
-    This is DDPM's ``get_timestep_embedding`` (diffusers: ``flip_sin_to_cos=False,
-    downscale_freq_shift=1``). t: (N,) integer or float timesteps -> (N, dim) float32.
-    """
-    _check_embedding_dim(dim)
-    t = torch.as_tensor(t)
-    if t.ndim != 1:
-        raise ValueError(f"timesteps must have shape (N,), got {tuple(t.shape)}")
-    half = dim // 2
-    frequencies = torch.exp(
-        -math.log(max_period)
-        * torch.arange(half, dtype=torch.float32, device=t.device)
-        / (half - 1)
-    )
-    angles = t.float()[:, None] * frequencies[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-
-def _zero_init(module: nn.Module) -> nn.Module:
-    """Set every parameter of ``module`` to zero and return it (the block starts as the identity)."""
-    for parameter in module.parameters():
-        nn.init.zeros_(parameter)
-    return module
-
-
-class ResBlock(nn.Module):
-    r"""The residual block of the U-Net, conditioned on the embedding e (time, plus class).
-
-    .. math:: h = \text{conv}_1(\text{SiLU}(\text{GN}_1(x))), \quad
-              h = \text{conv}_2(\text{dropout}(\text{SiLU}(\text{GN}_2(h + W\,\text{SiLU}(e))))), \quad
-              \text{out} = \text{skip}(x) + h
-
-    (Ho et al. 2020). With ``scale_shift_norm`` the embedding instead modulates the normalised
-    features (FiLM, Nichol & Dhariwal 2021): :math:`[s, b] = W\,\text{SiLU}(e)`,
-    :math:`\text{GN}_2(h)(1 + s) + b`. ``conv_2`` starts at zero; ``skip`` is a 1×1 convolution
-    when the number of channels changes, else the identity.
-
-    x: (N, in_channels, H, W), emb: (N, emb_channels) -> (N, out_channels, H, W).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        emb_channels: int,
-        dropout: float = 0.0,
-        num_groups: int = 32,
-        scale_shift_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.scale_shift_norm = scale_shift_norm
-        self.norm1 = nn.GroupNorm(num_groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(
-            emb_channels, 2 * out_channels if scale_shift_norm else out_channels
-        )
-        self.norm2 = nn.GroupNorm(num_groups, out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = _zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip = (
-            nn.Identity()
-            if in_channels == out_channels
-            else nn.Conv2d(in_channels, out_channels, 1)
-        )
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        emb_out = self.emb_proj(F.silu(emb))[:, :, None, None]
-        if self.scale_shift_norm:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
-        else:
-            h = self.norm2(h + emb_out)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
-
-
-class AttentionBlock(nn.Module):
-    r"""Self-attention over the H·W positions of a feature map, with a residual connection.
-
-    ``qkv`` (a 1×1 convolution of :math:`\text{GN}(x)` to 3C channels) gives q, k and v as its
-    channel blocks [0, C), [C, 2C), [2C, 3C); each is split into ``num_heads`` heads of
-    d = C / num_heads consecutive channels, and every head computes, with Q, K, V its (H·W, d)
-    matrices of queries, keys and values,
-
-    .. math:: \text{softmax}\big(Q K^\top / \sqrt d\big)\, V
-
-    (softmax over the key positions; ``F.scaled_dot_product_attention``, Vaswani et al. 2017).
-    The heads are concatenated back, mixed by the zero-initialised 1×1 convolution ``proj_out`` and added to x.
-
-    x: (N, C, H, W) -> (N, C, H, W).
-    """
-
-    def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32) -> None:
-        super().__init__()
-        if channels % num_heads:
-            raise ValueError(
-                f"num_heads={num_heads} must divide the {channels} channels of the attention block"
-            )
-        self.num_heads = num_heads
-        self.norm = nn.GroupNorm(num_groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj_out = _zero_init(nn.Conv2d(channels, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, height, width = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(
-            n, 3, self.num_heads, c // self.num_heads, height * width
-        )
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (N, heads, H*W, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, H*W, d)
-        out = out.transpose(-1, -2).reshape(n, c, height, width)
-        return x + self.proj_out(out)
-
-
-class Downsample(nn.Module):
-    """Halve the resolution: a 3×3 convolution with stride 2, or 2×2 average pooling without conv.
-
-    x: (N, C, H, W) -> (N, C, H/2, W/2).
-    """
-
-    def __init__(self, channels: int, with_conv: bool = True) -> None:
-        super().__init__()
-        self.op = (
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-            if with_conv
-            else nn.AvgPool2d(2)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
-
-
-class Upsample(nn.Module):
-    """Double the resolution: nearest-neighbour up-sampling, then a 3×3 convolution (if with_conv).
-
-    x: (N, C, H, W) -> (N, C, 2H, 2W).
-    """
-
-    def __init__(self, channels: int, with_conv: bool = True) -> None:
-        super().__init__()
-        self.conv = (
-            nn.Conv2d(channels, channels, 3, padding=1) if with_conv else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-class EmbedSequential(nn.Sequential):
-    """Layers applied in turn, the :class:`ResBlock` s among them also receiving the embedding."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
-        return x
-
-
-class UNet(nn.Module):
-    r"""The DDPM U-Net (Ho et al. 2020, Appendix B), with the options of Nichol & Dhariwal 2021.
+@dataclass(frozen=True)
+class UNetConfig:
+    """The arguments of :class:`UNet`, stated once and checked when the config is made: a
+    configuration that cannot be built is refused with a message that says what to change.
+    ``to_dict()`` is the JSON-ready form that checkpoints store.
 
     Args:
         image_size: height and width of the (square) input; must be divisible by
@@ -257,57 +92,160 @@ class UNet(nn.Module):
             unfold the prediction after the last (``F.pixel_shuffle``), so that every level runs
             at 1/p² of the positions. The levels then sit at ``image_size // patch_size``,
             ``// 2``, ... (``attention_resolutions`` counts those). 1: no folding.
-
-    ``forward(x, t, y=None)``: x (N, in_channels, image_size, image_size), t (N,) or a scalar,
-    y (N,) int64 or None -> (N, out_channels, image_size, image_size). ``config`` holds the
-    arguments, so that ``UNet(**model.config)`` builds the same architecture.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        in_channels: int,
-        model_channels: int,
-        out_channels: int | None = None,
-        channel_mults: tuple[int, ...] = (1, 2, 2, 2),
-        num_res_blocks: int | tuple[int, ...] = 2,
-        attention_resolutions: tuple[int, ...] = (16,),
-        dropout: float = 0.0,
-        num_heads: int = 1,
-        head_channels: int | None = None,
-        num_groups: int = 32,
-        scale_shift_norm: bool = False,
-        num_classes: int | None = None,
-        learned_variance: bool = False,
-        resample_with_conv: bool = True,
-        patch_size: int = 1,
-    ) -> None:
-        super().__init__()
-        channel_mults, attention_resolutions = (
-            tuple(channel_mults),
-            tuple(attention_resolutions),
+    image_size: int
+    in_channels: int
+    model_channels: int
+    out_channels: int | None = None
+    channel_mults: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int | tuple[int, ...] = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.0
+    num_heads: int = 1
+    head_channels: int | None = None
+    num_groups: int = 32
+    scale_shift_norm: bool = False
+    num_classes: int | None = None
+    learned_variance: bool = False
+    resample_with_conv: bool = True
+    patch_size: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("channel_mults", "attention_resolutions"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.num_res_blocks, int):
+            object.__setattr__(self, "num_res_blocks", tuple(self.num_res_blocks))
+        self._check()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def _check(self) -> None:
+        (image_size, in_channels, model_channels, out_channels, channel_mults, num_res_blocks,
+         attention_resolutions, dropout, num_heads, head_channels, num_groups, _, num_classes,
+         _, _, patch_size) = astuple(self)  # fmt: skip
+        for name, value in [("image_size", image_size), ("in_channels", in_channels),
+                            ("model_channels", model_channels), ("num_groups", num_groups),
+                            ("patch_size", patch_size)]:  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        counts = (
+            (num_res_blocks,)
+            if isinstance(num_res_blocks, int)
+            else tuple(num_res_blocks)
         )
-        if not isinstance(num_res_blocks, int):
-            num_res_blocks = tuple(num_res_blocks)
-        self.config: dict[str, Any] = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "model_channels": model_channels,
-            "out_channels": out_channels,
-            "channel_mults": channel_mults,
-            "num_res_blocks": num_res_blocks,
-            "attention_resolutions": attention_resolutions,
-            "dropout": dropout,
-            "num_heads": num_heads,
-            "head_channels": head_channels,
-            "num_groups": num_groups,
-            "scale_shift_norm": scale_shift_norm,
-            "num_classes": num_classes,
-            "learned_variance": learned_variance,
-            "resample_with_conv": resample_with_conv,
-            "patch_size": patch_size,
-        }
-        _check_unet_arguments(**self.config)
+        if (
+            any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts)
+            or not isinstance(num_res_blocks, int)
+            and len(counts) != len(channel_mults)
+        ):
+            raise ValueError(
+                f"num_res_blocks must be a positive integer or a tuple of {len(channel_mults)} positive integers "
+                f"(one per level of channel_mults {channel_mults!r}), got {num_res_blocks!r}"
+            )
+        if model_channels % 2:
+            raise ValueError(
+                f"model_channels must be even (it is also the size of the sinusoidal time embedding), got {model_channels}"
+            )
+        if out_channels is not None and (
+            not isinstance(out_channels, int) or out_channels < 1
+        ):
+            raise ValueError(
+                f"out_channels must be a positive integer or None, got {out_channels!r}"
+            )
+        if not channel_mults or any(
+            not isinstance(m, int) or m < 1 for m in channel_mults
+        ):
+            raise ValueError(
+                f"channel_mults must be a non-empty tuple of positive integers, got {channel_mults!r}"
+            )
+        downsamplings = len(channel_mults) - 1
+        if image_size % patch_size:
+            raise ValueError(
+                f"patch_size {patch_size} must divide image_size {image_size}"
+            )
+        top = image_size // patch_size  # the resolution of the first level
+        if top % 2**downsamplings:
+            multiple = 2**downsamplings * math.ceil(top / 2**downsamplings)
+            folded = f" / patch_size {patch_size} = {top}" if patch_size > 1 else ""
+            raise ValueError(
+                f"image_size {image_size}{folded} is not divisible by 2**{downsamplings} "
+                f"({downsamplings} downsamplings); use {multiple * patch_size} or fewer "
+                "channel_mults"
+            )
+        resolutions = [top // 2**level for level in range(len(channel_mults))]
+        missing = [r for r in attention_resolutions if r not in resolutions]
+        if missing:
+            warnings.warn(
+                f"attention_resolutions {missing} are never reached, so they add no attention: this U-Net works at "
+                f"resolutions {resolutions} (image_size {image_size} with {len(channel_mults)} channel_mults)",
+                stacklevel=5,
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        level_channels = sorted(
+            {model_channels * m for m in channel_mults} | {model_channels}
+        )
+        bad = [c for c in level_channels if c % num_groups]
+        if bad:
+            raise ValueError(
+                f"num_groups={num_groups} must divide the channels of every GroupNorm, but not {bad} "
+                f"(channel counts {level_channels}); choose a num_groups that divides model_channels"
+            )
+        attended = [
+            m
+            for m, r in zip(channel_mults, resolutions, strict=True)
+            if r in attention_resolutions
+        ]
+        attention_channels = sorted(
+            {model_channels * m for m in attended + [channel_mults[-1]]}
+        )
+        if head_channels is not None:
+            if any(c % head_channels for c in attention_channels):
+                raise ValueError(
+                    f"head_channels={head_channels} must divide the attention channels {attention_channels}"
+                )
+        elif (
+            not isinstance(num_heads, int)
+            or num_heads < 1
+            or any(c % num_heads for c in attention_channels)
+        ):
+            raise ValueError(
+                f"num_heads={num_heads!r} must be a positive integer dividing the attention channels {attention_channels}"
+            )
+        if num_classes is not None and (
+            not isinstance(num_classes, int)
+            or isinstance(num_classes, bool)
+            or num_classes < 1
+        ):
+            raise ValueError(
+                f"num_classes must be a positive integer or None, got {num_classes!r}"
+            )
+
+
+class UNet(nn.Module):
+    r"""The DDPM U-Net (Ho et al. 2020, Appendix B), with the options of Nichol & Dhariwal 2021.
+
+    Its arguments are the fields of :class:`UNetConfig` (what each means is said there).
+
+    ``forward(x, t, y=None)``: x (N, in_channels, image_size, image_size), t (N,) or a scalar,
+    y (N,) int64 or None -> (N, out_channels, image_size, image_size). The arguments are the
+    fields of :class:`UNetConfig`, given as one (``UNet(config)``) or as keywords; ``config``
+    holds them as a dict, so that ``UNet(**model.config)`` builds the same architecture.
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **fields: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = UNetConfig(**fields)
+        elif fields:
+            raise TypeError("give a UNetConfig or its fields as keywords, not both")
+        self.unet_config = config
+        self.config: dict[str, Any] = config.to_dict()
+        (image_size, in_channels, model_channels, out_channels, channel_mults, num_res_blocks,
+         attention_resolutions, dropout, num_heads, head_channels, num_groups, scale_shift_norm,
+         num_classes, learned_variance, resample_with_conv, patch_size) = astuple(config)  # fmt: skip
         blocks_per_level = (
             (num_res_blocks,) * len(channel_mults)
             if isinstance(num_res_blocks, int)
@@ -427,22 +365,9 @@ class UNet(nn.Module):
             y = torch.full(
                 (batch_size,), self.num_classes, dtype=torch.long, device=device
             )
-        y = torch.as_tensor(y, device=device)
-        if (
-            y.shape != (batch_size,)
-            or y.dtype.is_floating_point
-            or y.dtype == torch.bool
-        ):
-            raise ValueError(
-                f"y must hold ({batch_size},) integer class labels, got shape {tuple(y.shape)} and dtype {y.dtype}"
-            )
-        if not torch.compiler.is_compiling() and bool(
-            ((y < 0) | (y > self.num_classes)).any()
-        ):
-            raise ValueError(
-                f"class labels must lie in {{0, ..., {self.num_classes}}} ({self.num_classes} is the null class); "
-                f"got values from {int(y.min())} to {int(y.max())}"
-            )
+        y = check_class_labels(
+            torch.as_tensor(y, device=device), self.num_classes, batch_size
+        )
         return emb + self.class_embed(y)
 
     def forward(
@@ -462,169 +387,6 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
-
-
-def _check_unet_arguments(
-    *,
-    image_size: int,
-    in_channels: int,
-    model_channels: int,
-    out_channels: int | None,
-    channel_mults: tuple[int, ...],
-    num_res_blocks: int | tuple[int, ...],
-    attention_resolutions: tuple[int, ...],
-    dropout: float,
-    num_heads: int,
-    head_channels: int | None,
-    num_groups: int,
-    num_classes: int | None,
-    patch_size: int = 1,
-    **flags: bool,  # scale_shift_norm, learned_variance, resample_with_conv: any bool is fine
-) -> None:
-    """Refuse a U-Net configuration that cannot be built, with a message that says what to change."""
-    for name, value in [
-        ("image_size", image_size),
-        ("in_channels", in_channels),
-        ("model_channels", model_channels),
-        ("num_groups", num_groups),
-        ("patch_size", patch_size),
-    ]:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    counts = (
-        (num_res_blocks,) if isinstance(num_res_blocks, int) else tuple(num_res_blocks)
-    )
-    if (
-        any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts)
-        or not isinstance(num_res_blocks, int)
-        and len(counts) != len(channel_mults)
-    ):
-        raise ValueError(
-            f"num_res_blocks must be a positive integer or a tuple of {len(channel_mults)} positive integers "
-            f"(one per level of channel_mults {channel_mults!r}), got {num_res_blocks!r}"
-        )
-    if model_channels % 2:
-        raise ValueError(
-            f"model_channels must be even (it is also the size of the sinusoidal time embedding), got {model_channels}"
-        )
-    if out_channels is not None and (
-        not isinstance(out_channels, int) or out_channels < 1
-    ):
-        raise ValueError(
-            f"out_channels must be a positive integer or None, got {out_channels!r}"
-        )
-    if not channel_mults or any(not isinstance(m, int) or m < 1 for m in channel_mults):
-        raise ValueError(
-            f"channel_mults must be a non-empty tuple of positive integers, got {channel_mults!r}"
-        )
-    downsamplings = len(channel_mults) - 1
-    if image_size % patch_size:
-        raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
-    top = image_size // patch_size  # the resolution of the first level
-    if top % 2**downsamplings:
-        multiple = 2**downsamplings * math.ceil(top / 2**downsamplings)
-        folded = f" / patch_size {patch_size} = {top}" if patch_size > 1 else ""
-        raise ValueError(
-            f"image_size {image_size}{folded} is not divisible by 2**{downsamplings} "
-            f"({downsamplings} downsamplings); use {multiple * patch_size} or fewer "
-            "channel_mults"
-        )
-    resolutions = [top // 2**level for level in range(len(channel_mults))]
-    missing = [r for r in attention_resolutions if r not in resolutions]
-    if missing:
-        warnings.warn(
-            f"attention_resolutions {missing} are never reached, so they add no attention: this U-Net works at "
-            f"resolutions {resolutions} (image_size {image_size} with {len(channel_mults)} channel_mults)",
-            stacklevel=3,
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-    level_channels = sorted(
-        {model_channels * m for m in channel_mults} | {model_channels}
-    )
-    bad = [c for c in level_channels if c % num_groups]
-    if bad:
-        raise ValueError(
-            f"num_groups={num_groups} must divide the channels of every GroupNorm, but not {bad} "
-            f"(channel counts {level_channels}); choose a num_groups that divides model_channels"
-        )
-    attended = [
-        m
-        for m, r in zip(channel_mults, resolutions, strict=True)
-        if r in attention_resolutions
-    ]
-    attention_channels = sorted(
-        {model_channels * m for m in attended + [channel_mults[-1]]}
-    )
-    if head_channels is not None:
-        if any(c % head_channels for c in attention_channels):
-            raise ValueError(
-                f"head_channels={head_channels} must divide the attention channels {attention_channels}"
-            )
-    elif (
-        not isinstance(num_heads, int)
-        or num_heads < 1
-        or any(c % num_heads for c in attention_channels)
-    ):
-        raise ValueError(
-            f"num_heads={num_heads!r} must be a positive integer dividing the attention channels {attention_channels}"
-        )
-    if num_classes is not None and (
-        not isinstance(num_classes, int)
-        or isinstance(num_classes, bool)
-        or num_classes < 1
-    ):
-        raise ValueError(
-            f"num_classes must be a positive integer or None, got {num_classes!r}"
-        )
-
-
-class MLP2D(nn.Module):
-    r"""A noise predictor for 2-D (or any low-dimensional) toy data: :math:`\epsilon_\theta(x_t, t)`.
-
-    The input is the point concatenated with the sinusoidal embedding of t,
-    :math:`[x_t, \text{emb}(t)]`, followed by ``n_layers`` hidden layers (Linear, SiLU) of width
-    ``hidden`` and a linear output layer.
-
-    x: (N, dim), t: (N,) -> (N, dim).
-    """
-
-    def __init__(
-        self,
-        dim: int = 2,
-        hidden: int = 128,
-        n_layers: int = 3,
-        time_embed_dim: int = 32,
-    ) -> None:
-        super().__init__()
-        for name, value in [("dim", dim), ("hidden", hidden), ("n_layers", n_layers)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.dim = dim
-        self.time_embed_dim = time_embed_dim
-        _check_embedding_dim(time_embed_dim)
-        layers: list[nn.Module] = []
-        width = dim + time_embed_dim
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, dim))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"this MLP expects points of shape (N, {self.dim}), got {tuple(x.shape)}"
-            )
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(
-                f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}"
-            )
-        emb = timestep_embedding(t, self.time_embed_dim).to(x.dtype)
-        return self.net(torch.cat([x, emb], dim=1))
 
 
 # Architectures by name, with their parameter counts (checked in tests/test_nn.py):
@@ -693,164 +455,3 @@ def unet_from_preset(name: str, **overrides: Any) -> UNet:
     """
     check_choice("U-Net preset", name, PRESETS)
     return UNet(**{**PRESETS[name], **overrides})
-
-
-# ----------------------------------------------------------------- chapter 06: guidance models
-class NoisyClassifier(nn.Module):
-    r"""A classifier of noisy images :math:`p_\phi(y \mid x_t, t)`: the U-Net's encoder half.
-
-    Chapter 06 (classifier guidance, Dhariwal & Nichol 2021, Sec. 4.1, who also take the U-Net's
-    downsampling trunk). The timestep enters through the same sinusoidal embedding and MLP as in
-    :class:`UNet`; the down path (:class:`ResBlock` s, attention at ``attention_resolutions``,
-    :class:`Downsample` between levels) and one middle ResBlock are followed by GroupNorm, SiLU,
-    global average pooling and a linear layer to the logits.
-
-    x: (N, in_channels, image_size, image_size) in [-1, 1], t: (N,) trained timesteps
-    -> logits (N, num_classes). ``config`` holds the arguments (``NoisyClassifier(**config)``).
-    """
-
-    def __init__(
-        self,
-        image_size: int = 16,
-        in_channels: int = 1,
-        model_channels: int = 32,
-        num_classes: int = 10,
-        channel_mults: tuple[int, ...] = (1, 2, 2),
-        num_res_blocks: int = 1,
-        attention_resolutions: tuple[int, ...] = (),
-        num_groups: int = 8,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        channel_mults, attention_resolutions = (
-            tuple(channel_mults),
-            tuple(attention_resolutions),
-        )
-        self.config: dict[str, Any] = {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "model_channels": model_channels,
-            "num_classes": num_classes,
-            "channel_mults": channel_mults,
-            "num_res_blocks": num_res_blocks,
-            "attention_resolutions": attention_resolutions,
-            "num_groups": num_groups,
-            "dropout": dropout,
-        }
-        _check_unet_arguments(
-            image_size=image_size, in_channels=in_channels, model_channels=model_channels,
-            out_channels=None, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, dropout=dropout, num_heads=1,
-            head_channels=None, num_groups=num_groups, num_classes=num_classes,
-        )  # fmt: skip
-        self.image_size, self.in_channels = image_size, in_channels
-        self.model_channels, self.num_classes = model_channels, num_classes
-        emb_channels = 4 * model_channels
-        self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, emb_channels),
-            nn.SiLU(),
-            nn.Linear(emb_channels, emb_channels),
-        )
-        self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
-        blocks: list[nn.Module] = []
-        channels, resolution = model_channels, image_size
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                out = model_channels * mult
-                layers: list[nn.Module] = [
-                    ResBlock(channels, out, emb_channels, dropout, num_groups)
-                ]
-                channels = out
-                if resolution in attention_resolutions:
-                    layers.append(AttentionBlock(channels, 1, num_groups))
-                blocks.append(EmbedSequential(*layers))
-            if level != len(channel_mults) - 1:
-                blocks.append(EmbedSequential(Downsample(channels)))
-                resolution //= 2
-        blocks.append(
-            EmbedSequential(
-                ResBlock(channels, channels, emb_channels, dropout, num_groups)
-            )
-        )
-        self.blocks = nn.ModuleList(blocks)
-        self.norm_out = nn.GroupNorm(num_groups, channels)
-        self.head = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"this classifier expects images of shape (N, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}), got {tuple(x.shape)}"
-            )
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(
-                f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}"
-            )
-        sinusoids = timestep_embedding(t, self.model_channels).to(x.dtype)
-        emb = self.time_embed(sinusoids)
-        h = self.conv_in(x)
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
-
-
-def sr_model_input(x_t: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
-    r"""The input of an SR3 super-resolution network (Saharia et al. 2021, Sec. 2.3):
-
-    .. math:: [x_t,\ \mathrm{up}(x_\text{low})]
-
-    the noisy high-resolution image concatenated along the channels with the low-resolution image
-    upsampled to its size by bicubic interpolation. x_t: (N, C, H, W); low_res: (N, C, h, w)
-    -> (N, 2C, H, W).
-    """
-    if low_res.ndim != 4 or low_res.shape[:2] != x_t.shape[:2]:
-        raise ValueError(
-            f"low_res must have shape (N, C, h, w) = ({x_t.shape[0]}, {x_t.shape[1]}, h, w) "
-            f"like x_t {tuple(x_t.shape)}; got {tuple(low_res.shape)}"
-        )
-    upsampled = F.interpolate(
-        low_res.to(x_t.dtype), size=x_t.shape[-2:], mode="bicubic", align_corners=False
-    )
-    return torch.cat([x_t, upsampled], dim=1)
-
-
-class SuperResUNet(nn.Module):
-    r"""A :class:`UNet` conditioned on a low-resolution image by concatenation (SR3).
-
-    Chapter 06. ``forward(x_t, t, low_res)`` is ``unet(sr_model_input(x_t, low_res), t)``
-    (:func:`sr_model_input`): the inner U-Net sees ``2 * channels`` input channels and predicts
-    ``channels``. Arguments: ``low_res_size`` (h = w of the conditioning image), ``channels``,
-    and the :class:`UNet` arguments in ``unet`` (its ``in_channels`` / ``out_channels`` are set
-    here). ``config`` holds them (``SuperResUNet(**config)``).
-
-    x_t: (N, channels, H, H), t: (N,), low_res: (N, channels, low_res_size, low_res_size)
-    -> (N, channels, H, H).
-    """
-
-    def __init__(self, low_res_size: int, channels: int, unet: dict[str, Any]) -> None:
-        super().__init__()
-        unet = {**unet, "in_channels": 2 * channels, "out_channels": channels}
-        self.unet = UNet(**unet)
-        self.low_res_size, self.channels = low_res_size, channels
-        self.image_size = self.unet.image_size
-        self.config: dict[str, Any] = {
-            "low_res_size": low_res_size,
-            "channels": channels,
-            "unet": self.unet.config,
-        }
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        expected = (self.channels, self.low_res_size, self.low_res_size)
-        if low_res is None or low_res.ndim != 4 or tuple(low_res.shape[1:]) != expected:
-            got = None if low_res is None else tuple(low_res.shape)
-            raise ValueError(
-                f"this super-resolution model needs low_res of shape (N, {expected[0]}, "
-                f"{expected[1]}, {expected[2]}) (pass model_kwargs={{'low_res': ...}}), got {got}"
-            )
-        return self.unet(sr_model_input(x, low_res), t)

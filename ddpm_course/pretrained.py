@@ -13,12 +13,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import load_weights, save_weights
+from .config import TrainConfig
 from .diffusion import GaussianDiffusion
+from .loading import WEIGHTS_DIR, load_model
 from .utils import check_choice
 
-__all__ = ["PRETRAINED", "Pretrained", "load_pretrained", "load_any", "WEIGHTS_DIR"]
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+__all__ = [
+    "PRETRAINED",
+    "Pretrained",
+    "load_pretrained",
+    "load_any",
+    "export",
+    "WEIGHTS_DIR",
+]
 
 
 @dataclass(frozen=True)
@@ -26,8 +34,8 @@ class Pretrained:
     name: str
     description: str
     command: str
-    # "module:function" that loads a model that is not a denoising U-Net (chapter 06's), else None
-    loader: str | None = None
+    # a denoiser of the digits whose FD `python -m ddpm_course.pretrained fd` measures
+    denoiser: bool = False
 
     @property
     def path(self) -> Path:
@@ -51,11 +59,13 @@ PRETRAINED = {
         "digits",
         "unconditional U-Net (digits preset) on the 16×16 digits",
         _command("digits"),
+        denoiser=True,
     ),
     "digits-cond": Pretrained(
         "digits-cond",
         "class-conditional U-Net with a null class (p_uncond 0.2) on the 16×16 digits",
         _command("digits-cond"),
+        denoiser=True,
     ),
     "fashion": Pretrained(
         "fashion",
@@ -66,54 +76,43 @@ PRETRAINED = {
         "digits-noisy-classifier",
         "classifier of noisy digits p(y | x_t, t) for classifier guidance (chapter 06)",
         "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models classifier",
-        loader="ddpm_course.guidance_models:load_noisy_classifier",
     ),
     "digits-sr": Pretrained(
         "digits-sr",
         "8×8 → 16×16 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
         "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models sr",
-        loader="ddpm_course.guidance_models:load_sr_model",
     ),
     "digits-vae": Pretrained(
         "digits-vae",
         "KL-regularised autoencoder 16×16×1 → 4×4×4 with its latent scale factor (chapter 07)",
         "OMP_NUM_THREADS=1 ddpm-course train --preset digits-vae",
-        loader="ddpm_course.latent:load_vae",
     ),
     "digits-ldm": Pretrained(
         "digits-ldm",
         "latent U-Net on digits-vae latents, prompted by cross-attention (p_uncond 0.1; chapter 07)",
         "OMP_NUM_THREADS=1 ddpm-course train --preset digits-ldm --out runs/digits-ldm && "
-        "python -m ddpm_course.latent export runs/digits-ldm",
-        loader="ddpm_course.latent:load_latent_diffusion",
+        "python -m ddpm_course.pretrained export runs/digits-ldm digits-ldm",
     ),
 }
 
 
 def load_pretrained(
     name: str, device: torch.device | str | None = None
-) -> tuple[nn.Module, GaussianDiffusion, TrainConfig]:  # noqa: F821
-    """A shipped model by name: ``(EMA model in eval mode, diffusion, training config)``."""
-    from .loading import load_model
-
+) -> tuple[nn.Module, GaussianDiffusion | None, TrainConfig | None]:
+    """A shipped model by name, by :func:`~ddpm_course.loading.load_model`: ``(model in eval
+    mode, diffusion, training config)``; an autoencoder (``digits-vae``) has no diffusion
+    (``(model, None, None)``, its scale factor in ``model.scale_factor``)."""
     check_choice("pretrained model", name, PRETRAINED)
     entry = PRETRAINED[name]
     if not entry.path.exists():
         raise FileNotFoundError(
             f"{entry.path} is missing from this installation; rebuild it with: {entry.command}"
         )
-    if entry.loader is not None:
-        import importlib
-
-        module, function = entry.loader.split(":")
-        return getattr(importlib.import_module(module), function)(device=device)
     return load_model(entry.path, device=device)
 
 
 def load_any(spec: str | Path, device: torch.device | str | None = None):
     """A shipped model name (see :data:`PRETRAINED`), else a run folder / checkpoint / weights path."""
-    from .loading import load_model
-
     if isinstance(spec, str) and spec in PRETRAINED:
         return load_pretrained(spec, device=device)
     return load_model(spec, device=device)
@@ -128,7 +127,7 @@ def evaluate_fd(
     with balanced labels (no guidance) and with the null class. ``spacing`` stays "leading" (not the
     samplers' trailing default): the model card's numbers were measured with it."""
     from .metrics import digits_fd, digits_fd_floor
-    from .samplers import ddim_sample
+    from .samplers import sample
 
     model, diffusion, config = load_pretrained(name, device="cpu")
     shape = (n, config.channels, config.image_size, config.image_size)
@@ -138,7 +137,8 @@ def evaluate_fd(
     }
     if config.class_conditional:
         labels = torch.arange(n) % config.num_classes
-        samples = ddim_sample(
+        samples = sample(
+            "ddim",
             model,
             diffusion,
             shape,
@@ -149,7 +149,8 @@ def evaluate_fd(
         )
         result["fd_conditional"] = digits_fd(samples)
         null = torch.full((n,), config.num_classes)
-        samples = ddim_sample(
+        samples = sample(
+            "ddim",
             model,
             diffusion,
             shape,
@@ -161,7 +162,8 @@ def evaluate_fd(
         result["fd_null_class"] = digits_fd(samples)
     else:
         result["fd"] = digits_fd(
-            ddim_sample(
+            sample(
+                "ddim",
                 model,
                 diffusion,
                 shape,
@@ -175,23 +177,11 @@ def evaluate_fd(
 
 def export(run_dir: str | Path, name: str) -> Path:
     """Copy a run's EMA weights into ``weights/<name>.safetensors`` in float16 (half the size; sampling
-    quality is unchanged at this precision), with its JSON sidecar."""
-    import shutil
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    source = Path(run_dir) / "model.safetensors"
-    with safe_open(str(source), "pt") as handle:
-        metadata = handle.metadata()
-    state = {
-        key: (value.half() if value.is_floating_point() else value).contiguous()
-        for key, value in load_file(source).items()
-    }
-    target = WEIGHTS_DIR / f"{name}.safetensors"
-    save_file(state, str(target), metadata=metadata)
-    shutil.copy(source.with_suffix(".json"), target.with_suffix(".json"))
-    return target
+    quality is unchanged at this precision), with its JSON sidecar, by the one weights writer
+    (:func:`~ddpm_course.checkpoint.save_weights`)."""
+    state, metadata = load_weights(Path(run_dir) / "model.safetensors")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return save_weights(half, WEIGHTS_DIR / f"{name}.safetensors", metadata)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,16 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         "export", help="copy a run's EMA weights into the package (float16)"
     )
     exporter.add_argument("run_dir")
-    exporter.add_argument(
-        "name", choices=sorted(n for n, e in PRETRAINED.items() if e.loader is None)
-    )
+    exporter.add_argument("name", choices=("digits", "digits-cond", "digits-ldm"))
     args = parser.parse_args(argv)
     if args.command == "export":
         print(f"wrote {export(args.run_dir, args.name)}")
         return 0
-    for name in (
-        name for name, entry in PRETRAINED.items() if entry.loader is None
-    ):  # the denoisers
+    for name in (name for name, entry in PRETRAINED.items() if entry.denoiser):
         print(
             name,
             {

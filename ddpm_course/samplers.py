@@ -26,14 +26,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion, Model, PMeanVariance
+from .schedules import DEFAULT_SPACING, SPACINGS, timestep_sequence
 from .utils import check_choice
 
 __all__ = [
+    "SAMPLERS",
+    "sample",
     "SPACINGS",
     "DEFAULT_SPACING",
     "timestep_sequence",
@@ -51,50 +53,7 @@ __all__ = [
     "usable_timesteps",
 ]
 
-SPACINGS = ("leading", "trailing", "linspace")
-DEFAULT_SPACING = "trailing"  # starts at T - 1 (Lin et al. 2024); see ARCHITECTURE.md
-
 AlphaBar = float | torch.Tensor
-
-
-def timestep_sequence(
-    num_timesteps: int, steps: int, spacing: str = DEFAULT_SPACING
-) -> torch.Tensor:
-    """The ``steps`` trained timesteps a few-step sampler visits, in decreasing order: (steps,) int64.
-
-    * ``"trailing"`` (default): round(T - i T/steps) - 1, which always starts at T - 1 (Lin et al.
-      2024, diffusers' ``trailing``): with T = 1000 and 50 steps 999, 979, ..., 19.
-    * ``"leading"``: 0, k, 2k, ... with k = T // steps (DDIM paper, diffusers' ``leading``):
-      980, 960, ..., 0. Its first step lies below T - 1 although x_T is drawn as pure noise.
-    * ``"linspace"``: ``steps + 1`` points evenly spaced over [0, T - 1], rounded, without the last
-      one (0), as diffusers' DPM-Solver: 999, 979, ..., 20. (diffusers' DDIM ``linspace`` keeps 0
-      and has ``steps`` points instead.)
-    """
-    check_choice("spacing", spacing, SPACINGS)
-    if (
-        not isinstance(steps, int)
-        or isinstance(steps, bool)
-        or not 1 <= steps <= num_timesteps
-    ):
-        raise ValueError(
-            f"steps must be an integer in 1..{num_timesteps} (the trained T), got {steps!r}"
-        )
-    if spacing == "leading":
-        seq = np.arange(steps) * (num_timesteps // steps)
-    elif spacing == "trailing":
-        # the first `steps` values only: np.arange(T, 0, -T/steps) (diffusers' expression) can
-        # overshoot by one float rounding and append a timestep -1 (T = 50, steps = 29)
-        grid = np.arange(num_timesteps, 0, -num_timesteps / steps)[:steps]
-        seq = np.round(grid).astype(np.int64) - 1
-    else:
-        seq = np.linspace(0, num_timesteps - 1, steps + 1).round().astype(np.int64)[1:]
-    seq = np.unique(seq)
-    if seq.shape[0] != steps:
-        raise ValueError(
-            f"{spacing!r} spacing gives only {seq.shape[0]} distinct timesteps for "
-            f"steps={steps}, T={num_timesteps}"
-        )
-    return torch.from_numpy(seq[::-1].copy()).long()
 
 
 def respace(
@@ -599,3 +558,33 @@ def dpm_solver_sample(
         if trajectory is not None:
             trajectory.append(x.cpu())
     return (x, torch.stack(trajectory)) if trajectory is not None else x
+
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+
+
+def sample(
+    name: str,
+    model: Model,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = DEFAULT_SPACING,
+    **kwargs: Any,
+):
+    """The one front door: ``shape`` samples of ``model`` by the sampler called ``name``.
+
+    ``"ddpm"``: :func:`ddpm_sample` on ``respace(diffusion, steps, spacing)``; ``"ddim"``:
+    :func:`ddim_sample` with ``eta``; ``"dpm-solver"``: :func:`dpm_solver_sample` (``eta`` must
+    be 0). ``kwargs`` go to the loop (``x_T``, ``generator``, ``model_kwargs``,
+    ``clip_denoised``, ``progress``, ``device``, ...), whose own defaults hold otherwise.
+    """
+    check_choice("sampler", name, SAMPLERS)
+    if name == "ddpm":
+        return ddpm_sample(model, respace(diffusion, steps, spacing), shape, **kwargs)
+    if name == "ddim":
+        return ddim_sample(model, diffusion, shape, steps, eta, spacing, **kwargs)
+    if eta != 0.0:
+        raise ValueError(f"DPM-Solver++(2M) is deterministic; eta must be 0, got {eta}")
+    return dpm_solver_sample(model, diffusion, shape, steps, spacing, **kwargs)

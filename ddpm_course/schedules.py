@@ -7,6 +7,8 @@ Chapter 03 (The ELBO). The forward process adds noise in ``T`` steps,
 
 Everything here is computed in float64 (1 - alphas_cumprod loses digits in float32 near t = 0)
 and indexed by the discrete time t in {0, ..., T-1}, t = 0 the least noisy step.
+:func:`timestep_sequence` places the few trained timesteps that a fast sampler visits
+(chapter 05; :mod:`ddpm_course.samplers` uses it).
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from .utils import check_choice
 
-__all__ = ["linear", "cosine", "sigmoid", "get_betas", "NoiseSchedule", "SCHEDULES"]
+__all__ = [
+    "linear",
+    "cosine",
+    "sigmoid",
+    "get_betas",
+    "NoiseSchedule",
+    "SCHEDULES",
+    "SPACINGS",
+    "DEFAULT_SPACING",
+    "timestep_sequence",
+]
 
 
 def _check_T(T: int) -> None:
@@ -188,3 +201,48 @@ class NoiseSchedule:
             * torch.sqrt(self.alphas)
             / (1.0 - self.alphas_cumprod)
         )
+
+
+# ------------------------------------------- the timesteps a few-step sampler visits (ch. 05)
+SPACINGS = ("leading", "trailing", "linspace")
+DEFAULT_SPACING = "trailing"  # starts at T - 1 (Lin et al. 2024); see ARCHITECTURE.md
+
+
+def timestep_sequence(
+    num_timesteps: int, steps: int, spacing: str = DEFAULT_SPACING
+) -> torch.Tensor:
+    """The ``steps`` trained timesteps a few-step sampler visits, in decreasing order: (steps,) int64.
+
+    * ``"trailing"`` (default): round(T - i T/steps) - 1, which always starts at T - 1 (Lin et al.
+      2024, diffusers' ``trailing``): with T = 1000 and 50 steps 999, 979, ..., 19.
+    * ``"leading"``: 0, k, 2k, ... with k = T // steps (DDIM paper, diffusers' ``leading``):
+      980, 960, ..., 0. Its first step lies below T - 1 although x_T is drawn as pure noise.
+    * ``"linspace"``: ``steps + 1`` points evenly spaced over [0, T - 1], rounded, without the last
+      one (0), as diffusers' DPM-Solver: 999, 979, ..., 20. (diffusers' DDIM ``linspace`` keeps 0
+      and has ``steps`` points instead.)
+    """
+    check_choice("spacing", spacing, SPACINGS)
+    if (
+        not isinstance(steps, int)
+        or isinstance(steps, bool)
+        or not 1 <= steps <= num_timesteps
+    ):
+        raise ValueError(
+            f"steps must be an integer in 1..{num_timesteps} (the trained T), got {steps!r}"
+        )
+    if spacing == "leading":
+        seq = np.arange(steps) * (num_timesteps // steps)
+    elif spacing == "trailing":
+        # the first `steps` values only: np.arange(T, 0, -T/steps) (diffusers' expression) can
+        # overshoot by one float rounding and append a timestep -1 (T = 50, steps = 29)
+        grid = np.arange(num_timesteps, 0, -num_timesteps / steps)[:steps]
+        seq = np.round(grid).astype(np.int64) - 1
+    else:
+        seq = np.linspace(0, num_timesteps - 1, steps + 1).round().astype(np.int64)[1:]
+    seq = np.unique(seq)
+    if seq.shape[0] != steps:
+        raise ValueError(
+            f"{spacing!r} spacing gives only {seq.shape[0]} distinct timesteps for "
+            f"steps={steps}, T={num_timesteps}"
+        )
+    return torch.from_numpy(seq[::-1].copy()).long()

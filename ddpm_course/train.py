@@ -27,61 +27,72 @@ a :class:`~ddpm_course.config.TrainConfig` (:mod:`ddpm_course.config`).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import logging
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    TRAINING_STATE_KEYS,
     CheckpointError,
+    append_log,
     atomic_write,
+    check_architecture,
+    check_resumable,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
     save_weights,
+    set_rng_state,
+    trim_log,
 )
 from .config import (
-    NATIVE_IMAGE_SIZE,
     RESUME_INVARIANTS,
     TRAIN_PRESETS,
     TrainConfig,
     build_diffusion,
     build_model,
 )
+from .data import ResumableSampler, as_dataset, load_dataset, resumable_loader
+from .distributed import (
+    any_process,
+    autocast_dtype,
+    barrier,
+    leave_distributed,
+    rank_seed,
+    seed_everything,
+    setup_distributed,
+    wrap_model,
+)
 from .ema import ema_decay_at, ema_update
-from .loading import load_model
-from .samplers import ddim_sample
+from .samplers import sample
 from .viz import save_image_grid
 
 __all__ = [
     "Trainer",
     "NonFiniteLossError",
-    "load_dataset",
     "warmup_lr",
+    # defined in data, config and ema; importable from here too
+    "load_dataset",
     "ResumableSampler",
-    # defined in config, ema and loading; importable from here too
     "TrainConfig",
     "TRAIN_PRESETS",
     "build_model",
     "build_diffusion",
     "ema_decay_at",
     "ema_update",
-    "load_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,11 +106,9 @@ class NonFiniteLossError(FloatingPointError):
         self, step: int, loss: float, lr: float, checkpoint: Path | None
     ) -> None:
         self.step, self.loss, self.checkpoint = step, loss, checkpoint
-        saved = (
-            f"the last good checkpoint, {checkpoint}, is intact"
-            if checkpoint
-            else "no checkpoint had been written yet"
-        )
+        saved = "no checkpoint had been written yet"
+        if checkpoint:
+            saved = f"the last good checkpoint, {checkpoint}, is intact"
         super().__init__(
             f"the loss is {loss} at step {step} (learning rate {lr:.3g}): training diverged, and {saved}. "
             f"Try a lower learning rate (e.g. lr={lr / 4:.3g}), a longer warm-up, or gradient clipping (grad_clip)."
@@ -115,99 +124,11 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     return lr * min(1.0, (step + 1) / warmup_steps)
 
 
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way, for exact resume.
-
-    Epoch e visits a permutation seeded by ``seed + e`` (the same on every process), of which rank
-    r takes every ``num_replicas``-th index from r. ``set_epoch(e, skip=k)`` leaves out the first k
-    indices of this rank's share: the ones consumed before the checkpoint.
-    """
-
-    def __init__(
-        self, dataset: Dataset, num_replicas: int, rank: int, seed: int
-    ) -> None:
-        super().__init__(
-            dataset,
-            num_replicas=num_replicas,
-            rank=rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=True,
-        )
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
-
-
-# ---------------------------------------------------------------------------- the data
-def load_dataset(config: TrainConfig) -> Dataset:
-    """The training split of ``config.dataset`` as (image (C, H, W) in [-1, 1], label) pairs."""
-    from . import data
-
-    if config.dataset == "digits":
-        return TensorDataset(*data.digits(size=config.image_size, split="train"))
-    if config.dataset == "fashion_mnist":
-        size = None if config.image_size == 28 else config.image_size
-        images, labels = data.fashion_mnist("train", config.data_dir, size=size)
-        if config.random_flip:
-            raise ValueError(
-                "random_flip is for torchvision data sets; Fashion-MNIST is read as tensors"
-            )
-        return TensorDataset(images, labels)
-    size = (
-        None
-        if config.image_size == NATIVE_IMAGE_SIZE[config.dataset]
-        else config.image_size
-    )
-    loader = {
-        "mnist": data.mnist,
-        "cifar10": data.cifar10,
-    }[config.dataset]
-    return loader(
-        config.data_dir,
-        train=True,
-        download=True,
-        size=size,
-        random_flip=config.random_flip,
-    )
-
-
-def _as_dataset(
-    dataset: Dataset | torch.Tensor | tuple | None, config: TrainConfig
-) -> Dataset:
-    if dataset is None:
-        return load_dataset(config)
-    if isinstance(dataset, torch.Tensor):
-        return TensorDataset(dataset)
-    if isinstance(dataset, (tuple, list)) and all(
-        isinstance(t, torch.Tensor) for t in dataset
-    ):
-        return TensorDataset(*dataset)
-    if isinstance(dataset, Dataset):
-        return dataset
-    raise TypeError(
-        f"dataset must be a Dataset, an images tensor or an (images, labels) tuple; got {type(dataset).__name__}"
-    )
-
-
 def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A collated batch -> (images, labels or None)."""
     if isinstance(batch, torch.Tensor):
         return batch, None
     return batch[0], (batch[1] if len(batch) > 1 else None)
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    """An independent seed for each process (numpy's SeedSequence of (seed, rank)), below 2**32."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -228,18 +149,16 @@ class Trainer:
         dataset: Dataset | torch.Tensor | tuple | None = None,
     ) -> None:
         self.config = config
-        self._owns_process_group = False
-        self.rank, self.world_size, local_rank = self._setup_distributed()
-        self.is_main = self.rank == 0
-        self.device = (
-            torch.device("cuda", local_rank)
-            if torch.cuda.is_available()
-            else torch.device("cpu")
+        self.rank, self.world_size, local_rank, self._owns_process_group = (
+            setup_distributed()
         )
-        self.autocast_dtype = self._autocast_dtype()
+        self.is_main = self.rank == 0
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        self.autocast_dtype = autocast_dtype(self.device, config.precision)
 
         # identical initial weights on every process, then one random stream per process
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         self.model = (model if model is not None else build_model(config)).to(
             self.device
         )
@@ -251,9 +170,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = build_diffusion(config)
-        fused = (
-            {"fused": True} if self.device.type in ("cuda", "cpu") else {}
-        )  # one kernel for all tensors
+        # one kernel for all tensors
+        fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.lr,
@@ -264,46 +182,31 @@ class Trainer:
             self.device.type, enabled=self.autocast_dtype == torch.float16
         )
 
-        self.dataset = _as_dataset(dataset, config)
+        self.dataset = as_dataset(dataset, config)
         if config.batch_size % (self.world_size * config.grad_accum):
             raise ValueError(
                 f"batch_size {config.batch_size} must split evenly over {self.world_size} process(es) × "
                 f"{config.grad_accum} accumulation step(s)"
             )
         self.rank_batch_size = config.batch_size // self.world_size
-        rank_seed = _rank_seed(config.seed, self.rank)
-        self.sampler = ResumableSampler(
-            self.dataset, self.world_size, self.rank, config.seed
-        )
-        self.loader = DataLoader(
-            self.dataset, batch_size=self.rank_batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=config.num_workers > 0, generator=torch.Generator().manual_seed(rank_seed),
+        process_seed = rank_seed(config.seed, self.rank)
+        self.sampler, self.loader = resumable_loader(
+            self.dataset, self.rank_batch_size, self.world_size, self.rank, config.seed,
+            process_seed, config.num_workers, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         self.steps_per_epoch = self.sampler.num_samples // self.rank_batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the dataset has {len(self.dataset)} images, fewer than one batch of {self.rank_batch_size} per "
-                f"process; lower batch_size"
-            )
-        _seed_everything(rank_seed)
-        self.generator = torch.Generator(self.device).manual_seed(
-            rank_seed
-        )  # timesteps, noise, label dropout
+        seed_everything(process_seed)
+        # timesteps, noise, label dropout
+        self.generator = torch.Generator(self.device).manual_seed(process_seed)
 
-        self.train_model: nn.Module = self.model
-        if self.world_size > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids
-            )
-        if config.compile and self.device.type == "cuda":
-            self.train_model = torch.compile(self.train_model)
+        # the model that the step calls: DDP's wrapper under torchrun, compiled when asked
+        self.train_model = wrap_model(
+            self.model, self.device, self.world_size, config.compile
+        )
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.elapsed = (
-            0.0  # seconds of training before this invocation (from the checkpoint)
-        )
+        # seconds of training before this invocation (from the checkpoint)
+        self.elapsed = 0.0
         self.last_grad_norm = float("nan")
         self.last_checkpoint: Path | None = None
         self._last_sample_step: int | None = None
@@ -312,49 +215,11 @@ class Trainer:
         self.samples_dir = self.out_dir / "samples"
         self.log_path = self.out_dir / "log.jsonl"
 
-    # ------------------------------------------------------------------ process group
-    def _setup_distributed(self) -> tuple[int, int, int]:
-        """(rank, world size, local rank); joins the torchrun process group when there is one."""
-        if dist.is_available() and dist.is_initialized():
-            return (
-                dist.get_rank(),
-                dist.get_world_size(),
-                int(os.environ.get("LOCAL_RANK", "0")),
-            )
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
-            return 0, 1, 0
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        self._owns_process_group = True
-        return dist.get_rank(), dist.get_world_size(), local_rank
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
     def close(self) -> None:
         """Leave the process group if this Trainer created it (:meth:`train` does this at its end)."""
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_process_group:
+            leave_distributed()
             self._owns_process_group = False
-
-    def _autocast_dtype(self) -> torch.dtype | None:
-        """bf16 on GPUs that compute in it natively (compute capability 8+), fp16 where asked or
-        where bf16 is only emulated; None (fp32) on the CPU."""
-        if self.device.type != "cuda" or self.config.precision == "fp32":
-            return None
-        if (
-            self.config.precision == "bf16"
-            and torch.cuda.get_device_capability(self.device)[0] < 8
-        ):
-            logger.warning(
-                "this GPU has no native bf16; training in fp16 with a GradScaler instead"
-            )
-            return torch.float16
-        return torch.bfloat16 if self.config.precision == "bf16" else torch.float16
 
     def _autocast(self):
         """Mixed precision on CUDA (bf16 or fp16), nothing on the CPU."""
@@ -406,11 +271,9 @@ class Trainer:
                 f"a batch of {images.shape[0]} images does not split into grad_accum={k} equal micro-batches"
             )
         images = images.to(self.device, non_blocking=True)
-        return (
-            images.contiguous(memory_format=torch.channels_last)
-            if self.channels_last
-            else images
-        )
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _backward(
         self,
@@ -428,9 +291,8 @@ class Trainer:
         for i, (x0_i, t_i, noise_i, y_i) in enumerate(
             zip(x0.chunk(k), t.chunk(k), noise.chunk(k), micro_labels, strict=True)
         ):
-            skip_sync = (
-                self.world_size > 1 and i < k - 1
-            )  # all-reduce the gradients once, after the last micro-batch
+            # all-reduce the gradients once, after the last micro-batch
+            skip_sync = self.world_size > 1 and i < k - 1
             with self.train_model.no_sync() if skip_sync else nullcontext():
                 with self._autocast():
                     losses = self.diffusion.training_losses(
@@ -461,11 +323,9 @@ class Trainer:
         if not math.isfinite(loss_value) or (
             not self.scaler.is_enabled() and not math.isfinite(self.last_grad_norm)
         ):
-            bad = (
-                loss_value
-                if not math.isfinite(loss_value)
-                else f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
-            )
+            bad = f"{loss_value:.4g} with a gradient norm of {self.last_grad_norm}"
+            if not math.isfinite(loss_value):
+                bad = loss_value
             lr = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
             raise NonFiniteLossError(self.step + 1, bad, lr, self.last_checkpoint)
         return loss_value
@@ -480,11 +340,9 @@ class Trainer:
     def _update_ema(self) -> None:
         """Move the EMA weights towards the model's (with the decay's warm-up when ``ema_warmup``)."""
         config = self.config
-        decay = (
-            ema_decay_at(self.step, config.ema_decay)
-            if config.ema_warmup
-            else config.ema_decay
-        )
+        decay = config.ema_decay
+        if config.ema_warmup:
+            decay = ema_decay_at(self.step, config.ema_decay)
         ema_update(self.ema_model, self.model, decay)
 
     def _conditioning(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -496,13 +354,9 @@ class Trainer:
                 "class_conditional training needs labels: the dataset must yield (image, label) pairs"
             )
         labels = labels.to(self.device).long()
-        drop = (
-            torch.rand(n, generator=self.generator, device=self.device)
-            < self.config.p_uncond
-        )
-        return torch.where(
-            drop, torch.full_like(labels, self.config.num_classes), labels
-        )
+        uniform = torch.rand(n, generator=self.generator, device=self.device)
+        null = torch.full_like(labels, self.config.num_classes)
+        return torch.where(uniform < self.config.p_uncond, null, labels)
 
     # ------------------------------------------------------------------- the run loop
     def train(self, resume: bool = False) -> Path:
@@ -540,27 +394,8 @@ class Trainer:
             atomic_write(
                 self.out_dir / "config.json", lambda file: file.write(text.encode())
             )
-            self._trim_log(keep_through=self.step)
-        self._barrier()
-
-    def _trim_log(self, keep_through: int) -> None:
-        """Drop log lines of steps after ``keep_through`` (steps that a resumed run will redo)."""
-        kept = ""
-        for line in (
-            self.log_path.read_text().splitlines(keepends=True)
-            if self.log_path.is_file()
-            else []
-        ):
-            try:
-                if json.loads(line)["step"] <= keep_through:
-                    kept += line
-            except (
-                json.JSONDecodeError,
-                KeyError,
-                TypeError,
-            ):  # a line cut short by a crash
-                continue
-        atomic_write(self.log_path, lambda file: file.write(kept.encode()))
+            trim_log(self.log_path, keep_through=self.step)
+        barrier(self.world_size)
 
     def _batches(self):
         """This process's batches, epoch after epoch, from the saved data position on."""
@@ -577,15 +412,9 @@ class Trainer:
     def _out_of_time(self, start: float) -> bool:
         if self.config.max_seconds is None:
             return False
-        late = torch.tensor(
-            float(time.perf_counter() - start >= self.config.max_seconds),
-            device=self.device,
-        )
-        if (
-            self.world_size > 1
-        ):  # the processes must agree, or one would wait for the others forever
-            dist.all_reduce(late, op=dist.ReduceOp.MAX)
-        return bool(late.item())
+        late = time.perf_counter() - start >= self.config.max_seconds
+        # the processes must agree, or one would wait for the others forever
+        return any_process(late, self.device, self.world_size)
 
     def _loop(self) -> None:
         config = self.config
@@ -640,8 +469,7 @@ class Trainer:
             "images_per_s": round(images_per_s, 2),
             "time": round(self.elapsed + time.perf_counter() - start, 3),
         }
-        with self.log_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        append_log(self.log_path, record)
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
 
     def _finish(self) -> None:
@@ -655,7 +483,7 @@ class Trainer:
                 self.out_dir / "model.safetensors",
                 self._model_metadata(),
             )
-        self._barrier()
+        barrier(self.world_size)
 
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
@@ -676,8 +504,8 @@ class Trainer:
                 "y": torch.arange(n, device=self.device) % config.num_classes
             }
         with self._autocast():
-            images = ddim_sample(
-                self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
+            images = sample(
+                "ddim", self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
                 steps=steps or config.sample_steps, spacing="trailing", generator=generator,
                 model_kwargs=model_kwargs, device=self.device,
             )  # fmt: skip
@@ -694,51 +522,12 @@ class Trainer:
         return path
 
     # --------------------------------------------------------------- checkpoints
-    def _rng_state(self) -> dict[str, Any]:
-        """This process's random state, as plain tensors and numbers (loadable with weights_only)."""
-        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        version, python_state, gauss_next = random.getstate()
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
-            "generator": self.generator.get_state(),
-            "numpy": {
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": position,
-                "has_gauss": has_gauss,
-                "cached_gaussian": cached_gaussian,
-            },
-            "python": {
-                "version": version,
-                "state": torch.tensor(python_state, dtype=torch.int64),
-                "gauss_next": gauss_next,
-            },
-        }
-
-    def _set_rng_state(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-        self.generator.set_state(state["generator"])
-        numpy_state = state["numpy"]
-        np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
-        python_state = state["python"]
-        random.setstate(
-            (
-                python_state["version"],
-                tuple(python_state["state"].tolist()),
-                python_state["gauss_next"],
-            )
-        )
-
     def _model_metadata(self) -> dict[str, Any]:
         model_config = getattr(self.model, "config", None)
         return {
             "format": "ddpm_course.model",
             "step": self.step,
+            "model_class": type(self.model).__name__,
             "model_config": model_config,
             "train_config": self.config.to_dict(),
         }
@@ -746,7 +535,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_XXXXXXX.pt`` atomically (rank 0) and keep the last K. Every
         process contributes its random state; all wait until the file is in place."""
-        rng_states = [self._rng_state()]
+        rng_states = [rng_state(self.generator, self.device)]
         if self.world_size > 1:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rng_states[0])
@@ -757,7 +546,12 @@ class Trainer:
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "config": self.config.to_dict(),
-                "model_config": self._model_metadata()["model_config"],
+                **{
+                    key: value
+                    for key, value in self._model_metadata().items()
+                    if key
+                    in ("model_class", "model_config", "autoencoder", "scale_factor")
+                },  # fmt: skip
                 "model": self.model.state_dict(),
                 "ema": self.ema_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -767,34 +561,18 @@ class Trainer:
             }
             save_checkpoint(state, path)
             prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
-        self._barrier()
+        barrier(self.world_size)
         self.last_checkpoint = path
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote, so that training continues exactly."""
         path = Path(path)
-        state = load_checkpoint(
-            path,
-            required=(
-                "step",
-                "config",
-                "model",
-                "ema",
-                "optimizer",
-                "scaler",
-                "data",
-                "rng",
-            ),
+        state = load_checkpoint(path, required=TRAINING_STATE_KEYS)
+        check_resumable(path, state["config"], self.config.to_dict(), RESUME_INVARIANTS)
+        check_architecture(
+            path, state.get("model_config"), getattr(self.model, "config", None)
         )
-        saved = state["config"]
-        changed = [f"{name}: {saved.get(name)!r} -> {getattr(self.config, name)!r}"
-                   for name in RESUME_INVARIANTS if saved.get(name) != getattr(self.config, name)]  # fmt: skip
-        if changed:
-            raise ValueError(
-                f"cannot resume {path} with a different {', '.join(changed)}; keep these settings as they were"
-            )
-        self._check_architecture(path, state.get("model_config"))
         try:
             self.model.load_state_dict(state["model"])
             self.ema_model.load_state_dict(state["ema"])
@@ -808,50 +586,15 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
-        self.epoch, self.batch_in_epoch = (
-            state["data"]["epoch"],
-            state["data"]["batch_in_epoch"],
-        )
+        position = state["data"]  # where in the data the checkpoint was written
+        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
         if len(state["rng"]) == self.world_size:
-            self._set_rng_state(state["rng"][self.rank])
+            set_rng_state(state["rng"][self.rank], self.generator, self.device)
         else:
             logger.warning("the checkpoint holds the random state of %d process(es), not %d: reseeding, so the resume is not exact",
                            len(state["rng"]), self.world_size)  # fmt: skip
             self.generator.manual_seed(
-                _rank_seed(self.config.seed + self.step, self.rank)
+                rank_seed(self.config.seed + self.step, self.rank)
             )
         self.last_checkpoint = path
         self._last_sample_step = None
-
-    def _check_architecture(self, path: Path, saved: Any) -> None:
-        """Refuse a checkpoint written by a model of another configuration (e.g. a preset that changed
-        since), naming the differences and the ``model_overrides`` that rebuild the saved model."""
-        current = getattr(self.model, "config", None)
-        if not isinstance(saved, dict) or not isinstance(current, dict):
-            return
-
-        def plain(value: Any) -> Any:  # tuples and lists alike, as in JSON
-            return json.loads(json.dumps(value))
-
-        differ = sorted(
-            key
-            for key in saved.keys() | current.keys()
-            if plain(saved.get(key)) != plain(current.get(key))
-        )
-        if differ:
-            was = ", ".join(f"{key}={saved.get(key)!r}" for key in differ)
-            now = ", ".join(f"{key}={current.get(key)!r}" for key in differ)
-            overrides = json.dumps(
-                {key: plain(saved.get(key)) for key in differ if key in saved}
-            )
-            raise CheckpointError(
-                f"the checkpoint {path} was written by a model with {was}, but this run builds {now} (did the preset "
-                f"change?); resume with the checkpoint's architecture: --set model_overrides='{overrides}' "
-                f"(TrainConfig.model_overrides)"
-            )
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)

@@ -62,3 +62,45 @@ def extract(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
     """
     values = table.to(device=t.device)[t].to(dtype=x.dtype, device=x.device)
     return values.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+
+def check_class_labels(
+    labels: torch.Tensor,
+    num_classes: int,
+    batch_size: int | None = None,
+    null: bool = True,
+    what: str = "class labels",
+) -> torch.Tensor:
+    """Validate class labels: integers in {0, ..., num_classes - 1}, or ``num_classes`` (the null
+    class of classifier-free guidance) when ``null``; shape (N,), N = ``batch_size`` when given.
+    Returns an int64 tensor. The one place a label's range is checked (the U-Net, the sample
+    command, latent sampling, the CFG wrapper, the prompt labels of the cross-attention U-Net).
+    """
+    labels = torch.as_tensor(labels)
+    if (
+        labels.ndim != 1
+        or (batch_size is not None and labels.shape[0] != batch_size)
+        or labels.dtype.is_floating_point
+        or labels.dtype == torch.bool
+    ):
+        size = "N" if batch_size is None else batch_size
+        raise ValueError(
+            f"y must hold ({size},) integer {what}, got shape {tuple(labels.shape)} "
+            f"and dtype {labels.dtype}"
+        )
+    top = num_classes if null else num_classes - 1
+    if (
+        labels.numel()
+        and not torch.compiler.is_compiling()
+        and bool(((labels < 0) | (labels > top)).any())
+    ):
+        allowed = (
+            f"{{0, ..., {top}}} ({num_classes} is the null class)"
+            if null
+            else f"0..{top} (the model's {num_classes} classes, without the null class)"
+        )
+        raise ValueError(
+            f"{what} must lie in {allowed}; got values from {int(labels.min())} to "
+            f"{int(labels.max())}"
+        )
+    return labels.long()

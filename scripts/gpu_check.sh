@@ -9,11 +9,11 @@ set -euo pipefail
 out=${1:-gpu-check}
 python=${PYTHON:-python}
 mkdir -p "$out"
-"$python" -m ddpm_course.gpu_check --device cuda --compile --out "$out/single.json"
+"$python" -m ddpm_course.experiments.gpu_check --device cuda --compile --out "$out/single.json"
 gpus=$("$python" -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -gt 1 ]; then
   "$python" -m torch.distributed.run --standalone --nproc_per_node "$gpus" \
-    -m ddpm_course.gpu_check --device cuda --steps 200 --out "$out/ddp.json"
+    -m ddpm_course.experiments.gpu_check --device cuda --steps 200 --out "$out/ddp.json"
 else
   echo "one GPU visible: no DDP run (it needs two or more)"
 fi

@@ -2,7 +2,7 @@
 
 Each candidate is NAME=JSON: training settings that replace the `digits` preset's, with an
 optional "model" entry of U-Net arguments that replace the `digits` U-Net's. Every candidate is
-trained from scratch by `ddpm_course.time_to_quality.run_time_to_quality` (the harness of
+trained from scratch by `ddpm_course.experiments.time_to_quality.run_time_to_quality` (the harness of
 `ddpm-course bench --time-to-floor`), on 2 torch threads, and the report goes to OUT (JSON).
 A screen is one or two seeds, to find candidates; the 3-seed comparison is the bench itself.
 
@@ -18,7 +18,7 @@ import sys
 import torch
 
 from ddpm_course import config, nn
-from ddpm_course.time_to_quality import run_time_to_quality
+from ddpm_course.experiments.time_to_quality import run_time_to_quality
 
 
 def main(argv: list[str]) -> int:

@@ -9,8 +9,8 @@ import statistics
 
 import pytest
 
-from ddpm_course import ablation
 from ddpm_course.cli import main as cli_main
+from ddpm_course.experiments import ablation
 
 
 def fake_score(overrides, seed, steps, num_samples, sample_steps):

@@ -1,4 +1,4 @@
-"""ddpm_course.bench: peers matched to our U-Net, laid out like it, and the table of ratios."""
+"""ddpm_course.experiments.bench: peers matched to our U-Net, laid out like it, and the table of ratios."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ddpm_course import bench
+from ddpm_course.experiments import bench
 
 pytest.importorskip("diffusers")
 

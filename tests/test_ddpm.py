@@ -59,11 +59,22 @@ def test_denoise_at_t0_is_deterministic_and_at_t_positive_is_not():
     assert not torch.equal(c, d)
 
 
-def test_sample_returns_images_in_unit_interval_with_the_right_shape():
-    ddpm = DDPM(model=_Recorder(), image_size=8, channels=3, timesteps=20)
+def test_sample_is_ancestral_sampling_mapped_to_the_unit_interval():
+    """ddpm.sample is Algorithm 2 over all T steps (the samplers module's ddpm_sample, tested
+    against diffusers' DDPMScheduler) from the same x_T and noise, mapped from [-1, 1] to [0, 1]."""
+    from ddpm_course.samplers import ddpm_sample
+
+    torch.manual_seed(0)
+    model = _Recorder()
+    with torch.no_grad():
+        model.scale.fill_(
+            0.3
+        )  # a model that predicts something, so that each step matters
+    ddpm = DDPM(model=model, image_size=8, channels=3, timesteps=20)
     samples = ddpm.sample(5, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (5, 3, 8, 8)
-    assert samples.min() >= 0 and samples.max() <= 1
+    expected = ddpm_sample(model, ddpm.diffuser.diffusion, (5, 3, 8, 8),
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(samples, ((expected + 1) / 2).clamp(0, 1))
 
 
 def test_wrong_image_shape_is_refused_with_the_expected_shape():

@@ -1,4 +1,4 @@
-"""The GPU check (ddpm_course.gpu_check, scripts/gpu_check.sh): every part that a CPU can run.
+"""The GPU check (ddpm_course.experiments.gpu_check, scripts/gpu_check.sh): every part that a CPU can run.
 
 No GPU is available here, so the CUDA comparison is exercised with the CPU as both devices (then
 fp32 must agree exactly and bf16 autocast must differ, within its tolerance), the training and
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from ddpm_course import gpu_check
+from ddpm_course.experiments import gpu_check
 from ddpm_course.nn import unet_from_preset
 
 TINY = ["--device", "cpu", "--preset", "digits", "--batch-size", "8", "--steps", "2",
@@ -99,7 +99,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 def test_under_torchrun_rank_zero_reports_the_global_throughput(tmp_path):
     out = tmp_path / "ddp.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "-m", "ddpm_course.gpu_check", *TINY, "--out", str(out)]  # fmt: skip
+               "--nproc_per_node", "2", "-m", "ddpm_course.experiments.gpu_check", *TINY, "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
     report = json.loads(out.read_text())

@@ -26,9 +26,9 @@ from ddpm_course.guidance import (
     sdedit,
     sdedit_start,
     sr_downsample,
-    sr_model_input,
 )
-from ddpm_course.nn import NoisyClassifier, SuperResUNet, UNet
+from ddpm_course.guidance_nets import NoisyClassifier, SuperResUNet, sr_model_input
+from ddpm_course.nn import UNet
 from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
 from ddpm_course.schedules import linear
 

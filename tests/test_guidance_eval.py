@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from ddpm_course.guidance_eval import cfg_acceptance, evaluate_cfg_seeds
+from ddpm_course.experiments.guidance_eval import cfg_acceptance, evaluate_cfg_seeds
 
 
 def _row(variant: str, seed: int, fd: float, accuracy: float) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,24 +26,24 @@ from ddpm_course.attention import (
     prompt_labels,
     tokenize,
 )
+from ddpm_course.autoencoder import AutoencoderKL, vae_loss
 from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.guidance import ClassifierFreeGuidance
 from ddpm_course.latent import (
-    RESULTS_PATH,
-    AutoencoderKL,
     LatentDiffusion,
-    LatentTrainer,
     estimate_scale_factor,
     gaussian_kl,
     latent_sample,
-    ldm_train_config,
     reparameterize,
     scale_latents,
     unscale_latents,
-    vae_loss,
 )
+from ddpm_course.latent_train import LatentTrainer, ldm_train_config
+from ddpm_course.pretrained import load_pretrained
 from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
 from ddpm_course.schedules import linear
+
+RESULTS_PATH = Path(__file__).parent.parent / "book" / "results" / "07_latent.json"
 
 TINY_UNET = {
     "image_size": 4, "in_channels": 4, "model_channels": 16, "channel_mults": (1, 2),
@@ -238,7 +239,11 @@ def test_latent_diffusion_encodes_scales_decodes_and_every_sampler_accepts_it():
         assert out.shape == shape and torch.isfinite(out).all()
     images = latent_sample(ldm, diffusion, 3, prompt="four", guidance_scale=2.0, steps=4,
                            generator=torch.Generator().manual_seed(0))  # fmt: skip
-    assert images.shape == (3, 1, 16, 16) and images.abs().max() <= 1
+    # DDIM on the guided latent model without x0 clipping, then the decoder: nothing else
+    latents = ddim_sample(ClassifierFreeGuidance(ldm, 2.0), diffusion, shape, steps=4,
+                          model_kwargs={"y": torch.full((3,), 4)}, clip_denoised=False,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(images, ldm.decode(latents))
     # guidance through the chapter-06 wrapper: (1 + w) cond - w uncond of two direct calls
     guided = ClassifierFreeGuidance(ldm, 2.0)
     t = torch.full((3,), 20)
@@ -277,9 +282,9 @@ def test_the_trainer_trains_the_denoiser_on_scaled_latents(tmp_path):
 # ------------------------------------------------------------------- shipped models, results
 def test_shipped_vae_reconstructs_the_test_digits():
     from ddpm_course.data import digits
-    from ddpm_course.latent import load_vae
 
-    vae, scale = load_vae()
+    vae, _, _ = load_pretrained("digits-vae", device="cpu")
+    scale = vae.scale_factor
     x, _ = digits(size=16, split="test")
     with torch.no_grad():
         mean, logvar = vae.encode(x)
@@ -294,11 +299,10 @@ def test_shipped_vae_reconstructs_the_test_digits():
 
 
 def test_shipped_ldm_follows_its_prompt():
-    from ddpm_course.latent import load_latent_diffusion
     from ddpm_course.metrics import load_digits_classifier
 
     torch.set_num_threads(1)
-    ldm, diffusion, _ = load_latent_diffusion(device="cpu")
+    ldm, diffusion, _ = load_pretrained("digits-ldm", device="cpu")
     prompts = [DIGIT_NAMES[i % 10] for i in range(20)]
     images = latent_sample(ldm, diffusion, 20, prompt=prompts, guidance_scale=1.0, steps=10,
                            generator=torch.Generator().manual_seed(0))  # fmt: skip
@@ -308,7 +312,10 @@ def test_shipped_ldm_follows_its_prompt():
 
 def test_results_file_meets_the_acceptance_numbers():
     result = json.loads(RESULTS_PATH.read_text())
-    assert result["command"] == "python -m ddpm_course.latent evaluate"
+    assert result["command"] == (
+        "python -m ddpm_course.experiments.latent_eval evaluate "
+        "--out book/results/07_latent.json"
+    )
     assert (
         result["values_ratio"] == result["image_values"] / result["latent_values"] >= 4
     )
@@ -316,7 +323,7 @@ def test_results_file_meets_the_acceptance_numbers():
     assert result["fd"] <= 2 * result["fd_floor"]
     assert result["prompt_accuracy"] >= 0.9
     assert all(result["acceptance"].values())
-    ablation = result["scale_ablation"]  # python -m ddpm_course.latent scale-ablation
+    ablation = result["scale_ablation"]  # ... latent_eval scale-ablation
     assert (
         ablation["unscaled"]["latent_std"] > 5
         and abs(ablation["scaled"]["latent_std"] - 1) < 1e-3
@@ -336,7 +343,10 @@ def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path)
     )
     assert result.returncode == 0, result.stderr
     images = torch.load(tmp_path / "s.pt", weights_only=True)
-    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    ldm, diffusion, _ = load_pretrained("digits-ldm", device="cpu")
+    expected = latent_sample(ldm, diffusion, 2, prompt="seven", steps=3,
+                             generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(images, ((expected + 1) / 2).clamp(0, 1))
     result = subprocess.run(
         command + ["--prompt", "sevn"], capture_output=True, text=True
     )
@@ -348,20 +358,20 @@ def test_train_cli_presets_digits_vae_and_digits_ldm(tmp_path):
     import subprocess
     import sys
 
-    from ddpm_course.latent import load_latent_diffusion, load_vae
+    from ddpm_course.loading import load_model
 
     base = [sys.executable, "-m", "ddpm_course.cli", "train", "--max-steps", "2"]
     vae_path = tmp_path / "vae.safetensors"
     result = subprocess.run(base + ["--preset", "digits-vae", "--out", str(vae_path)],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    vae, scale = load_vae(vae_path)
-    assert vae.latent_channels == 4 and scale > 0
+    vae, _, _ = load_model(vae_path, device="cpu")
+    assert vae.latent_channels == 4 and vae.scale_factor > 0
     run = tmp_path / "ldm"
     result = subprocess.run(base + ["--preset", "digits-ldm", "--out", str(run), "--batch-size", "16",
                                     "--set", "warmup_steps=0"], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    ldm, _, config = load_latent_diffusion(run)
+    ldm, _, config = load_model(run, device="cpu")
     assert (
         config.max_steps == 2
         and config.batch_size == 16

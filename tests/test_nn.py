@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ddpm_course.mlp import MLP2D
 from ddpm_course.nn import (
-    MLP2D,
     PRESETS,
     AttentionBlock,
     UNet,

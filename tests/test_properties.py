@@ -42,11 +42,19 @@ def gaussian(shape, seed: int) -> torch.Tensor:
 
 @SETTINGS
 @given(diffusion_and_timesteps(), st.integers(0, 2**31 - 1))
-def test_eps_x0_and_v_conversions_round_trip(process, seed):
+def test_eps_x0_and_v_conversions_match_their_closed_forms(process, seed):
+    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (Eq. 4 of Ho et al. 2020) and v = sqrt(ᾱ_t) ε -
+    sqrt(1 - ᾱ_t) x0 (Salimans & Ho 2022), with ᾱ_t the product of (1 - β) computed here from
+    the betas; every conversion recovers x0 and ε from these hand-built x_t and v."""
     diffusion, t = process
     x0, eps = gaussian((4, 2, 3, 3), seed), gaussian((4, 2, 3, 3), seed + 1)
-    x_t = diffusion.q_sample(x0, t, noise=eps)
-    v = diffusion.predict_v(x0, t, eps)
+    alpha_bar = torch.cumprod(1 - diffusion.betas.double(), 0)[t].reshape(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    v = alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+    torch.testing.assert_close(
+        diffusion.q_sample(x0, t, noise=eps), x_t, **ROUND_TRIP_TOL
+    )
+    torch.testing.assert_close(diffusion.predict_v(x0, t, eps), v, **ROUND_TRIP_TOL)
     torch.testing.assert_close(
         diffusion.predict_x0_from_eps(x_t, t, eps), x0, **ROUND_TRIP_TOL
     )

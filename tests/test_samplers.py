@@ -30,6 +30,7 @@ from ddpm_course.samplers import (
     dpm_solver_2m_step,
     dpm_solver_sample,
     respace,
+    sample,
     slerp,
     timestep_sequence,
 )
@@ -74,6 +75,45 @@ def test_trailing_is_the_default_spacing_everywhere_and_starts_at_T_minus_1(diff
     for steps in (1, 5, 10, 50):
         assert int(timestep_sequence(T, steps)[0]) == T - 1
     assert int(respace(diffusion, 5).timestep_map[-1]) == T - 1
+
+
+def test_the_command_lines_name_the_samplers_of_the_front_door():
+    """``--sampler`` and ``--samplers`` are written out in commands/ (``--help`` imports no
+    torch); they must be the names that samplers.sample and the NFE sweep know."""
+    from ddpm_course.commands import nfe as nfe_command
+    from ddpm_course.experiments import nfe_sweep
+    from ddpm_course.samplers import SAMPLERS
+
+    assert sample_command.SAMPLERS == SAMPLERS
+    assert nfe_command.SAMPLERS == nfe_sweep.SAMPLERS
+    assert {name for name, _ in nfe_sweep.SWEPT.values()} <= set(SAMPLERS)
+
+
+def test_the_front_door_is_each_sampler_with_its_arguments(diffusion):
+    """samplers.sample(name, ...) is the named loop called with the same arguments (ddpm on the
+    process respaced to ``steps``); dpm-solver refuses an eta it would ignore."""
+    model = lambda x, t: 0.1 * x  # noqa: E731 - any callable model works
+    shape, seed = (2, 1, 4, 4), 3
+
+    def generator():
+        return torch.Generator().manual_seed(seed)
+
+    pairs = [
+        (sample("ddpm", model, diffusion, shape, steps=7, generator=generator()),
+         ddpm_sample(model, respace(diffusion, 7), shape, generator=generator())),
+        (sample("ddim", model, diffusion, shape, steps=7, eta=0.5, spacing="leading",
+                generator=generator()),
+         ddim_sample(model, diffusion, shape, steps=7, eta=0.5, spacing="leading",
+                     generator=generator())),
+        (sample("dpm-solver", model, diffusion, shape, steps=7, generator=generator()),
+         dpm_solver_sample(model, diffusion, shape, steps=7, generator=generator())),
+    ]  # fmt: skip
+    for got, expected in pairs:
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="eta must be 0"):
+        sample("dpm-solver", model, diffusion, shape, steps=7, eta=0.5)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample("euler", model, diffusion, shape)
 
 
 # -------------------------------------------------------------------- step identities

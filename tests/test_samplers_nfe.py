@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddpm_course.cli import main
-from ddpm_course.commands.nfe import SAMPLERS, sample_with
+from ddpm_course.experiments.nfe_sweep import SAMPLERS, sample_with
 from ddpm_course.pretrained import load_pretrained
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_course import time_to_quality as ttq
+from ddpm_course.experiments import time_to_quality as ttq
 
 
 class _SleepyRun:

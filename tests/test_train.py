@@ -552,7 +552,7 @@ def test_inference_imports_no_training_code():
     code = (
         "import sys; import ddpm_course.commands.sample; from ddpm_course.pretrained import load_any; "
         "load_any('digits', device='cpu'); "
-        "print(sorted(m for m in sys.modules if m in ('ddpm_course.train', 'ddpm_course.ema', 'ddpm_course.ablation')))"
+        "print(sorted(m for m in sys.modules if m in ('ddpm_course.train', 'ddpm_course.ema', 'ddpm_course.experiments.ablation')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -2,7 +2,7 @@
 
     ddpm-course ablate --steps 300 --seeds 0 1 2 --jobs 3 --out book/results/04_ablation.json
 
-See :mod:`ddpm_course.ablation`. The results file is written after every run, and a rerun with
+See :mod:`ddpm_course.experiments.ablation`. The results file is written after every run, and a rerun with
 the same budget continues it.
 """
 
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ablation import run_ablation
+    from ..experiments.ablation import run_ablation
 
     if args.steps < 1 or args.num_samples < 2 or args.sample_steps < 1:
         raise SystemExit(

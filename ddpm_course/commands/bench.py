@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.time_to_floor:
         return _time_to_floor(args)
-    from ..bench import run_bench, write_results
+    from ..experiments.bench import run_bench, write_results
 
     results = run_bench(
         tuple(args.sizes), rounds=args.rounds, steps=args.steps, quality_seconds=args.quality_seconds,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _time_to_floor(args: argparse.Namespace) -> int:
-    from ..time_to_quality import run_time_to_quality, write_time_to_quality
+    from ..experiments.time_to_quality import run_time_to_quality, write_time_to_quality
 
     report = run_time_to_quality(args.contenders, args.checkpoints, args.seeds)
     json_path, png_path = write_time_to_quality(report, args.out)

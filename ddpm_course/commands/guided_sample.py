@@ -1,8 +1,8 @@
 """The guidance options of ``ddpm-course sample`` (chapter 06): CFG, classifier guidance,
 inpainting, super-resolution and SDEdit.
 
-:func:`add_arguments` adds the flags; :func:`guided_samples` draws the samples when one of them is
-given (None otherwise, and ``sample`` samples as usual). Every misuse is a ``SystemExit`` that
+:func:`add_arguments` adds the flags; :func:`guided_mode` says which one was given, and each mode
+is one small function (:data:`GUIDED_MODES`) that returns the samples in [-1, 1]. Every misuse is a ``SystemExit`` that
 says what to change: CFG on an unconditional model, a class label outside the model's classes, a
 mask of the wrong shape, ``--sr`` without a super-resolution model.
 """
@@ -120,31 +120,10 @@ def _images(path: Path, what: str, n: int, channels: int, size: int, device):
     return (images * 2 - 1).to(device)
 
 
-def _labels(args, config, n: int, device, flag: str, num_classes: int):
-    import torch
-
-    if args.class_label is None:
-        raise SystemExit(
-            f"error: {flag} needs --class-label K (the class to guide towards)"
-        )
-    if not 0 <= args.class_label < num_classes:
-        raise SystemExit(f"error: --class-label must lie in 0..{num_classes - 1} for {flag}, "
-                         f"got {args.class_label}")  # fmt: skip
-    return torch.full((n,), args.class_label, dtype=torch.long, device=device)
-
-
-def guided_samples(args, model, diffusion, config, shape, generator, device):
-    """The samples of the guidance option given in ``args`` ((N, C, H, W) in [-1, 1]), or None."""
-    from ..guidance import (
-        ClassifierFreeGuidance,
-        ClassifierGuidance,
-        classifier_guided_ddpm_sample,
-        inpaint,
-        sdedit,
-        super_resolve,
-    )  # fmt: skip
-    from ..nn import NoisyClassifier, SuperResUNet
-    from ..samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
+def guided_mode(args, model, config) -> str | None:
+    """The chapter-06 mode that ``args`` ask for (a key of :data:`GUIDED_MODES`), None for none,
+    or a ``SystemExit`` for flags that do not go together or do not suit the model."""
+    from ..guidance_nets import NoisyClassifier, SuperResUNet
 
     chosen = [name for name, value in [
         ("--guidance-scale", args.guidance_scale), ("--classifier-scale", args.classifier_scale),
@@ -165,112 +144,157 @@ def guided_samples(args, model, diffusion, config, shape, generator, device):
         raise SystemExit(
             "error: --guidance-max-timestep limits --guidance-scale W; give both"
         )
-    if not chosen:
-        return None
     if len(chosen) > 1:
         raise SystemExit(f"error: give one of {', '.join(chosen)}, not several")
-    n, channels, size = shape[0], shape[1], shape[-1]
-    common = dict(generator=generator, progress=True, device=device)
+    return chosen[0].lstrip("-") if chosen else None
 
-    def sample(net, model_kwargs=None):
-        if args.sampler == "ddpm":
-            return ddpm_sample(net, respace(diffusion, args.steps, args.spacing), shape,
-                               model_kwargs=model_kwargs, **common)  # fmt: skip
-        if args.sampler == "ddim":
-            return ddim_sample(net, diffusion, shape, steps=args.steps, eta=args.eta,
-                               spacing=args.spacing, model_kwargs=model_kwargs, **common)  # fmt: skip
-        return dpm_solver_sample(net, diffusion, shape, steps=args.steps, spacing=args.spacing,
-                                 model_kwargs=model_kwargs, **common)  # fmt: skip
 
-    if args.guidance_scale is not None:
-        if not config.class_conditional:
-            raise SystemExit("error: --guidance-scale (classifier-free guidance) needs a "
-                             "class-conditional model with a null class, e.g. digits-cond; "
-                             "this one is unconditional (try --classifier-scale)")  # fmt: skip
-        if args.guidance_scale < 0:
-            raise SystemExit(
-                f"error: --guidance-scale must be >= 0, got {args.guidance_scale}"
-            )
-        limit = args.guidance_max_timestep
-        if limit is not None and not 0 <= limit < diffusion.num_timesteps:
-            raise SystemExit(f"error: --guidance-max-timestep must lie in 0.."
-                             f"{diffusion.num_timesteps - 1} (the model's trained timesteps), "
-                             f"got {limit}")  # fmt: skip
-        labels = _labels(
-            args, config, n, device, "--guidance-scale", config.num_classes
-        )
-        return sample(ClassifierFreeGuidance(model, args.guidance_scale, labels,
-                                             max_timestep=limit))  # fmt: skip
-    if args.classifier_scale is not None:
-        from ..guidance_models import load_noisy_classifier
+def _shape(args, config) -> tuple[int, int, int, int]:
+    return (args.n, config.channels, config.image_size, config.image_size)
 
-        if config.class_conditional:
-            raise SystemExit("error: --classifier-scale guides an unconditional model (e.g. "
-                             "digits); for digits-cond use --guidance-scale")  # fmt: skip
-        classifier, _, _ = load_noisy_classifier(device=device)
-        if (classifier.image_size, classifier.in_channels) != (size, channels):
-            raise SystemExit(f"error: the noisy classifier takes ({classifier.in_channels}, "
-                             f"{classifier.image_size}, {classifier.image_size}) images; this "
-                             f"model makes ({channels}, {size}, {size})")  # fmt: skip
-        if diffusion.objective != "eps":
-            raise SystemExit("error: --classifier-scale needs an eps-prediction model")
-        labels = _labels(
-            args, config, n, device, "--classifier-scale", classifier.num_classes
+
+def cfg(args, model, diffusion, config, device):
+    """``--guidance-scale W --class-label K [--guidance-max-timestep M]``: classifier-free
+    guidance of a class-conditional model."""
+    from ..guidance import ClassifierFreeGuidance
+    from .sampling import draw, labels
+
+    if not config.class_conditional:
+        raise SystemExit("error: --guidance-scale (classifier-free guidance) needs a "
+                         "class-conditional model with a null class, e.g. digits-cond; "
+                         "this one is unconditional (try --classifier-scale)")  # fmt: skip
+    if args.guidance_scale < 0:
+        raise SystemExit(
+            f"error: --guidance-scale must be >= 0, got {args.guidance_scale}"
         )
-        if args.sampler == "ddpm":
-            return classifier_guided_ddpm_sample(
-                model, respace(diffusion, args.steps, args.spacing), classifier, labels,
-                args.classifier_scale, shape, generator=generator, progress=True,
-            )  # fmt: skip
-        return sample(
-            ClassifierGuidance(
-                model, classifier, diffusion, labels, args.classifier_scale
-            )
-        )
-    model_kwargs = None
+    limit = args.guidance_max_timestep
+    if limit is not None and not 0 <= limit < diffusion.num_timesteps:
+        raise SystemExit(f"error: --guidance-max-timestep must lie in 0.."
+                         f"{diffusion.num_timesteps - 1} (the model's trained timesteps), "
+                         f"got {limit}")  # fmt: skip
+    y = labels(args, config.num_classes, device, null=False, flag="--guidance-scale")
+    guided = ClassifierFreeGuidance(model, args.guidance_scale, y, max_timestep=limit)
+    return draw(args, guided, diffusion, _shape(args, config), device)
+
+
+def classifier(args, model, diffusion, config, device):
+    """``--classifier-scale S --class-label K``: classifier guidance of an unconditional model
+    by the shipped noisy classifier (ddpm: the mean shift; ddim, dpm-solver: the ε shift)."""
+    from ..guidance import ClassifierGuidance, classifier_guided_ddpm_sample
+    from ..guidance_models import load_noisy_classifier
+    from ..samplers import respace
+    from .sampling import draw, labels, torch_generator
+
     if config.class_conditional:
-        label = config.num_classes if args.class_label is None else args.class_label
-        if not 0 <= label <= config.num_classes:
-            raise SystemExit(f"error: --class-label must lie in 0..{config.num_classes - 1}, "
-                             f"got {label}")  # fmt: skip
-        import torch
+        raise SystemExit("error: --classifier-scale guides an unconditional model (e.g. "
+                         "digits); for digits-cond use --guidance-scale")  # fmt: skip
+    noisy_classifier, _, _ = load_noisy_classifier(device=device)
+    size, channels = config.image_size, config.channels
+    if (noisy_classifier.image_size, noisy_classifier.in_channels) != (size, channels):
+        raise SystemExit(f"error: the noisy classifier takes ({noisy_classifier.in_channels}, "
+                         f"{noisy_classifier.image_size}, {noisy_classifier.image_size}) images; "
+                         f"this model makes ({channels}, {size}, {size})")  # fmt: skip
+    if diffusion.objective != "eps":
+        raise SystemExit("error: --classifier-scale needs an eps-prediction model")
+    y = labels(
+        args,
+        noisy_classifier.num_classes,
+        device,
+        null=False,
+        flag="--classifier-scale",
+    )
+    if args.sampler == "ddpm":
+        return classifier_guided_ddpm_sample(
+            model, respace(diffusion, args.steps, args.spacing), noisy_classifier, y,
+            args.classifier_scale, _shape(args, config),
+            generator=torch_generator(args, device), progress=True,
+        )  # fmt: skip
+    guided = ClassifierGuidance(
+        model, noisy_classifier, diffusion, y, args.classifier_scale
+    )
+    return draw(args, guided, diffusion, _shape(args, config), device)
 
-        model_kwargs = {"y": torch.full((n,), label, dtype=torch.long, device=device)}
-    if args.inpaint is not None:
-        if args.known is None:
-            raise SystemExit(
-                "error: --inpaint MASK needs --known IMAGES (the image to complete)"
-            )
-        known = _images(args.known, "--known", n, channels, size, device)
-        mask = _load_images(args.inpaint, "--inpaint mask").to(device)
-        if (
-            mask.shape[-2:] != known.shape[-2:]
-            or mask.shape[1] not in (1, channels)
-            or mask.shape[0] not in (1, known.shape[0])
-        ):
-            raise SystemExit(f"error: the mask must be (1 or N, 1 or {channels}, {size}, {size}) "
-                             f"like the known images {tuple(known.shape)}; got "
-                             f"{tuple(mask.shape)}")  # fmt: skip
-        mask = (mask > 0.5).to(known.dtype)
-        try:
-            return inpaint(model, respace(diffusion, args.steps, args.spacing), known, mask,
-                           args.jump_length, args.resample, generator=generator,
-                           model_kwargs=model_kwargs, progress=True)  # fmt: skip
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
-    if args.sr is not None:
-        if not isinstance(model, SuperResUNet):
-            raise SystemExit(
-                "error: --sr needs a super-resolution model (e.g. --checkpoint "
-                "digits-sr); this one is not conditioned on a low-resolution image"
-            )
-        low = _images(args.sr, "--sr", n, channels, model.low_res_size, device)
-        return super_resolve(
-            model, diffusion, low, steps=args.steps, generator=generator
+
+def _model_kwargs(args, config, device):
+    from .sampling import labels
+
+    if not config.class_conditional:
+        return None
+    return {"y": labels(args, config.num_classes, device, null=True)}
+
+
+def inpaint(args, model, diffusion, config, device):
+    """``--inpaint MASK --known IMAGES``: replacement / RePaint (``--jump-length``, ``--resample``)."""
+    from ..guidance import inpaint as inpaint_images
+    from ..samplers import respace
+    from .sampling import torch_generator
+
+    if args.known is None:
+        raise SystemExit(
+            "error: --inpaint MASK needs --known IMAGES (the image to complete)"
         )
+    n, channels, size, _ = _shape(args, config)
+    known = _images(args.known, "--known", n, channels, size, device)
+    mask = _load_images(args.inpaint, "--inpaint mask").to(device)
+    if (
+        mask.shape[-2:] != known.shape[-2:]
+        or mask.shape[1] not in (1, channels)
+        or mask.shape[0] not in (1, known.shape[0])
+    ):
+        raise SystemExit(f"error: the mask must be (1 or N, 1 or {channels}, {size}, {size}) "
+                         f"like the known images {tuple(known.shape)}; got "
+                         f"{tuple(mask.shape)}")  # fmt: skip
+    mask = (mask > 0.5).to(known.dtype)
+    try:
+        return inpaint_images(
+            model, respace(diffusion, args.steps, args.spacing), known, mask,
+            args.jump_length, args.resample, generator=torch_generator(args, device),
+            model_kwargs=_model_kwargs(args, config, device), progress=True,
+        )  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def sr(args, model, diffusion, config, device):
+    """``--sr LOWRES``: super-resolution with an SR3 model (e.g. digits-sr)."""
+    from ..guidance import super_resolve
+    from ..guidance_nets import SuperResUNet
+    from .sampling import torch_generator
+
+    if not isinstance(model, SuperResUNet):
+        raise SystemExit(
+            "error: --sr needs a super-resolution model (e.g. --checkpoint "
+            "digits-sr); this one is not conditioned on a low-resolution image"
+        )
+    n, channels, _, _ = _shape(args, config)
+    low = _images(args.sr, "--sr", n, channels, model.low_res_size, device)
+    return super_resolve(
+        model, diffusion, low, steps=args.steps, generator=torch_generator(args, device)
+    )
+
+
+def sdedit(args, model, diffusion, config, device):
+    """``--sdedit IMAGES --t0 T0``: noise the guides to t0 and denoise them."""
+    from ..guidance import sdedit as sdedit_images
+    from .sampling import torch_generator
+
+    n, channels, size, _ = _shape(args, config)
     guides = _images(args.sdedit, "--sdedit", n, channels, size, device)
     if args.t0 is None or not 0 <= args.t0 < diffusion.num_timesteps:
         raise SystemExit(f"error: --sdedit needs --t0 in 0..{diffusion.num_timesteps - 1}, "
                          f"got {args.t0}")  # fmt: skip
-    return sdedit(model, diffusion, guides, args.t0, steps=args.steps, generator=generator,
-                  model_kwargs=model_kwargs)  # fmt: skip
+    return sdedit_images(
+        model, diffusion, guides, args.t0, steps=args.steps,
+        generator=torch_generator(args, device),
+        model_kwargs=_model_kwargs(args, config, device),
+    )  # fmt: skip
+
+
+# mode (the flag without its dashes) -> the function that draws its samples
+GUIDED_MODES = {
+    "guidance-scale": cfg,
+    "classifier-scale": classifier,
+    "inpaint": inpaint,
+    "sr": sr,
+    "sdedit": sdedit,
+}

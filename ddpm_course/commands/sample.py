@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .guided_sample import GUIDED_MODES, guided_mode
 from .guided_sample import add_arguments as add_guidance_arguments
-from .guided_sample import guided_samples
+from .sampling import draw, eta, labels, save, torch_generator
 
-# samplers.SPACINGS and DEFAULT_SPACING, written out so that --help does not import torch
-# (tests/test_samplers.py checks that they agree)
+# samplers.SAMPLERS, SPACINGS and DEFAULT_SPACING, written out so that --help does not import
+# torch (tests/test_samplers.py checks that they agree)
 SPACINGS = ("leading", "trailing", "linspace")
 DEFAULT_SPACING = "trailing"
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
@@ -70,87 +71,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..checkpoint import CheckpointError
     from ..pretrained import load_any
     from ..profiles import default_device
 
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     device = torch.device(args.device) if args.device else default_device()
-    from ..checkpoint import CheckpointError
-
     try:
-        loaded = load_any(args.checkpoint, device=device)
+        model, diffusion, config = load_any(args.checkpoint, device=device)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    # a shipped model that is not a denoiser (digits-vae loads as (vae, scale))
-    if not (isinstance(loaded, tuple) and len(loaded) == 3):
+    if diffusion is None:  # e.g. digits-vae, an autoencoder
         raise SystemExit(
             f"error: {args.checkpoint} is not a diffusion model that `sample` can draw from; "
             "give a denoiser (digits, digits-cond, digits-ldm, a run folder or checkpoint)"
         )
-    model, diffusion, config = loaded
-    if args.prompt is not None or hasattr(model, "latent_shape"):  # chapter 07's models
-        from ..latent import sample_from_cli
-
-        return sample_from_cli(args, model, diffusion, config, device)
-    shape = (args.n, config.channels, config.image_size, config.image_size)
     if not 1 <= args.steps <= diffusion.num_timesteps:
         raise SystemExit(
             f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}"
         )
-    model_kwargs = None
-    if config.class_conditional:
-        label = (
-            config.num_classes if args.class_label is None else args.class_label
-        )  # num_classes is the null class
-        if not 0 <= label <= config.num_classes:
-            raise SystemExit(
-                f"--class-label must lie in 0..{config.num_classes - 1} (or be omitted), got {label}"
-            )
-        model_kwargs = {
-            "y": torch.full((args.n,), label, dtype=torch.long, device=device)
-        }
-    generator = torch.Generator(device).manual_seed(args.seed)
-    common = dict(
-        model_kwargs=model_kwargs, generator=generator, progress=True, device=device
-    )
-    # a chapter-06 option (CFG, classifier guidance, inpainting, SR, SDEdit), else plain sampling
-    samples = guided_samples(args, model, diffusion, config, shape, generator, device)
-    if samples is None:
-        samples = draw(args, model, diffusion, shape, **common)
+    mode = choose_mode(args, model, config)
+    samples = MODES[mode](args, model, diffusion, config, device)
     return save(args, ((samples.float().cpu() + 1) / 2).clamp(0, 1))
 
 
-def draw(args: argparse.Namespace, model, diffusion, shape: tuple, **common):
-    """Samples of ``shape`` from ``model`` by the sampler the command line names (``--sampler``,
-    ``--steps``, ``--eta``, ``--spacing``); ``common``: the samplers' shared keyword arguments."""
-    from ..samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
+def plain(args: argparse.Namespace, model, diffusion, config, device):
+    """Samples of an unguided model; a class-conditional one of ``--class-label`` (else the null
+    class). (N, C, H, W) in [-1, 1]."""
+    shape = (args.n, config.channels, config.image_size, config.image_size)
+    model_kwargs = None
+    if config.class_conditional:
+        model_kwargs = {"y": labels(args, config.num_classes, device, null=True)}
+    return draw(args, model, diffusion, shape, device, model_kwargs=model_kwargs)
 
-    if args.sampler == "ddpm":
-        return ddpm_sample(
-            model, respace(diffusion, args.steps, args.spacing), shape, **common
-        )
-    if args.sampler == "ddim":
-        return ddim_sample(
-            model, diffusion, shape, steps=args.steps, eta=args.eta, spacing=args.spacing,
-            **common,
-        )  # fmt: skip
-    return dpm_solver_sample(
-        model, diffusion, shape, steps=args.steps, spacing=args.spacing, **common
+
+def latent(args: argparse.Namespace, model, diffusion, config, device):
+    """Chapter 07: decoded samples of a prompted latent model (``--prompt`` a digit's name, or
+    ``--class-label``; ``--guidance-scale W`` applies classifier-free guidance)."""
+    from ..latent import DIGIT_NAMES, latent_sample
+
+    label = (
+        None
+        if args.prompt is not None
+        else labels(args, len(DIGIT_NAMES), "cpu", null=True)
     )
+    try:
+        return latent_sample(
+            model, diffusion, args.n, sampler=args.sampler, prompt=args.prompt, labels=label,
+            guidance_scale=args.guidance_scale or 0.0, steps=args.steps, spacing=args.spacing,
+            eta=eta(args), generator=torch_generator(args, device), progress=True,
+        )  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
-def save(args: argparse.Namespace, images) -> int:
-    """Write ``images`` (N, C, H, W) in [0, 1] as a grid to ``--out`` (and the tensor to
-    ``--save-tensor``); the command's exit status."""
-    import torch
+def choose_mode(args: argparse.Namespace, model, config) -> str:
+    """The one mode that ``args`` and the model ask for (a key of :data:`MODES`), or a
+    ``SystemExit`` that says which flags do not go together."""
+    from ..latent import LatentDiffusion
 
-    from ..viz import save_image_grid
+    if args.prompt is not None and not isinstance(model, LatentDiffusion):
+        raise SystemExit(
+            "error: --prompt needs a prompt-conditioned latent model, e.g. --checkpoint digits-ldm"
+        )
+    if isinstance(model, LatentDiffusion):
+        return "latent"
+    return guided_mode(args, model, config) or "plain"
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, args.out, value_range=(0.0, 1.0))
-    print(f"wrote {args.out}")
-    if args.save_tensor is not None:
-        torch.save(images, args.save_tensor)
-        print(f"wrote {args.save_tensor}")
-    return 0
+
+MODES = {"plain": plain, "latent": latent, **GUIDED_MODES}

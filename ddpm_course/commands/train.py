@@ -116,14 +116,13 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..train import NonFiniteLossError, Trainer
 
-    if args.preset in (
-        "digits-vae",
-        "digits-ldm",
-    ):  # chapter 07: trained by ddpm_course.latent
-        from ..latent import train_from_cli
-
-        return train_from_cli(args)
+    if args.preset == "digits-vae":  # chapter 07's autoencoder: its own loop
+        return _train_vae(args)
     try:
+        if (
+            args.preset == "digits-ldm"
+        ):  # chapter 07's latent model: the Trainer on latents
+            return _train_ldm(args)
         config = _config(args)
         out_dir = Trainer(config).train(resume=args.resume)
     except (ValueError, FileExistsError, CheckpointError) as error:
@@ -134,4 +133,59 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {out_dir} (load it with ddpm_course.loading.load_model)")
+    return 0
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    """``--preset digits-vae``: :func:`~ddpm_course.autoencoder.train_vae` (``--max-steps``,
+    default 800) and its scale factor, written to ``--out`` (default the shipped weights)."""
+    import torch
+
+    from ..autoencoder import train_vae
+    from ..checkpoint import save_weights
+    from ..data import digits
+    from ..latent import estimate_scale_factor, reparameterize
+    from ..loading import WEIGHTS_DIR
+
+    steps, kl_weight = args.max_steps or 800, 1e-5
+    images, _ = digits(size=16, split="train")
+    model, history = train_vae(images, steps=steps, kl_weight=kl_weight, log=print)
+    with torch.no_grad():
+        mean, logvar = model.encode(images)
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+        scale = estimate_scale_factor(reparameterize(mean, logvar, noise))
+    out = Path(args.out) if args.out else WEIGHTS_DIR / "digits-vae.safetensors"
+    metadata = {
+        "format": "ddpm_course.vae", "model_class": "AutoencoderKL",
+        "model_config": model.config, "scale_factor": scale,
+        "train": {"steps": steps, "kl_weight": kl_weight, "batch_size": 64, "lr": 1e-3, "seed": 0},
+        "final": history[-1],
+    }  # fmt: skip
+    state = {k: v.half() for k, v in model.state_dict().items()}
+    print(f"scale factor {scale:.5f}; wrote {save_weights(state, out, metadata)}")
+    return 0
+
+
+def _train_ldm(args: argparse.Namespace) -> int:
+    """``--preset digits-ldm``: the Trainer on the shipped autoencoder's latents into the run
+    folder ``--out`` (``--resume`` and the Trainer's flags apply; ``--set`` any field)."""
+    from ..attention import CrossAttnUNet
+    from ..data import digits
+    from ..latent import LDM_UNET, LatentDiffusion
+    from ..latent_train import LatentTrainer, ldm_train_config
+    from ..pretrained import load_pretrained
+
+    overrides = {
+        name: getattr(args, name)
+        for name, _, _ in FLAGS.values()
+        if getattr(args, name) is not None
+    }
+    overrides.update(_parse_settings(args.settings))
+    overrides["out_dir"] = args.out or "runs/digits-ldm"
+    vae, _, _ = load_pretrained("digits-vae", device="cpu")
+    images, labels = digits(size=16, split="train")
+    ldm = LatentDiffusion(vae, CrossAttnUNet(**LDM_UNET), vae.scale_factor)
+    trainer = LatentTrainer(ldm_train_config(**overrides), ldm, images, labels)
+    run = trainer.train(resume=args.resume)
+    print(f"run folder: {run} (load it with ddpm_course.loading.load_model)")
     return 0

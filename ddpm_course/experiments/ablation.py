@@ -54,9 +54,9 @@ ABLATION_OVERRIDES: dict[str, Any] = {
 def _train_and_score(overrides: dict[str, Any], seed: int, steps: int, num_samples: int, sample_steps: int,
                      work_dir: Path) -> dict[str, Any]:  # fmt: skip
     """Train the digits preset with ``overrides`` for ``steps`` steps; FD of its EMA samples."""
-    from .config import TrainConfig
-    from .metrics import digits_fd
-    from .train import Trainer
+    from ..config import TrainConfig
+    from ..metrics import digits_fd
+    from ..train import Trainer
 
     torch.set_num_threads(1)
     config = TrainConfig.from_preset(
@@ -125,7 +125,7 @@ def run_ablation(steps: int = 300, seeds: tuple[int, ...] = (0, 1, 2), num_sampl
     :func:`summarise` of them. A results file at ``out`` with the same budget is continued: the
     runs already in it are kept.
     """
-    from .metrics import digits_fd_floor
+    from ..metrics import digits_fd_floor
 
     budget = {"preset": "digits", **ABLATION_OVERRIDES, "steps": steps, "batch_size": 64,
               "num_samples": num_samples, "sampler": f"DDIM, {sample_steps} trailing steps, eta 0, EMA weights"}  # fmt: skip

@@ -167,7 +167,7 @@ def _flops_per_step(trainer, data: torch.Tensor) -> int:
 
 def _config(args, compile_model: bool = False):
     """The training config of the check: the preset's, with the check's batch and precision."""
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
     return TrainConfig.from_preset(
         args.preset,
@@ -187,7 +187,7 @@ def _config(args, compile_model: bool = False):
 def _train(args, compile_model: bool, data: torch.Tensor, world_size: int):
     """Time the optimiser steps of a fresh :class:`~ddpm_course.train.Trainer`; returns the
     result and the trainer (for sampling from its EMA weights)."""
-    from .train import Trainer
+    from ..train import Trainer
 
     config = _config(args, compile_model)
     trainer = Trainer(config, dataset=data[: config.batch_size])
@@ -212,8 +212,8 @@ def _train(args, compile_model: bool, data: torch.Tensor, world_size: int):
 def run_check(args) -> dict[str, Any] | None:
     """Run every part of the check (see the module's docstring); rank 0 returns the report,
     the other ranks ``None``."""
-    from .config import build_model
-    from .viz import save_image_grid
+    from ..config import build_model
+    from ..viz import save_image_grid
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -318,7 +318,7 @@ def failures(report: dict[str, Any]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ddpm_course.gpu_check",
+        prog="python -m ddpm_course.experiments.gpu_check",
         description="Train the paper-scale U-Net briefly on random data: speed, memory, bf16, DDP.",
     )
     parser.add_argument(

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .utils import check_choice
+from ..utils import check_choice
 
 __all__ = [
     "BenchResult",
@@ -81,13 +81,13 @@ def count_parameters(model: nn.Module) -> int:
 
 def our_config(image_size: int, channels: int = 1) -> dict[str, Any]:
     """Our contender: the ``digits`` U-Net preset at ``image_size`` with ``channels`` channels."""
-    from .nn import PRESETS
+    from ..nn import PRESETS
 
     return {**PRESETS["digits"], "image_size": image_size, "in_channels": channels}
 
 
 def _ours(config: dict[str, Any]) -> nn.Module:
-    from .nn import UNet
+    from ..nn import UNet
 
     return UNet(**config)
 
@@ -303,9 +303,9 @@ def _quality(
 ) -> tuple[float, int]:
     """Train a fresh ``name`` on the 16×16 digits for ``seconds`` with the ``digits`` recipe; (FD of
     400 DDIM-50 samples of its EMA weights, optimiser steps taken)."""
-    from .metrics import digits_fd
-    from .samplers import ddim_sample
-    from .train import TrainConfig, Trainer
+    from ..metrics import digits_fd
+    from ..samplers import ddim_sample
+    from ..train import TrainConfig, Trainer
 
     model = build_contenders(16, 1, seed=seed, ablation=ablation)[name]
     with tempfile.TemporaryDirectory() as out_dir:

@@ -1,6 +1,6 @@
-r"""The measured numbers of chapter 06, written to ``book/results/06_guidance.json``.
+r"""The measured numbers of chapter 06 (the book's: ``book/results/06_guidance.json``).
 
-``python -m ddpm_course.guidance_eval`` (all sections: each records its ``minutes`` in the file,
+``python -m ddpm_course.experiments.guidance_eval --out book/results/06_guidance.json`` (all sections: each records its ``minutes`` in the file,
 together about two and a half hours of one CPU thread, some on a shared machine) or ``--only
 cfg_seeds sr`` (the named sections, merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
 :mod:`ddpm_course.metrics` for accuracy, features and FD:
@@ -44,8 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import digits
-from .guidance import (
+from ..data import digits
+from ..guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     classifier_guided_ddpm_sample,
@@ -55,15 +55,17 @@ from .guidance import (
     sr_downsample,
     super_resolve,
 )
-from .metrics import digits_fd, digits_fd_floor, digits_features, load_digits_classifier
-from .samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
+from ..metrics import (
+    class_accuracy,
+    digits_fd,
+    digits_fd_floor,
+    saturation,
+    seam_error,
+    within_class_diversity,
+)
+from ..samplers import respace, sample
 
 __all__ = [
-    "RESULTS_PATH",
-    "class_accuracy",
-    "within_class_diversity",
-    "saturation",
-    "seam_error",
     "blur",
     "evaluate_cfg",
     "evaluate_cfg_samplers",
@@ -75,49 +77,10 @@ __all__ = [
     "evaluate_sdedit",
 ]
 
-RESULTS_PATH = (
-    Path(__file__).resolve().parent.parent / "book" / "results" / "06_guidance.json"
-)
+COMMAND = "python -m ddpm_course.experiments.guidance_eval"
 CFG_SCALES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0)
 CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 5.0, 10.0)
 SDEDIT_T0 = (100, 200, 300, 400, 500, 600, 700, 800, 900)
-
-
-@torch.no_grad()
-def class_accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of images (N, 1, 16, 16) in [-1, 1] that the shipped digits classifier labels ``labels``."""
-    return (
-        (load_digits_classifier()(images.clamp(-1, 1)).argmax(1) == labels)
-        .float()
-        .mean()
-        .item()
-    )
-
-
-def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean pairwise Euclidean distance of the classifier features within each class, averaged
-    over the classes: lower means the samples of a class look more alike."""
-    features = digits_features(images.clamp(-1, 1)).double()
-    per_class = []
-    for label in labels.unique():
-        group = features[labels == label]
-        if group.shape[0] > 1:
-            distances = torch.cdist(group, group)
-            per_class.append(distances.sum() / (group.shape[0] * (group.shape[0] - 1)))
-    return float(torch.stack(per_class).mean())
-
-
-def saturation(images: torch.Tensor, threshold: float = 0.98) -> float:
-    """Fraction of pixels with |x| > threshold (x in [-1, 1]): over-guided samples saturate."""
-    return (images.abs() > threshold).float().mean().item()
-
-
-def seam_error(completions: torch.Tensor, truth: torch.Tensor, row: int = 8) -> float:
-    """Mean |(x[row] - x[row - 1]) - (truth[row] - truth[row - 1])|: how much the jump across the
-    border of the mask differs from the real image's (0 for a seamless completion)."""
-    jump = completions[..., row, :] - completions[..., row - 1, :]
-    true_jump = truth[..., row, :] - truth[..., row - 1, :]
-    return (jump - true_jump).abs().mean().item()
 
 
 def blur(images: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
@@ -141,7 +104,7 @@ def evaluate_cfg(
     n: int = 400, steps: int = 20, scales=CFG_SCALES, seed: int = 0
 ) -> dict[str, Any]:
     """Classifier-free guidance on digits-cond: one row per w (see the module docstring)."""
-    from .pretrained import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
     labels = _balanced_labels(n)
@@ -149,17 +112,17 @@ def evaluate_cfg(
     for w in scales:
         generator = torch.Generator().manual_seed(seed)
         guided = ClassifierFreeGuidance(model, w, labels)
-        samples = ddim_sample(
-            guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
+        samples = sample(
+            "ddim", guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
         )
         rows.append({
             "w": w, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples),
             "diversity": within_class_diversity(samples, labels), "saturation": saturation(samples),
         })  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
-    samples = dpm_solver_sample(
-        ClassifierFreeGuidance(model, 3.0, labels), diffusion, (n, 1, 16, 16), steps=15,
-        generator=generator, clip_denoised=True,
+    samples = sample(
+        "dpm-solver", ClassifierFreeGuidance(model, 3.0, labels), diffusion, (n, 1, 16, 16),
+        steps=15, generator=generator, clip_denoised=True,
     )  # fmt: skip
     dpm = {
         "w": 3.0,
@@ -184,17 +147,14 @@ def evaluate_cfg_interval(
 ) -> dict[str, Any]:
     """CFG at w guided only at t <= max_timestep (Kynkäänniemi et al. 2024), one row per
     max_timestep, measured as ``cfg``."""
-    from .pretrained import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
     labels = _balanced_labels(n)
     rows = []
     for max_timestep in max_timesteps:
         guided = ClassifierFreeGuidance(model, w, labels, max_timestep=max_timestep)
-        samples = ddim_sample(
-            guided, diffusion, (n, 1, 16, 16), steps=steps,
-            generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
+        samples = _sample(guided, diffusion, n, "ddim", steps, seed)
         rows.append({
             "max_timestep": max_timestep, "accuracy": class_accuracy(samples, labels),
             "fd": digits_fd(samples), "diversity": within_class_diversity(samples, labels),
@@ -208,17 +168,10 @@ def evaluate_cfg_interval(
 def _sample(
     guided, diffusion, n: int, sampler: str, steps: int, seed: int
 ) -> torch.Tensor:
-    """n 16×16 samples of ``guided`` from seed: DDIM (η = 0) in ``steps`` steps for "ddim", else
-    the ancestral sampler (DDPM respaced to ``steps``, x0 clipped)."""
-    generator = torch.Generator().manual_seed(seed)
-    if sampler == "ddim":
-        return ddim_sample(
-            guided, diffusion, (n, 1, 16, 16), steps=steps, generator=generator
-        )
-    return ddpm_sample(
-        guided, respace(diffusion, steps), (n, 1, 16, 16),
-        generator=generator, clip_denoised=True,
-    )  # fmt: skip
+    """n 16×16 samples of ``guided`` from seed by :func:`ddpm_course.samplers.sample`: "ddim"
+    (η = 0) or "ddpm" (the ancestral sampler respaced to ``steps``), x0 clipped."""
+    return sample(sampler, guided, diffusion, (n, 1, 16, 16), steps=steps,
+                  generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
 
 def evaluate_cfg_samplers(
@@ -227,7 +180,7 @@ def evaluate_cfg_samplers(
 ) -> dict[str, Any]:  # fmt: skip
     """CFG at w with a deterministic sampler (DDIM η = 0) and the ancestral one (DDPM respaced)
     at more steps than the sweep's, measured as ``cfg``: is the FD at w set by the sampler?"""
-    from .pretrained import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
     labels = _balanced_labels(n)
@@ -263,7 +216,7 @@ def evaluate_cfg_seeds(
     ``digits`` model, ancestral steps): DDIM in ``steps`` steps when the last is None, else the
     ancestral sampler (DDPM respaced to that many steps). The floors are those of
     ``len(seeds)`` random subsets of n training digits."""
-    from .pretrained import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits-cond", device="cpu")
     uncond, _, _ = load_pretrained("digits", device="cpu")
@@ -325,8 +278,8 @@ def evaluate_classifier_guidance(
     n: int = 200, steps: int = 25, scales=CLASSIFIER_SCALES, seed: int = 0
 ) -> dict[str, Any]:
     """The noisy classifier's accuracy against t, and classifier guidance of ``digits``."""
-    from .guidance_models import load_noisy_classifier, noisy_accuracy
-    from .pretrained import load_pretrained
+    from ..guidance_models import load_noisy_classifier, noisy_accuracy
+    from ..pretrained import load_pretrained
 
     classifier, _, _ = load_noisy_classifier(device="cpu")
     model, diffusion, _ = load_pretrained("digits", device="cpu")
@@ -336,8 +289,7 @@ def evaluate_classifier_guidance(
     rows = []
     for scale in scales:
         guided = ClassifierGuidance(model, classifier, diffusion, labels, scale)
-        samples = ddim_sample(guided, diffusion, (n, 1, 16, 16), steps=steps,
-                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        samples = _sample(guided, diffusion, n, "ddim", steps, seed)
         rows.append({"scale": scale, "accuracy": class_accuracy(samples, labels), "fd": digits_fd(samples),
                      "diversity": within_class_diversity(samples, labels)})  # fmt: skip
     ancestral_scale = 2.0
@@ -375,7 +327,7 @@ def evaluate_inpainting(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Replacement against RePaint on the test digits with the top half known (``digits``)."""
-    from .pretrained import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits", device="cpu")
     images, labels = digits(size=16, split="test")
@@ -411,7 +363,7 @@ def evaluate_sr(steps: int = 100, n_fd: int = 400, seed: int = 0) -> dict[str, A
     """8×8 → 16×16 with the SR model (ancestral, ``steps``) against bicubic upsampling: consistency and
     RMSE to the truth on the 300 test digits; FD of ``n_fd`` training digits super-resolved,
     beside the FD of the same real digits (the floor at that n)."""
-    from .guidance_models import load_sr_model
+    from ..guidance_models import load_sr_model
 
     model, diffusion, _ = load_sr_model(device="cpu")
 
@@ -448,7 +400,7 @@ def evaluate_sdedit(
     n: int = 100, steps: int = 50, t0s=SDEDIT_T0, seed: int = 0
 ) -> dict[str, Any]:
     """SDEdit of blurred test digits with ``digits``: faithfulness against realism over t0."""
-    from .pretrained import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, diffusion, _ = load_pretrained("digits", device="cpu")
     images, labels = digits(size=16, split="test")
@@ -493,7 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", choices=sorted(SECTIONS), default=sorted(SECTIONS)
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the JSON to write (the book's: book/results/06_guidance.json)",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -501,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results[name] = SECTIONS[name]()
         results[name]["minutes"] = round((time.perf_counter() - start) / 60, 1)
-        results["command"] = "python -m ddpm_course.guidance_eval"
+        results["command"] = f"{COMMAND} --out {args.out}"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         print(f"{name}: {json.dumps(results[name])[:400]}")

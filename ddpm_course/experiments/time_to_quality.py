@@ -16,7 +16,7 @@ Contenders:
   ``ddpm-course train --preset NAME`` builds them, stepped by
   :meth:`~ddpm_course.train.Trainer.train_step` on shuffled batches of the training digits;
 * ``diffusers``: diffusers' ``UNet2DModel`` (laid out like our U-Net, at our parameter count:
-  :func:`~ddpm_course.bench.build_contenders`) with ``DDPMScheduler(num_train_timesteps=1000)``,
+  :func:`~ddpm_course.experiments.bench.build_contenders`) with ``DDPMScheduler(num_train_timesteps=1000)``,
   trained the way diffusers' ``examples/unconditional_image_generation/train_unconditional.py``
   trains by default: batch 16, AdamW (lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, eps 1e-8),
   a cosine learning-rate schedule after 500 warm-up steps, gradient clipping at 1, fp32, and
@@ -75,7 +75,7 @@ class Run:
 
 
 def _digits(seed: int) -> tuple[torch.Tensor, torch.Generator]:
-    from .data import digits
+    from ..data import digits
 
     images, _ = digits(size=16, split="train")
     return images, torch.Generator().manual_seed(seed)
@@ -91,8 +91,8 @@ def _batches(images: torch.Tensor, batch_size: int, generator: torch.Generator):
 
 def our_recipe(preset: str, seed: int, out_dir: str) -> Run:
     """Our training preset ``preset``, from scratch with ``seed``, through the :class:`Trainer`."""
-    from .config import TrainConfig
-    from .train import Trainer
+    from ..config import TrainConfig
+    from ..train import Trainer
 
     config = TrainConfig.from_preset(
         preset, max_steps=None, max_seconds=10**9, seed=seed, out_dir=out_dir,
@@ -120,9 +120,9 @@ def diffusers_recipe(seed: int, total_steps: int) -> Run:
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
+    from ..diffusion import GaussianDiffusion
+    from ..schedules import get_betas
     from .bench import build_contenders
-    from .diffusion import GaussianDiffusion
-    from .schedules import get_betas
 
     recipe = DIFFUSERS_RECIPE
     model = build_contenders(16, 1, seed=seed)["diffusers"]
@@ -191,8 +191,8 @@ def train_with_snapshots(
 def _fd(
     model: nn.Module, diffusion, seed: int, num_samples: int, sample_steps: int
 ) -> float:
-    from .metrics import digits_fd
-    from .samplers import ddim_sample
+    from ..metrics import digits_fd
+    from ..samplers import ddim_sample
 
     generator = torch.Generator().manual_seed(10_000 + seed)
     samples = ddim_sample(model, diffusion, (num_samples, 1, 16, 16), steps=sample_steps,
@@ -225,7 +225,7 @@ def run_time_to_quality(
 ) -> dict[str, Any]:
     """Train every contender for every seed and measure FD at each checkpoint (see the module
     docstring); a JSON-serialisable report."""
-    from .metrics import digits_fd_floor
+    from ..metrics import digits_fd_floor
 
     if not checkpoint_seconds or min(checkpoint_seconds) <= 0:
         raise ValueError(

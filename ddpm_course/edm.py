@@ -26,15 +26,11 @@ from .flow import (
     Coefficient,
     _check_grid,
     _check_steps,
-    _device_of,
-    _float64,
-    _in,
     _per_example,
-    _start,
     euler_step,
     heun_step,
 )
-from .utils import check_choice
+from .utils import cast_like, check_choice, float64_on, initial_noise, model_device
 
 __all__ = [
     "edm_sigmas",
@@ -115,11 +111,13 @@ class EDMPrecond(torch.nn.Module):
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
-        sigma = _float64(sigma, x)
+        sigma = float64_on(sigma, x)
         c = edm_preconditioning(_per_example(sigma, x), self.sigma_data)
         c_noise = c.c_noise.reshape(-1).expand(x.shape[0])
-        out = self.network(_in(c.c_in, x) * x, c_noise.to(torch.float32), **kwargs)
-        return _in(c.c_skip, x) * x + _in(c.c_out, x) * out
+        out = self.network(
+            cast_like(c.c_in, x) * x, c_noise.to(torch.float32), **kwargs
+        )
+        return cast_like(c.c_skip, x) * x + cast_like(c.c_out, x) * out
 
 
 def edm_slope(
@@ -127,7 +125,7 @@ def edm_slope(
 ) -> torch.Tensor:
     r"""The probability-flow ODE's slope in EDM's coordinates, :math:`dx/d\sigma = (x - D(x;\sigma))/\sigma`
     (Eq. (3) of Karras et al. 2022 with :math:`\sigma(t) = t`, s(t) = 1). x, denoised: (N, ...)."""
-    return _in(1 / _float64(sigma, x), x) * (x - denoised)
+    return cast_like(1 / float64_on(sigma, x), x) * (x - denoised)
 
 
 def edm_churn(
@@ -194,8 +192,10 @@ def edm_sample(
             f"need S_churn >= 0, S_noise >= 0 and S_tmin <= S_tmax, got S_churn={S_churn}, "
             f"S_noise={S_noise}, S_tmin={S_tmin}, S_tmax={S_tmax} (S_churn=0: deterministic)"
         )
-    device = device or _device_of(denoiser)
-    x = _start(shape, x_init, float(sigmas[0]), generator, device, dtype)
+    device = device or model_device(denoiser)
+    x = initial_noise(
+        shape, x_init, generator, device, dtype, float(sigmas[0]), "x_init"
+    )
     trajectory = [x.cpu()] if return_trajectory else None
 
     def slope_at(state: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -38,7 +38,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import Model, mean_flat
-from .utils import check_choice, check_timesteps
+from .utils import (
+    cast_like,
+    check_choice,
+    check_timesteps,
+    float64_on,
+    initial_noise,
+    model_device,
+)
 
 __all__ = [
     "PREDICTIONS",
@@ -81,16 +88,6 @@ DEFAULT_TIME_SCALE = (
 Coefficient = float | torch.Tensor
 
 
-def _float64(value: Coefficient, like: torch.Tensor) -> torch.Tensor:
-    """A schedule value (float or tensor) as a float64 tensor on ``like``'s device."""
-    return torch.as_tensor(value, dtype=torch.float64, device=like.device)
-
-
-def _in(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A float64 coefficient in ``like``'s dtype, to multiply it."""
-    return coefficient.to(dtype=like.dtype)
-
-
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) values shaped (N, 1, ..., 1) to broadcast against ``like`` (N, ...)."""
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
@@ -119,7 +116,7 @@ def flow_time(alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
 def flow_state(x: torch.Tensor, alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
     r"""A state of the path :math:`(\alpha, \sigma)` as a flow state: :math:`x/(\alpha+\sigma)`, which
     is :math:`(1-s)x_0 + s\,\epsilon` at :math:`s =` :func:`flow_time`. x: (N, ...) -> like x."""
-    return _in(1 / (_float64(alpha, x) + _float64(sigma, x)), x) * x
+    return cast_like(1 / (float64_on(alpha, x) + float64_on(sigma, x)), x) * x
 
 
 def edm_sigma(alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
@@ -131,7 +128,7 @@ def edm_sigma(alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
 
 def edm_state(x: torch.Tensor, alpha: Coefficient) -> torch.Tensor:
     r"""A state of the path :math:`(\alpha, \sigma)` as an EDM state: :math:`x/\alpha = x_0 + (\sigma/\alpha)\epsilon`."""
-    return _in(1 / _float64(alpha, x), x) * x
+    return cast_like(1 / float64_on(alpha, x), x) * x
 
 
 def flow_interpolant(
@@ -142,8 +139,8 @@ def flow_interpolant(
 
     x0, noise: (N, ...); s: float or float64 tensor broadcastable against x0 (s = 1 is pure noise).
     """
-    s = _float64(s, x0)
-    return _in(1 - s, x0) * x0 + _in(s, x0) * noise
+    s = float64_on(s, x0)
+    return cast_like(1 - s, x0) * x0 + cast_like(s, x0) * noise
 
 
 def flow_velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -156,16 +153,16 @@ def x0_from_eps(
     x: torch.Tensor, eps: torch.Tensor, alpha: Coefficient, sigma: Coefficient
 ) -> torch.Tensor:
     r""":math:`x_0 = (x - \sigma\epsilon)/\alpha` (the path :math:`x = \alpha x_0 + \sigma\epsilon` solved for x0)."""
-    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
-    return _in(1 / alpha, x) * x - _in(sigma / alpha, x) * eps
+    alpha, sigma = float64_on(alpha, x), float64_on(sigma, x)
+    return cast_like(1 / alpha, x) * x - cast_like(sigma / alpha, x) * eps
 
 
 def eps_from_x0(
     x: torch.Tensor, x0: torch.Tensor, alpha: Coefficient, sigma: Coefficient
 ) -> torch.Tensor:
     r""":math:`\epsilon = (x - \alpha x_0)/\sigma`."""
-    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
-    return _in(1 / sigma, x) * x - _in(alpha / sigma, x) * x0
+    alpha, sigma = float64_on(alpha, x), float64_on(sigma, x)
+    return cast_like(1 / sigma, x) * x - cast_like(alpha / sigma, x) * x0
 
 
 def v_from_x0_eps(
@@ -173,37 +170,37 @@ def v_from_x0_eps(
 ) -> torch.Tensor:
     r"""The v-prediction target :math:`v = \alpha\epsilon - \sigma x_0` (Salimans & Ho 2022, Sec. 4;
     for VP, :math:`v = d x/d\phi` with :math:`\alpha = \cos\phi`, :math:`\sigma = \sin\phi`)."""
-    alpha, sigma = _float64(alpha, x0), _float64(sigma, x0)
-    return _in(alpha, x0) * eps - _in(sigma, x0) * x0
+    alpha, sigma = float64_on(alpha, x0), float64_on(sigma, x0)
+    return cast_like(alpha, x0) * eps - cast_like(sigma, x0) * x0
 
 
 def x0_from_v(
     x: torch.Tensor, v: torch.Tensor, alpha: Coefficient, sigma: Coefficient
 ) -> torch.Tensor:
     r""":math:`x_0 = (\alpha x - \sigma v)/(\alpha^2+\sigma^2)` (:math:`\alpha x - \sigma v = \sqrt{\bar\alpha}x_t - \sqrt{1-\bar\alpha}v` for VP)."""
-    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    alpha, sigma = float64_on(alpha, x), float64_on(sigma, x)
     norm = alpha**2 + sigma**2
-    return _in(alpha / norm, x) * x - _in(sigma / norm, x) * v
+    return cast_like(alpha / norm, x) * x - cast_like(sigma / norm, x) * v
 
 
 def eps_from_v(
     x: torch.Tensor, v: torch.Tensor, alpha: Coefficient, sigma: Coefficient
 ) -> torch.Tensor:
     r""":math:`\epsilon = (\sigma x + \alpha v)/(\alpha^2+\sigma^2)`."""
-    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
+    alpha, sigma = float64_on(alpha, x), float64_on(sigma, x)
     norm = alpha**2 + sigma**2
-    return _in(sigma / norm, x) * x + _in(alpha / norm, x) * v
+    return cast_like(sigma / norm, x) * x + cast_like(alpha / norm, x) * v
 
 
 def score_from_eps(eps: torch.Tensor, sigma: Coefficient) -> torch.Tensor:
     r"""The score of the noisy marginal, :math:`\nabla_x \log p(x) = -\hat\epsilon/\sigma`
     (Tweedie; chapter 02's denoising score matching)."""
-    return _in(-1 / _float64(sigma, eps), eps) * eps
+    return cast_like(-1 / float64_on(sigma, eps), eps) * eps
 
 
 def eps_from_score(score: torch.Tensor, sigma: Coefficient) -> torch.Tensor:
     r""":math:`\epsilon = -\sigma\,\nabla_x \log p(x)`."""
-    return _in(-_float64(sigma, score), score) * score
+    return cast_like(-float64_on(sigma, score), score) * score
 
 
 def velocity_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -217,16 +214,22 @@ def x0_from_velocity(
 ) -> torch.Tensor:
     r""":math:`x_0 = (x - \sigma u)/(\alpha+\sigma)`, from :math:`x = \alpha x_0 + \sigma\epsilon`,
     :math:`u = \epsilon - x_0` (on the flow path: :math:`x_0 = x_s - s\,u`)."""
-    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
-    return _in(1 / (alpha + sigma), x) * x - _in(sigma / (alpha + sigma), x) * velocity
+    alpha, sigma = float64_on(alpha, x), float64_on(sigma, x)
+    return (
+        cast_like(1 / (alpha + sigma), x) * x
+        - cast_like(sigma / (alpha + sigma), x) * velocity
+    )
 
 
 def eps_from_velocity(
     x: torch.Tensor, velocity: torch.Tensor, alpha: Coefficient, sigma: Coefficient
 ) -> torch.Tensor:
     r""":math:`\epsilon = (x + \alpha u)/(\alpha+\sigma)` (on the flow path: :math:`\epsilon = x_s + (1-s)u`)."""
-    alpha, sigma = _float64(alpha, x), _float64(sigma, x)
-    return _in(1 / (alpha + sigma), x) * x + _in(alpha / (alpha + sigma), x) * velocity
+    alpha, sigma = float64_on(alpha, x), float64_on(sigma, x)
+    return (
+        cast_like(1 / (alpha + sigma), x) * x
+        + cast_like(alpha / (alpha + sigma), x) * velocity
+    )
 
 
 def predictions_from_output(
@@ -415,8 +418,8 @@ def euler_step(
     :math:`\tau = \sigma`, :math:`f =` :func:`~ddpm_course.edm.edm_slope` (Algorithm 1 of Karras et al. 2022).
     x, slope: (N, ...); time, time_next: floats or float64 tensors broadcastable against x.
     """
-    step = _float64(time_next, x) - _float64(time, x)
-    return x + _in(step, x) * slope
+    step = float64_on(time_next, x) - float64_on(time, x)
+    return x + cast_like(step, x) * slope
 
 
 def heun_step(
@@ -432,8 +435,8 @@ def heun_step(
 
     where ``slope_next`` is f at the Euler prediction :math:`\tilde x` = :func:`euler_step` (x, slope, τ, τ_next).
     """
-    step = _float64(time_next, x) - _float64(time, x)
-    return x + _in(step / 2, x) * (slope + slope_next)
+    step = float64_on(time_next, x) - float64_on(time, x)
+    return x + cast_like(step / 2, x) * (slope + slope_next)
 
 
 def flow_times(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -470,43 +473,6 @@ def _check_grid(
             f"{what} must decrease strictly to a value >= 0 (noise first), got {grid.tolist()}"
         )
     return grid
-
-
-def _start(
-    shape: Sequence[int],
-    x_init: torch.Tensor | None,
-    scale: float,
-    generator: torch.Generator | None,
-    device: torch.device | str | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """The sampler's first state: ``x_init`` as given, or ``scale`` times N(0, I) drawn with ``generator``."""
-    if (
-        not isinstance(shape, (tuple, list, torch.Size))
-        or len(shape) < 2
-        or not all(isinstance(n, int) and n >= 1 for n in shape)
-    ):
-        raise ValueError(
-            f"shape must be a tuple of positive ints (N, C, ...), got {shape!r}"
-        )
-    if x_init is not None:
-        if tuple(x_init.shape) != tuple(shape):
-            raise ValueError(
-                f"x_init has shape {tuple(x_init.shape)} but shape {tuple(shape)} was asked for"
-            )
-        return x_init.to(device=device, dtype=dtype)
-    if generator is not None and device is None:
-        device = generator.device
-    return scale * torch.randn(
-        tuple(shape), generator=generator, device=device, dtype=dtype
-    )
-
-
-def _device_of(model: Any) -> torch.device | None:
-    if isinstance(model, torch.nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-    return None
 
 
 @torch.no_grad()
@@ -552,8 +518,10 @@ def flow_sample(
         raise ValueError(
             f"times must lie in [0, 1] (s = 1 is pure noise), got times[0] = {s0}"
         )
-    device = device or _device_of(model)
-    x = _start(shape, x_init, math.hypot(1 - s0, s0), generator, device, dtype)
+    device = device or model_device(model)
+    x = initial_noise(
+        shape, x_init, generator, device, dtype, math.hypot(1 - s0, s0), "x_init"
+    )
     trajectory = [x.cpu()] if return_trajectory else None
 
     def velocity(state: torch.Tensor, s: float) -> torch.Tensor:

@@ -30,8 +30,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion, Model, PMeanVariance
+from .edm import edm_sample
+from .flow import DEFAULT_TIME_SCALE, FlowMatching, flow_sample
 from .schedules import DEFAULT_SPACING, SPACINGS, timestep_sequence
-from .utils import check_choice
+from .utils import (
+    cast_like,
+    check_choice,
+    float64_on,
+    initial_noise,
+    model_device,
+)
+from .vp_wrappers import VPDenoiser, VPVelocity, vp_flow_times
 
 __all__ = [
     "SAMPLERS",
@@ -90,16 +99,6 @@ def respace(
 
 
 # ---------------------------------------------------------------------------- step functions
-def _float64(value: AlphaBar, like: torch.Tensor) -> torch.Tensor:
-    """A schedule value (float or tensor) as a float64 tensor on ``like``'s device."""
-    return torch.as_tensor(value, dtype=torch.float64, device=like.device)
-
-
-def _in(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A float64 coefficient in ``like``'s dtype, to multiply it."""
-    return coefficient.to(dtype=like.dtype)
-
-
 def ddim_sigma(
     alpha_bar_t: AlphaBar, alpha_bar_prev: AlphaBar, eta: float
 ) -> torch.Tensor:
@@ -149,17 +148,17 @@ def ddpm_step(
     ``noise=None`` adds no noise (the last step). Returns x_{t-1} like x_t.
     """
     alpha_bar_t, alpha_bar_prev = (
-        _float64(alpha_bar_t, x_t),
-        _float64(alpha_bar_prev, x_t),
+        float64_on(alpha_bar_t, x_t),
+        float64_on(alpha_bar_prev, x_t),
     )
     beta_t = 1 - alpha_bar_t / alpha_bar_prev
     coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)
     coef_x_t = (1 - beta_t).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
-    x_prev = _in(coef_x0, x_t) * pred_x0 + _in(coef_x_t, x_t) * x_t
+    x_prev = cast_like(coef_x0, x_t) * pred_x0 + cast_like(coef_x_t, x_t) * x_t
     if noise is None:
         return x_prev
     if log_variance is None:
-        std = _in((beta_t * (1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt(), x_t)
+        std = cast_like((beta_t * (1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt(), x_t)
     else:
         std = torch.exp(0.5 * log_variance).to(x_t.dtype)
     return x_prev + std * noise
@@ -183,15 +182,15 @@ def ddim_step(
     (:math:`\bar\alpha_{t-1} = 1` for the step to the data). ``noise=None`` means z = 0 (η = 0, or
     the last step, where σ = 0). Returns x_{t-1} like pred_x0.
     """
-    alpha_bar_prev = _float64(alpha_bar_prev, pred_x0)
-    sigma = ddim_sigma(_float64(alpha_bar_t, pred_x0), alpha_bar_prev, eta)
+    alpha_bar_prev = float64_on(alpha_bar_prev, pred_x0)
+    sigma = ddim_sigma(float64_on(alpha_bar_t, pred_x0), alpha_bar_prev, eta)
     direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt()
     x_prev = (
-        _in(alpha_bar_prev.sqrt(), pred_x0) * pred_x0
-        + _in(direction, pred_x0) * pred_eps
+        cast_like(alpha_bar_prev.sqrt(), pred_x0) * pred_x0
+        + cast_like(direction, pred_x0) * pred_eps
     )
     if noise is not None:
-        x_prev = x_prev + _in(sigma, pred_x0) * noise
+        x_prev = x_prev + cast_like(sigma, pred_x0) * noise
     return x_prev
 
 
@@ -215,12 +214,12 @@ def ddim_inversion_step(
     (:func:`ddim_invert`) evaluates :math:`\hat\epsilon` at the *target* timestep. Returns x_next.
     """
     alpha_bar_t, alpha_bar_next = (
-        _float64(alpha_bar_t, x_t),
-        _float64(alpha_bar_next, x_t),
+        float64_on(alpha_bar_t, x_t),
+        float64_on(alpha_bar_next, x_t),
     )
     scale = (alpha_bar_next / alpha_bar_t).sqrt()
     coef_eps = (1 - alpha_bar_next).sqrt() - scale * (1 - alpha_bar_t).sqrt()
-    return _in(scale, x_t) * x_t + _in(coef_eps, x_t) * pred_eps
+    return cast_like(scale, x_t) * x_t + cast_like(coef_eps, x_t) * pred_eps
 
 
 def _half_log_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -249,7 +248,10 @@ def dpm_solver_2m_step(
     x_s, pred_x0, previous_pred_x0: (N, ...); the alpha-bars: floats or float64 tensors
     broadcastable against x_s (``alpha_bar_previous`` at the timestep before s). Returns x_t.
     """
-    alpha_bar_s, alpha_bar_t = _float64(alpha_bar_s, x_s), _float64(alpha_bar_t, x_s)
+    alpha_bar_s, alpha_bar_t = (
+        float64_on(alpha_bar_s, x_s),
+        float64_on(alpha_bar_t, x_s),
+    )
     lambda_s, lambda_t = _half_log_snr(alpha_bar_s), _half_log_snr(alpha_bar_t)
     h = lambda_t - lambda_s
     coef_x = ((1 - alpha_bar_t) / (1 - alpha_bar_s)).sqrt()  # sigma_t / sigma_s
@@ -261,13 +263,13 @@ def dpm_solver_2m_step(
             raise ValueError(
                 "alpha_bar_previous is needed with previous_pred_x0 (second order)"
             )
-        h_previous = lambda_s - _half_log_snr(_float64(alpha_bar_previous, x_s))
+        h_previous = lambda_s - _half_log_snr(float64_on(alpha_bar_previous, x_s))
         half_inverse_r = 0.5 * h / h_previous  # 1 / (2 r)
         data_term = (
-            _in(1 + half_inverse_r, x_s) * pred_x0
-            - _in(half_inverse_r, x_s) * previous_pred_x0
+            cast_like(1 + half_inverse_r, x_s) * pred_x0
+            - cast_like(half_inverse_r, x_s) * previous_pred_x0
         )
-    return _in(coef_x, x_s) * x_s + _in(coef_data, x_s) * data_term
+    return cast_like(coef_x, x_s) * x_s + cast_like(coef_data, x_s) * data_term
 
 
 def slerp(x0: torch.Tensor, x1: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -305,33 +307,6 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ loops
-def _initial_noise(shape, x_T, generator, device, dtype) -> torch.Tensor:
-    if (
-        not isinstance(shape, (tuple, list, torch.Size))
-        or len(shape) < 2
-        or not all(isinstance(n, int) and n >= 1 for n in shape)
-    ):
-        raise ValueError(
-            f"shape must be a tuple of positive ints (N, C, ...), got {shape!r}"
-        )
-    if x_T is not None:
-        if tuple(x_T.shape) != tuple(shape):
-            raise ValueError(
-                f"x_T has shape {tuple(x_T.shape)} but shape {tuple(shape)} was asked for"
-            )
-        return x_T.to(device=device, dtype=dtype)
-    if generator is not None and device is None:
-        device = generator.device
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-
-
-def _model_device(model: Model) -> torch.device | None:
-    if isinstance(model, torch.nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-    return None
-
-
 def _predict(
     diffusion: GaussianDiffusion,
     model: Model,
@@ -380,8 +355,8 @@ def ddpm_sample(
     samples (N, C, H, W), or ``(samples, trajectory)`` with ``trajectory`` (T + 1, N, C, H, W)
     from x_T down to x_0 on the CPU.
     """
-    device = device or _model_device(model)
-    x = _initial_noise(shape, x_T, generator, device, dtype)
+    device = device or model_device(model)
+    x = initial_noise(shape, x_T, generator, device, dtype)
     trajectory = [x.cpu()] if return_trajectory else None
     for step in tqdm(
         range(diffusion.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM"
@@ -431,8 +406,8 @@ def ddim_sample(
             f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}"
         )
     timesteps = timestep_sequence(diffusion.num_timesteps, steps, spacing).tolist()
-    device = device or _model_device(model)
-    x = _initial_noise(shape, x_T, generator, device, dtype)
+    device = device or model_device(model)
+    x = initial_noise(shape, x_T, generator, device, dtype)
     trajectory = [x.cpu()] if return_trajectory else None
     for k, step in enumerate(tqdm(timesteps, disable=not progress, desc="DDIM")):
         prev_step = timesteps[k + 1] if k + 1 < len(timesteps) else -1
@@ -534,8 +509,8 @@ def dpm_solver_sample(
             f"steps={steps}; lower lambda_min_clipped or take fewer steps"
         )
     timesteps = timestep_sequence(usable, steps, spacing).tolist()
-    device = device or _model_device(model)
-    x = _initial_noise(shape, x_T, generator, device, dtype)
+    device = device or model_device(model)
+    x = initial_noise(shape, x_T, generator, device, dtype)
     trajectory = [x.cpu()] if return_trajectory else None
     previous_x0, previous_step = None, None
     for k, step in enumerate(
@@ -560,13 +535,13 @@ def dpm_solver_sample(
     return (x, torch.stack(trajectory)) if trajectory is not None else x
 
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver", "flow-euler", "flow-heun", "edm-heun")
 
 
 def sample(
     name: str,
     model: Model,
-    diffusion: GaussianDiffusion,
+    diffusion: GaussianDiffusion | FlowMatching,
     shape: Sequence[int],
     steps: int = 50,
     eta: float = 0.0,
@@ -576,15 +551,49 @@ def sample(
     """The one front door: ``shape`` samples of ``model`` by the sampler called ``name``.
 
     ``"ddpm"``: :func:`ddpm_sample` on ``respace(diffusion, steps, spacing)``; ``"ddim"``:
-    :func:`ddim_sample` with ``eta``; ``"dpm-solver"``: :func:`dpm_solver_sample` (``eta`` must
-    be 0). ``kwargs`` go to the loop (``x_T``, ``generator``, ``model_kwargs``,
-    ``clip_denoised``, ``progress``, ``device``, ...), whose own defaults hold otherwise.
+    :func:`ddim_sample` with ``eta``; ``"dpm-solver"``: :func:`dpm_solver_sample`.
+    Chapter 09's: ``"flow-euler"`` / ``"flow-heun"``: :func:`~ddpm_course.flow.flow_sample` of
+    a flow model (``diffusion`` a :class:`~ddpm_course.flow.FlowMatching`), or of a VP model as
+    a velocity (:class:`~ddpm_course.vp_wrappers.VPVelocity`) on the flow times of the
+    ``spacing`` timesteps (flow-Euler there is DDIM); ``"edm-heun"``: Karras et al.'s
+    :func:`~ddpm_course.edm.edm_sample` of a VP model as a denoiser, on the ρ = 7 σ schedule
+    within the model's σ range (``steps`` intervals: 2·steps − 1 network calls).
+    Only DDIM takes ``eta`` ≠ 0. ``kwargs`` go to the loop (``x_T``, ``generator``,
+    ``model_kwargs``, ``clip_denoised``, ``progress``, ``device``, ...); for chapter 09's
+    samplers ``x_T`` is the unit Gaussian noise that their first state scales.
     """
     check_choice("sampler", name, SAMPLERS)
+    if eta != 0.0 and name != "ddim":
+        raise ValueError(f"only the ddim sampler takes eta; {name!r} got eta={eta}")
+    if isinstance(diffusion, FlowMatching) and not name.startswith("flow-"):
+        raise ValueError(
+            f"a flow-matching model samples with flow-euler or flow-heun, not {name!r}"
+        )
     if name == "ddpm":
         return ddpm_sample(model, respace(diffusion, steps, spacing), shape, **kwargs)
     if name == "ddim":
         return ddim_sample(model, diffusion, shape, steps, eta, spacing, **kwargs)
-    if eta != 0.0:
-        raise ValueError(f"DPM-Solver++(2M) is deterministic; eta must be 0, got {eta}")
-    return dpm_solver_sample(model, diffusion, shape, steps, spacing, **kwargs)
+    if name == "dpm-solver":
+        return dpm_solver_sample(model, diffusion, shape, steps, spacing, **kwargs)
+    x_T, clip = kwargs.pop("x_T", None), kwargs.pop("clip_denoised", True)
+    if name == "edm-heun":
+        denoiser = VPDenoiser(model, diffusion, clip_denoised=clip)
+        sigma_max = min(80.0, denoiser.sigma_max)
+        return edm_sample(
+            denoiser, shape, steps, sigma_min=max(0.002, denoiser.sigma_min),
+            sigma_max=sigma_max, x_init=None if x_T is None else sigma_max * x_T, **kwargs,
+        )  # fmt: skip
+    method = name.removeprefix("flow-")
+    if isinstance(diffusion, FlowMatching):
+        scale, times, model_time = 1.0, None, diffusion.num_timesteps
+    else:  # the VP model on the flow times of its own timesteps (trained t: quantize)
+        times = vp_flow_times(
+            diffusion, timestep_sequence(diffusion.num_timesteps, steps, spacing)
+        )
+        model = VPVelocity(model, diffusion, quantize=True, clip_denoised=clip)
+        scale = math.hypot(1 - float(times[0]), float(times[0]))
+        model_time = DEFAULT_TIME_SCALE
+    return flow_sample(
+        model, shape, steps, method, times=times, time_scale=model_time,
+        x_init=None if x_T is None else scale * x_T, **kwargs,
+    )  # fmt: skip

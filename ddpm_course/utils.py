@@ -1,4 +1,5 @@
-"""Small helpers shared by several modules: argument checks and per-timestep lookups."""
+"""Small helpers shared by several modules: argument checks, per-timestep lookups, and the
+samplers' float64 coefficients, first state and model device (chapters 05 and 09)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,53 @@ def check_class_labels(
             f"{int(labels.max())}"
         )
     return labels.long()
+
+
+# ------------------------------------------------------- shared by the samplers (05, 09)
+def float64_on(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A schedule value (float or tensor) as a float64 tensor on ``like``'s device."""
+    return torch.as_tensor(value, dtype=torch.float64, device=like.device)
+
+
+def cast_like(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float64 coefficient in ``like``'s dtype, to multiply it."""
+    return coefficient.to(dtype=like.dtype)
+
+
+def initial_noise(
+    shape,
+    x_init: torch.Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+    scale: float = 1.0,
+    name: str = "x_T",
+) -> torch.Tensor:
+    """A sampler's first state: ``x_init`` as given (its argument called ``name``), or ``scale``
+    times N(0, I) of ``shape`` drawn with ``generator`` (on its device unless ``device``)."""
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) < 2
+        or not all(isinstance(n, int) and n >= 1 for n in shape)
+    ):
+        raise ValueError(
+            f"shape must be a tuple of positive ints (N, C, ...), got {shape!r}"
+        )
+    if x_init is not None:
+        if tuple(x_init.shape) != tuple(shape):
+            raise ValueError(
+                f"{name} has shape {tuple(x_init.shape)} but shape {tuple(shape)} was asked for"
+            )
+        return x_init.to(device=device, dtype=dtype)
+    if generator is not None and device is None:
+        device = generator.device
+    noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    return noise if scale == 1.0 else scale * noise
+
+
+def model_device(model) -> torch.device | None:
+    """The device of a module's first parameter; None for a parameterless callable."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+    return None

@@ -20,8 +20,6 @@ import torch
 from .diffusion import GaussianDiffusion
 from .flow import (
     DEFAULT_TIME_SCALE,
-    _float64,
-    _in,
     _per_example,
     eps_from_x0,
     flow_time,
@@ -29,7 +27,7 @@ from .flow import (
     velocity_from_x0_eps,
     vp_alpha_sigma,
 )
-from .utils import check_timesteps
+from .utils import cast_like, check_timesteps, float64_on
 
 __all__ = ["VPDenoiser", "VPVelocity", "vp_flow_times"]
 
@@ -125,9 +123,9 @@ class VPDenoiser(torch.nn.Module):
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor, **model_kwargs: Any
     ) -> torch.Tensor:
-        sigma = _float64(sigma, x).reshape(-1).expand(x.shape[0])
+        sigma = float64_on(sigma, x).reshape(-1).expand(x.shape[0])
         alpha_vp = (1 + sigma**2).rsqrt()
-        x_vp = _in(_per_example(alpha_vp, x), x) * x
+        x_vp = cast_like(_per_example(alpha_vp, x), x) * x
         return self.predictions(x_vp, alpha_vp, sigma * alpha_vp, model_kwargs)[0]
 
 
@@ -179,7 +177,7 @@ class VPVelocity(torch.nn.Module):
                 "(times=vp_flow_times(diffusion, timesteps))"
             )
         norm = ((1 - s) ** 2 + s**2).sqrt()
-        x_vp = _in(_per_example(1 / norm, x), x) * x
+        x_vp = cast_like(_per_example(1 / norm, x), x) * x
         x0, eps = self.denoiser.predictions(
             x_vp, (1 - s) / norm, s / norm, model_kwargs
         )

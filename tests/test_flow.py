@@ -670,3 +670,66 @@ def test_bad_input_names_the_argument_and_what_to_do(call, words):
         call()
     for word in words:
         assert word in str(error.value)
+
+
+# ------------------------------------------------------------ the sampler front door (ch. 09)
+@pytest.mark.parametrize("clip_denoised", [False, True])
+def test_front_door_flow_euler_on_a_vp_model_is_ddim(
+    clip_denoised, toy_noise_predictor
+):
+    from ddpm_course.samplers import sample
+
+    diffusion, shape = GaussianDiffusion(linear(1000)), (2, 3, 8, 8)
+    model = toy_noise_predictor.double()
+    draws = {}
+    for name in ("ddim", "flow-euler"):
+        draws[name] = sample(
+            name, model, diffusion, shape, steps=10, clip_denoised=clip_denoised,
+            generator=torch.Generator().manual_seed(3), dtype=torch.float64,
+        )  # fmt: skip
+    torch.testing.assert_close(draws["flow-euler"], draws["ddim"], rtol=0, atol=1e-9)
+
+
+class _RoundedTime(torch.nn.Module):
+    """The toy ε-model at the nearest trained step of a float t (EDM visits off-grid σ)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, torch.as_tensor(t).round().long())
+
+
+def test_front_door_edm_heun_is_edm_sample_of_the_vp_denoiser(toy_noise_predictor):
+    from ddpm_course.samplers import sample
+
+    diffusion, shape = GaussianDiffusion(linear(1000)), (2, 3, 8, 8)
+    model = _RoundedTime(toy_noise_predictor.double())
+    x_T = torch.randn(
+        shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
+    got = sample(
+        "edm-heun", model, diffusion, shape, steps=6, x_T=x_T, dtype=torch.float64
+    )
+    denoiser = vp_wrappers.VPDenoiser(model, diffusion, clip_denoised=True)
+    sigma_max = min(80.0, denoiser.sigma_max)
+    # the VP model's largest sigma (t = 999 of the linear schedule) is about 157: EDM's 80 rules
+    assert sigma_max == 80.0 and denoiser.sigma_min == pytest.approx(0.01, rel=0.01)
+    expected = edm.edm_sample(
+        denoiser, shape, 6, sigma_min=denoiser.sigma_min, sigma_max=80.0,
+        x_init=80.0 * x_T, dtype=torch.float64,
+    )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_front_door_refuses_eta_outside_ddim_and_vp_samplers_on_a_flow_model():
+    from ddpm_course.samplers import sample
+
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match="only the ddim sampler takes eta"):
+        sample(
+            "flow-heun", model, GaussianDiffusion(linear(100)), (1, 1, 2, 2), eta=1.0
+        )
+    with pytest.raises(ValueError, match="flow-euler or flow-heun"):
+        sample("ddim", model, flow.FlowMatching(100), (1, 1, 2, 2))

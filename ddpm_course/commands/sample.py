@@ -13,7 +13,7 @@ from .sampling import draw, eta, labels, save, torch_generator
 # torch (tests/test_samplers.py checks that they agree)
 SPACINGS = ("leading", "trailing", "linspace")
 DEFAULT_SPACING = "trailing"
-SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver", "flow-euler", "flow-heun", "edm-heun")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -558,13 +558,12 @@ def sample(
     ``spacing`` timesteps (flow-Euler there is DDIM); ``"edm-heun"``: Karras et al.'s
     :func:`~ddpm_course.edm.edm_sample` of a VP model as a denoiser, on the ρ = 7 σ schedule
     within the model's σ range (``steps`` intervals: 2·steps − 1 network calls).
-    Only DDIM takes ``eta`` ≠ 0. ``kwargs`` go to the loop (``x_T``, ``generator``,
-    ``model_kwargs``, ``clip_denoised``, ``progress``, ``device``, ...); for chapter 09's
-    samplers ``x_T`` is the unit Gaussian noise that their first state scales.
+    Only DDIM takes ``eta`` ≠ 0. ``kwargs`` go to the loop (``x_T``: for chapter 09's, the unit
+    noise their first state scales; ``generator``, ``model_kwargs``, ``clip_denoised``, ...).
     """
     check_choice("sampler", name, SAMPLERS)
     if eta != 0.0 and name != "ddim":
-        raise ValueError(f"only the ddim sampler takes eta; {name!r} got eta={eta}")
+        raise ValueError(f"only the ddim sampler takes eta: eta must be 0, got {eta}")
     if isinstance(diffusion, FlowMatching) and not name.startswith("flow-"):
         raise ValueError(
             f"a flow-matching model samples with flow-euler or flow-heun, not {name!r}"

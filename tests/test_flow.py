@@ -727,7 +727,9 @@ def test_front_door_refuses_eta_outside_ddim_and_vp_samplers_on_a_flow_model():
     from ddpm_course.samplers import sample
 
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    with pytest.raises(ValueError, match="only the ddim sampler takes eta"):
+    with pytest.raises(
+        ValueError, match="only the ddim sampler takes eta: eta must be 0"
+    ):
         sample(
             "flow-heun", model, GaussianDiffusion(linear(100)), (1, 1, 2, 2), eta=1.0
         )

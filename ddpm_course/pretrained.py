@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         "export", help="copy a run's EMA weights into the package (float16)"
     )
     exporter.add_argument("run_dir")
-    exporter.add_argument("name", choices=("digits", "digits-cond", "digits-ldm"))
+    exporter.add_argument(
+        "name", choices=("digits", "digits-cond", "digits-ldm", "fashion")
+    )
     args = parser.parse_args(argv)
     if args.command == "export":
         print(f"wrote {export(args.run_dir, args.name)}")

@@ -183,12 +183,23 @@ def main(argv: list[str] | None = None) -> int:
             value = curve_section(
                 args.checkpoints, args.log, args.n, args.steps, args.seeds[0]
             )
+            value["new_rows"] = value["rows"]
             value["rows"] = _merge_rows(results.get("curve"), value)
         value["minutes"] = round((time.perf_counter() - start) / 60, 1)
         # read again just before writing: another section may have been written meanwhile
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         results[section] = value
-        results.setdefault("commands", {})[section] = command
+        commands = results.setdefault("commands", {})
+        if section == "curve" and value["rows"] != value.get("new_rows", value["rows"]):
+            # rows of earlier calls were kept: keep their commands too
+            earlier = commands.get("curve", [])
+            commands["curve"] = [
+                *(earlier if isinstance(earlier, list) else [earlier]),
+                command,
+            ]
+        else:
+            commands[section] = [command] if section == "curve" else command
+        value.pop("new_rows", None)
         text = json.dumps(results, indent=1, sort_keys=True) + "\n"
         atomic_write(args.out, lambda file, text=text: file.write(text.encode()))
         print(section, json.dumps(value)[:400], flush=True)

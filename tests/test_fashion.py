@@ -282,3 +282,12 @@ def test_inception_features_offline_raise_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(RuntimeError, match="quick. profile never downloads"):
         metrics.inception_features(torch.zeros(2, 1, 28, 28))
+
+
+def test_training_seconds_add_up_over_resumed_invocations(tmp_path):
+    from ddpm_course.experiments.fashion_eval import training_seconds
+
+    log = tmp_path / "log.jsonl"
+    rows = [(50, 10.0), (100, 20.0), (150, 4.0), (200, 9.0)]  # resumed after step 100
+    log.write_text("".join(f'{{"step": {s}, "time": {t}}}\n' for s, t in rows))
+    assert training_seconds(log) == {50: 10.0, 100: 20.0, 150: 24.0, 200: 29.0}

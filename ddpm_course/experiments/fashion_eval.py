@@ -113,13 +113,27 @@ def model_section(
     return result
 
 
+def training_seconds(log: Path) -> dict[int, float]:
+    """Seconds of training at each logged step of a run's ``log.jsonl``, summed over resumed
+    invocations (each restarts its clock: a time below the previous one starts a new leg)."""
+    seconds, offset, previous = {}, 0.0, 0.0
+    for line in log.read_text().splitlines():
+        if not line:
+            continue
+        row = json.loads(line)
+        if row["time"] < previous:
+            offset += previous
+        previous = row["time"]
+        seconds[row["step"]] = offset + row["time"]
+    return seconds
+
+
 def curve_section(
     checkpoints: list[Path], log: Path, n: int, steps: int, seed: int
 ) -> dict[str, Any]:
     """FD of ``n`` samples (seed ``seed``) of each checkpoint's EMA weights, with the optimiser
     steps and the training seconds that the run's ``log.jsonl`` recorded at that step."""
-    rows_of_log = [json.loads(line) for line in log.read_text().splitlines() if line]
-    seconds_at = {row["step"]: row["time"] for row in rows_of_log}
+    seconds_at = training_seconds(log)
     rows = []
     for checkpoint in sorted(checkpoints):
         model, diffusion, _ = load_model(checkpoint, device="cpu")

@@ -1,9 +1,9 @@
 r"""Conditioning by cross-attention on tokens, as Stable Diffusion conditions on text.
 
-Chapter 07 (Latent diffusion), section 5. A prompt is a digit's name ("seven"); the tokenizer
-checks each word against the vocabulary (:data:`DIGIT_NAMES`) and spells it into character
-tokens, like a sub-word tokenizer that splits words into pieces: ``[<bos>, s, e, v, e, n, <pad>]``
-(:func:`tokenize`). The empty prompt ``""`` (only ``<bos>`` and padding) is the null condition of
+Chapter 07 (Latent diffusion), section 5. A prompt is a class name: a garment of Fashion-MNIST
+("ankle boot", split into the word tokens ``[<bos>, ankle, boot, <pad>]``) or a digit's name
+("seven", spelled into characters as a sub-word tokenizer splits a rare word:
+``[<bos>, s, e, v, e, n]``); :class:`PromptVocabulary` and :func:`tokenize`. The empty prompt ``""`` (only ``<bos>`` and padding) is the null condition of
 classifier-free guidance. :class:`PromptEncoder` (token and position embeddings and one
 transformer layer) stands in for CLIP's text encoder and gives the context (N, L, D).
 
@@ -23,6 +23,7 @@ chapter 06 pass as they pass class labels.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -30,11 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import AttentionBlock, EmbedSequential, ResBlock, _zero_init
+from .data import FASHION_MNIST_CLASSES
 from .nn import UNet
-from .utils import check_class_labels
+from .utils import check_choice, check_class_labels
 
 __all__ = [
     "DIGIT_NAMES",
+    "PromptVocabulary",
+    "PROMPT_VOCABULARIES",
     "VOCABULARY",
     "PROMPT_LENGTH",
     "tokenize",
@@ -47,73 +51,112 @@ __all__ = [
 ]
 
 DIGIT_NAMES = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-)
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+)  # fmt: skip
 PAD, BOS = "<pad>", "<bos>"
-# the tokens: padding, start, then every letter of the ten names in alphabetical order
-VOCABULARY = (PAD, BOS) + tuple(sorted(set("".join(DIGIT_NAMES))))
-PROMPT_LENGTH = 1 + max(
-    len(name) for name in DIGIT_NAMES
-)  # <bos> + the longest name (5 letters)
-_TOKEN_ID = {token: i for i, token in enumerate(VOCABULARY)}
 
 
-def _check_prompt(prompt: str) -> str:
-    if not isinstance(prompt, str):
-        raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
-    words = prompt.lower().split()
-    if len(words) > 1:
-        raise ValueError(
-            f"a prompt is one digit name (one of {', '.join(DIGIT_NAMES)}) or empty; got {prompt!r}"
-        )
-    if words and words[0] not in DIGIT_NAMES:
-        raise ValueError(
-            f"unknown token {words[0]!r} in the prompt {prompt!r}; the vocabulary is: {', '.join(DIGIT_NAMES)} "
-            "(or the empty prompt '' for no condition)"
-        )
-    return words[0] if words else ""
+class PromptVocabulary:
+    """The prompts a latent model understands: its class ``names`` (label i is ``names[i]``;
+    label ``len(names)`` is the empty prompt) and how a name becomes tokens: ``split`` is
+    ``"letters"`` (spelled into characters, as a sub-word tokenizer splits a rare word) or
+    ``"words"`` (split at spaces and slashes: "ankle boot" is two tokens, "t-shirt/top" too).
 
-
-def tokenize(prompts: str | list[str]) -> torch.Tensor:
-    """Token ids of prompts: (N, PROMPT_LENGTH) int64 (one prompt: (1, PROMPT_LENGTH)).
-
-    Each prompt is a digit name (case and surrounding spaces ignored) or ``""``; it becomes
-    ``<bos>``, its letters, then ``<pad>`` up to :data:`PROMPT_LENGTH`. An unknown word is an
-    error that lists the vocabulary.
+    ``tokens`` is the vocabulary (``<pad>``, ``<bos>``, then the pieces in alphabetical
+    order) and ``length`` the token length of every prompt (``<bos>`` + the longest name).
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    ids = torch.full((len(prompts), PROMPT_LENGTH), _TOKEN_ID[PAD], dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        word = _check_prompt(prompt)
-        ids[row, 0] = _TOKEN_ID[BOS]
-        for column, letter in enumerate(word, start=1):
-            ids[row, column] = _TOKEN_ID[letter]
-    return ids
+
+    def __init__(self, names: tuple[str, ...], split: str) -> None:
+        if split not in ("letters", "words"):
+            raise ValueError(f"split must be 'letters' or 'words', got {split!r}")
+        self.names, self.split = tuple(names), split
+        pieces = sorted({piece for name in self.names for piece in self.pieces(name)})
+        self.tokens: tuple[str, ...] = (PAD, BOS, *pieces)
+        self.length = 1 + max(len(self.pieces(name)) for name in self.names)
+        self._ids = {token: i for i, token in enumerate(self.tokens)}
+
+    def pieces(self, name: str) -> list[str]:
+        """The tokens of a name, without ``<bos>`` and padding."""
+        if self.split == "letters":
+            return list(name)
+        return re.split(r"[\s/]+", name)
+
+    def check(self, prompt: str) -> str:
+        """The prompt as one of ``names`` (case and spaces ignored) or ``""``; else an error
+        that lists the names."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+        text = " ".join(prompt.lower().split())
+        if text and text not in self.names:
+            raise ValueError(
+                f"unknown prompt {prompt!r}: a prompt is one of {', '.join(self.names)}, "
+                "or the empty prompt '' for no condition"
+            )
+        return text
+
+    def tokenize(self, prompts: str | list[str]) -> torch.Tensor:
+        """Token ids of prompts: (N, length) int64 (one prompt: (1, length)): ``<bos>``, the
+        name's pieces, then ``<pad>``."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = torch.full((len(prompts), self.length), self._ids[PAD], dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            name = self.check(prompt)
+            ids[row, 0] = self._ids[BOS]
+            for column, piece in enumerate(self.pieces(name) if name else [], start=1):
+                ids[row, column] = self._ids[piece]
+        return ids
+
+    def labels(self, prompts: str | list[str]) -> torch.Tensor:
+        """The label of each prompt, as the Trainer and the CFG wrapper pass it: (N,) int64;
+        the empty prompt is ``len(names)`` (the null condition)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        names = [self.check(p) for p in prompts]
+        null = len(self.names)
+        return torch.tensor(
+            [self.names.index(n) if n else null for n in names], dtype=torch.long
+        )
+
+    def label_tokens(self) -> torch.Tensor:
+        """The token ids of every label's prompt: (len(names) + 1, length); the last row is
+        the empty prompt."""
+        return self.tokenize([*self.names, ""])
 
 
-def prompt_labels(prompts: str | list[str]) -> torch.Tensor:
-    """The digit of each prompt as the label the Trainer and the CFG wrapper pass: (N,) int64;
-    the empty prompt is label 10 (the null condition)."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    words = [_check_prompt(p) for p in prompts]
-    return torch.tensor(
-        [DIGIT_NAMES.index(w) if w else len(DIGIT_NAMES) for w in words],
-        dtype=torch.long,
-    )
+# the prompt vocabularies by name (a CrossAttnUNet's ``prompts`` argument): the digits' names
+# spelled into letters, and Fashion-MNIST's class names split into words
+PROMPT_VOCABULARIES = {
+    "digits": PromptVocabulary(DIGIT_NAMES, "letters"),
+    "fashion": PromptVocabulary(FASHION_MNIST_CLASSES, "words"),
+}
+_DIGITS = PROMPT_VOCABULARIES["digits"]
+VOCABULARY = _DIGITS.tokens
+PROMPT_LENGTH = _DIGITS.length  # <bos> + the longest digit name (5 letters)
 
 
-def label_tokens() -> torch.Tensor:
-    """The token ids of the 11 prompts by label: (11, PROMPT_LENGTH); row 10 is the empty prompt."""
-    return tokenize(list(DIGIT_NAMES) + [""])
+def _vocabulary(name: str) -> PromptVocabulary:
+    check_choice("prompt vocabulary", name, PROMPT_VOCABULARIES)
+    return PROMPT_VOCABULARIES[name]
+
+
+def tokenize(prompts: str | list[str], vocabulary: str = "digits") -> torch.Tensor:
+    """Token ids of prompts in ``vocabulary`` (:data:`PROMPT_VOCABULARIES`): (N, L) int64.
+
+    Each prompt is a class name (case and surrounding spaces ignored) or ``""``; it becomes
+    ``<bos>``, its pieces (a digit's letters; a garment's words), then ``<pad>``. An unknown
+    prompt is an error that lists the names.
+    """
+    return _vocabulary(vocabulary).tokenize(prompts)
+
+
+def prompt_labels(prompts: str | list[str], vocabulary: str = "digits") -> torch.Tensor:
+    """The label of each prompt (the class the Trainer and the CFG wrapper pass): (N,) int64;
+    the empty prompt is the null label (10 for both vocabularies)."""
+    return _vocabulary(vocabulary).labels(prompts)
+
+
+def label_tokens(vocabulary: str = "digits") -> torch.Tensor:
+    """The token ids of the prompts by label: (11, L); row 10 is the empty prompt."""
+    return _vocabulary(vocabulary).label_tokens()
 
 
 def cross_attention_weights(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -182,8 +225,8 @@ class PromptEncoder(nn.Module):
     def __init__(
         self,
         dim: int = 64,
-        vocab_size: int = len(VOCABULARY),
-        length: int = PROMPT_LENGTH,
+        vocab_size: int = len(_DIGITS.tokens),
+        length: int = _DIGITS.length,
     ) -> None:
         super().__init__()
         self.length = length
@@ -210,12 +253,19 @@ class CrossAttnUNet(UNet):
     :class:`CrossAttention` follows every self-attention block of the down and up paths and the
     middle one; the time embedding alone enters the ResBlocks (as in Stable Diffusion v1).
 
+    ``prompts`` names its :class:`PromptVocabulary` in :data:`PROMPT_VOCABULARIES` ("digits"
+    or "fashion"; ``vocabulary`` holds it).
+
     ``forward(x, t, y=None, context=None)``: x (N, C, H, W), t (N,), and the prompts as ``context``
-    token ids (N, PROMPT_LENGTH) or as labels ``y`` (N,) (neither: the empty prompt).
+    token ids (N, L) (``vocabulary.tokenize``) or as labels ``y`` (N,) (neither: the empty prompt).
     """
 
     def __init__(
-        self, context_dim: int = 64, num_prompt_classes: int = 10, **unet: Any
+        self,
+        context_dim: int = 64,
+        num_prompt_classes: int = 10,
+        prompts: str = "digits",
+        **unet: Any,
     ) -> None:
         if unet.get("num_classes") is not None:
             raise ValueError(
@@ -223,13 +273,25 @@ class CrossAttnUNet(UNet):
             )
         unet.pop("num_classes", None)
         super().__init__(**unet)
+        self.vocabulary = _vocabulary(prompts)
+        if num_prompt_classes != len(self.vocabulary.names):
+            raise ValueError(
+                f"num_prompt_classes={num_prompt_classes}, but the {prompts!r} prompts name "
+                f"{len(self.vocabulary.names)} classes"
+            )
         self.config.update(
-            context_dim=context_dim, num_prompt_classes=num_prompt_classes
+            context_dim=context_dim,
+            num_prompt_classes=num_prompt_classes,
+            prompts=prompts,
         )
         self.config.pop("num_classes", None)
         self.num_classes = num_prompt_classes  # the CFG wrapper's null label
-        self.prompt_encoder = PromptEncoder(context_dim)
-        self.register_buffer("label_ids", label_tokens(), persistent=False)
+        self.prompt_encoder = PromptEncoder(
+            context_dim, len(self.vocabulary.tokens), self.vocabulary.length
+        )
+        self.register_buffer(
+            "label_ids", self.vocabulary.label_tokens(), persistent=False
+        )
         num_groups = unet.get("num_groups", 32)
         head_channels = unet.get("head_channels")
 

@@ -5,8 +5,8 @@ log-variance of :math:`q_\phi(z \mid x) = \mathcal N(\mu, \operatorname{diag}\si
 :func:`reparameterize` draws :math:`z = \mu + \sigma \odot \epsilon`; :func:`gaussian_kl` is
 :math:`\mathrm{KL}(q_\phi(z \mid x)\,\|\,\mathcal N(0, I))`; the loss (:func:`vae_loss`) is the
 squared reconstruction error plus ``kl_weight`` times the KL; :func:`train_vae` trains it. For the
-16×16×1 digits the latent is 4×4×4 (64 values: 4× fewer than the 256 of the image).
-:mod:`ddpm_course.latent` diffuses in its latent space.
+28×28×1 Fashion-MNIST images the latent is 7×7×4 (196 values: 4× fewer than the 784 pixels;
+:data:`VAE_PRESETS`). :mod:`ddpm_course.latent` diffuses in its latent space.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import digits
+from .data import digits, fashion_mnist
 
 __all__ = [
     "AutoencoderKL",
     "VAE_CONFIG",
+    "VAE_PRESETS",
+    "vae_training_images",
     "reparameterize",
     "gaussian_kl",
     "vae_loss",
@@ -79,6 +81,28 @@ class _Block(nn.Module):
 VAE_CONFIG: dict[str, Any] = {
     "in_channels": 1, "latent_channels": 4, "channels": (32, 64, 64), "num_groups": 8,
 }  # fmt: skip
+# The shipped autoencoders (``ddpm-course train --preset NAME``): the data, the architecture and
+# the training settings of each. fashion-vae: 28×28×1 → 7×7×4, the same f = 4 and 4 channels,
+# wider at the bottom for the clothes' texture.
+VAE_PRESETS: dict[str, dict[str, Any]] = {
+    "digits-vae": {"dataset": "digits", "image_size": 16, "config": VAE_CONFIG, "steps": 800,
+                   "kl_weight": 1e-5, "batch_size": 64, "lr": 1e-3},
+    "fashion-vae": {"dataset": "fashion_mnist", "image_size": 28,
+                    "config": {**VAE_CONFIG, "channels": (32, 64, 128)}, "steps": 4000,
+                    "kl_weight": 1e-5, "batch_size": 64, "lr": 1e-3},
+}  # fmt: skip
+
+
+def vae_training_images(preset: str, split: str = "train") -> torch.Tensor:
+    """The images (N, 1, H, H) in [-1, 1] that autoencoder ``preset`` of :data:`VAE_PRESETS`
+    trains on (``split`` "train") or is measured on ("test")."""
+    from .utils import check_choice
+
+    check_choice("autoencoder preset", preset, VAE_PRESETS)
+    settings = VAE_PRESETS[preset]
+    if settings["dataset"] == "digits":
+        return digits(size=settings["image_size"], split=split)[0]
+    return fashion_mnist(split)[0]
 
 
 class AutoencoderKL(nn.Module):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_weights
 from .config import TrainConfig, build_diffusion
-from .data import digits
+from .data import digits, fashion_mnist
 from .diffusion import GaussianDiffusion
 from .ema import ema_decay_at, ema_update
 from .guidance import sr_downsample
@@ -43,6 +43,7 @@ __all__ = [
     "CLASSIFIER_NAME",
     "SR_NAME",
     "SR_UNET",
+    "SR_PRESETS",
     "train_noisy_classifier",
     "train_sr",
     "load_noisy_classifier",
@@ -56,6 +57,19 @@ SR_NAME = "digits-sr"
 SR_UNET: dict[str, Any] = {
     "image_size": 16, "model_channels": 16, "channel_mults": (1, 2, 2),
     "num_res_blocks": (1, 1, 1), "attention_resolutions": (8,), "num_groups": 8,
+}  # fmt: skip
+# The shipped SR models: the data, the network and the process (a TrainConfig preset) of each.
+# fashion-sr: 14×14 → 28×28 on Fashion-MNIST, the fashion U-Net's shape (2×2 patches folded
+# into channels, levels 14 and 7, no attention) at 32 / 64 channels, the fashion process
+# (sigmoid schedule).
+SR_PRESETS: dict[str, dict[str, Any]] = {
+    "digits-sr": {"dataset": "digits", "image_size": 16, "unet": SR_UNET,
+                  "process": "digits-cond", "steps": 1500, "lr": 1e-3, "shift": True},
+    "fashion-sr": {"dataset": "fashion_mnist", "image_size": 28,
+                   "unet": {"image_size": 28, "model_channels": 32, "channel_mults": (1, 2),
+                            "num_res_blocks": 2, "attention_resolutions": (), "num_groups": 8,
+                            "patch_size": 2},
+                   "process": "fashion", "steps": 5000, "lr": 1e-3, "shift": False},
 }  # fmt: skip
 
 
@@ -110,28 +124,39 @@ def train_noisy_classifier(
 
 
 def train_sr(
-    steps: int = 1500,
+    steps: int | None = None,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float | None = None,
     warmup_steps: int = 200,
     ema_decay: float = 0.999,
     seed: int = 0,
     progress: bool = True,
+    name: str = SR_NAME,
 ) -> tuple[SuperResUNet, GaussianDiffusion, TrainConfig]:
-    r"""Train the SR3 model :math:`\epsilon_\theta(x_t, t, \mathrm{down}(x_0))` with
-    :math:`L_\text{simple}` on the training digits (±1-pixel shifts; the low-resolution image is
-    taken after the shift). AdamW, linear warm-up, gradient clipping at 1, EMA. Returns (EMA model
-    in eval mode, diffusion, config)."""
-    config = _process_config(
-        preset="digits", batch_size=batch_size, lr=lr, max_steps=steps, seed=seed,
+    r"""Train the SR3 model :math:`\epsilon_\theta(x_t, t, \mathrm{down}(x_0))` of ``name`` in
+    :data:`SR_PRESETS` (``digits-sr``: 8×8 → 16×16; ``fashion-sr``: 14×14 → 28×28) with
+    :math:`L_\text{simple}` on its training images (the digits with ±1-pixel shifts, the
+    low-resolution image taken after the shift). AdamW, linear warm-up, gradient clipping at 1,
+    EMA; ``steps`` and ``lr`` default to the preset's. Returns (EMA model in eval mode,
+    diffusion, config)."""
+    preset = SR_PRESETS[name]
+    steps, lr = steps or preset["steps"], lr or preset["lr"]
+    config = TrainConfig.from_preset(
+        preset["process"], batch_size=batch_size, lr=lr, max_steps=steps, seed=seed,
         class_conditional=False, ema_decay=ema_decay, warmup_steps=warmup_steps,
-        out_dir=f"runs/{SR_NAME}",
+        out_dir=f"runs/{name}",
     )  # fmt: skip
+    if name == SR_NAME:  # the shipped digits-sr's sidecar names the digits U-Net preset
+        config = TrainConfig.from_dict({**config.to_dict(), "preset": "digits"})
     diffusion = build_diffusion(config)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    images, _ = digits(size=16, split="train")
-    model = SuperResUNet(low_res_size=8, channels=1, unet=SR_UNET)
+    size = preset["image_size"]
+    if preset["dataset"] == "digits":
+        images, _ = digits(size=size, split="train")
+    else:
+        images, _ = fashion_mnist("train")
+    model = SuperResUNet(low_res_size=size // 2, channels=1, unet=preset["unet"])
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
@@ -139,7 +164,9 @@ def train_sr(
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(warmup_steps, 1))
         index = torch.randint(images.shape[0], (batch_size,), generator=generator)
-        x0 = _shift(images[index], generator)
+        x0 = images[index]
+        if preset["shift"]:
+            x0 = _shift(x0, generator)
         t = torch.randint(diffusion.num_timesteps, (batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         prediction = model(
@@ -178,9 +205,10 @@ def load_noisy_classifier(device: torch.device | str | None = None):
     return load_pretrained(CLASSIFIER_NAME, device=device)
 
 
-def load_sr_model(device: torch.device | str | None = None):
-    """The shipped 8×8 → 16×16 model: ``(SuperResUNet in eval mode, diffusion, config)``."""
-    return load_pretrained(SR_NAME, device=device)
+def load_sr_model(device: torch.device | str | None = None, name: str = SR_NAME):
+    """A shipped SR model (``digits-sr``: 8×8 → 16×16; ``fashion-sr``: 14×14 → 28×28):
+    ``(SuperResUNet in eval mode, diffusion, config)``."""
+    return load_pretrained(name, device=device)
 
 
 @torch.no_grad()
@@ -204,9 +232,9 @@ def noisy_accuracy(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ddpm_course.guidance_models classifier|sr [--steps N] [--out PATH]``."""
+    """``python -m ddpm_course.guidance_models classifier|sr|fashion-sr [--steps N] [--out PATH]``."""
     parser = argparse.ArgumentParser(description="Train a shipped model of chapter 06")
-    parser.add_argument("which", choices=("classifier", "sr"))
+    parser.add_argument("which", choices=("classifier", "sr", "fashion-sr"))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -226,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         name = CLASSIFIER_NAME
     else:
-        model, diffusion, config = train_sr(args.steps or 1500, seed=args.seed)
-        extra, name = {}, SR_NAME
+        name = SR_NAME if args.which == "sr" else args.which
+        model, diffusion, config = train_sr(args.steps, seed=args.seed, name=name)
+        extra = {}
     minutes = (time.perf_counter() - start) / 60
     out = args.out or WEIGHTS_DIR / f"{name}.safetensors"
     _save(model, config, out, {**extra, "train_minutes": round(minutes, 1)})

@@ -44,7 +44,12 @@ class Pretrained:
 
 # the step each shipped model was trained to (on 1 thread of a 2-core CPU: digits 16 minutes,
 # digits-cond 26; the run is deterministic on the CPU, so --max-steps reproduces it)
-TRAINED_STEPS = {"digits": 2500, "digits-cond": 4000, "fashion": 9000}
+TRAINED_STEPS = {
+    "digits": 2500,
+    "digits-cond": 4000,
+    "fashion": 9000,
+    "fashion-cond": 5000,
+}
 
 
 def _command(preset: str) -> str:
@@ -71,6 +76,27 @@ PRETRAINED = {
         "fashion",
         "unconditional patch-2 U-Net (fashion preset) on the 28×28 Fashion-MNIST images",
         _command("fashion"),
+    ),
+    "fashion-cond": Pretrained(
+        "fashion-cond",
+        "class-conditional patch-2 U-Net with a null class (p_uncond 0.2) on Fashion-MNIST",
+        _command("fashion-cond"),
+    ),
+    "fashion-sr": Pretrained(
+        "fashion-sr",
+        "14×14 → 28×28 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
+        "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models fashion-sr",
+    ),
+    "fashion-vae": Pretrained(
+        "fashion-vae",
+        "KL-regularised autoencoder 28×28×1 → 7×7×4 with its latent scale factor (chapter 07)",
+        "OMP_NUM_THREADS=1 ddpm-course train --preset fashion-vae",
+    ),
+    "fashion-ldm": Pretrained(
+        "fashion-ldm",
+        "latent U-Net on fashion-vae latents, prompted by the garment's name (chapter 07)",
+        "OMP_NUM_THREADS=1 ddpm-course train --preset fashion-ldm --out runs/fashion-ldm && "
+        "python -m ddpm_course.pretrained export runs/fashion-ldm fashion-ldm",
     ),
     "digits-noisy-classifier": Pretrained(
         "digits-noisy-classifier",
@@ -201,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     exporter.add_argument("run_dir")
     exporter.add_argument(
-        "name", choices=("digits", "digits-cond", "digits-ldm", "fashion")
+        "name",
+        choices=(
+            "digits",
+            "digits-cond",
+            "digits-ldm",
+            "fashion",
+            "fashion-cond",
+            "fashion-ldm",
+        ),
     )
     args = parser.parse_args(argv)
     if args.command == "export":

@@ -19,6 +19,7 @@ from torch import nn
 from ddpm_course.attention import (
     DIGIT_NAMES,
     PROMPT_LENGTH,
+    PROMPT_VOCABULARIES,
     VOCABULARY,
     CrossAttention,
     CrossAttnUNet,
@@ -186,10 +187,31 @@ def test_tokenize_spells_the_name_and_an_unknown_word_lists_the_vocabulary():
         PROMPT_LENGTH - 1
     )
     assert prompt_labels(["seven", "zero", ""]).tolist() == [7, 0, 10]
-    with pytest.raises(ValueError, match="unknown token 'sevn'.*zero, one, two"):
+    with pytest.raises(ValueError, match="unknown prompt 'sevn'.*zero, one, two"):
         tokenize("sevn")
-    with pytest.raises(ValueError, match="one digit name"):
+    with pytest.raises(ValueError, match="unknown prompt 'seven eight'"):
         tokenize("seven eight")
+
+
+def test_fashion_prompts_are_split_into_words_and_shared_words_share_a_token():
+    vocabulary = PROMPT_VOCABULARIES["fashion"]
+    ids = tokenize(["Ankle  Boot", "t-shirt/top", "shirt", ""], vocabulary="fashion")
+    spelled = [[vocabulary.tokens[i] for i in row] for row in ids.tolist()]
+    assert spelled == [
+        ["<bos>", "ankle", "boot"],
+        ["<bos>", "t-shirt", "top"],
+        ["<bos>", "shirt", "<pad>"],
+        ["<bos>", "<pad>", "<pad>"],
+    ]
+    # the labels are Fashion-MNIST's class indices (Xiao et al. 2017, Table 1), 10 is empty
+    labels = prompt_labels(
+        ["t-shirt/top", "ankle boot", "bag", ""], vocabulary="fashion"
+    )
+    assert labels.tolist() == [0, 9, 8, 10]
+    with pytest.raises(ValueError, match="unknown prompt 'boot'.*ankle boot"):
+        tokenize("boot", vocabulary="fashion")
+    with pytest.raises(ValueError, match="prompt vocabulary.*'fashion'"):
+        tokenize("bag", vocabulary="clothes")
 
 
 def test_cross_attn_unet_reads_the_prompt_from_labels_or_tokens():
@@ -253,7 +275,7 @@ def test_latent_diffusion_encodes_scales_decodes_and_every_sampler_accepts_it():
     torch.testing.assert_close(
         guided(z, t, y=torch.full((3,), 4)), expected, rtol=1e-4, atol=1e-5
     )
-    with pytest.raises(ValueError, match="unknown token"):
+    with pytest.raises(ValueError, match="unknown prompt"):
         latent_sample(ldm, diffusion, 3, prompt="eleven", steps=2)
 
 
@@ -350,7 +372,7 @@ def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path)
     result = subprocess.run(
         command + ["--prompt", "sevn"], capture_output=True, text=True
     )
-    assert result.returncode != 0 and "unknown token 'sevn'" in result.stderr
+    assert result.returncode != 0 and "unknown prompt 'sevn'" in result.stderr
     assert "zero, one, two, three" in result.stderr
 
 

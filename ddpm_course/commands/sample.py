@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt",
         default=None,
-        help="a digit's name (zero ... nine) for a prompted latent model such as digits-ldm",
+        help="a class name for a prompted latent model: a garment for fashion-ldm "
+        "('ankle boot', 't-shirt/top', ...), a digit's name for digits-ldm",
     )
 
 
@@ -107,15 +108,13 @@ def plain(args: argparse.Namespace, model, diffusion, config, device):
 
 
 def latent(args: argparse.Namespace, model, diffusion, config, device):
-    """Chapter 07: decoded samples of a prompted latent model (``--prompt`` a digit's name, or
-    ``--class-label``; ``--guidance-scale W`` applies classifier-free guidance)."""
-    from ..latent import DIGIT_NAMES, latent_sample
+    """Chapter 07: decoded samples of a prompted latent model (``--prompt`` a class name of
+    its vocabulary, or ``--class-label``; ``--guidance-scale W`` applies classifier-free
+    guidance)."""
+    from ..latent import latent_sample, prompt_vocabulary
 
-    label = (
-        None
-        if args.prompt is not None
-        else labels(args, len(DIGIT_NAMES), "cpu", null=True)
-    )
+    classes = len(prompt_vocabulary(model).names)
+    label = None if args.prompt is not None else labels(args, classes, "cpu", null=True)
     try:
         return latent_sample(
             model, diffusion, args.n, sampler=args.sampler, prompt=args.prompt, labels=label,
@@ -133,7 +132,7 @@ def choose_mode(args: argparse.Namespace, model, config) -> str:
 
     if args.prompt is not None and not isinstance(model, LatentDiffusion):
         raise SystemExit(
-            "error: --prompt needs a prompt-conditioned latent model, e.g. --checkpoint digits-ldm"
+            "error: --prompt needs a prompt-conditioned latent model, e.g. --checkpoint fashion-ldm"
         )
     if isinstance(model, LatentDiffusion):
         return "latent"

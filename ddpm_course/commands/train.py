@@ -116,12 +116,16 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..train import NonFiniteLossError, Trainer
 
-    if args.preset == "digits-vae":  # chapter 07's autoencoder: its own loop
+    if args.preset in (
+        "digits-vae",
+        "fashion-vae",
+    ):  # chapter 07's autoencoders: own loop
         return _train_vae(args)
     try:
-        if (
-            args.preset == "digits-ldm"
-        ):  # chapter 07's latent model: the Trainer on latents
+        if args.preset in (
+            "digits-ldm",
+            "fashion-ldm",
+        ):  # chapter 07: Trainer on latents
             return _train_ldm(args)
         config = _config(args)
         out_dir = Trainer(config).train(resume=args.resume)
@@ -137,28 +141,45 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_vae(args: argparse.Namespace) -> int:
-    """``--preset digits-vae``: :func:`~ddpm_course.autoencoder.train_vae` (``--max-steps``,
-    default 800) and its scale factor, written to ``--out`` (default the shipped weights)."""
+    """``--preset digits-vae|fashion-vae``: :func:`~ddpm_course.autoencoder.train_vae` with the
+    preset's settings (``--max-steps`` replaces its steps) and its scale factor, written to
+    ``--out`` (default the shipped weights)."""
+    import time
+
     import torch
 
-    from ..autoencoder import train_vae
+    from ..autoencoder import VAE_PRESETS, train_vae, vae_training_images
     from ..checkpoint import save_weights
-    from ..data import digits
     from ..latent import estimate_scale_factor, reparameterize
     from ..loading import WEIGHTS_DIR
 
-    steps, kl_weight = args.max_steps or 800, 1e-5
-    images, _ = digits(size=16, split="train")
-    model, history = train_vae(images, steps=steps, kl_weight=kl_weight, log=print)
+    preset = VAE_PRESETS[args.preset]
+    steps = args.max_steps or preset["steps"]
+    train = {key: preset[key] for key in ("kl_weight", "batch_size", "lr")}
+    images = vae_training_images(args.preset)
+    start = time.perf_counter()
+    model, history = train_vae(
+        images, steps=steps, config=preset["config"], seed=0, log=print, **train
+    )
+    minutes = (time.perf_counter() - start) / 60
     with torch.no_grad():
-        mean, logvar = model.encode(images)
+        subset = (
+            images  # the scale factor's batch: at most 5,000 images, drawn with seed 0
+        )
+        if images.shape[0] > 5000:
+            order = torch.randperm(
+                images.shape[0], generator=torch.Generator().manual_seed(0)
+            )
+            subset = images[order[:5000]]
+        mean, logvar = model.encode(subset)
         noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
         scale = estimate_scale_factor(reparameterize(mean, logvar, noise))
-    out = Path(args.out) if args.out else WEIGHTS_DIR / "digits-vae.safetensors"
+    out = Path(args.out) if args.out else WEIGHTS_DIR / f"{args.preset}.safetensors"
     metadata = {
         "format": "ddpm_course.vae", "model_class": "AutoencoderKL",
         "model_config": model.config, "scale_factor": scale,
-        "train": {"steps": steps, "kl_weight": kl_weight, "batch_size": 64, "lr": 1e-3, "seed": 0},
+        "train": {"preset": args.preset, "steps": steps, **train, "seed": 0,
+                  "train_minutes": round(minutes, 1)},
         "final": history[-1],
     }  # fmt: skip
     state = {k: v.half() for k, v in model.state_dict().items()}
@@ -167,12 +188,13 @@ def _train_vae(args: argparse.Namespace) -> int:
 
 
 def _train_ldm(args: argparse.Namespace) -> int:
-    """``--preset digits-ldm``: the Trainer on the shipped autoencoder's latents into the run
-    folder ``--out`` (``--resume`` and the Trainer's flags apply; ``--set`` any field)."""
+    """``--preset digits-ldm|fashion-ldm``: the Trainer on the shipped autoencoder's latents
+    into the run folder ``--out`` (``--resume`` and the Trainer's flags apply; ``--set`` any
+    field)."""
     from ..attention import CrossAttnUNet
-    from ..data import digits
-    from ..latent import LDM_UNET, LatentDiffusion
-    from ..latent_train import LatentTrainer, ldm_train_config
+    from ..data import digits, fashion_mnist
+    from ..latent import LDM_UNETS, LatentDiffusion
+    from ..latent_train import LDM_AUTOENCODER, LatentTrainer, ldm_train_config
     from ..pretrained import load_pretrained
 
     overrides = {
@@ -181,11 +203,18 @@ def _train_ldm(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None
     }
     overrides.update(_parse_settings(args.settings))
-    overrides["out_dir"] = args.out or "runs/digits-ldm"
-    vae, _, _ = load_pretrained("digits-vae", device="cpu")
-    images, labels = digits(size=16, split="train")
-    ldm = LatentDiffusion(vae, CrossAttnUNet(**LDM_UNET), vae.scale_factor)
-    trainer = LatentTrainer(ldm_train_config(**overrides), ldm, images, labels)
+    overrides["out_dir"] = args.out or f"runs/{args.preset}"
+    autoencoder = LDM_AUTOENCODER[args.preset]
+    vae, _, _ = load_pretrained(autoencoder, device="cpu")
+    if args.preset == "digits-ldm":
+        images, labels = digits(size=16, split="train")
+    else:
+        images, labels = fashion_mnist("train")
+    ldm = LatentDiffusion(
+        vae, CrossAttnUNet(**LDM_UNETS[args.preset]), vae.scale_factor
+    )
+    config = ldm_train_config(args.preset, **overrides)
+    trainer = LatentTrainer(config, ldm, images, labels, autoencoder=autoencoder)
     run = trainer.train(resume=args.resume)
     print(f"run folder: {run} (load it with ddpm_course.loading.load_model)")
     return 0

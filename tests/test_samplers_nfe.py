@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ddpm_course.cli import main
-from ddpm_course.experiments.nfe_sweep import SAMPLERS, sample_with
+from ddpm_course.experiments.nfe_sweep import SAMPLERS, sample_batched, sample_with
+from ddpm_course.metrics import fashion_fd, fashion_fd_floor
 from ddpm_course.pretrained import load_pretrained
 
 
@@ -109,3 +110,27 @@ def test_each_sweep_sampler_spends_exactly_nfe_network_evaluations():
             sampler, counting_model, diffusion, x_T.shape, 7, x_T, torch.Generator()
         )
         assert len(calls) == 7, sampler
+
+
+def test_drawing_in_batches_changes_nothing_for_a_deterministic_sampler():
+    model, diffusion, _ = load_pretrained("digits", device="cpu")
+    x_T = torch.randn(7, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    whole = sample_with("ddim-eta0", model, diffusion, x_T.shape, 3, x_T, None)
+    batched = sample_batched("ddim-eta0", model, diffusion, 3, x_T, None, batch=3)
+    # the same float32 operations on fewer rows at a time: equal to round-off
+    torch.testing.assert_close(batched, whole, atol=1e-5, rtol=0)
+
+
+def test_a_fashion_sweep_measures_fashion_fd_against_the_five_draw_floor(tmp_path):
+    out = tmp_path / "sweep.json"
+    argv = ["nfe-sweep", "--model", "fashion", "--n", "10", "--batch", "4"]
+    argv += ["--nfe", "2", "--seeds", "0", "--samplers", "ddim-eta0", "--out", str(out)]
+    main(argv)
+    result = json.loads(out.read_text())
+    assert (result["model"], result["n"], result["batch"]) == ("fashion", 10, 4)
+    assert result["floor"] == fashion_fd_floor(10, draws=5, seed=0)
+    x_T = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model, diffusion, _ = load_pretrained("fashion", device="cpu")
+    samples = sample_batched("ddim-eta0", model, diffusion, 2, x_T, None, batch=4)
+    assert result["runs"][0]["fd"] == pytest.approx(fashion_fd(samples), rel=1e-6)
+    assert "--model fashion" in result["commands"][0]

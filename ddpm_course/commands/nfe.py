@@ -12,12 +12,21 @@ SAMPLERS = ("ddpm", "ddim-eta0", "ddim-eta1", "dpm-solver++2m")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="digits", help="a shipped model (default digits)"
+        "--model",
+        default="digits",
+        choices=("digits", "fashion"),
+        help="the shipped model and its FD (default digits)",
     )
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--n", type=int, default=400, help="samples per FD (default 400)"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=250,
+        help="samples drawn at once (default 250); part of what a run's FD depends on",
     )
     parser.add_argument(
         "--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS)

@@ -1,14 +1,19 @@
 r"""The NFE sweep of ``ddpm-course nfe-sweep``: sample quality against the number of network evaluations (chapter 05).
 
-For a shipped model (``digits`` by default) and each sampler — DDPM respaced to NFE steps, DDIM with
-η = 0 and η = 1, DPM-Solver++(2M) — and each NFE, draws ``--n`` samples from the same x_T per seed
-and records their Fréchet distance to the digits test split (:func:`ddpm_course.metrics.digits_fd`)
-and the wall time of the sampling loop. Every sampler clips :math:`\hat x_0` to [-1, 1] and uses
-trailing spacing. The FD floor (``--n`` real training digits, one random subset per seed) goes in
-the same file. The JSON is rewritten after every run, so an interrupted sweep keeps what it did;
-``--append`` adds runs to an existing file (skipping those it holds) and records each command, so
-that a sweep can be grown in pieces (every run is deterministic on the CPU: the same sampler, NFE
-and seed give the same FD in any piece).
+For a shipped model (``digits`` by default, or ``fashion``) and each sampler — DDPM respaced to
+NFE steps, DDIM with η = 0 and η = 1, DPM-Solver++(2M) — and each NFE, draws ``--n`` samples
+from the same x_T per seed (in batches of ``--batch``) and records their Fréchet distance and the
+wall time of the sampling loop. The distance is the model's metric (:data:`METRICS`):
+``digits``: :func:`ddpm_course.metrics.digits_fd` against the digits test split, with a floor of
+``--n`` real training digits per seed (one random subset each); ``fashion``:
+:func:`ddpm_course.metrics.fashion_fd` against the 10,000 Fashion-MNIST test images, with the
+floor of :func:`ddpm_course.metrics.fashion_fd_floor` (``--n`` real training images, five draws:
+the floor of ``book/results/fashion_eval.json`` at the same n). Every sampler clips
+:math:`\hat x_0` to [-1, 1] (unclipped DPM-Solver++ diverges on ``fashion``'s sigmoid schedule)
+and uses trailing spacing. The JSON is rewritten after every run, so an interrupted sweep keeps
+what it did; ``--append`` adds runs to an existing file (skipping those it holds) and records
+each command, so that a sweep can be grown in pieces (every run is deterministic on the CPU: the
+same sampler, NFE, seed and batch give the same FD in any piece).
 
 Wall times come from whatever machine runs the sweep (the committed file: a 2-core machine shared
 with other jobs, one torch thread), so compare them as ratios within one file, not across machines.
@@ -22,7 +27,7 @@ import time
 
 import torch
 
-from ..metrics import digits_fd, digits_fd_floor
+from ..metrics import digits_fd, digits_fd_floor, fashion_fd, fashion_fd_floor
 from ..pretrained import load_pretrained
 from ..samplers import sample
 
@@ -35,6 +40,24 @@ SWEPT = {
 }
 SAMPLERS = tuple(SWEPT)
 COMMAND = "OMP_NUM_THREADS=1 ddpm-course nfe-sweep"
+# the models the sweep can measure: name -> the FD of a batch of its samples
+METRICS = {"digits": digits_fd, "fashion": fashion_fd}
+# fashion's floor: real-image subsets, as in book/results/fashion_eval.json
+FLOOR_DRAWS = 5
+
+
+def add_floor(model: str, n: int, seeds: list[int], floor: dict) -> None:
+    """Fill in ``floor`` (the results file's ``"floor"``) for ``model`` at ``n``: ``digits``:
+    one FD of ``n`` real training digits per seed, keyed by the seed; ``fashion``:
+    :func:`~ddpm_course.metrics.fashion_fd_floor` (``n``, five draws: median, min, max, values),
+    computed once."""
+    if model == "fashion":
+        if "median" not in floor:
+            floor.update(fashion_fd_floor(n, draws=FLOOR_DRAWS, seed=0))
+        return
+    for seed in seeds:
+        if str(seed) not in floor:
+            floor[str(seed)] = digits_fd_floor(n, torch.Generator().manual_seed(seed))
 
 
 def sample_with(sampler: str, model, diffusion, shape, nfe: int, x_T, generator):
@@ -45,9 +68,26 @@ def sample_with(sampler: str, model, diffusion, shape, nfe: int, x_T, generator)
                   generator=generator, clip_denoised=True)  # fmt: skip
 
 
+def sample_batched(
+    sampler: str, model, diffusion, nfe: int, x_T, generator, batch: int
+) -> torch.Tensor:
+    """:func:`sample_with` from each ``batch`` rows of ``x_T`` in turn (one ``generator``
+    throughout), concatenated: what a sweep at large n draws, in bounded memory."""
+    chunks = []
+    for part in x_T.split(batch):
+        chunks.append(
+            sample_with(sampler, model, diffusion, part.shape, nfe, part, generator)
+        )
+    return torch.cat(chunks)
+
+
 def run_sweep(args) -> int:
     """The sweep that ``args`` (the ``nfe-sweep`` command's namespace: ``model``, ``nfe``,
-    ``seeds``, ``n``, ``samplers``, ``threads``, ``append``) asks for, written to ``args.out``."""
+    ``seeds``, ``n``, ``batch``, ``samplers``, ``threads``, ``append``) asks for, written to
+    ``args.out``."""
+    if args.model not in METRICS:
+        raise SystemExit(f"--model must be one of {sorted(METRICS)}, got {args.model}")
+    fd_of = METRICS[args.model]
     torch.set_num_threads(args.threads)
     model, diffusion, config = load_pretrained(args.model, device="cpu")
     if config.class_conditional:
@@ -58,11 +98,13 @@ def run_sweep(args) -> int:
     command = (
         f"{COMMAND} --model {args.model} --n {args.n} --nfe {' '.join(map(str, args.nfe))} "
         f"--seeds {' '.join(map(str, args.seeds))} --samplers {' '.join(args.samplers)}"
+        f" --batch {args.batch}"
     )
     result = {
         "commands": [],
         "model": args.model,
         "n": args.n,
+        "batch": args.batch,
         "spacing": "trailing",
         "clip_denoised": True,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
@@ -71,15 +113,13 @@ def run_sweep(args) -> int:
     }
     if args.append and args.out.exists():
         result = json.loads(args.out.read_text())
-        if (result["model"], result["n"]) != (args.model, args.n):
+        held = (result["model"], result["n"], result.get("batch", result["n"]))
+        if held != (args.model, args.n, args.batch):
             raise SystemExit(
-                f"--append: {args.out} holds {result['model']} with n={result['n']}"
+                f"--append: {args.out} holds {held[0]} with n={held[1]}, batch={held[2]}"
             )
     result["commands"].append(command + (" --append" if args.append else ""))
-    for seed in args.seeds:
-        if str(seed) not in result["floor"]:
-            floor = digits_fd_floor(args.n, torch.Generator().manual_seed(seed))
-            result["floor"][str(seed)] = floor
+    add_floor(args.model, args.n, args.seeds, result["floor"])
     done = {(r["sampler"], r["nfe"], r["seed"]) for r in result["runs"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -90,11 +130,11 @@ def run_sweep(args) -> int:
                     continue
                 generator = torch.Generator().manual_seed(10_000 + seed)
                 start = time.perf_counter()
-                samples = sample_with(
-                    sampler, model, diffusion, shape, nfe, x_T, generator
+                samples = sample_batched(
+                    sampler, model, diffusion, nfe, x_T, generator, args.batch
                 )
                 seconds = time.perf_counter() - start
-                fd = digits_fd(samples)
+                fd = fd_of(samples)
                 run_result = dict(
                     sampler=sampler, nfe=nfe, seed=seed, fd=fd, seconds=seconds
                 )

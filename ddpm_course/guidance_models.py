@@ -69,7 +69,7 @@ SR_PRESETS: dict[str, dict[str, Any]] = {
                    "unet": {"image_size": 28, "model_channels": 32, "channel_mults": (1, 2),
                             "num_res_blocks": 2, "attention_resolutions": (), "num_groups": 8,
                             "patch_size": 2},
-                   "process": "fashion", "steps": 5000, "lr": 1e-3, "shift": False},
+                   "process": "fashion", "steps": 3000, "lr": 1e-3, "shift": False},
 }  # fmt: skip
 
 

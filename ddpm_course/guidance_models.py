@@ -206,8 +206,9 @@ def load_noisy_classifier(device: torch.device | str | None = None):
 
 
 def load_sr_model(device: torch.device | str | None = None, name: str = SR_NAME):
-    """A shipped SR model (``digits-sr``: 8×8 → 16×16; ``fashion-sr``: 14×14 → 28×28):
-    ``(SuperResUNet in eval mode, diffusion, config)``."""
+    """The shipped SR model ``fashion-sr`` (14×14 → 28×28): ``(SuperResUNet in eval mode,
+    diffusion, config)``. (``digits-sr``, 8×8 → 16×16, is no longer shipped; ``python -m
+    ddpm_course.guidance_models sr`` trains it, and ``load_model`` reads the file.)"""
     return load_pretrained(name, device=device)
 
 

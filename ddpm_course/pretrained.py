@@ -42,6 +42,9 @@ class Pretrained:
         return WEIGHTS_DIR / f"{self.name}.safetensors"
 
 
+# Retired (no page uses them since chapters 06 and 07 moved to Fashion-MNIST; their presets
+# still train them): digits-sr (`python -m ddpm_course.guidance_models sr`) and digits-ldm
+# (`ddpm-course train --preset digits-ldm`).
 # the step each shipped model was trained to (on 1 thread of a 2-core CPU: digits 16 minutes,
 # digits-cond 26; the run is deterministic on the CPU, so --max-steps reproduces it)
 TRAINED_STEPS = {
@@ -103,21 +106,10 @@ PRETRAINED = {
         "classifier of noisy digits p(y | x_t, t) for classifier guidance (chapter 06)",
         "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models classifier",
     ),
-    "digits-sr": Pretrained(
-        "digits-sr",
-        "8×8 → 16×16 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
-        "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models sr",
-    ),
     "digits-vae": Pretrained(
         "digits-vae",
         "KL-regularised autoencoder 16×16×1 → 4×4×4 with its latent scale factor (chapter 07)",
         "OMP_NUM_THREADS=1 ddpm-course train --preset digits-vae",
-    ),
-    "digits-ldm": Pretrained(
-        "digits-ldm",
-        "latent U-Net on digits-vae latents, prompted by cross-attention (p_uncond 0.1; chapter 07)",
-        "OMP_NUM_THREADS=1 ddpm-course train --preset digits-ldm --out runs/digits-ldm && "
-        "python -m ddpm_course.pretrained export runs/digits-ldm digits-ldm",
     ),
 }
 

@@ -99,10 +99,10 @@ def test_inpainting_keeps_the_known_pixels(tmp_path: Path):
 
 
 def test_sr_and_sdedit_run_on_their_models(tmp_path: Path):
-    torch.save(torch.rand(2, 1, 8, 8), tmp_path / "low.pt")
+    torch.save(torch.rand(2, 1, 14, 14), tmp_path / "low.pt")
     assert _sample(
-        tmp_path, "--checkpoint", "digits-sr", "--sr", str(tmp_path / "low.pt")
-    ).shape == (2, 1, 16, 16)
+        tmp_path, "--checkpoint", "fashion-sr", "--sr", str(tmp_path / "low.pt")
+    ).shape == (2, 1, 28, 28)
     torch.save(torch.rand(2, 1, 16, 16), tmp_path / "guide.pt")
     out = _sample(
         tmp_path,
@@ -153,7 +153,7 @@ def test_sr_and_sdedit_run_on_their_models(tmp_path: Path):
             r"0\.\.999",
         ),  # fmt: skip
         (["--checkpoint", "digits", "--sr", "LOW"], "super-resolution model"),
-        (["--checkpoint", "digits-sr"], "--sr"),
+        (["--checkpoint", "fashion-sr"], "--sr"),
         (["--checkpoint", "digits", "--inpaint", "MASK"], "--known"),
         (["--checkpoint", "digits", "--sdedit", "GUIDE", "--t0", "1000"], "--t0"),
     ],

@@ -1,5 +1,6 @@
 """Latent diffusion (chapter 07): the KL autoencoder's pieces, the scale factor, the wrapper,
-cross-attention and the prompt path, the shipped digits-vae / digits-ldm and their results file.
+cross-attention and the prompt path, the shipped fashion-vae / fashion-ldm (the results file is
+checked in test_fashion_models).
 
 References are independent of the code under test: torch.distributions for the KL and the
 reparameterised sample, F.scaled_dot_product_attention for the attention, hand-built tokens.
@@ -7,9 +8,7 @@ reparameterised sample, F.scaled_dot_product_attention for the attention, hand-b
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_course.attention import (
-    DIGIT_NAMES,
     PROMPT_LENGTH,
     PROMPT_VOCABULARIES,
     VOCABULARY,
@@ -43,8 +41,6 @@ from ddpm_course.latent_train import LatentTrainer, ldm_train_config
 from ddpm_course.pretrained import load_pretrained
 from ddpm_course.samplers import ddim_sample, ddpm_sample, dpm_solver_sample, respace
 from ddpm_course.schedules import linear
-
-RESULTS_PATH = Path(__file__).parent.parent / "book" / "results" / "07_latent.json"
 
 TINY_UNET = {
     "image_size": 4, "in_channels": 4, "model_channels": 16, "channel_mults": (1, 2),
@@ -302,12 +298,12 @@ def test_the_trainer_trains_the_denoiser_on_scaled_latents(tmp_path):
 
 
 # ------------------------------------------------------------------- shipped models, results
-def test_shipped_vae_reconstructs_the_test_digits():
-    from ddpm_course.data import digits
+def test_shipped_vae_reconstructs_the_test_garments_from_a_quarter_of_the_values():
+    from ddpm_course.data import fashion_mnist
 
-    vae, _, _ = load_pretrained("digits-vae", device="cpu")
-    scale = vae.scale_factor
-    x, _ = digits(size=16, split="test")
+    vae, _, _ = load_pretrained("fashion-vae", device="cpu")
+    vae = vae.float()
+    x = fashion_mnist("test")[0][:500]
     with torch.no_grad():
         mean, logvar = vae.encode(x)
         z = reparameterize(
@@ -316,64 +312,50 @@ def test_shipped_vae_reconstructs_the_test_digits():
             torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)),
         )
         rec = vae.decode(mean).clamp(-1, 1)
-    assert float((rec - x).pow(2).mean()) < 0.02
-    assert scale == pytest.approx(1 / float(z.double().std()), rel=0.1)
+    assert mean[0].numel() * 4 == x[0].numel()  # 7×7×4 = 196 values for 784 pixels
+    # the shipped autoencoder's test MSE is about 0.008 (pixels in [-1, 1]); a blurred copy
+    # (3×3 box) of the test images scores about 0.03
+    assert float((rec - x).pow(2).mean()) < 0.012
+    assert vae.scale_factor == pytest.approx(1 / float(z.double().std()), rel=0.1)
 
 
 def test_shipped_ldm_follows_its_prompt():
-    from ddpm_course.metrics import load_digits_classifier
+    from ddpm_course.data import FASHION_MNIST_CLASSES
+    from ddpm_course.metrics import fashion_predict
 
     torch.set_num_threads(1)
-    ldm, diffusion, _ = load_pretrained("digits-ldm", device="cpu")
-    prompts = [DIGIT_NAMES[i % 10] for i in range(20)]
-    images = latent_sample(ldm, diffusion, 20, prompt=prompts, guidance_scale=1.0, steps=10,
+    ldm, diffusion, _ = load_pretrained("fashion-ldm", device="cpu")
+    ldm = ldm.float()
+    prompts = [FASHION_MNIST_CLASSES[i % 10] for i in range(40)]
+    images = latent_sample(ldm, diffusion, 40, prompt=prompts, guidance_scale=1.0, steps=20,
                            generator=torch.Generator().manual_seed(0))  # fmt: skip
-    predicted = load_digits_classifier()(images).argmax(1)
-    assert float((predicted == torch.arange(20) % 10).float().mean()) >= 0.8
+    # chance is 10%; the shipped model follows its prompt weakly (about 60% at w = 1 here:
+    # cross-attention in the middle block only); the results file gives it at n = 1,000
+    accuracy = float((fashion_predict(images) == torch.arange(40) % 10).float().mean())
+    assert accuracy >= 0.4
 
 
-def test_results_file_meets_the_acceptance_numbers():
-    result = json.loads(RESULTS_PATH.read_text())
-    assert result["command"] == (
-        "python -m ddpm_course.experiments.latent_eval evaluate "
-        "--out book/results/07_latent.json"
-    )
-    assert (
-        result["values_ratio"] == result["image_values"] / result["latent_values"] >= 4
-    )
-    assert result["speed_ratio"] >= 3
-    assert result["fd"] <= 2 * result["fd_floor"]
-    assert result["prompt_accuracy"] >= 0.9
-    assert all(result["acceptance"].values())
-    ablation = result["scale_ablation"]  # ... latent_eval scale-ablation
-    assert (
-        ablation["unscaled"]["latent_std"] > 5
-        and abs(ablation["scaled"]["latent_std"] - 1) < 1e-3
-    )
-    assert ablation["scaled"]["fd"] < ablation["unscaled"]["fd"]
-
-
-def test_sample_cli_draws_a_prompted_digit_and_refuses_an_unknown_word(tmp_path):
+def test_sample_cli_draws_a_prompted_garment_and_refuses_an_unknown_word(tmp_path):
     import subprocess
     import sys
 
     out = tmp_path / "grid.png"
-    command = [sys.executable, "-m", "ddpm_course.cli", "sample", "--checkpoint", "digits-ldm", "--n", "2",
+    command = [sys.executable, "-m", "ddpm_course.cli", "sample", "--checkpoint", "fashion-ldm", "--n", "2",
                "--steps", "3", "--out", str(out), "--save-tensor", str(tmp_path / "s.pt"), "--device", "cpu"]  # fmt: skip
     result = subprocess.run(
-        command + ["--prompt", "seven"], capture_output=True, text=True
+        command + ["--prompt", "ankle boot"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     images = torch.load(tmp_path / "s.pt", weights_only=True)
-    ldm, diffusion, _ = load_pretrained("digits-ldm", device="cpu")
-    expected = latent_sample(ldm, diffusion, 2, prompt="seven", steps=3,
+    ldm, diffusion, _ = load_pretrained("fashion-ldm", device="cpu")
+    expected = latent_sample(ldm, diffusion, 2, prompt="ankle boot", steps=3,
                              generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
     torch.testing.assert_close(images, ((expected + 1) / 2).clamp(0, 1))
     result = subprocess.run(
-        command + ["--prompt", "sevn"], capture_output=True, text=True
+        command + ["--prompt", "boot"], capture_output=True, text=True
     )
-    assert result.returncode != 0 and "unknown prompt 'sevn'" in result.stderr
-    assert "zero, one, two, three" in result.stderr
+    assert result.returncode != 0 and "unknown prompt 'boot'" in result.stderr
+    assert "sneaker, bag, ankle boot" in result.stderr
 
 
 def test_train_cli_presets_digits_vae_and_digits_ldm(tmp_path):

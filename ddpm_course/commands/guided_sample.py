@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="LOWRES",
-        help="super-resolve these low-resolution images in [0, 1] (e.g. with digits-sr)",
+        help="super-resolve these low-resolution images in [0, 1] (e.g. with fashion-sr)",
     )
     group.add_argument(
         "--sdedit",
@@ -256,7 +256,7 @@ def inpaint(args, model, diffusion, config, device):
 
 
 def sr(args, model, diffusion, config, device):
-    """``--sr LOWRES``: super-resolution with an SR3 model (e.g. digits-sr)."""
+    """``--sr LOWRES``: super-resolution with an SR3 model (e.g. fashion-sr)."""
     from ..guidance import super_resolve
     from ..guidance_nets import SuperResUNet
     from .sampling import torch_generator
@@ -264,7 +264,7 @@ def sr(args, model, diffusion, config, device):
     if not isinstance(model, SuperResUNet):
         raise SystemExit(
             "error: --sr needs a super-resolution model (e.g. --checkpoint "
-            "digits-sr); this one is not conditioned on a low-resolution image"
+            "fashion-sr); this one is not conditioned on a low-resolution image"
         )
     n, channels, _, _ = _shape(args, config)
     low = _images(args.sr, "--sr", n, channels, model.low_res_size, device)

@@ -13,6 +13,7 @@ from .sampling import draw, eta, labels, save, torch_generator
 # torch (tests/test_samplers.py checks that they agree)
 SPACINGS = ("leading", "trailing", "linspace")
 DEFAULT_SPACING = "trailing"
+LATENT_SPACING = "leading"  # latent.latent_sample's default (unclipped latents)
 SAMPLERS = ("ddpm", "ddim", "dpm-solver", "flow-euler", "flow-heun", "edm-heun")
 
 
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spacing",
         choices=SPACINGS,
-        default=DEFAULT_SPACING,
-        help=f"timestep spacing (default {DEFAULT_SPACING}: the first step is T - 1)",
+        default=None,
+        help=f"timestep spacing (default {DEFAULT_SPACING}: the first step is T - 1; for a "
+        f"latent model {LATENT_SPACING}, see ddpm_course.latent.latent_sample)",
     )
     parser.add_argument(
         "--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)"
@@ -86,13 +88,15 @@ def run(args: argparse.Namespace) -> int:
     if diffusion is None:  # e.g. digits-vae, an autoencoder
         raise SystemExit(
             f"error: {args.checkpoint} is not a diffusion model that `sample` can draw from; "
-            "give a denoiser (digits, digits-cond, digits-ldm, a run folder or checkpoint)"
+            "give a denoiser (e.g. fashion, fashion-cond, fashion-ldm, digits, a run folder or checkpoint)"
         )
     if not 1 <= args.steps <= diffusion.num_timesteps:
         raise SystemExit(
             f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}"
         )
     mode = choose_mode(args, model, config)
+    if mode != "latent" and args.spacing is None:
+        args.spacing = DEFAULT_SPACING
     samples = MODES[mode](args, model, diffusion, config, device)
     return save(args, ((samples.float().cpu() + 1) / 2).clamp(0, 1))
 
@@ -118,7 +122,8 @@ def latent(args: argparse.Namespace, model, diffusion, config, device):
     try:
         return latent_sample(
             model, diffusion, args.n, sampler=args.sampler, prompt=args.prompt, labels=label,
-            guidance_scale=args.guidance_scale or 0.0, steps=args.steps, spacing=args.spacing,
+            guidance_scale=args.guidance_scale or 0.0, steps=args.steps,
+            spacing=args.spacing or LATENT_SPACING,
             eta=eta(args), generator=torch_generator(args, device), progress=True,
         )  # fmt: skip
     except ValueError as error:

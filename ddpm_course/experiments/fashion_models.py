@@ -200,7 +200,8 @@ def latent_section(n: int, seeds: list[int], repeats: int = 3) -> dict[str, Any]
         ldm.decode(ldm.encode(chunk, sample=False)) for chunk in subset.split(250)
     ])  # fmt: skip
     return {
-        "n": n, "steps": 50, "sampler": "ddim (eta 0, trailing)", "seeds": seeds,
+        "n": n, "steps": 50, "sampler": "ddim (eta 0): the latent model with leading spacing, unclipped "
+        "(latent_sample's default), the pixel model trailing with x0 clipped", "seeds": seeds,
         "rows": rows, **_medians(rows),
         "reconstruction_fd": fashion_fd(reconstructions),
         "reconstruction_mse": float((reconstructions - subset).pow(2).mean()),

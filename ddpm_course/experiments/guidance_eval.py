@@ -2,7 +2,7 @@ r"""The measured numbers of chapter 06 (the book's: ``book/results/06_guidance.j
 
 ``python -m ddpm_course.experiments.guidance_eval --out book/results/06_guidance.json`` (all sections: each records its ``minutes`` in the file,
 together about two and a half hours of one CPU thread, some on a shared machine) or ``--only
-cfg_seeds sr`` (the named sections, merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
+cfg_seeds inpaint`` (the named sections, merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
 :mod:`ddpm_course.metrics` for accuracy, features and FD:
 
 * ``cfg``: classifier-free guidance on ``digits-cond`` over a sweep of w (DDIM), 400 samples
@@ -26,9 +26,7 @@ cfg_seeds sr`` (the named sections, merged into the file). Every section uses th
   and replacement with as many network evaluations as RePaint: known-pixel error, class accuracy
   of the completions, RMSE of the filled half to the truth, and the seam error (the jump between
   rows 7 and 8 against the real image's).
-* ``sr``: 8×8 → 16×16 on the 300 test digits: consistency (RMSE between ``sr_downsample(output)``
-  and the input) next to bicubic upsampling's, RMSE to the truth; FD of 400 super-resolved
-  training digits beside the FD of the same real digits.
+* (super-resolution is measured on Fashion-MNIST: ``experiments.fashion_models --only sr``.)
 * ``sdedit``: blurred test digits noised to each t0 of a sweep and denoised: distance to the guide
   and class agreement with the digit that was blurred.
 """
@@ -52,8 +50,6 @@ from ..guidance import (
     inpaint,
     repaint_schedule,
     sdedit,
-    sr_downsample,
-    super_resolve,
 )
 from ..metrics import (
     class_accuracy,
@@ -73,7 +69,6 @@ __all__ = [
     "cfg_acceptance",
     "evaluate_classifier_guidance",
     "evaluate_inpainting",
-    "evaluate_sr",
     "evaluate_sdedit",
 ]
 
@@ -359,43 +354,6 @@ def evaluate_inpainting(
     return {"n": n, "mask": "top half known", "rows": rows}
 
 
-def evaluate_sr(steps: int = 100, n_fd: int = 400, seed: int = 0) -> dict[str, Any]:
-    """8×8 → 16×16 with the SR model (ancestral, ``steps``) against bicubic upsampling: consistency and
-    RMSE to the truth on the 300 test digits; FD of ``n_fd`` training digits super-resolved,
-    beside the FD of the same real digits (the floor at that n)."""
-    from ..guidance_models import load_sr_model
-
-    model, diffusion, _ = load_sr_model(device="cpu")
-
-    def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-        return (a - b).pow(2).mean().sqrt().item()
-
-    def upsample(low: torch.Tensor) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(seed)
-        return {
-            "sr": super_resolve(
-                model, diffusion, low, steps=steps, generator=generator
-            ),
-            "bicubic": F.interpolate(low, size=16, mode="bicubic", align_corners=False),
-        }
-
-    truth, _ = digits(size=16, split="test")
-    low = sr_downsample(truth)
-    outputs = upsample(low)
-    train, _ = digits(size=16, split="train")
-    index = torch.randperm(
-        train.shape[0], generator=torch.Generator().manual_seed(seed)
-    )[:n_fd]
-    fd_outputs = upsample(sr_downsample(train[index]))
-    return {
-        "n": truth.shape[0], "n_fd": n_fd, "steps": steps,
-        "consistency_rmse": {k: rmse(sr_downsample(v), low) for k, v in outputs.items()},
-        "truth_rmse": {k: rmse(v, truth) for k, v in outputs.items()},
-        "fd": {**{k: digits_fd(v.clamp(-1, 1)) for k, v in fd_outputs.items()},
-               "truth": digits_fd(train[index])},
-    }  # fmt: skip
-
-
 def evaluate_sdedit(
     n: int = 100, steps: int = 50, t0s=SDEDIT_T0, seed: int = 0
 ) -> dict[str, Any]:
@@ -433,7 +391,6 @@ SECTIONS = {
     "cfg_seeds": evaluate_cfg_seeds,
     "classifier": evaluate_classifier_guidance,
     "inpaint": evaluate_inpainting,
-    "sr": evaluate_sr,
     "sdedit": evaluate_sdedit,
 }
 

@@ -188,3 +188,14 @@ def test_chapter_06_results_meet_issue_21s_acceptance():
     assert sr["samples_per_input"] == 8 and sr["pixel_std_min"] > 0.01
     assert sr["fraction_samples_better_than_bicubic"] == 1.0
     assert sr["pooled_mse_samples_max"] < sr["pooled_mse_bicubic_mean"]
+
+
+def test_chapter_07_results_meet_issue_21s_acceptance():
+    latent = json.loads((RESULTS / "07_fashion.json").read_text())["latent"]
+    assert latent["n"] == 1000 and len(latent["seeds"]) == 3
+    assert latent["latent_values"] * 3 <= latent["image_values"]
+    assert latent["median_ldm_fd"] <= 1.5 * latent["median_pixel_fd"]
+    assert latent["timing"]["median_ratio_latent_to_pixel"] <= 1 / 3
+    # the medians are those of the rows
+    fds = sorted(row["ldm_fd"] for row in latent["rows"])
+    assert latent["median_ldm_fd"] == fds[1]

@@ -257,9 +257,11 @@ def test_latent_diffusion_encodes_scales_decodes_and_every_sampler_accepts_it():
         assert out.shape == shape and torch.isfinite(out).all()
     images = latent_sample(ldm, diffusion, 3, prompt="four", guidance_scale=2.0, steps=4,
                            generator=torch.Generator().manual_seed(0))  # fmt: skip
-    # DDIM on the guided latent model without x0 clipping, then the decoder: nothing else
+    # DDIM (leading spacing) on the guided latent model without x0 clipping, then the
+    # decoder: nothing else
     latents = ddim_sample(ClassifierFreeGuidance(ldm, 2.0), diffusion, shape, steps=4,
                           model_kwargs={"y": torch.full((3,), 4)}, clip_denoised=False,
+                          spacing="leading",
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     torch.testing.assert_close(images, ldm.decode(latents))
     # guidance through the chapter-06 wrapper: (1 + w) cond - w uncond of two direct calls

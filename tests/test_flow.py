@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ddpm_course import edm, flow, vp_wrappers
+from ddpm_course.cli import main
 from ddpm_course.config import TrainConfig, build_diffusion
 from ddpm_course.diffusion import GaussianDiffusion
 from ddpm_course.loading import load_model
@@ -283,6 +284,14 @@ def test_a_flow_run_samples_by_flow_euler_and_reloads_as_a_flow_model(tmp_path):
         generator=torch.Generator().manual_seed(5),
     ).clamp(-1, 1)  # fmt: skip
     torch.testing.assert_close(grid, expected, rtol=0, atol=1e-5)
+    # the sample command's default sampler for a flow model is flow-Euler
+    saved = tmp_path / "samples.pt"
+    arguments = ["sample", "--checkpoint", str(tmp_path), "--n", "4", "--steps", "3"]
+    arguments += ["--seed", "5", "--device", "cpu", "--out", str(tmp_path / "s.png")]
+    assert main([*arguments, "--save-tensor", str(saved)]) == 0
+    torch.testing.assert_close(
+        torch.load(saved, weights_only=True), (expected + 1) / 2, rtol=0, atol=1e-5
+    )
 
 
 def test_the_trainer_trains_a_flow_model_through_training_losses(tmp_path):

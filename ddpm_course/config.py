@@ -296,6 +296,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                          warmup_steps=100, grad_clip=1.0, ema_decay=0.999, objective="flow",
                          max_steps=9000, log_every=50, sample_every=1000, checkpoint_every=500,
                          keep_checkpoints=10),
+    # the diffusion transformer of chapter 10 (ddpm_course.dit) on the `fashion` recipe, with
+    # a lower peak learning rate and a longer warm-up, as transformers want
+    "fashion-dit": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=1e-3,
+                        warmup_steps=500, grad_clip=1.0, ema_decay=0.999, schedule="sigmoid",
+                        min_snr_gamma=5.0, max_steps=9000, log_every=50, sample_every=1000,
+                        checkpoint_every=500, keep_checkpoints=10),
     "mnist": dict(dataset="mnist", image_size=28, channels=1, batch_size=128, lr=2e-4, warmup_steps=1000, grad_clip=1.0,
                   ema_decay=0.9995, max_steps=50_000, log_every=100, sample_every=5000, checkpoint_every=5000, num_workers=4),
     "cifar10-ddpm": _CIFAR,  # Ho et al. 2020, Appendix B: batch 128, lr 2e-4 after 5,000 warm-up steps, EMA 0.9999, 800k steps
@@ -306,8 +312,10 @@ QUICK_OVERRIDES = dict(batch_size=64, max_steps=200, warmup_steps=50, log_every=
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The U-Net of ``config``: preset ``config.preset`` with the image size, channels, classes and
-    learned variance of the config, then ``config.model_overrides``."""
+    """The network of ``config``: the U-Net of preset ``config.preset`` (or the
+    :class:`~ddpm_course.dit.DiT` of a :data:`~ddpm_course.dit.DIT_PRESETS` name) with the image
+    size, channels, classes and learned variance of the config, then ``config.model_overrides``."""
+    from .dit import DIT_PRESETS, dit_from_preset
     from .nn import unet_from_preset
 
     overrides = dict(
@@ -316,6 +324,8 @@ def build_model(config: TrainConfig) -> nn.Module:
         num_classes=config.num_classes if config.class_conditional else None,
         learned_variance=config.var_type == "learned_range",
     )
+    if config.preset in DIT_PRESETS:
+        return dit_from_preset(config.preset, **{**overrides, **config.model_overrides})
     return unet_from_preset(config.preset, **{**overrides, **config.model_overrides})
 
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_course.distill import ProgressiveDistillation, two_step_target
+from ddpm_course.distill import (
+    ConsistencyDistillation,
+    ProgressiveDistillation,
+    consistency_function,
+    consistency_sample,
+    two_step_target,
+)
 from ddpm_course.flow import flow_sample
 
 MU, SIGMA = 0.7, 0.3  # 1-D data x0 ~ N(MU, SIGMA^2); x_s = (1 - s) x0 + s eps
@@ -111,3 +117,69 @@ def test_bad_settings_are_named():
         ProgressiveDistillation(Field(exact_velocity), 4).training_losses(
             Field(exact_velocity), torch.zeros(2, 1), min_snr_gamma=5.0
         )
+
+
+# ------------------------------------------------------------- consistency distillation
+def exact_consistency(x, s):
+    """The exact consistency function of the Gaussian data: the flow map from s to 0."""
+    m, v = mean_var(s)
+    return MU + SIGMA / v**0.5 * (x - m)
+
+
+def test_the_consistency_function_meets_the_boundary_and_starts_as_the_x0_prediction():
+    teacher = Field(exact_velocity)
+    x = torch.tensor([[-1.0], [0.5], [2.0]], dtype=torch.float64)
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert torch.equal(consistency_function(teacher, x, zero), x)
+    s = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    # x - s·E[eps - x0 | x] = E[x0 | x] (the teacher's x0 prediction), by hand for Gaussians
+    m, v = mean_var(s[:, None])
+    posterior_mean = MU + (1 - s[:, None]) * SIGMA**2 / v * (x - m)
+    torch.testing.assert_close(consistency_function(teacher, x, s), posterior_mean)
+
+
+def test_consistency_distillation_scores_the_exact_flow_map_zero_and_others_not():
+    # with an exact teacher step the only consistent function is the exact flow map to 0
+    objective = ConsistencyDistillation(Field(exact_velocity), num_steps=8)
+    objective.teacher_step = lambda x, s, s_next, kwargs=None: flow_map(
+        x, s.reshape(-1, 1), s_next.reshape(-1, 1)
+    )
+    x0 = MU + SIGMA * torch.randn(256, 1, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(256, 1, generator=torch.Generator().manual_seed(4))
+    t = torch.arange(256) % 8
+
+    def network_of(function):  # F = (x - f)/s, so that f(x, s) = function(x, s)
+        return Field(lambda x, s: (x - function(x, s)) / s.clamp_min(1e-12))
+
+    exact = objective.training_losses(
+        network_of(exact_consistency), x0.double(), t, noise=noise.double()
+    )["loss"]
+    assert float(exact.max()) < 1e-20
+    # the teacher's own x0 prediction is not consistent along its trajectories
+    teacher_as_student = objective.training_losses(
+        Field(exact_velocity), x0.double(), t, noise=noise.double()
+    )["loss"]
+    assert float(teacher_as_student.mean()) > 1e-4
+
+
+def test_the_heun_teacher_step_is_exact_to_second_order_and_euler_at_the_end():
+    objective = ConsistencyDistillation(Field(exact_velocity), num_steps=50)
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None]
+    s = torch.full((5,), 0.6, dtype=torch.float64)
+    errors = []
+    for h in (0.02, 0.01):
+        step = objective.teacher_step(x, s, s - h)
+        errors.append(float((step - flow_map(x, 0.6, 0.6 - h)).abs().max()))
+    assert errors[1] < errors[0] / 6  # local error O(h^3): halving h divides it by ~8
+    last = objective.teacher_step(x, torch.full((5,), 0.02, dtype=torch.float64), 0 * s)
+    torch.testing.assert_close(last, x - 0.02 * exact_velocity(x, 0.02))
+
+
+def test_multistep_consistency_sampling_with_the_exact_function_gives_the_data_law():
+    student = Field(lambda x, s: (x - exact_consistency(x, s)) / s)
+    for steps in (1, 2, 4):
+        samples = consistency_sample(
+            student, (100_000, 1), steps, generator=torch.Generator().manual_seed(steps)
+        )
+        assert float(samples.mean()) == pytest.approx(MU, abs=0.006)
+        assert float(samples.std()) == pytest.approx(SIGMA, abs=0.006)

@@ -167,12 +167,16 @@ def fd_rows(
     return rows
 
 
-def flow_section(n: int, seeds: list[int]) -> dict[str, Any]:
+def flow_section(n: int, seeds: list[int], log: Path | None) -> dict[str, Any]:
     """FD of ``n`` samples of the shipped flow-matching model ``fashion-flow`` by the flow
-    samplers (:data:`FLOW_ROWS`), per seed and as the median."""
+    samplers (:data:`FLOW_ROWS`), per seed and as the median; with the run's ``log``, the
+    minutes of training it took to its shipped step."""
     model, process, config = load_pretrained("fashion-flow", device="cpu")
     rows = fd_rows(model, process, FLOW_ROWS, n, seeds)
-    return {"model": "fashion-flow", "n": n, "seeds": seeds, "rows": rows}
+    result = {"model": "fashion-flow", "n": n, "seeds": seeds, "rows": rows}
+    if log is not None:
+        result["train_minutes"] = training_seconds(log)[config.max_steps] / 60
+    return result
 
 
 @torch.no_grad()
@@ -287,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="step_*.pt files of the curve section",
     )
-    parser.add_argument("--log", type=Path, help="the run's log.jsonl (curve section)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help="the run's log.jsonl (curve sections; flow: its minutes)",
+    )
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     words = sys.argv[1:] if argv is None else argv
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "nfe":
             value = nfe_section(args.n, args.seeds)
         elif section == "flow":
-            value = flow_section(args.n, args.seeds)
+            value = flow_section(args.n, args.seeds, args.log)
         elif section == "int8":
             value = int8_section(args.n, args.steps, args.seeds[0])
         else:

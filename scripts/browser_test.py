@@ -256,9 +256,10 @@ def check_page(
     return problems
 
 
-def check_players(driver, name: str) -> list[str]:
+def check_players(driver, name: str) -> tuple[list[str], int]:
     """Press "Next frame", then "Play" and "Pause", on every player of the page; the shown
-    frame (the image's data URI) and the slider must move."""
+    frame (the image's data URI) and the slider must move. Returns the problems and the number
+    of players."""
     from selenium.webdriver.common.by import By
 
     players = driver.find_elements(By.CSS_SELECTOR, "div.animation")
@@ -299,7 +300,7 @@ def check_players(driver, name: str) -> list[str]:
         time.sleep(0.6)  # more than two frame intervals: a paused player stays put
         if state()[1] != played_value:
             problems.append(f"player {number}: 'Pause' did not stop it")
-    return problems
+    return problems, len(players)
 
 
 def pages_of(html_root: Path) -> list[Path]:
@@ -367,11 +368,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 driver.save_screenshot(str(shot))
                 problems = check_page(page, html_root, report, console, config)
-                problems += check_players(driver, name)
+                player_problems, n_players = check_players(driver, name)
+                problems += player_problems
                 status = "ok" if not problems else f"{len(problems)} problem(s)"
                 print(
                     f"{name}: {status} ({report['mjxContainers']} formulas typeset, "
-                    f"{len(report['images'])} images, {len(report['links'])} links)"
+                    f"{len(report['images'])} images, {len(report['links'])} links,"
+                    f" {n_players} players)"
                 )
                 if problems:
                     failures[name] = problems

@@ -193,9 +193,11 @@ EXERCISES = (
         tolerances={torch.float64: Tolerance(rtol=1e-12, atol=1e-15)},
         tolerance_reason="two float64 evaluations of the same affine function of i",
         hint=(
-            "beta_i = beta(s_i) / N at s_i = i / (N - 1), i = 0..N-1, with "
-            "beta(s) = beta_min + s (beta_max - beta_min): "
-            "torch.linspace(beta_min / N, beta_max / N, N, dtype=torch.float64)."
+            "The betas are off. Compare the first and last with β_min/N and β_max/N: 1000 "
+            "times too large means β(s) was not divided by N; a last beta short of β_max/N "
+            "means the grid stopped before s = 1 (N points span [0, 1] in N − 1 gaps); "
+            "digits wrong after the seventh mean float32. Reread chapter 01, “DDPM's "
+            "forward chain is the discretised VP-SDE”."
         ),
         output_names=("betas",),
         package_functions=(f"{SDE}.VPSDE.discrete_betas",),
@@ -207,7 +209,13 @@ EXERCISES = (
         make_cases=cases_euler_maruyama_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="x + drift(x, s) * ds + diffusion(s) * sqrt(ds) * noise (math.sqrt(ds): ds is a float).",
+        hint=(
+            "The new x is off. If the error shrinks like ds rather than like √ds, the noise "
+            "was scaled by ds, not by its square root; if it grows with the diffusion, g "
+            "was squared; an error only where the drift is large means the drift was "
+            "evaluated at the wrong point. Reread chapter 01, “SDEs and the Euler–Maruyama "
+            "scheme” (one step of the scheme)."
+        ),
         package_functions=(f"{SDE}.euler_maruyama_step", f"{SDE}.euler_maruyama"),
     ),
     Exercise(
@@ -218,9 +226,14 @@ EXERCISES = (
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON
         + " (1 - exp(-B) against -expm1(-B), B >= 0.005: relative 2e-14)",
-        hint="With B = beta_min s + s**2 (beta_max - beta_min) / 2: mean = exp(-B / 2) x0 and std = sqrt(1 - exp(-B)), "
-        "computed in float64 (torch.as_tensor(s, dtype=torch.float64)) and returned in x0's dtype; std has s's shape "
-        "(a 0-d tensor when s is a float).",
+        hint=(
+            "The mean or the std is off (the case line says which). The classic mistakes: "
+            "β(s)·s in place of the integral of β from 0 to s (wrong for every s > 0 unless "
+            "β is constant); the mean's factor without its ½ in the exponent (the mean then "
+            "shrinks as fast as the variance); the std without its square root; a float32 "
+            "computation, which loses the std's digits near s = 0; a std shaped like x0 "
+            "instead of like s. Reread chapter 01, “The variance-preserving SDE”."
+        ),
         output_names=("mean", "std"),
         package_functions=(
             f"{SDE}.vp_sde_marginal",
@@ -240,8 +253,13 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="roundings of up to 50 steps in the data's dtype",
-        hint="Start from x_init and, for k = 0..K-2, take one Euler-Maruyama step from s_grid[k] with "
-        "ds = s_grid[k+1] - s_grid[k] and the noise noises[k]; return the last x.",
+        hint=(
+            "The last state is off. K grid points make K − 1 steps: one step too many or "
+            "too few is the classic off-by-one; each step has its own length (the grid need "
+            "not be even) and its own noise draw, in order; the function returns only the "
+            "final state. If euler_maruyama_step passes, build the loop from it. Reread "
+            "chapter 01, “SDEs and the Euler–Maruyama scheme”."
+        ),
         package_functions=(f"{SDE}.euler_maruyama", f"{SDE}.euler_maruyama_step"),
     ),
 )

@@ -153,7 +153,13 @@ EXERCISES = (
         make_cases=cases_langevin_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="x + step_size * score + sqrt(2 * step_size) * noise (math.sqrt: step_size is a float).",
+        hint=(
+            "The new x is off. An error that scales with the noise by a factor near 1.41 "
+            "means the noise was scaled by the square root of the step size instead of the "
+            "root of twice it (the chain then samples a law that is too narrow); an error "
+            "that scales with the score means its step size is wrong. Reread chapter 02, "
+            "“Langevin dynamics: from a score to samples”."
+        ),
         output_names=("x_next",),
         package_functions=(
             f"{SCORE}.langevin_step",
@@ -172,7 +178,13 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="a linear solve (or an inverse) of a covariance with condition number at most 4",
-        hint="-(x - mean) @ inv(cov).T for each row of x; torch.linalg.solve(cov, (x - mean).T).T avoids the inverse.",
+        hint=(
+            "The score is off. A got/expected ratio of −1 is the sign (the score points "
+            "towards the mean); an error that vanishes when the covariance is the identity "
+            "means the covariance multiplied where its inverse belongs (or a transpose on "
+            "the wrong side). Reread chapter 02, “The score of a Gaussian and of a Gaussian "
+            "mixture”."
+        ),
         output_names=("score",),
         package_functions=(f"{SCORE}.gaussian_score",),
     ),
@@ -185,10 +197,12 @@ EXERCISES = (
         tolerance_reason=ROUNDING_REASON
         + ", scaled by the largest component score |mu_k - x| / s_k^2 of each point",
         hint=(
-            "The score is sum_k r_k(x) (mu_k - x) / s_k^2 with responsibilities "
-            "r_k = softmax_k(log w_k + log N(x; mu_k, s_k^2 I)); keep the normalising constant "
-            "-D/2 log(2 pi s_k^2) (the stds differ) and use torch.softmax on the log-probabilities, "
-            "since far from the means every exp() underflows to 0."
+            "The score is off. NaN far from the means: the responsibilities were formed "
+            "from exponentiated densities, which underflow; work with log-probabilities and "
+            "normalise them together. Wrong only when the components' stds differ: the "
+            "Gaussian's normalising constant was dropped. Off by the component's std: each "
+            "component's score divides by its variance. Reread chapter 02, “The score of a "
+            "Gaussian and of a Gaussian mixture”."
         ),
         output_names=("score",),
         package_functions=(
@@ -209,9 +223,11 @@ EXERCISES = (
         },
         tolerance_reason="sums of up to 64 squares in a different order",
         hint=(
-            "With sigma as a column ((N, 1) when it is an (N,) tensor): x_noisy = x + sigma * noise, "
-            "and the loss is the mean over points of 0.5 * ||sigma * score_fn(x_noisy, sigma) + noise||^2 "
-            "(sum over D); pass sigma to score_fn as given."
+            "The loss is off. Twice the reference: the factor ½ is missing; D times "
+            "smaller: a mean over the dimensions where the squared norm sums them; much "
+            "larger, growing with σ: the sign of the noise term (the σ-scaled score should "
+            "cancel the noise, not add to it), or σ not shaped as one value per point. "
+            "Reread chapter 02, “Denoising score matching”."
         ),
         output_names=("loss",),
         package_functions=(f"{SCORE}.dsm_loss",),

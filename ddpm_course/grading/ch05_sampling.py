@@ -213,9 +213,14 @@ EXERCISES = (
         make_cases=cases_ddim_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + " (coefficients formed from floats)",
-        hint="sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev); then "
-        "x_prev = sqrt(abar_prev) pred_x0 + sqrt(1 - abar_prev - sigma**2) pred_eps + sigma noise. At "
-        "abar_prev = 1 sigma is 0 (and 1 - abar_prev - sigma**2 may round below 0: clamp it at 0).",
+        hint=(
+            "x_{t−1} is off. Wrong only when η > 0: σ_t, the added noise's std (DDIM's Eq. "
+            "(16)), or the direction's coefficient, which is what remains of 1 − ᾱ_{t−1} "
+            "after σ_t²; NaN at the last step, where ᾱ_{t−1} is 1: that remainder rounds "
+            "below zero and needs clamping. Wrong at η = 0: the x̂0 term takes √ᾱ_{t−1}. "
+            "Reread chapter 05, “1. DDIM: a family of processes with DDPM's marginals” (Eq. "
+            "(12) of the paper)."
+        ),
         package_functions=(
             f"{SAMPLERS}.ddim_step",
             f"{SAMPLERS}.ddim_sigma",
@@ -230,9 +235,13 @@ EXERCISES = (
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON
         + " (a product of up to 1000 terms, in float64)",
-        hint="Keep abar at the kept timesteps, S = timesteps (increasing): beta_i = 1 - abar[S_i] / "
-        "abar[S_{i-1}], with abar[S_{-1}] = 1 for the first one. Return a tensor of shape (len(S),) "
-        "in alphas_cumprod's dtype.",
+        hint=(
+            "The betas are off. Wrong only for the first kept step: it divides by ᾱ = 1 "
+            "(the clean image), not by the previous entry of the full table; all wrong: "
+            "each new beta compares ᾱ at consecutive kept timesteps, not the old betas at "
+            "those timesteps; a dtype message: the result keeps ᾱ's dtype. Reread chapter "
+            "05, “2. Which timesteps to visit”."
+        ),
         output_names=("betas",),
         package_functions=(f"{SAMPLERS}.respace",),
     ),
@@ -248,9 +257,13 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="theta is the arccos of a float32 dot product over up to 256 elements",
-        hint="Per example (flatten all but the first dimension): cos(theta) = <x0, x1> / (|x0| |x1|), "
-        "then sin((1 - f) theta) / sin(theta) * x0 + sin(f theta) / sin(theta) * x1, with the weights "
-        "reshaped to (N, 1, ..., 1). Clamp the cosine to [-1, 1] before arccos.",
+        hint=(
+            "The interpolation is off. Right at f = 0 and 1 but too short in between: a "
+            "linear blend; NaN: the cosine of the angle rounded just beyond ±1 before the "
+            "arccos; wrong for all but the first example: the angle must be one per "
+            "example, over all its pixels. Reread chapter 05, “5. Deterministic inversion "
+            "and interpolation” (slerp)."
+        ),
         package_functions=(f"{SAMPLERS}.slerp",),
     ),
     Exercise(
@@ -260,9 +273,13 @@ EXERCISES = (
         make_cases=cases_first_order,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by |x_s| + |pred_x0|",
-        hint="alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), h = lambda_t - lambda_s; "
-        "x_t = (sigma_t / sigma_s) x_s - alpha_t (exp(-h) - 1) pred_x0. At abar_t = 1, sigma_t = 0 and "
-        "lambda_t = +inf: exp(-h) = 0 and the step returns pred_x0 (math.log(0) raises; torch.log gives -inf).",
+        hint=(
+            "x_t is off. The step is in λ, the half log-SNR: h is the target's λ minus the "
+            "source's; a sign error in h sends the x̂0 coefficient the wrong way; NaN or an "
+            "error at ᾱ_t = 1: there σ_t is 0, λ_t is +∞ and the step must return x̂0 (a "
+            "float log of 0 raises). Reread chapter 05, “6. DPM-Solver++: an exponential "
+            "integrator in λ” (the first-order step is DDIM's)."
+        ),
         package_functions=(f"{SAMPLERS}.dpm_solver_2m_step", f"{SAMPLERS}.ddim_step"),
     ),
     Exercise(
@@ -272,8 +289,12 @@ EXERCISES = (
         make_cases=cases_inversion,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by |x_t| + |pred_eps|",
-        hint="The implied clean image is x0 = (x_t - sqrt(1 - abar_t) pred_eps) / sqrt(abar_t); the step up "
-        "is x_next = sqrt(abar_next) x0 + sqrt(1 - abar_next) pred_eps (abar_t = 1 for the clean image).",
+        hint=(
+            "x_{t+1} is off. Inversion runs the η = 0 DDIM step upwards: first the implied "
+            "clean image from x_t and the predicted noise, then the same two terms at the "
+            "higher noise level; wrong only from the clean image: there ᾱ_t is 1. Reread "
+            "chapter 05, “5. Deterministic inversion and interpolation”."
+        ),
         package_functions=(f"{SAMPLERS}.ddim_inversion_step", f"{SAMPLERS}.ddim_step"),
     ),
 )

@@ -161,7 +161,13 @@ EXERCISES = (
         make_cases=cases_cfg_combine,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by 1 + 2w (the size of the terms)",
-        hint="Ho & Salimans' Eq. (6): (1 + w) * eps_cond - w * eps_uncond; w = 0 gives eps_cond.",
+        hint=(
+            "The guided noise is off. An error proportional to w and to the gap between the "
+            "two predictions: the weights swapped, or the other convention (a scale s that "
+            "stands for 1 + w) mixed with this one; w of 0 must give the conditional "
+            "prediction. Reread chapter 06, “Classifier-free guidance” (Ho and Salimans' "
+            "Eq. (6))."
+        ),
         package_functions=(f"{GUIDANCE}.cfg_combine",),
     ),
     Exercise(
@@ -171,8 +177,13 @@ EXERCISES = (
         make_cases=cases_classifier_guided_eps,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by 1 + s",
-        hint="Dhariwal & Nichol's Eq. (14): eps - scale * sqrt(1 - alpha_bar_t) * grad; alpha_bar_t is "
-        "(N, 1, ..., 1) float64, so cast the coefficient to eps's dtype.",
+        hint=(
+            "The guided noise is off. An error proportional to the gradient: its "
+            "coefficient is the scale times √(1 − ᾱ_t) (not 1 − ᾱ_t, and with a minus sign: "
+            "guidance lowers ε along the class's log-likelihood gradient); a dtype message: "
+            "ᾱ_t comes in float64. Reread chapter 06, “Classifier guidance” (Dhariwal and "
+            "Nichol's Eq. (14))."
+        ),
         package_functions=(
             f"{GUIDANCE}.classifier_guided_eps",
             f"{GUIDANCE}.ClassifierGuidance",
@@ -185,8 +196,12 @@ EXERCISES = (
         make_cases=cases_replacement_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="known noised to t_prev, sqrt(abar) * known + sqrt(1 - abar) * noise with abar = "
-        "alphas_cumprod[t_prev] (and known itself when t_prev == -1), where mask is 1; x_prev elsewhere.",
+        hint=(
+            "x_{t−1} is off. Wrong only inside the mask: the known pixels must be noised to "
+            "the level t − 1, the one x_{t−1} has (not t); wrong outside: those pixels are "
+            "the sampler's x_{t−1}, untouched; wrong only at the last step: at t − 1 = −1 "
+            "the known pixels are put back clean. Reread chapter 06, “Inpainting”."
+        ),
         package_functions=(f"{GUIDANCE}.replacement_step", f"{GUIDANCE}.inpaint"),
     ),
     Exercise(
@@ -196,9 +211,13 @@ EXERCISES = (
         make_cases=cases_repaint_schedule,
         tolerances=EXACT,
         tolerance_reason="step indices are integers: the schedule must match exactly",
-        hint="Start at num_steps - 1 and step down to -1; on arriving at each j in range(0, num_steps - "
-        "jump_length, jump_length), go up jump_length steps and back down to j, resample - 1 times. "
-        "Return a 1-D int64 tensor of the visited indices.",
+        hint=(
+            "The visited indices differ (the case line gives the first difference). The "
+            "walk starts at num_steps − 1 and ends at −1; a jump back up happens on "
+            "arriving at every multiple of jump_length below num_steps − jump_length, "
+            "resample − 1 times, each going up jump_length steps and back down. Reread "
+            "chapter 06, “Inpainting” (RePaint's schedule)."
+        ),
         output_names=("times",),
         package_functions=(f"{GUIDANCE}.repaint_schedule",),
     ),
@@ -209,8 +228,12 @@ EXERCISES = (
         make_cases=cases_sr_model_input,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="torch.cat([x_t, F.interpolate(low_res, size=x_t.shape[-2:], mode='bicubic', "
-        "align_corners=False)], dim=1).",
+        hint=(
+            "The model input is off. Wrong channels: the noisy image comes first, then the "
+            "upsampled low-resolution image; small errors everywhere: another interpolation "
+            "than bicubic, or corners aligned; a shape message: upsample to x_t's height "
+            "and width. Reread chapter 06, “Super-resolution”."
+        ),
         package_functions=(
             f"{GUIDANCE}.sr_model_input",
             "ddpm_course.nn.sr_model_input",
@@ -223,8 +246,12 @@ EXERCISES = (
         make_cases=cases_sdedit_start,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="The forward process at t0: sqrt(alphas_cumprod[t0]) * guide + sqrt(1 - alphas_cumprod[t0]) * "
-        "noise, in guide's dtype.",
+        hint=(
+            "The start is off. SDEdit starts from the guide noised to t0 by the forward "
+            "process: the classic mistakes are those of q_sample (ᾱ in place of its square "
+            "root, the one-step α, the float64 table leaking into the dtype). Reread "
+            "chapter 06, “SDEdit”, and chapter 03's closed form of q(x_t | x_0)."
+        ),
         package_functions=(f"{GUIDANCE}.sdedit_start", f"{GUIDANCE}.sdedit"),
     ),
 )

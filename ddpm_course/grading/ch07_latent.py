@@ -142,7 +142,12 @@ EXERCISES = (
         make_cases=cases_reparameterize,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="z = mean + sigma * noise with sigma = exp(logvar / 2), element-wise.",
+        hint=(
+            "z is off. Too spread out: the noise was scaled by the variance, or by the "
+            "log-variance, where the std belongs (half the log-variance, exponentiated). "
+            "Reread chapter 07, “A small KL-regularised autoencoder” (the "
+            "reparameterisation trick)."
+        ),
         output_names=("z",),
         package_functions=(f"{LATENT}.reparameterize", f"{LATENT}.scale_latents"),
     ),
@@ -153,8 +158,13 @@ EXERCISES = (
         make_cases=cases_gaussian_kl,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by the sum of the terms' sizes",
-        hint="KL(N(mean, exp(logvar)) || N(0, 1)) = 0.5 * (mean**2 + exp(logvar) - 1 - logvar) per element; "
-        "sum over every dimension but the first, so that the result is (N,).",
+        hint=(
+            "The KL is off. Off by a factor 2: the ½; off by the number of latent values: a "
+            "mean where the sum over all but the first dimension belongs; not 0 at mean 0 "
+            "and log-variance 0: the −1 or the −log-variance term is missing. Reread "
+            "chapter 07, “A small KL-regularised autoencoder” (chapter 03 has the KL of two "
+            "Gaussians)."
+        ),
         output_names=("kl",),
         package_functions=(f"{LATENT}.gaussian_kl", f"{LATENT}.vae_loss"),
     ),
@@ -168,8 +178,12 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="a standard deviation over up to 512 values, summed in different orders",
-        hint="1 / std over every value of the batch (not per channel), with torch's default (unbiased) std; "
-        "return a 0-d tensor in the latents' dtype.",
+        hint=(
+            "The scale factor is off. By a factor √(n/(n − 1)) for n values: the biased std "
+            "where torch's default, the unbiased one, is meant; off by much more: one std "
+            "per channel, or the std itself where its reciprocal belongs. Reread chapter "
+            "07, “The scale factor”."
+        ),
         output_names=("scale_factor",),
         package_functions=(f"{LATENT}.estimate_scale_factor",),
     ),
@@ -180,8 +194,12 @@ EXERCISES = (
         make_cases=cases_scale_latents,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="Draw the posterior sample with the reparameterisation trick, then multiply by the scale factor: "
-        "z0 = scale_factor * (mean + exp(logvar / 2) * noise).",
+        hint=(
+            "z0 is off. The latent is a reparameterised sample of the posterior, then "
+            "scaled: off by the scale factor exactly means it was skipped or applied twice; "
+            "the reparameterize mistakes (variance where the std belongs) show here too. "
+            "Reread chapter 07, “The scale factor”."
+        ),
         output_names=("z0",),
         package_functions=(
             f"{LATENT}.scale_latents",
@@ -195,7 +213,12 @@ EXERCISES = (
         make_cases=cases_unscale_latents,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="The decoder was trained on unscaled latents: divide the sampled latents by the scale factor.",
+        hint=(
+            "The latents are off. A got/expected ratio equal to the scale factor: nothing "
+            "was undone; its square: the factor was applied again instead of undone. The "
+            "decoder was trained on unscaled latents. Reread chapter 07, “The scale "
+            "factor”."
+        ),
         output_names=("z",),
         package_functions=(
             f"{LATENT}.unscale_latents",
@@ -212,8 +235,12 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="dot products of up to 32 terms, then a softmax",
-        hint="scores = queries @ keys.transpose(-1, -2) / sqrt(d) with d = queries.shape[-1]; softmax over the "
-        "last dimension (the keys), so that each row sums to 1.",
+        hint=(
+            "The weights are off. Rows that do not sum to 1: the softmax ran over the "
+            "queries, not the keys; too peaked or too flat: the scores must be divided by "
+            "the square root of the key dimension, not by it or not at all. Reread chapter "
+            "07, “Conditioning by cross-attention”."
+        ),
         output_names=("weights",),
         package_functions=(
             f"{ATTENTION}.cross_attention_weights",

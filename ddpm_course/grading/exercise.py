@@ -277,10 +277,17 @@ class Exercise:
                     for i in torch.unravel_index(torch.tensor(flat), want64.shape)
                 )
                 where = f" at index {index}" if index else ""
+                want_value, got_value = want64[index].item(), got64[index].item()
+                # the ratio names a factor (√2, 2, -1, ...), the most common shape of a mistake
+                ratio = (
+                    f", got/expected {got_value / want_value:.4g}"
+                    if want_value != 0 and math.isfinite(got_value / want_value)
+                    else ""
+                )
                 return CaseResult(
                     False,
                     f"{label}largest error {difference[index].item():.2e}{where}: "
-                    f"expected {want64[index].item():.6g}, got {got64[index].item():.6g} "
+                    f"expected {want_value:.6g}, got {got_value:.6g}{ratio} "
                     f"(allowed error there: {allowed[index].item():.1e})",
                 )
             errors.append(largest)

@@ -130,3 +130,91 @@ def test_each_classic_vp_sde_mistake_fails_and_is_named(mistake, named):
     result = judged("vp_sde_path", student_vp(mistake), case)
     assert not result.passed
     assert named in result.message, result.message
+
+
+# --------------------------------------------------------------------------- langevin_chain
+def student_langevin(mistake: str | None = None):
+    def langevin_chain(score, x_init, step_size, noise):
+        x = x_init
+        for k in range(noise.shape[0]):
+            scale = {"sqrt eps": math.sqrt(step_size), "no noise": 0.0}.get(
+                mistake, math.sqrt(2 * step_size)
+            )
+            sign = -1.0 if mistake == "descent" else 1.0
+            x = x + sign * step_size * score(x) + scale * noise[k]
+        return x
+
+    return langevin_chain
+
+
+def test_a_correct_langevin_chain_passes():
+    for seed in (0, 1):
+        case = get_exercise("langevin_chain").cases(seed=seed)[0]
+        result = judged("langevin_chain", student_langevin(), case)
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("sqrt eps", "not sqrt(ε) z"),
+        ("no noise", "collapsed onto the mode"),
+        ("descent", "UP the score"),
+    ],
+)
+def test_each_classic_langevin_mistake_fails_and_is_named(mistake, named):
+    case = get_exercise("langevin_chain").cases(seed=0)[0]
+    result = judged("langevin_chain", student_langevin(mistake), case)
+    assert not result.passed
+    assert named in result.message, result.message
+
+
+# ----------------------------------------------------------------- annealed_langevin_sample
+def student_annealed(mistake: str | None = None):
+    def annealed_langevin_sample(score, sigmas, x_init, step_lr, noise):
+        x = x_init
+        levels = sigmas.tolist()
+        steps_each = noise.shape[0] // len(levels)
+        if mistake == "ascending":
+            levels = levels[::-1]
+        for i, sigma in enumerate(levels):
+            alpha = (
+                step_lr
+                if mistake == "unscaled step"
+                else step_lr * sigma**2 / levels[-1] ** 2
+            )
+            if mistake == "no annealing":
+                sigma, alpha = levels[-1], step_lr
+            for k in range(steps_each):
+                z = noise[i * steps_each + k]
+                noise_scale = (
+                    math.sqrt(alpha / 2)
+                    if mistake == "half noise"
+                    else math.sqrt(alpha)
+                )
+                x = x + alpha / 2 * score(x, sigma) + noise_scale * z
+        return x
+
+    return annealed_langevin_sample
+
+
+def test_a_correct_annealed_langevin_sampler_passes():
+    for seed in (0, 1):
+        case = get_exercise("annealed_langevin_sample").cases(seed=seed)[0]
+        result = judged("annealed_langevin_sample", student_annealed(), case)
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("no annealing", "never crossed between them"),
+        ("unscaled step", "never crossed between them"),
+        ("half noise", "sqrt(α_i) z"),
+    ],
+)
+def test_each_classic_annealing_mistake_fails_and_is_named(mistake, named):
+    case = get_exercise("annealed_langevin_sample").cases(seed=0)[0]
+    result = judged("annealed_langevin_sample", student_annealed(mistake), case)
+    assert not result.passed
+    assert named in result.message, result.message

@@ -147,9 +147,9 @@ def test_the_bug_hunt_passes_with_both_bugs_fixed(ddpm_case):
 @pytest.mark.parametrize(
     "fixed, named",
     [
-        ((), "told a t near 0"),  # the given code: the t bug shows first
-        (("beta",), "told a t near 0"),
+        ((), "1 - ᾱ_t / ᾱ_prev"),  # the given code: the β bug shows first
         (("t",), "1 - ᾱ_t / ᾱ_prev"),
+        (("beta",), "What t does the model see"),
     ],
 )
 def test_the_bug_hunt_fails_while_a_bug_is_left_and_names_it(ddpm_case, fixed, named):

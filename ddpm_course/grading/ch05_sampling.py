@@ -350,15 +350,17 @@ def _diagnose_ddpm(samples: torch.Tensor, expected: torch.Tensor, case: Case) ->
     spread = float(samples.double().std())
     if spread < 0.1:
         return (
-            f"the samples are almost flat (std {spread:.2f}; digits about 0.8): the model "
-            "removed almost no noise at any step, as it does when it is told a t near 0. "
-            "What t does the model see: the step's index k, or the trained timestep?"
+            f"the samples are almost flat (std {spread:.2f}; digits about 0.8): the steps "
+            "barely move x towards x̂0, and the last one (ᾱ_prev = 1) returns almost nothing, "
+            "as with the trained chain's tiny β_t. Between two VISITED timesteps the step's "
+            "β is that of the respaced process, 1 - ᾱ_t / ᾱ_prev (Appendix of Nichol & "
+            "Dhariwal 2021), in the posterior mean and variance, Eqs. (6)-(7)"
         )
     return (
         f"the samples spread with std {spread:.2f} (digits about 0.8) and are far from "
-        "digits: compare the step's β with that of the respaced process, 1 - ᾱ_t / ᾱ_prev "
-        "between two VISITED timesteps (Appendix of Nichol & Dhariwal 2021), not the "
-        "trained chain's β_t, and check the posterior mean and variance, Eqs. (6)-(7)"
+        "digits: the model removed the wrong amount of noise at each step, as it does when "
+        "it is told the wrong t. What t does the model see: the step's index k, or the "
+        "trained timestep?"
     )
 
 

@@ -178,6 +178,9 @@ class Exercise:
         judge: ``judge(case, outputs) -> CaseResult``, run in the grader's process (and in
             ``check()``) instead of comparing with the reference's outputs; ``reference`` is then
             the package's answer that the judge must accept (tests show it does).
+        copy_check: whether the copy check compares this exercise's answers with each other's
+            and the package's; False for a bug hunt, whose answers all start from the same
+            given code and differ from it by a few lines.
     """
 
     name: str
@@ -191,6 +194,7 @@ class Exercise:
     package_functions: tuple[str, ...] = field(default=())
     driver: str | None = None
     judge: Callable[[Case, tuple[torch.Tensor, ...]], CaseResult] | None = None
+    copy_check: bool = True
 
     @property
     def n_outputs(self) -> int:

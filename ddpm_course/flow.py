@@ -31,13 +31,14 @@ against the data (e.g. (N, 1, 1, 1)); they are formed in float64 and applied in 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .diffusion import Model, mean_flat
+from .score import _draw_batch
 from .utils import (
     cast_like,
     check_choice,
@@ -77,6 +78,7 @@ __all__ = [
     "flow_times",
     "flow_sample",
     "gaussian_mixture_velocity",
+    "train_toy_model",
     "path_straightness",
     "sliced_wasserstein",
 ]
@@ -615,6 +617,49 @@ def gaussian_mixture_velocity(
         torch.log(weights / weights.sum()) + log_density, dim=1
     )
     return (responsibilities[..., None] * velocities).sum(1).to(x.dtype)
+
+
+def train_toy_model(
+    model: torch.nn.Module,
+    process: Any,
+    data: torch.Tensor | Callable[..., torch.Tensor],
+    steps: int = 1500,
+    lr: float = 2e-3,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    r"""Train a model of low-dimensional points (e.g. :class:`~ddpm_course.mlp.MLP2D`) on the
+    loss of ``process``: a :class:`FlowMatching` (the velocity loss) or a
+    :class:`~ddpm_course.diffusion.GaussianDiffusion` (its ε, x0 or v loss), the same loop for
+    both, so that two objectives compare on equal terms.
+
+    Each step draws ``batch_size`` points (rows of a tensor ``data`` (M, D) with replacement, or
+    ``data(batch_size, generator=generator)``), then ``process.training_losses(model, x0,
+    generator=generator)`` draws t and the noise, and Adam takes one step; the learning rate
+    decays from ``lr`` to 0 on a cosine. Everything random comes from ``generator`` (CPU).
+    Returns the loss of every step; the model is left in eval mode.
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not lr > 0 or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"lr must be > 0 and batch_size a positive integer, got lr={lr}, "
+            f"batch_size={batch_size!r}"
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        x0 = _draw_batch(data, batch_size, generator, torch.device("cpu"))
+        loss = process.training_losses(model, x0, generator=generator)["loss"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
 
 
 def path_straightness(trajectory: torch.Tensor) -> torch.Tensor:

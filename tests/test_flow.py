@@ -848,3 +848,35 @@ def test_sliced_wasserstein_of_a_shift_is_its_length_times_the_mean_cosine():
     assert float(flow.sliced_wasserstein(x, shuffled)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="same shape"):
         flow.sliced_wasserstein(x, x[:10])
+
+
+def test_train_toy_model_learns_the_exact_velocity_of_gaussian_data():
+    from ddpm_course.mlp import MLP2D
+
+    def gaussian_data(n, generator):
+        return (
+            MU + STD * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        ).float()
+
+    def train(steps):
+        torch.manual_seed(0)
+        model = MLP2D(hidden=64, n_layers=2)
+        losses = flow.train_toy_model(
+            model, flow.FlowMatching(), gaussian_data, steps=steps,
+            generator=torch.Generator().manual_seed(1),
+        )  # fmt: skip
+        return model, losses
+
+    assert train(20)[1] == train(20)[1]  # everything random comes from the generator
+    model, _ = train(800)
+    x0 = gaussian_data(4000, torch.Generator().manual_seed(2)).double()
+    noise = gaussian_noise(4000, seed=3)
+    errors = []
+    for s in (0.25, 0.5, 0.75):
+        x_s = (1 - s) * x0 + s * noise
+        with torch.no_grad():
+            learned = model(x_s.float(), torch.full((4000,), 1000 * s)).double()
+        exact = exact_velocity(x_s, torch.tensor(s, dtype=torch.float64))
+        errors.append(float((learned - exact).pow(2).mean() / exact.pow(2).mean()))
+    # 800 steps bring it within 0.4% (when written); an untrained model is off by about 100%
+    assert max(errors) < 0.05, errors

@@ -1,11 +1,16 @@
 """Chapter 09's 2-D helpers in `flow`: the exact marginal velocity of Gaussian-mixture data
 (against a hand formula and against autograd's score of torch.distributions' mixture), path
 straightness and the sliced Wasserstein distance (against their closed forms on lines, arcs and
-shifts), and the toy training loop (against the exact velocity of Gaussian data)."""
+shifts), and the toy training loop (against the exact velocity of Gaussian data); then the
+committed results that chapter 09 reads (issue 23's acceptance, the 2-D runs, the flow model's
+schema)."""
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +138,52 @@ def test_train_toy_model_learns_the_exact_velocity_of_gaussian_data():
         errors.append(float((learned - exact).pow(2).mean() / exact.pow(2).mean()))
     # 800 steps bring it within 0.4% (when written); an untrained model is off by about 100%
     assert max(errors) < 0.05, errors
+
+
+# ---------------------------------------------------- the committed results of chapter 09
+RESULTS = Path(__file__).parent.parent / "book" / "results"
+
+
+def test_chapter_09_edm_heun_reaches_ddim_50_within_20_evaluations():
+    """Issue 23's acceptance: EDM-Heun on `fashion` at <= 20 NFE, median FD over 3 seeds at
+    n = 1,000, no worse than DDIM-50's at the same n."""
+    results = json.loads((RESULTS / "fashion_eval.json").read_text())
+    edm_rows = [r for r in results["nfe"]["rows"] if r["sampler"] == "edm-heun"]
+    ddim_50 = results["fashion"]
+    assert edm_rows and all(r["nfe"] <= 20 and len(r["fd"]) == 3 for r in edm_rows)
+    assert results["nfe"]["n"] == ddim_50["n"] == 1000
+    assert min(statistics.median(r["fd"]) for r in edm_rows) <= ddim_50["median_fd"]
+
+
+def test_chapter_09_two_d_results_are_complete_and_recorded():
+    results = json.loads((RESULTS / "09_flow_2d.json").read_text())
+    assert results["command"].startswith(
+        "OMP_NUM_THREADS=1 python -m ddpm_course.experiments.flow_2d"
+    )
+    seeds = len(results["seeds"])
+    variants = {row["variant"] for row in results["rows"]}
+    assert variants == {"flow-uniform", "flow-logit-normal", "vp-eps"} and seeds == 5
+    for row in results["rows"]:
+        assert len(row["values"]) == seeds
+        assert row["median"] == statistics.median(row["values"])
+        # every model is farther from the data than a second draw of the data
+        assert row["min"] > results["floor"]["median"]
+
+
+def test_chapter_09_flow_model_results_have_the_schema_the_page_reads():
+    results = json.loads((RESULTS / "fashion_eval.json").read_text())
+    if "flow" not in results:
+        pytest.skip(
+            "fashion_eval.json has no 'flow' section yet (fashion-flow not shipped)"
+        )
+    flow_eval, curve = results["flow"], results["flow_curve"]
+    assert flow_eval["n"] == curve["n"] == 1000 and flow_eval["seeds"] == [0, 1, 2]
+    rows = {(r["sampler"], r["steps"]): r for r in flow_eval["rows"]}
+    for steps in (5, 10, 20, 50):
+        assert rows[("flow-euler", steps)]["nfe"] == steps
+    for steps in (5, 10):
+        assert rows[("flow-heun", steps)]["nfe"] == 2 * steps - 1
+    assert all(len(r["fd"]) == 3 for r in rows.values())
+    assert flow_eval["train_minutes"] > 0 and {"flow", "flow_curve"} <= set(
+        results["commands"]
+    )

@@ -27,6 +27,9 @@ __all__ = [
     "TinyDenoiser",
     "tiny_denoiser",
     "train_tiny_denoiser",
+    "TinyVelocity",
+    "tiny_velocity",
+    "train_tiny_flow",
     "in_place",
     "guided_ddim",
     "TinyVAE",
@@ -94,6 +97,71 @@ def train_tiny_denoiser(training_step: Callable[..., Any], seed: int, images: to
                 "training_step returned None; return the loss (a 0-d tensor)"
             )
         losses.append(float(torch.as_tensor(loss).detach()))
+    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(
+        losses
+    )
+
+
+# ------------------------------------------------ chapter 09: a flow-matching loss, trained
+class TinyVelocity(nn.Module):
+    """A velocity model for 2-D points: ``model(x_s, s) -> (N, 2)``, s (N,) the flow time in [0, 1].
+
+    An MLP on the point; s enters through fixed random Fourier features and a linear layer added
+    to the first hidden layer. ``model(x_s)`` (s left out) runs without any time input, so a
+    loss that forgets s trains a model that never learns when it is.
+    """
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        frequencies = torch.randn(8, generator=torch.Generator().manual_seed(0)) * 4.0
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.time = nn.Linear(16, hidden)
+        self.inp = nn.Linear(2, hidden)
+        self.mid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(x)
+        if s is not None:
+            s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1)
+            angles = 2 * torch.pi * s.expand(x.shape[0])[:, None] * self.frequencies
+            h = h + self.time(torch.cat([angles.sin(), angles.cos()], dim=1))
+        return self.out(F.silu(self.mid(F.silu(h))))
+
+
+def tiny_velocity(seed: int) -> TinyVelocity:
+    """The :class:`TinyVelocity` initialised from ``seed`` (without touching the global random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyVelocity()
+
+
+def train_tiny_flow(flow_matching_loss: Callable[..., Any], seed: int, points: torch.Tensor,
+                    steps: int, batch_size: int, lr: float):  # fmt: skip
+    """Train a :func:`tiny_velocity` of ``seed`` with Adam at ``lr`` for ``steps`` steps, each on
+    ``flow_matching_loss(model, x0, noise, s)``: x0 a random batch of ``points`` (N, 2), noise
+    ~ N(0, I) and s ~ U(0, 1) (batch_size,), drawn here. Returns ``(weights, losses)``: the final
+    parameters as one vector and the (steps,) losses."""
+    model = tiny_velocity(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)  # the noise and the times
+    batches = torch.Generator().manual_seed(seed + 1)  # which points each step sees
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(0, points.shape[0], (batch_size,), generator=batches)
+        x0 = points[index]
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        s = torch.rand(batch_size, generator=generator, dtype=x0.dtype)
+        loss = flow_matching_loss(model, x0, noise, s)
+        if not torch.is_tensor(loss) or loss.ndim != 0:
+            raise TypeError(
+                "flow_matching_loss must return the loss as a 0-d tensor (a mean), got "
+                f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}"
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
     return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(
         losses
     )
@@ -194,6 +262,7 @@ def train_tiny_vae(training_step: Callable[..., Any], seed: int, images: torch.T
 
 DRIVERS: dict[str, Callable[..., Any]] = {
     "train_tiny_denoiser": train_tiny_denoiser,
+    "train_tiny_flow": train_tiny_flow,
     "in_place": in_place,
     "guided_ddim": guided_ddim,
     "train_tiny_vae": train_tiny_vae,

@@ -15,6 +15,7 @@ from . import (
     ch05_sampling,
     ch06_guidance,
     ch07_latent,
+    ch09_flow,
 )
 from .exercise import Exercise
 
@@ -28,6 +29,7 @@ CHAPTERS = (
     ch05_sampling,
     ch06_guidance,
     ch07_latent,
+    ch09_flow,
 )
 
 EXERCISES: dict[str, Exercise] = {

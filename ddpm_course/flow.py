@@ -278,6 +278,10 @@ class FlowMatching:
     scale (``time_scale=num_timesteps`` in :func:`flow_sample`).
     """
 
+    default_sampler = (
+        "flow-euler"  # what the trainer's grids and `ddpm-course sample` use
+    )
+
     def __init__(
         self,
         num_timesteps: int = 1000,
@@ -304,6 +308,11 @@ class FlowMatching:
         self.num_timesteps = num_timesteps
         self.logit_mean = logit_mean
         self.logit_std = logit_std
+
+    @property
+    def time_scale(self) -> float:
+        """The network's time input at s = 1 (T): ``model(x_s, time_scale·s)``."""
+        return float(self.num_timesteps)
 
     def __repr__(self) -> str:
         return f"FlowMatching(T={self.num_timesteps}, time_sampling={self.time_sampling!r})"

@@ -106,3 +106,47 @@ def test_the_driver_returns_the_weights_and_the_losses(cases):
     )
     assert weights.ndim == 1 and losses.shape == (ch04.STEPS,)
     assert float(losses[-20:].mean()) < float(losses[:20].mean())  # it trained
+
+
+# --------------------------------------------------------------------------- v_training_step
+def student_v_step(mistake: str | None = None):
+    """A v-objective training step as a student writes it, with at most one classic mistake."""
+
+    def v_training_step(model, optimizer, x0, alphas_cumprod, generator):
+        n = x0.shape[0]
+        t = torch.randint(0, alphas_cumprod.shape[0], (n,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        target = {
+            "sign": (1 - abar).sqrt() * x0 - abar.sqrt() * noise,
+            "swapped": (1 - abar).sqrt() * noise - abar.sqrt() * x0,
+            "eps": noise,
+        }.get(mistake, abar.sqrt() * noise - (1 - abar).sqrt() * x0)
+        loss = F.mse_loss(model(x_t, t), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return v_training_step
+
+
+def test_the_correct_v_step_passes(cases):
+    spec = get_exercise("v_training_step")
+    for step in (spec.reference, student_v_step()):
+        result = spec.grade_case(cases[0], spec.call(step, cases[0].args))
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [("sign", "learned -v"), ("swapped", "coefficients are swapped"), ("eps", "not ε")],
+)
+def test_each_classic_v_mistake_fails_and_is_named(cases, mistake, named):
+    spec = get_exercise("v_training_step")
+    result = spec.grade_case(
+        cases[0], spec.call(student_v_step(mistake), cases[0].args)
+    )
+    assert not result.passed
+    assert named in result.message, result.message

@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import torch
 
+from ..diffusion import GaussianDiffusion
 from ..ema import ema_update
 from ..nn import timestep_embedding
 from ..schedules import cosine, get_betas
@@ -249,6 +250,88 @@ def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRe
     )
 
 
+# --------------------------------------------------------------------------- v_training_step
+V_THRESHOLD = (
+    0.25  # held-out x0-MSE from v: the correct step 0.165 on both seed-0 cases; the
+)
+# mistakes 0.41 (coefficients swapped), 0.53 (ε as the target), 1.1 (v's sign flipped)
+
+
+def reference_v_training_step(model, optimizer, x0, alphas_cumprod, generator):
+    betas = _diffusion_from_alphas_cumprod(alphas_cumprod.double()).betas
+    diffusion = GaussianDiffusion(betas, objective="v")
+    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    loss = diffusion.training_losses(model, x0, t, noise=noise)["loss"].mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def held_out_v(seed: int, weights: torch.Tensor) -> dict[str, float]:
+    """What weights trained for v do on the held-out digits: the x0-MSE of
+    x̂0 = sqrt(ᾱ) x_t - sqrt(1 - ᾱ) v̂ (the graded number), and the MSE of the raw output
+    against the noise and against v with its coefficients swapped."""
+    model = tiny_denoiser(seed, T_TINY)
+    torch.nn.utils.vector_to_parameters(weights.float(), model.parameters())
+    x0, t, noise, x_t = _held_out()
+    abar = _tiny_alphas_cumprod()[t].view(-1, 1, 1, 1)
+    out = model(x_t, t)
+    return {
+        "x0_mse": float(
+            ((abar.sqrt() * x_t - (1 - abar).sqrt() * out - x0) ** 2).mean()
+        ),
+        "as_noise": float(((out - noise) ** 2).mean()),
+        "as_swapped": float(
+            ((out - ((1 - abar).sqrt() * noise - abar.sqrt() * x0)) ** 2).mean()
+        ),
+    }
+
+
+def judge_v_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseResult:
+    """Pass when the x0 read from the trained model's v on held-out digits has an MSE below
+    :data:`V_THRESHOLD`; otherwise say which classic mistake it looks like."""
+    weights, seed = outputs[0], case.args[0]
+    if weights.shape != (
+        sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),
+    ):
+        return CaseResult(
+            False, f"the driver returned weights of shape {tuple(weights.shape)}"
+        )
+    if not bool(weights.isfinite().all()):
+        return CaseResult(
+            False, "the weights became NaN or infinite: the training diverged"
+        )
+    stats = held_out_v(seed, weights)
+    loss = stats["x0_mse"]
+    measured = (
+        f"held-out error of x̂0 = sqrt(ᾱ) x_t - sqrt(1 - ᾱ) v̂: MSE {loss:.3f} (must be below "
+        f"{V_THRESHOLD})"
+    )
+    if loss < V_THRESHOLD:
+        return CaseResult(True, measured)
+    if loss > 0.8:
+        why = (
+            "x̂0 comes out anti-correlated with x0: the model learned -v. v = sqrt(ᾱ) ε - "
+            "sqrt(1 - ᾱ) x0 (Salimans & Ho 2022, Sec. 4), the noise with the plus sign"
+        )
+    elif stats["as_noise"] < stats["as_swapped"] and stats["as_noise"] < 0.5:
+        why = (
+            f"the model's output is closer to the noise ε (MSE {stats['as_noise']:.3f}) than "
+            "to v: the target is v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0, not ε"
+        )
+    elif stats["as_swapped"] < 0.5:
+        why = (
+            f"the model learned sqrt(1 - ᾱ) ε - sqrt(ᾱ) x0 (MSE {stats['as_swapped']:.3f}): the "
+            "coefficients are swapped; v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0"
+        )
+    else:
+        why = "check t, ε, x_t, the target v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x0, the MSE and the update"
+    return CaseResult(False, f"{measured}: {why}")
+
+
 DIFFUSION = "ddpm_course.diffusion.GaussianDiffusion"
 EXERCISES = (
     Exercise(
@@ -344,5 +427,20 @@ EXERCISES = (
         package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.q_sample"),
         driver="train_tiny_denoiser",
         judge=judge_training_step,
+    ),
+    Exercise(
+        name="v_training_step",
+        signature="v_training_step(model, optimizer, x0, alphas_cumprod, generator)",
+        reference=reference_v_training_step,
+        make_cases=cases_training_step,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the held-out error of the x0 "
+        "that the trained model's v gives",
+        hint="The step of training_step with the target v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 "
+        "(Salimans & Ho 2022) in place of ε.",
+        output_names=("weights", "losses"),
+        package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.predict_v"),
+        driver="train_tiny_denoiser",
+        judge=judge_v_training_step,
     ),
 )

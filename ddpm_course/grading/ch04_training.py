@@ -282,8 +282,8 @@ def reference_v_training_step(model, optimizer, x0, alphas_cumprod, generator):
 V_MISTAKES = {
     "minus_v": "the sign of v is flipped: in v the noise carries the plus sign and the "
     "clean image the minus sign",
-    "swapped": "the two coefficients are swapped: the noise is weighted by the square root "
-    "of ᾱ_t, the clean image by the square root of 1 - ᾱ_t",
+    "swapped": "the two coefficients are swapped: in v the noise is weighted by the square "
+    "root of ᾱ_t and the clean image by that of 1 − ᾱ_t",
     "noise": "the target is still the noise ε, as in exercise 5, not v",
     "x0": "the target is the clean image x0, not v",
 }

@@ -428,8 +428,14 @@ EXERCISES = (
             make_cases=cases_flow_interpolant,
             tolerances=ROUNDING,
             tolerance_reason=ROUNDING_REASON,
-            hint="s has shape (N,): reshape it to (N, 1, ..., 1) to broadcast; "
-            "x_s = (1 - s) x0 + s noise (s = 1 is pure noise), velocity = noise - x0.",
+            hint=(
+                "The point or its target is off. The path mixes the data and the noise linearly "
+                "in s, all data at s 0 and all noise at s 1, and the target is the path's "
+                "constant velocity, the noise minus the data (its sign says which way s runs); "
+                "classic mistakes: the weights of data and noise swapped, the target's sign "
+                "flipped, s left as a flat (N,) vector that does not broadcast over the image. "
+                "Reread chapter 09, “1. Conditional flow matching on 2-D data”."
+            ),
             output_names=("x_s", "velocity"),
             package_functions=(
                 f"{FLOW}.flow_interpolant",
@@ -449,8 +455,13 @@ EXERCISES = (
             make_cases=cases_flow_step,
             tolerances=ROUNDING,
             tolerance_reason=ROUNDING_REASON,
-            hint="One evaluation of the velocity at the current point and time, times the "
-            "(negative) step s_next - s.",
+            hint=(
+                "The next point is off. One Euler step evaluates the velocity once, at the "
+                "current point and time, and moves by it times the step from s to s_next, which "
+                "is negative when sampling towards the data; classic mistakes: the step's sign, "
+                "the velocity taken at s_next. Reread chapter 09, “DDIM is the Euler step of "
+                "the flow ODE”."
+            ),
             output_names=("x_next",),
             package_functions=(f"{FLOW}.euler_step", f"{FLOW}.flow_sample"),
         ),
@@ -467,8 +478,13 @@ EXERCISES = (
             make_cases=cases_flow_step,
             tolerances=ROUNDING,
             tolerance_reason=ROUNDING_REASON,
-            hint="An Euler step to s_next first; then the velocity at that predicted point and "
-            "s_next; the step uses the average of the two velocities.",
+            hint=(
+                "The next point is off. Heun's step predicts with an Euler step, evaluates the "
+                "velocity again at the predicted point and s_next, and moves from the starting "
+                "point by the average of the two velocities; classic mistakes: moving from the "
+                "predicted point, using only the second velocity. Reread chapter 09, “4. EDM: "
+                "preconditioning, the ρ schedule and Heun's sampler”."
+            ),
             output_names=("x_next",),
             package_functions=(
                 f"{FLOW}.heun_step",
@@ -492,9 +508,13 @@ EXERCISES = (
             make_cases=cases_edm_sigma_schedule,
             tolerances={torch.float64: Tolerance(rtol=1e-12, atol=1e-14)},
             tolerance_reason="a power of a float64 interpolation: a few roundings",
-            hint="Interpolate sigma_max ** (1 / rho) to sigma_min ** (1 / rho) in `steps` points "
-            "(i / (steps - 1), i = 0..steps-1), raise to rho, then append a final 0: steps + 1 "
-            "values in float64, from sigma_max down to 0.",
+            hint=(
+                "The noise levels are off. Karras et al. space the levels evenly in σ to the "
+                "power 1/ρ, from σ_max down to σ_min, raise them back to the power ρ, and "
+                "append a final 0 (steps plus one values); classic mistakes: spacing in σ "
+                "itself, the order reversed, the final 0 missing. Reread chapter 09, “4. EDM: "
+                "preconditioning, the ρ schedule and Heun's sampler”."
+            ),
             output_names=("sigmas",),
             package_functions=(f"{EDM}.edm_sigmas", f"{EDM}.edm_sample"),
         ),
@@ -514,8 +534,13 @@ EXERCISES = (
             tolerances=ROUNDING,
             tolerance_reason=ROUNDING_REASON
             + ", scaled by 1 / alpha (the division by alpha)",
-            hint="alpha and sigma have shape (N,): reshape them to (N, 1, ..., 1). Solve "
-            "x = alpha x0 + sigma eps for x0, then the velocity is eps - x0.",
+            hint=(
+                "The velocity is off. From x and the predicted noise, solve the path's equation "
+                "for the clean image; the velocity is the noise minus that image; classic "
+                "mistakes: the target's sign flipped, α and σ swapped, coefficients left as "
+                "flat (N,) vectors that do not broadcast. Reread chapter 09, “2. One view: "
+                "paths, predictions and weightings”."
+            ),
             output_names=("velocity",),
             package_functions=(
                 f"{FLOW}.velocity_from_x0_eps",
@@ -536,8 +561,15 @@ EXERCISES = (
         make_cases=cases_flow_matching_loss,
         tolerances=ROUNDING,
         tolerance_reason="not compared element-wise: judged by the samples of the trained model",
-        hint="x_s = (1 - s) x0 + s noise with s shaped (N, 1); the loss is the mean of "
-        "(model(x_s, s) - (noise - x0)) ** 2.",
+        hint=(
+            "The trained model's samples are off. The loss draws a time and noise per "
+            "example, forms the point of the linear path at that time, and compares the "
+            "model's output there with the path's velocity (the noise minus the data) by "
+            "the mean squared error; the model's time input is scaled as the chapter's "
+            "models take it. Classic mistakes, each named when the samples show it: the "
+            "velocity's sign flipped, s and 1 − s swapped. Reread chapter 09, “1. "
+            "Conditional flow matching on 2-D data”."
+        ),
         output_names=("weights", "losses"),
         package_functions=(f"{FLOW}.FlowMatching", f"{FLOW}.flow_interpolant"),
         driver="train_tiny_flow",

@@ -15,6 +15,7 @@ from . import (
     ch05_sampling,
     ch06_guidance,
     ch07_latent,
+    ch08_evaluation,
 )
 from .exercise import Exercise
 
@@ -28,6 +29,7 @@ CHAPTERS = (
     ch05_sampling,
     ch06_guidance,
     ch07_latent,
+    ch08_evaluation,
 )
 
 EXERCISES: dict[str, Exercise] = {

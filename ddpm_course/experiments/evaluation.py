@@ -272,8 +272,9 @@ def _fds(make, seeds: list[int]) -> tuple[dict[str, Any], torch.Tensor]:
     return _summary(values), shown
 
 
-def gallery_section(n: int, seeds: list[int]) -> tuple[dict, dict]:
-    """Each bug of the pixel and latent models beside its fix, FD at ``n`` over ``seeds``."""
+def gallery_section(n: int, seeds: list[int], steps: int = 20) -> tuple[dict, dict]:
+    """Each bug of the pixel and latent models beside its fix, FD at ``n`` over ``seeds``
+    (the first three rows with ``steps`` sampling steps, the spacing rows with 10)."""
     model, diffusion = _fashion()
     rows, images = [], {}
 
@@ -296,7 +297,7 @@ def gallery_section(n: int, seeds: list[int]) -> tuple[dict, dict]:
 
         return make
 
-    add("none", "fixed", ddim(50))
+    add("none", "fixed", ddim(steps))
     # noise on the final step: one ancestral trajectory, ended both ways
     endings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for seed in seeds:
@@ -304,7 +305,7 @@ def gallery_section(n: int, seeds: list[int]) -> tuple[dict, dict]:
         fixed, broken = [], []
         for s in range(0, n, 250):
             shape = (min(250, n - s), 1, 28, 28)
-            x_1, respaced = ancestral_until_last(model, diffusion, shape, 50,
+            x_1, respaced = ancestral_until_last(model, diffusion, shape, steps,
                                                  generator=generator)  # fmt: skip
             fixed.append(last_step(model, respaced, x_1))
             broken.append(last_step(model, respaced, x_1, True, generator))
@@ -312,7 +313,7 @@ def gallery_section(n: int, seeds: list[int]) -> tuple[dict, dict]:
     sigma = float((0.5 * respaced.schedule.posterior_log_variance_clipped[0]).exp())
     add("final_noise", "fixed", lambda seed: endings[seed][0])
     add("final_noise", "broken", lambda seed: endings[seed][1])
-    add("schedule", "broken", ddim(50, diff=with_schedule(diffusion, "linear")))
+    add("schedule", "broken", ddim(steps, diff=with_schedule(diffusion, "linear")))
     add("spacing", "fixed", ddim(10, "trailing"))
     add("spacing", "broken", ddim(10, "leading"))
     add("unclipped", "broken", ddim(10, "trailing", clip=False))
@@ -349,14 +350,15 @@ def gallery_section(n: int, seeds: list[int]) -> tuple[dict, dict]:
         "n": n,
         "seeds": seeds,
         "floor": floor,
+        "steps": steps,
         "final_step_sigma": sigma,
         "latent_scale_factor": float(ldm.scale_factor),
         "rows": rows,
         "notes": {
-            "none": "fashion, DDIM-50 trailing, x0 clipped",
-            "final_noise": "ancestral 50 respaced steps (trailing, x0 clipped); broken: "
+            "none": f"fashion, DDIM-{steps} trailing, x0 clipped",
+            "final_noise": f"ancestral {steps} respaced steps (trailing, x0 clipped); broken: "
             "sigma z also added on the last step, one trajectory ended both ways",
-            "schedule": "DDIM-50 with the linear schedule's alpha-bars (trained: sigmoid)",
+            "schedule": f"DDIM-{steps} with the linear schedule's alpha-bars (trained: sigmoid)",
             "spacing": "DDIM-10, x0 clipped; broken: leading spacing",
             "unclipped": "DDIM-10 trailing without clipping x0",
             "dpm_unclipped": "DPM-Solver++(2M), 10 steps, trailing; broken: x0 unclipped",

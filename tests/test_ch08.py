@@ -302,7 +302,7 @@ def test_find_copies_cases_plant_exactly_the_copies_the_judge_counts():
             assert int(truth.sum()) == 60  # 60 near-copies and 60 test digits per case
             d, _ = metrics.nearest_neighbours(samples, train, k=2)
             # a wide margin between the two kinds: the judge's truth is not a close call
-            assert (d[truth, 0] / d[truth, 1]).max() < 0.15
+            assert (d[truth, 0] / d[truth, 1]).max() < 0.25
             assert (d[~truth, 0] / d[~truth, 1]).min() > 0.4
 
 

@@ -6,23 +6,20 @@ Sections (``--only``; each rewrites its own key of the JSON file named by ``--ou
 its command under ``commands``):
 
 * ``fd``: FD and KID against n, for real training images (five subsets per n) and for the
-  shipped ``fashion`` model's DDIM-50 samples (a pool of 1,000 per seed, subsets of it);
-* ``memorisation``: nearest-neighbour distances of 1,000 samples of ``fashion`` to the 60,000
-  training images, beside those of 1,000 test images, in pixels and in classifier features;
+  shipped ``fashion`` model's DDIM-50 samples (a pool of ``--pool-size`` from the first seed,
+  subsets of it);
+* ``memorisation``: nearest-neighbour distances of that pool to the 60,000 training images,
+  beside those of as many test images, in pixels and in classifier features;
 * ``likelihood``: the variational bound of ``fashion`` in bits/dim on test images (unbiased
   stratified estimate, :func:`~ddpm_course.metrics.vlb_bits_per_dim`) and where its bits go
   over t, beside Gaussians fitted to the training set and the uniform 8 bits;
 * ``gallery``: the bugs of :mod:`ddpm_course.pitfalls` and the samplers' flags, broken and
   fixed, FD at ``--n-gallery`` over the seeds (the floor at the same n);
-* ``guidance``: ``fashion-cond`` at a guidance scale far too high, with chapter 06's sampler
-  and measures, plus saturation and within-class diversity against the test images';
-* ``time_embedding``: the ``digits-fast`` U-Net trained for ``--train-steps`` with and without
-  its time input (:class:`~ddpm_course.pitfalls.TimeBlind`), FD on the digits;
 * ``duplication``: the ``digits-fast`` U-Net trained on 16×16 Fashion-MNIST images of which
   groups appear 1, 4, 16 and 64 times; how often its samples copy each group.
 
-Samples of ``fashion`` drawn by ``fd`` are cached in ``--cache`` (default
-``runs/08_evaluation``) for ``memorisation`` and ``gallery``.
+The pool drawn by ``fd`` is cached in ``--cache`` (default ``runs/08_evaluation``) for
+``memorisation``.
 """
 
 from __future__ import annotations
@@ -40,15 +37,12 @@ from safetensors.torch import save_file
 
 from ..checkpoint import atomic_write
 from ..config import TrainConfig
-from ..data import digits, fashion_mnist
+from ..data import fashion_mnist
 from ..latent import latent_sample
 from ..metrics import (
-    digits_fd,
-    digits_fd_floor,
     fashion_fd,
     fashion_fd_floor,
     fashion_features,
-    fashion_predict,
     fashion_test_features,
     frechet_distance,
     gaussian_bits_per_dim,
@@ -56,11 +50,9 @@ from ..metrics import (
     kernel_inception_distance,
     memorisation,
     nearest_neighbours,
-    precision_recall,
     vlb_bits_per_dim,
 )
 from ..pitfalls import (
-    TimeBlind,
     ancestral_until_last,
     duplicated_dataset,
     last_step,
@@ -69,15 +61,13 @@ from ..pitfalls import (
 from ..pretrained import load_pretrained
 from ..samplers import ddim_sample, sample
 from ..train import Trainer
-from .fashion_models import balanced_labels, draw_conditional
+from .fashion_models import balanced_labels
 
 SECTIONS = (
     "fd",
     "memorisation",
     "likelihood",
     "gallery",
-    "guidance",
-    "time_embedding",
     "duplication",
 )
 SHOWN = 8  # images stored per variant
@@ -370,53 +360,6 @@ def gallery_section(n: int, seeds: list[int], steps: int = 20) -> tuple[dict, di
     return result, images
 
 
-def guidance_section(
-    scales: list[float], n: int, steps: int, seeds: list[int]
-) -> tuple[dict, dict]:
-    """``fashion-cond`` at each guidance scale with chapter 06's sampler and measures (the
-    same seeds, so each image of one scale has its twin from the same noise at the other)."""
-    model, diffusion, _ = load_pretrained("fashion-cond", device="cpu")
-    model = model.float()
-    labels = balanced_labels(n)
-    test, test_labels = fashion_mnist("test")
-    reference = fashion_test_features()[:n]
-
-    def diversity(features: torch.Tensor, classes: torch.Tensor) -> float:
-        per_class = []
-        for label in classes.unique():
-            group = features[classes == label].double()
-            m = group.shape[0]
-            per_class.append(float(torch.cdist(group, group).sum() / (m * (m - 1))))
-        return statistics.fmean(per_class)
-
-    def saturation(images: torch.Tensor) -> float:
-        # pixels at the extremes, not counting the background (near -1 in real images too)
-        return float((images > 0.98).double().mean())
-
-    rows, shown = [], {}
-    for scale, seed in ((scale, seed) for scale in scales for seed in seeds):
-        images = draw_conditional(model, diffusion, labels, steps, seed, scale)
-        features = fashion_features(images)
-        rows.append({
-            "scale": scale, "seed": seed, "fd": fashion_fd(images),
-            **precision_recall(reference, features),
-            "accuracy": float((fashion_predict(images) == labels).double().mean()),
-            "diversity": diversity(features, labels),
-            "saturation": saturation(images),
-        })  # fmt: skip
-        if seed == seeds[0]:
-            shown[f"scale_{scale:g}"] = to_uint8(images[:10])
-        print(rows[-1], flush=True)
-    real = test[:n]
-    return {
-        "scales": scales, "n": n, "steps": steps, "seeds": seeds, "rows": rows,
-        "sampler": "ddim, x0 clipped, balanced labels (chapter 06's draw_conditional)",
-        "test_diversity": diversity(reference, test_labels[:n]),
-        "test_saturation": saturation(real),
-        "saturation_definition": "fraction of pixels above 0.98 (white end)",
-    }, shown  # fmt: skip
-
-
 def _train(model: torch.nn.Module, data: torch.Tensor, steps: int, seed: int):
     """``steps`` of the digits-fast recipe (Trainer.train_step) on ``data``; the EMA model."""
     config = TrainConfig.from_preset(
@@ -429,40 +372,6 @@ def _train(model: torch.nn.Module, data: torch.Tensor, steps: int, seed: int):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=batches)
         trainer.train_step(data[index])
     return trainer.ema_model.eval(), trainer.diffusion, time.process_time() - start
-
-
-def time_embedding_section(steps: int, n: int, seeds: list[int]) -> tuple:
-    """digits-fast trained with and without its time input, same steps and seed."""
-    from ..config import build_model
-
-    train, _ = digits(16, "train")
-    config = TrainConfig.from_preset("digits-fast")
-    rows, images = [], {}
-    for variant in ("fixed", "broken"):
-        torch.manual_seed(0)
-        network = build_model(config)
-        model = TimeBlind(network) if variant == "broken" else network
-        ema, diffusion, cpu = _train(model, train, steps, seed=0)
-        fds = []
-        for seed in seeds:
-            generator = torch.Generator().manual_seed(seed)
-            samples = ddim_sample(
-                ema, diffusion, (n, 1, 16, 16), 50, generator=generator
-            )
-            fds.append(digits_fd(samples))
-            if seed == seeds[0]:
-                images[variant] = to_uint8(samples[:16])
-        rows.append({"variant": variant, "fd": _summary(fds),
-                     "train_cpu_seconds": round(cpu, 1)})  # fmt: skip
-        print(rows[-1], flush=True)
-    floors = [
-        digits_fd_floor(n, generator=torch.Generator().manual_seed(k)) for k in range(5)
-    ]
-    return {
-        "preset": "digits-fast", "train_steps": steps, "train_seed": 0, "n": n,
-        "seeds": seeds, "sampler": "ddim, 50 steps, trailing, x0 clipped",
-        "floor": _summary(floors), "rows": rows,
-    }, images  # fmt: skip
 
 
 def duplication_section(
@@ -540,10 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("runs/08_evaluation"))
     parser.add_argument("--pool-size", type=int, default=1000, help="samples per seed")
     parser.add_argument("--n-gallery", type=int, default=300)
-    parser.add_argument("--guidance-scale", type=float, default=12.0)
     parser.add_argument("--likelihood-images", type=int, default=1000)
     parser.add_argument("--likelihood-draws", type=int, default=10)
-    parser.add_argument("--train-steps", type=int, default=900)
     parser.add_argument("--dup-steps", type=int, default=3000)
     args = parser.parse_args(argv)
     words = sys.argv[1:] if argv is None else argv
@@ -567,12 +474,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif section == "gallery":
             value, images = gallery_section(args.n_gallery, args.seeds)
-        elif section == "guidance":
-            value, images = guidance_section(
-                [1.0, args.guidance_scale], args.n_gallery, 20, args.seeds
-            )
-        elif section == "time_embedding":
-            value, images = time_embedding_section(args.train_steps, 300, args.seeds)
         else:
             value, images = duplication_section(
                 args.dup_steps, [1, 4, 16, 64], 16, 1000, args.pool_size, args.seeds[0]

@@ -18,6 +18,7 @@ wrong result looks like. Each case costs under 0.1 s of CPU.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -96,19 +97,37 @@ def reference_find_copies(samples, train):
     return distances[:, 0] < distances[:, 1] / 3
 
 
-def cases_find_copies(generator: torch.Generator) -> list[Case]:
-    """Training digits (8×8), and samples that are half near-copies of training digits (a
-    little noise added) and half test digits, shuffled; each case on another pixel scale."""
+@lru_cache(maxsize=1)
+def _copy_candidates() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training digits (8×8), those far from every other training digit (so that a noisy
+    copy stays closest to its own original), and the test digits that are no near-duplicate
+    of a training digit (d1 > d2 / 2)."""
     from ..data import digits
 
     train, _ = digits(size=8, split="train")
     test, _ = digits(size=8, split="test")
+    within, _ = nearest_neighbours(train, train, k=2)  # the first is the digit itself
+    isolated = train[within[:, 1] > 2.0]
+    across, _ = nearest_neighbours(test, train, k=2)
+    fresh = test[across[:, 0] > across[:, 1] / 2]
+    return train, isolated, fresh
+
+
+def cases_find_copies(generator: torch.Generator) -> list[Case]:
+    """Training digits (8×8), and samples that are half near-copies of training digits (a
+    little noise added) and half test digits, shuffled; each case on another pixel scale."""
+    train, isolated, fresh_digits = _copy_candidates()
     cases = []
     for scale, noise in ((1.0, 0.02), (255.0, 0.05), (0.01, 0.03)):
-        index = torch.randperm(train.shape[0], generator=generator)[:60]
-        copies = train[index] + noise * draw_normal(train[index].shape, torch.float32,
-                                                    generator)  # fmt: skip
-        fresh = test[torch.randperm(test.shape[0], generator=generator)[:60]]
+        originals = isolated[
+            torch.randperm(isolated.shape[0], generator=generator)[:60]
+        ]
+        copies = originals + noise * draw_normal(
+            originals.shape, torch.float32, generator
+        )
+        fresh = fresh_digits[
+            torch.randperm(fresh_digits.shape[0], generator=generator)[:60]
+        ]
         samples = torch.cat([copies, fresh])
         samples = samples[torch.randperm(samples.shape[0], generator=generator)]
         cases.append(
@@ -122,8 +141,9 @@ def cases_find_copies(generator: torch.Generator) -> list[Case]:
 
 def _truth(case: Case) -> torch.Tensor:
     """Which samples were planted as copies: the cases' noise (at most 0.05 per pixel, ~0.4 in
-    distance) leaves them 30× closer to their digit than to any other; no test digit comes
-    near that (the tests check both on many seeds)."""
+    distance) leaves each far closer to its digit (whose nearest other training digit is more
+    than 2 away) than to any other, and the test digits were chosen with d1 > d2 / 2 (the
+    tests check that the rule recovers exactly the planted copies on many seeds)."""
     return reference_find_copies(*case.args)
 
 

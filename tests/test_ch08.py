@@ -359,3 +359,23 @@ def test_grade_gives_the_solutions_full_marks_and_the_exercises_zero(tmp_path):
         "**Total: 9 / 9 points.**"
     ) == 1
     assert float(rows["exercises"]["total"]) == 0
+
+
+# --------------------------------------------------------------- the committed results file
+def test_the_committed_results_record_their_command_n_and_seeds():
+    import json
+
+    results_dir = ROOT / "book" / "results"
+    results = json.loads((results_dir / "08_evaluation.json").read_text())
+    prefix = "OMP_NUM_THREADS=1 python -m ddpm_course.experiments.evaluation --out "
+    for section in ("fd", "memorisation", "likelihood", "gallery", "duplication"):
+        command = results["commands"][section]
+        assert command.startswith(prefix) and section in command.split("--only")[1]
+    assert results["gallery"]["floor"]["n"] == results["gallery"]["n"]
+    assert len(results["gallery"]["seeds"]) >= 2
+    assert results["likelihood"]["n"] >= 500 and results["fd"]["pool_size"] >= 500
+    # the images the page shows stay small (the weight budget is full)
+    shown = sum(
+        p.stat().st_size for p in results_dir.glob("08_evaluation_*.safetensors")
+    )
+    assert shown < 500_000

@@ -36,6 +36,9 @@ __all__ = [
     "prune_checkpoints",
     "save_weights",
     "load_weights",
+    "quantize_int8",
+    "dequantize_int8",
+    "INT8_SCALE_PREFIX",
     "sidecar_path",
     "append_log",
     "trim_log",
@@ -199,8 +202,69 @@ def save_weights(
     return path
 
 
+# ----------------------------------------------------------- int8 weights (shipped models)
+INT8_SCALE_PREFIX = "int8_scale."
+INT8_FORMAT = "int8, symmetric, one scale per output channel"
+
+
+def quantize_int8(
+    state_dict: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    r"""Weight-only int8 quantisation, for shipping weights at a quarter of float32's size.
+
+    Each floating tensor with two or more dimensions (convolution and linear weights, where the
+    parameters are) becomes int8 with one float32 scale per output channel (dim 0):
+    :math:`s_c = \max_i |w_{c,i}| / 127`, :math:`q_{c,i} = \mathrm{round}(w_{c,i}/s_c)`, so
+    :math:`|q_{c,i} s_c - w_{c,i}| \le s_c/2`. The scale of tensor ``name`` is stored as
+    ``INT8_SCALE_PREFIX + name``, shape (C_out,). Other floating tensors (biases, norms) become
+    float16; the rest is unchanged. :func:`dequantize_int8` inverts it.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state_dict.items():
+        if name.startswith(INT8_SCALE_PREFIX):
+            raise ValueError(f"state_dict key {name!r} uses the reserved prefix")
+        tensor = tensor.detach().cpu()
+        if not tensor.is_floating_point():
+            out[name] = tensor
+        elif tensor.ndim < 2:
+            out[name] = tensor.half()
+        else:
+            weights = tensor.float().reshape(tensor.shape[0], -1)
+            scale = weights.abs().amax(dim=1) / 127
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            quantized = torch.round(weights / scale[:, None]).clamp(-127, 127)
+            out[name] = quantized.to(torch.int8).reshape(tensor.shape)
+            out[INT8_SCALE_PREFIX + name] = scale
+    return out
+
+
+def dequantize_int8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of :func:`quantize_int8`'s output: int8 tensors times their scales,
+    the other floating tensors cast to float32, the rest unchanged; the scales removed."""
+    scales = {
+        name.removeprefix(INT8_SCALE_PREFIX): scale
+        for name, scale in state_dict.items()
+        if name.startswith(INT8_SCALE_PREFIX)
+    }
+    out = {}
+    for name, tensor in state_dict.items():
+        if name.startswith(INT8_SCALE_PREFIX):
+            continue
+        if name in scales:
+            if tensor.dtype != torch.int8:
+                raise CheckpointError(
+                    f"{name} has an int8 scale but dtype {tensor.dtype}"
+                )
+            shape = (-1,) + (1,) * (tensor.ndim - 1)
+            tensor = tensor.float() * scales[name].float().reshape(shape)
+        out[name] = tensor.float() if tensor.is_floating_point() else tensor
+    return out
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a ``.safetensors`` file and its JSON sidecar: (state_dict on the CPU, metadata)."""
+    """Read a ``.safetensors`` file and its JSON sidecar: (state_dict on the CPU, metadata).
+    Weights stored in int8 (:func:`quantize_int8`; the sidecar's ``"quantization"``) come back
+    dequantized to float32."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -222,6 +286,13 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise CheckpointError(
             f"the sidecar {sidecar} is not valid JSON: {error}"
         ) from None
+    if metadata.get("quantization") is not None:
+        if metadata["quantization"] != INT8_FORMAT:
+            raise CheckpointError(
+                f"{path} is quantised as {metadata['quantization']!r}; this version reads "
+                f"{INT8_FORMAT!r} only"
+            )
+        state_dict = dequantize_int8(state_dict)
     return state_dict, metadata
 
 

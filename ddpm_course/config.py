@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .diffusion import LOSS_TYPES, OBJECTIVES, VAR_TYPES, GaussianDiffusion
+from .flow import TIME_SAMPLINGS, FlowMatching
 from .schedules import SCHEDULES, get_betas
 from .utils import check_choice
 
@@ -24,6 +25,7 @@ __all__ = [
     "TRAIN_PRESETS",
     "QUICK_OVERRIDES",
     "DATASETS",
+    "TRAIN_OBJECTIVES",
     "PRECISIONS",
     "RESUME_INVARIANTS",
     "build_model",
@@ -33,10 +35,13 @@ __all__ = [
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 NATIVE_IMAGE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 PRECISIONS = ("bf16", "fp16", "fp32")
+# what the network is trained to predict: a VP diffusion's eps, x0 or v, or a flow-matching
+# model's velocity ("flow": build_diffusion returns a FlowMatching, chapter 09)
+TRAIN_OBJECTIVES = (*OBJECTIVES, "flow")
 # Settings that a resumed run must share with its checkpoint (anything else, e.g. lr or max_steps, may change).
 RESUME_INVARIANTS = ("preset", "dataset", "image_size", "channels", "class_conditional", "num_classes", "schedule",
-                     "timesteps", "objective", "var_type", "loss_type", "min_snr_gamma", "batch_size", "grad_accum",
-                     "seed")  # fmt: skip
+                     "timesteps", "objective", "time_sampling", "var_type", "loss_type", "min_snr_gamma",
+                     "batch_size", "grad_accum", "seed")  # fmt: skip
 
 
 def _option(default: Any, help: str) -> Any:
@@ -77,7 +82,14 @@ class TrainConfig:
     )
     schedule: str = _option("linear", "beta schedule: linear, cosine or sigmoid")
     timesteps: int = _option(1000, "number of diffusion steps T")
-    objective: str = _option("eps", "what the network predicts: eps, x0 or v")
+    objective: str = _option(
+        "eps",
+        "what the network predicts: eps, x0 or v, or flow (a flow-matching velocity)",
+    )
+    time_sampling: str = _option(
+        "uniform",
+        "flow objective only: the flow time's law, uniform or logit_normal (Esser et al. 2024)",
+    )
     var_type: str = _option(
         "fixed_small", "reverse variance: fixed_small, fixed_large or learned_range"
     )
@@ -133,7 +145,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("objective", self.objective, TRAIN_OBJECTIVES)
+        check_choice("time_sampling", self.time_sampling, TIME_SAMPLINGS)
         check_choice("var_type", self.var_type, VAR_TYPES)
         check_choice("loss_type", self.loss_type, LOSS_TYPES)
         check_choice("precision", self.precision, PRECISIONS)
@@ -158,6 +171,19 @@ class TrainConfig:
         ):
             raise ValueError(
                 f"min_snr_gamma must be positive and needs loss_type 'simple', got {self.min_snr_gamma!r}"
+            )
+        if self.objective == "flow" and (
+            self.min_snr_gamma is not None or self.var_type != "fixed_small"
+        ):
+            raise ValueError(
+                "objective 'flow' trains a velocity with its own loss weighting and no variance: "
+                f"set min_snr_gamma=None and var_type='fixed_small' (got {self.min_snr_gamma!r}, "
+                f"{self.var_type!r})"
+            )
+        if self.time_sampling != "uniform" and self.objective != "flow":
+            raise ValueError(
+                f"time_sampling {self.time_sampling!r} applies to objective 'flow' only; a VP "
+                f"diffusion (objective {self.objective!r}) draws t uniformly"
             )
         if self.max_steps is not None:
             _check_int("max_steps", self.max_steps, minimum=1)
@@ -264,6 +290,18 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                          min_snr_gamma=5.0, max_steps=5000, log_every=50, sample_every=1000,
                          checkpoint_every=500, keep_checkpoints=10, class_conditional=True,
                          num_classes=10, p_uncond=0.2),
+    # flow matching (chapter 09) with the `fashion` U-Net and recipe, for the same steps (the
+    # same CPU minutes: the loss costs what the eps loss costs); uniform flow times
+    "fashion-flow": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=2e-3,
+                         warmup_steps=100, grad_clip=1.0, ema_decay=0.999, objective="flow",
+                         max_steps=9000, log_every=50, sample_every=1000, checkpoint_every=500,
+                         keep_checkpoints=10),
+    # the diffusion transformer of chapter 10 (ddpm_course.dit) on the `fashion` recipe, with
+    # a lower peak learning rate and a longer warm-up, as transformers want
+    "fashion-dit": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=1e-3,
+                        warmup_steps=500, grad_clip=1.0, ema_decay=0.999, schedule="sigmoid",
+                        min_snr_gamma=5.0, max_steps=9000, log_every=50, sample_every=1000,
+                        checkpoint_every=500, keep_checkpoints=10),
     "mnist": dict(dataset="mnist", image_size=28, channels=1, batch_size=128, lr=2e-4, warmup_steps=1000, grad_clip=1.0,
                   ema_decay=0.9995, max_steps=50_000, log_every=100, sample_every=5000, checkpoint_every=5000, num_workers=4),
     "cifar10-ddpm": _CIFAR,  # Ho et al. 2020, Appendix B: batch 128, lr 2e-4 after 5,000 warm-up steps, EMA 0.9999, 800k steps
@@ -274,8 +312,10 @@ QUICK_OVERRIDES = dict(batch_size=64, max_steps=200, warmup_steps=50, log_every=
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The U-Net of ``config``: preset ``config.preset`` with the image size, channels, classes and
-    learned variance of the config, then ``config.model_overrides``."""
+    """The network of ``config``: the U-Net of preset ``config.preset`` (or the
+    :class:`~ddpm_course.dit.DiT` of a :data:`~ddpm_course.dit.DIT_PRESETS` name) with the image
+    size, channels, classes and learned variance of the config, then ``config.model_overrides``."""
+    from .dit import DIT_PRESETS, dit_from_preset
     from .nn import unet_from_preset
 
     overrides = dict(
@@ -284,11 +324,17 @@ def build_model(config: TrainConfig) -> nn.Module:
         num_classes=config.num_classes if config.class_conditional else None,
         learned_variance=config.var_type == "learned_range",
     )
+    if config.preset in DIT_PRESETS:
+        return dit_from_preset(config.preset, **{**overrides, **config.model_overrides})
     return unet_from_preset(config.preset, **{**overrides, **config.model_overrides})
 
 
-def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
-    """The :class:`~ddpm_course.diffusion.GaussianDiffusion` of ``config`` (schedule, T, objective, variance)."""
+def build_diffusion(config: TrainConfig) -> GaussianDiffusion | FlowMatching:
+    """The process of ``config``: a :class:`~ddpm_course.flow.FlowMatching` with T time bins for
+    objective ``"flow"``, else the :class:`~ddpm_course.diffusion.GaussianDiffusion` of its
+    schedule, T, objective and variance."""
+    if config.objective == "flow":
+        return FlowMatching(config.timesteps, time_sampling=config.time_sampling)
     betas = get_betas(config.schedule, config.timesteps)
     return GaussianDiffusion(
         betas, objective=config.objective, var_type=config.var_type

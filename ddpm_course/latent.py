@@ -20,7 +20,7 @@ Shapes: images (N, 1, 16, 16) in [-1, 1]; latents (N, 4, 4, 4).
 ``ddpm-course train --preset fashion-vae`` and ``ddpm-course train --preset fashion-ldm`` (then
 ``python -m ddpm_course.pretrained export runs/fashion-ldm fashion-ldm``) reproduce the shipped
 ``fashion-vae`` and ``fashion-ldm`` (the digits presets likewise); ``python -m
-ddpm_course.experiments.fashion_models --only latent --out book/results/07_fashion.json`` the
+ddpm_course.experiments.fashion_models --only latent --out ddpm_course/results/07_fashion.json`` the
 chapter's numbers.
 """
 

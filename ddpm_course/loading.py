@@ -27,6 +27,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, build_diffusion
 from .diffusion import GaussianDiffusion
+from .dit import DiT
 from .guidance_nets import NoisyClassifier, SuperResUNet
 from .latent import LatentDiffusion
 from .nn import UNet
@@ -39,7 +40,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # every class a sidecar's "model_class" may name
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     cls.__name__: cls
-    for cls in (UNet, CrossAttnUNet, NoisyClassifier, SuperResUNet, AutoencoderKL)
+    for cls in (UNet, CrossAttnUNet, NoisyClassifier, SuperResUNet, AutoencoderKL, DiT)
 }
 
 

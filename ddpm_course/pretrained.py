@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, save_weights
+from .checkpoint import INT8_FORMAT, load_weights, quantize_int8, save_weights
 from .config import TrainConfig
 from .diffusion import GaussianDiffusion
 from .loading import WEIGHTS_DIR, load_model
@@ -193,11 +193,20 @@ def evaluate_fd(
     return result
 
 
-def export(run_dir: str | Path, name: str) -> Path:
+def export(run_dir: str | Path, name: str, int8: bool = False) -> Path:
     """Copy a run's EMA weights into ``weights/<name>.safetensors`` in float16 (half the size; sampling
     quality is unchanged at this precision), with its JSON sidecar, by the one weights writer
-    (:func:`~ddpm_course.checkpoint.save_weights`)."""
+    (:func:`~ddpm_course.checkpoint.save_weights`). ``int8``: the convolution and linear weights in
+    int8 with one scale per output channel instead (:func:`~ddpm_course.checkpoint.quantize_int8`,
+    about half the float16 size; the sidecar says so and loading dequantizes), for the models
+    the 25 MB budget of shipped weights could not hold otherwise; measure such a model as shipped."""
     state, metadata = load_weights(Path(run_dir) / "model.safetensors")
+    if int8:
+        return save_weights(
+            quantize_int8(state),
+            WEIGHTS_DIR / f"{name}.safetensors",
+            {**metadata, "quantization": INT8_FORMAT},
+        )
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     return save_weights(half, WEIGHTS_DIR / f"{name}.safetensors", metadata)
 
@@ -226,12 +235,18 @@ def main(argv: list[str] | None = None) -> int:
             "digits-ldm",
             "fashion",
             "fashion-cond",
+            "fashion-flow",
             "fashion-ldm",
         ),
     )
+    exporter.add_argument(
+        "--int8",
+        action="store_true",
+        help="convolution and linear weights in int8, one scale per output channel",
+    )
     args = parser.parse_args(argv)
     if args.command == "export":
-        print(f"wrote {export(args.run_dir, args.name)}")
+        print(f"wrote {export(args.run_dir, args.name, int8=args.int8)}")
         return 0
     for name in (name for name, entry in PRETRAINED.items() if entry.denoiser):
         print(

@@ -6,7 +6,9 @@ matching), and Langevin dynamics turns it back into samples:
 
 * analytic scores of a Gaussian (:func:`gaussian_score`) and of an isotropic Gaussian mixture
   (:class:`GaussianMixture`, :func:`mixture_score`), including the exact score of the mixture
-  convolved with :math:`\mathcal N(0, \sigma^2 I)` (:meth:`GaussianMixture.noised`);
+  convolved with :math:`\mathcal N(0, \sigma^2 I)` (:meth:`GaussianMixture.noised`), and the
+  exact noise predictor of Gaussian data that chapters 03 and 05 test samplers against
+  (:func:`gaussian_optimal_eps`, :func:`gaussian_eps_model`);
 * Langevin dynamics :math:`x \leftarrow x + \epsilon \nabla_x \log p(x) + \sqrt{2\epsilon}\,z`
   (:func:`langevin_step`, :func:`langevin_sample`) and its annealed version (Algorithm 1 of
   Song & Ermon 2019, :func:`annealed_langevin`);
@@ -31,6 +33,8 @@ __all__ = [
     "gaussian_score",
     "GaussianMixture",
     "mixture_score",
+    "gaussian_optimal_eps",
+    "gaussian_eps_model",
     "langevin_step",
     "langevin_sample",
     "annealed_langevin",
@@ -239,6 +243,64 @@ def mixture_score(
     Same as ``GaussianMixture(means, stds, weights).score(x)``.
     """
     return GaussianMixture(means, stds, weights).score(x)
+
+
+def gaussian_optimal_eps(
+    x_t: torch.Tensor,
+    alpha_bar: torch.Tensor | float,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
+    r"""The best possible noise predictor for data :math:`x_0 \sim \mathcal N(\mu, \sigma^2)`
+    (each coordinate independently), :math:`\mathbb E[\epsilon \mid x_t]` with
+    :math:`x_t = \sqrt{\bar\alpha}\,x_0 + \sqrt{1 - \bar\alpha}\,\epsilon` (chapter 03):
+
+    .. math::
+        \epsilon^*(x_t) = \frac{\sqrt{1 - \bar\alpha}\,(x_t - \sqrt{\bar\alpha}\,\mu)}
+        {\bar\alpha\sigma^2 + 1 - \bar\alpha}
+        = -\sqrt{1 - \bar\alpha}\,\nabla_{x_t} \log q(x_t),
+
+    the regression line of ε on :math:`x_t` (they are jointly Gaussian), whose mean squared
+    error :math:`\bar\alpha\sigma^2 / (\bar\alpha\sigma^2 + 1 - \bar\alpha)` no network
+    can beat. x_t: any shape; alpha_bar: a float or a tensor broadcastable against x_t, in
+    [0, 1]. Computed in the wider of the two dtypes (a Python float counts as float64),
+    returned in x_t's dtype.
+    """
+    if not std > 0:
+        raise ValueError(f"std, the data's standard deviation, must be > 0, got {std}")
+    if not torch.is_tensor(alpha_bar):  # a Python float keeps its float64 digits
+        alpha_bar = torch.tensor(float(alpha_bar), dtype=torch.float64)
+    alpha_bar = alpha_bar.to(x_t.device)
+    if not alpha_bar.is_floating_point():
+        raise ValueError(f"alpha_bar must be a float, got dtype {alpha_bar.dtype}")
+    if bool(((alpha_bar < 0) | (alpha_bar > 1)).any()):
+        raise ValueError(
+            "alpha_bar must lie in [0, 1] (a cumulative product of alphas)"
+        )
+    dtype = torch.promote_types(alpha_bar.dtype, x_t.dtype)
+    alpha_bar, x = alpha_bar.to(dtype), x_t.to(dtype)
+    eps = (
+        (1 - alpha_bar).sqrt()
+        * (x - alpha_bar.sqrt() * mean)
+        / (alpha_bar * std**2 + 1 - alpha_bar)
+    )
+    return eps.to(x_t.dtype)
+
+
+def gaussian_eps_model(
+    alphas_cumprod: torch.Tensor, mean: float = 0.0, std: float = 1.0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    r"""``model(x_t, t) ->`` :func:`gaussian_optimal_eps` at :math:`\bar\alpha_t` =
+    ``alphas_cumprod[t]`` (one t per example; x_t: (N, ...), t: (N,) int64): the exact noise
+    predictor of :math:`\mathcal N(\mu, \sigma^2)` data, a model that every sampler accepts,
+    so that a sampler's own error can be measured apart from a network's."""
+    table = torch.as_tensor(alphas_cumprod)
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha_bar = table.to(x_t.device)[t].reshape(-1, *[1] * (x_t.ndim - 1))
+        return gaussian_optimal_eps(x_t, alpha_bar, mean, std)
+
+    return model
 
 
 # ------------------------------------------------------------------------- Langevin dynamics

@@ -77,6 +77,7 @@ from .distributed import (
     wrap_model,
 )
 from .ema import ema_decay_at, ema_update
+from .flow import FlowMatching  # chapter 09's process: sample grids by flow-Euler
 from .samplers import sample
 from .viz import save_image_grid
 
@@ -493,19 +494,17 @@ class Trainer:
         steps: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Images from the EMA model by deterministic DDIM (η = 0, ``steps`` trailing timesteps):
-        (num_samples, C, H, W) in [-1, 1] on the CPU. A class-conditional model gets the labels
-        0, 1, 2, ... in turn. Uses only ``generator``, never the training random state."""
+        """Images from the EMA model by DDIM (η = 0, ``steps`` trailing timesteps; flow-Euler for a
+        flow model): (num_samples, C, H, W) in [-1, 1] on the CPU. Class-conditional: labels 0,
+        1, 2, ... in turn. Uses only ``generator``, never the training random state."""
         config = self.config
         n = num_samples or config.num_samples
-        model_kwargs = None
-        if config.class_conditional:
-            model_kwargs = {
-                "y": torch.arange(n, device=self.device) % config.num_classes
-            }
+        labels = torch.arange(n, device=self.device) % config.num_classes
+        model_kwargs = {"y": labels} if config.class_conditional else None
         with self._autocast():
+            name = "flow-euler" if isinstance(self.diffusion, FlowMatching) else "ddim"
             images = sample(
-                "ddim", self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
+                name, self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
                 steps=steps or config.sample_steps, spacing="trailing", generator=generator,
                 model_kwargs=model_kwargs, device=self.device,
             )  # fmt: skip

@@ -11,7 +11,10 @@ installing Debian's ``chromium`` and ``chromium-driver``). Every page is loaded 
 * every internal link resolves: the target file exists and so does its ``#anchor``; links to this
   repository's files on GitHub or Colab name a file that exists in the checkout;
 * a chapter page's Colab launch button opens that chapter's ``.ipynb`` on the configured branch;
-* no page shows the Colab install cell (its ``find_spec("ddpm_course")`` text).
+* no page shows the Colab install cell (its ``find_spec("ddpm_course")`` text);
+* every frame player (``ddpm_course.viz.player``) works: pressing "Next frame" shows the next
+  frame and moves the slider, pressing "Play" moves on by itself, and "Pause" stops it; the
+  chapters in ``PLAYER_PAGES`` must have one.
 
 A screenshot of each page goes to ``_build/screenshots/``. The exit status is 1 when any check
 fails, and every failure is listed.
@@ -48,6 +51,9 @@ CHROMIUM_FLAGS = [
 INSTALL_CELL_TEXT = 'find_spec("ddpm_course")'
 RAW_MATH = re.compile(r"\\\(|\\\[|\$\$")
 MATHJAX_TIMEOUT_S = 20
+# pages that must show a frame player (ddpm_course.viz.player)
+PLAYER_PAGES = ("book/01_brownian_sde.html", "book/04_training.html")
+PLAYER_WAIT_S = 3  # how long "Play" has to move the frame on (frames every 250 ms)
 
 # Runs in the page: waits for MathJax (when the page loads it) and for every image, then reports.
 PAGE_REPORT_JS = r"""
@@ -250,6 +256,53 @@ def check_page(
     return problems
 
 
+def check_players(driver, name: str) -> tuple[list[str], int]:
+    """Press "Next frame", then "Play" and "Pause", on every player of the page; the shown
+    frame (the image's data URI) and the slider must move. Returns the problems and the number
+    of players."""
+    from selenium.webdriver.common.by import By
+
+    players = driver.find_elements(By.CSS_SELECTOR, "div.animation")
+    problems = []
+    if name in PLAYER_PAGES and not players:
+        problems.append("no frame player on this page (ddpm_course.viz.player)")
+    for number, element in enumerate(players, start=1):
+        image = element.find_element(By.CSS_SELECTOR, "img")
+        slider = element.find_element(By.CSS_SELECTOR, "input[type=range]")
+
+        def button(title: str, element=element):
+            return element.find_element(By.CSS_SELECTOR, f'button[title="{title}"]')
+
+        def state(image=image, slider=slider) -> tuple[str, int]:
+            return image.get_attribute("src"), int(slider.get_attribute("value"))
+
+        driver.execute_script("arguments[0].scrollIntoView();", element)
+        button("First frame").click()
+        first_src, first_value = state()
+        button("Next frame").click()
+        next_src, next_value = state()
+        if next_value != first_value + 1 or next_src == first_src:
+            problems.append(
+                f"player {number}: 'Next frame' went from frame {first_value} to "
+                f"{next_value} (image changed: {next_src != first_src})"
+            )
+        button("Play").click()
+        deadline = time.perf_counter() + PLAYER_WAIT_S
+        while state()[1] == next_value and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        button("Pause").click()
+        played_src, played_value = state()
+        if played_value <= next_value or played_src == next_src:
+            problems.append(
+                f"player {number}: 'Play' did not move on from frame {next_value} in "
+                f"{PLAYER_WAIT_S} s"
+            )
+        time.sleep(0.6)  # more than two frame intervals: a paused player stays put
+        if state()[1] != played_value:
+            problems.append(f"player {number}: 'Pause' did not stop it")
+    return problems, len(players)
+
+
 def pages_of(html_root: Path) -> list[Path]:
     skip = {"_static", "_sources", "_images", "_downloads", "_panels_static"}
     return sorted(
@@ -295,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     config = book_config()
     pages = pages_of(html_root)
     failures: dict[str, list[str]] = {}
+    built = {page.relative_to(html_root).as_posix() for page in pages}
+    for name in PLAYER_PAGES:
+        if name not in built:
+            failures[name] = ["not built: this page must show a frame player"]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="browser-test-") as user_data_dir:
         driver = make_driver(Path(user_data_dir))
@@ -311,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 driver.save_screenshot(str(shot))
                 problems = check_page(page, html_root, report, console, config)
+                player_problems, n_players = check_players(driver, name)
+                problems += player_problems
                 status = "ok" if not problems else f"{len(problems)} problem(s)"
                 print(
                     f"{name}: {status} ({report['mjxContainers']} formulas typeset, "
-                    f"{len(report['images'])} images, {len(report['links'])} links)"
+                    f"{len(report['images'])} images, {len(report['links'])} links,"
+                    f" {n_players} players)"
                 )
                 if problems:
                     failures[name] = problems

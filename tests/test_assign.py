@@ -199,6 +199,11 @@ def test_exercises_keep_no_solution_code():
         exercise = nbformat.read(ROOT / "exercises" / solution_path.name, as_version=4)
         text = "\n".join(cell.source for cell in exercise.cells)
         assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+        # a bug hunt gives its buggy code (a cell defining buggy_...): lines it shares
+        # with an answer are given on purpose; every other cell must hold none
+        text = "\n".join(
+            cell.source for cell in exercise.cells if "def buggy_" not in cell.source
+        )
         for cell in solution.cells:
             inside = cell.source.split("### BEGIN SOLUTION")[1:]
             for region in (part.split("### END SOLUTION")[0] for part in inside):

@@ -89,8 +89,8 @@ def test_the_correct_step_passes_on_every_seed(cases):
     [
         ("no noise", "noise were never added"),
         ("x0 target", "predicts the clean image x0"),
-        ("no zero_grad", "zero_grad"),
-        ("t not passed", "pass t to the model"),
+        ("no zero_grad", "gradients pile up"),
+        ("t not passed", "never used the timestep"),
         ("t = 0", "told t = 0"),
     ],
 )

@@ -5,11 +5,11 @@ which the results file and the chapters report)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from ddpm_course import results
 from ddpm_course.attention import CrossAttnUNet
 from ddpm_course.autoencoder import VAE_PRESETS, AutoencoderKL
 from ddpm_course.diffusion import GaussianDiffusion
@@ -168,12 +168,11 @@ def _few_step_pixels(model, diffusion, labels, steps, seed, scale=0.0, batch=250
 
 
 # ------------------------------------------------ the committed results of chapters 06, 07
-RESULTS = Path(__file__).parent.parent / "book" / "results"
 
 
 def test_chapter_06_results_meet_issue_21s_acceptance():
-    results = json.loads((RESULTS / "06_fashion.json").read_text())
-    guidance = results["guidance"]
+    fashion = results.load("06_fashion")
+    guidance = fashion["guidance"]
     rows = {row["scale"]: row for row in guidance["rows"]}
     assert guidance["n"] == 1000 and len(guidance["seeds"]) == 3
     # the unguided model is visibly imperfect; some w in the sweep reaches 90% accuracy
@@ -182,7 +181,7 @@ def test_chapter_06_results_meet_issue_21s_acceptance():
     # guidance buys precision with recall (Kynkäänniemi et al. 2019's trade-off)
     assert rows[4.0]["median_recall"] < rows[0.0]["median_recall"]
     assert rows[4.0]["median_precision"] > rows[0.0]["median_precision"]
-    sr = results["sr"]
+    sr = fashion["sr"]
     # eight samples of one input differ (a per-pixel spread well above zero) while each
     # pools back to its input better than a bicubic upscale does
     assert sr["samples_per_input"] == 8 and sr["pixel_std_min"] > 0.01
@@ -191,7 +190,7 @@ def test_chapter_06_results_meet_issue_21s_acceptance():
 
 
 def test_chapter_07_results_meet_issue_21s_acceptance():
-    latent = json.loads((RESULTS / "07_fashion.json").read_text())["latent"]
+    latent = results.load("07_fashion")["latent"]
     assert latent["n"] == 1000 and len(latent["seeds"]) == 3
     assert latent["latent_values"] * 3 <= latent["image_values"]
     assert latent["median_ldm_fd"] <= 1.5 * latent["median_pixel_fd"]

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from ddpm_course import edm, flow, vp_wrappers
-from ddpm_course.config import TrainConfig
+from ddpm_course.cli import main
+from ddpm_course.config import TrainConfig, build_diffusion
 from ddpm_course.diffusion import GaussianDiffusion
+from ddpm_course.loading import load_model
 from ddpm_course.nn import UNet
 from ddpm_course.samplers import ddim_sample, ddim_step, respace, timestep_sequence
 from ddpm_course.schedules import linear
@@ -241,15 +243,63 @@ def test_logit_normal_time_sampling_is_the_quantile_of_the_logit_normal():
     assert uniform.tolist() == [0.125, 0.375, 0.625, 0.875]
 
 
-def test_the_trainer_trains_a_flow_model_through_training_losses(tmp_path):
-    config = TrainConfig.from_dict(dict(
+def _flow_config(tmp_path, **overrides) -> TrainConfig:
+    return TrainConfig.from_dict(dict(
         preset="digits", image_size=8, channels=1, timesteps=50, batch_size=8, lr=1e-3, warmup_steps=0,
         max_steps=2, log_every=1, sample_every=0, checkpoint_every=0, precision="fp32", out_dir=str(tmp_path),
         model_overrides=dict(model_channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[], num_groups=4),
+        objective="flow", **overrides,
     ))  # fmt: skip
+
+
+def test_the_flow_objective_builds_a_flow_matching_process_and_checks_its_settings():
+    process = build_diffusion(
+        TrainConfig.from_preset("fashion-flow", time_sampling="logit_normal")
+    )
+    assert isinstance(process, flow.FlowMatching)
+    assert (process.num_timesteps, process.time_sampling) == (1000, "logit_normal")
+    with pytest.raises(ValueError, match="min_snr_gamma=None"):
+        TrainConfig.from_preset("fashion-flow", min_snr_gamma=5.0)
+    with pytest.raises(ValueError, match="var_type='fixed_small'"):
+        TrainConfig.from_preset(
+            "fashion-flow", var_type="learned_range", loss_type="hybrid"
+        )
+    with pytest.raises(ValueError, match="applies to objective 'flow' only"):
+        TrainConfig.from_preset("fashion", time_sampling="logit_normal")
+    with pytest.raises(ValueError, match="time_sampling"):
+        TrainConfig.from_preset("fashion-flow", time_sampling="beta")
+
+
+def test_a_flow_run_samples_by_flow_euler_and_reloads_as_a_flow_model(tmp_path):
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = _flow_config(tmp_path, num_samples=4, sample_steps=3)
     trainer = Trainer(config, dataset=(images, torch.zeros(8, dtype=torch.long)))
-    trainer.diffusion = flow.FlowMatching(num_timesteps=50)
+    trainer.train()
+    grid = trainer.sample(generator=torch.Generator().manual_seed(5))
+    model, process, loaded = load_model(tmp_path, device="cpu")
+    assert isinstance(process, flow.FlowMatching) and loaded.objective == "flow"
+    # three Euler steps of the loaded EMA model from the same noise: the trainer's grid
+    expected = flow.flow_sample(
+        model, (4, 1, 8, 8), 3, "euler", time_scale=50,
+        generator=torch.Generator().manual_seed(5),
+    ).clamp(-1, 1)  # fmt: skip
+    torch.testing.assert_close(grid, expected, rtol=0, atol=1e-5)
+    # the sample command's default sampler for a flow model is flow-Euler
+    saved = tmp_path / "samples.pt"
+    arguments = ["sample", "--checkpoint", str(tmp_path), "--n", "4", "--steps", "3"]
+    arguments += ["--seed", "5", "--device", "cpu", "--out", str(tmp_path / "s.png")]
+    assert main([*arguments, "--save-tensor", str(saved)]) == 0
+    torch.testing.assert_close(
+        torch.load(saved, weights_only=True), (expected + 1) / 2, rtol=0, atol=1e-5
+    )
+
+
+def test_the_trainer_trains_a_flow_model_through_training_losses(tmp_path):
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    trainer = Trainer(
+        _flow_config(tmp_path), dataset=(images, torch.zeros(8, dtype=torch.long))
+    )
+    assert isinstance(trainer.diffusion, flow.FlowMatching)
     times = []
     trainer.train_model.register_forward_pre_hook(
         lambda module, args: times.append(args[1])

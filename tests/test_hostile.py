@@ -310,7 +310,7 @@ HOSTILE = {
     "hostile_memory": notebook(
         IMPORTS,
         *functions(CORRECT),
-        "import os, time\nfor i in range(3):\n"
+        "import os, time\nfor i in range(5):\n"
         "    if os.fork() == 0:\n"
         "        block = bytearray(250 * 2**20)\n"
         "        time.sleep(60)\n"
@@ -637,7 +637,8 @@ def test_latin1_and_long_file_names_become_safe_ids_and_file_names(batch):
 
 
 def test_memory_shared_copy_on_write_is_counted(batch):
-    """B5: 300 MiB shared by five processes, 100 MiB more in four (700 MiB > 512)."""
+    """B5: 300 MiB shared by nine processes, 100 MiB more in eight (1100 MiB: more than 512
+    beyond the fork server's own, which torch's import makes about 300)."""
     assert batch["rows"]["hostile_cow_fork"]["status"].startswith("crashed")
     assert "in all its processes together" in _feedback(batch, "hostile_cow_fork")
 

@@ -110,3 +110,67 @@ def test_sample_cli_writes_a_grid_from_a_shipped_model(tmp_path: Path):
             atol=0.5 / 255 + 1e-6,
             rtol=0,
         )
+
+
+# ------------------------------------------------------------------ int8 weights
+def test_int8_quantisation_matches_a_hand_computed_case_and_its_error_bound():
+    from ddpm_course.checkpoint import (
+        INT8_SCALE_PREFIX,
+        dequantize_int8,
+        quantize_int8,
+    )
+
+    weight = torch.tensor([[1.0, -0.5, 0.25], [0.0, 0.0, 0.0]])
+    bias, counter = torch.tensor([0.1, -0.2]), torch.tensor([3])
+    packed = quantize_int8({"w": weight, "b": bias, "n": counter})
+    # row 0: scale 1/127, -0.5·127 = -63.5 rounds to even (-64), 0.25·127 = 31.75 -> 32;
+    # row 1 (all zero): scale 1, so no division by zero
+    assert packed["w"].dtype == torch.int8
+    assert packed["w"].tolist() == [[127, -64, 32], [0, 0, 0]]
+    torch.testing.assert_close(
+        packed[INT8_SCALE_PREFIX + "w"], torch.tensor([1 / 127, 1.0])
+    )
+    assert packed["b"].dtype == torch.float16 and torch.equal(packed["n"], counter)
+    restored = dequantize_int8(packed)
+    assert set(restored) == {"w", "b", "n"}
+    torch.testing.assert_close(
+        restored["w"], torch.tensor([[1.0, -64 / 127, 32 / 127], [0.0, 0.0, 0.0]])
+    )
+    # any weight: the error is at most half a step, max|w_c| / 254, per output channel
+    conv = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    conv[2] *= 100  # channels of very different ranges keep their own scale
+    error = (dequantize_int8(quantize_int8({"c": conv}))["c"] - conv).abs()
+    bound = conv.abs().flatten(1).amax(1) / 254
+    assert bool((error.flatten(1).amax(1) <= bound * (1 + 1e-5)).all())
+    assert float(error[0].max()) < float(bound[2]) / 10
+
+
+def test_an_int8_export_loads_as_float32_at_half_the_float16_size(
+    tmp_path, monkeypatch
+):
+    from ddpm_course import pretrained
+    from ddpm_course.checkpoint import CheckpointError, load_weights, save_weights
+
+    model, _, _ = load_pretrained("fashion", device="cpu")
+    state = {name: tensor.float() for name, tensor in model.state_dict().items()}
+    metadata = load_weights(PRETRAINED["fashion"].path)[1]
+    save_weights(state, tmp_path / "run" / "model.safetensors", metadata)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    half = pretrained.export(tmp_path / "run", "half")
+    packed = pretrained.export(tmp_path / "run", "packed", int8=True)
+    assert packed.stat().st_size < 0.53 * half.stat().st_size
+    loaded, sidecar = load_weights(packed)
+    assert sidecar["quantization"].startswith("int8")
+    assert set(loaded) == set(state)
+    for name, tensor in state.items():
+        assert loaded[name].dtype == torch.float32
+        # half a step of the channel's int8 grid (or float16 rounding for 1-D tensors)
+        scale = tensor.abs().flatten(1).amax(1) / 254 if tensor.ndim > 1 else 1e-3
+        limit = (
+            scale if tensor.ndim == 1 else scale.reshape(-1, *[1] * (tensor.ndim - 1))
+        )
+        assert bool(((loaded[name] - tensor).abs() <= limit * 1.001 + 1e-6).all()), name
+    sidecar_file = packed.with_suffix(".json")
+    sidecar_file.write_text(sidecar_file.read_text().replace("int8, sym", "int4, sym"))
+    with pytest.raises(CheckpointError, match="int4"):
+        load_weights(packed)

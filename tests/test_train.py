@@ -22,6 +22,7 @@ from ddpm_course.cli import main as cli_main
 from ddpm_course.config import TRAIN_PRESETS, TrainConfig
 from ddpm_course.ema import ema_decay_at, ema_update
 from ddpm_course.loading import load_model
+from ddpm_course.dit import DIT_PRESETS
 from ddpm_course.nn import PRESETS as NN_PRESETS
 from ddpm_course.nn import UNet, unet_from_preset
 from ddpm_course.train import NonFiniteLossError, ResumableSampler, Trainer
@@ -81,7 +82,7 @@ def assert_identical(a, b, where: str = "state") -> None:
 @pytest.mark.parametrize("name", sorted(TRAIN_PRESETS))
 def test_each_training_preset_matches_the_image_shape_of_its_u_net_preset(name):
     config = TrainConfig.from_preset(name)
-    architecture = NN_PRESETS[name]
+    architecture = {**NN_PRESETS, **DIT_PRESETS}[name]
     assert (config.image_size, config.channels) == (
         architecture["image_size"],
         architecture["in_channels"],

@@ -1,6 +1,6 @@
 """``ddpm-course ablate``: schedules, objectives and min-SNR weighting at an equal step budget.
 
-    ddpm-course ablate --steps 300 --seeds 0 1 2 --jobs 3 --out book/results/04_ablation.json
+    ddpm-course ablate --steps 300 --seeds 0 1 2 --jobs 3 --out ddpm_course/results/04_ablation.json
 
 See :mod:`ddpm_course.experiments.ablation`. The results file is written after every run, and a rerun with
 the same budget continues it.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import results
+
 # experiments.nfe_sweep.SAMPLERS, written out so that --help does not import torch
 SAMPLERS = ("ddpm", "ddim-eta0", "ddim-eta1", "dpm-solver++2m")
 
@@ -34,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("book/results/05_fd_vs_nfe.json"),
-        help="the JSON to write (default the book's book/results/05_fd_vs_nfe.json)",
+        default=results.DEFAULT_DIR / "05_fd_vs_nfe.json",
+        help="the JSON to write (default the book's ddpm_course/results/05_fd_vs_nfe.json)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1)"

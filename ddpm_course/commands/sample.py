@@ -26,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n", type=int, default=64, help="number of samples (default 64)"
     )
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="default ddim, or flow-euler for a flow-matching model (e.g. fashion-flow)",
+    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -94,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}"
         )
+    if args.sampler is None:
+        flow = getattr(config, "objective", None) == "flow"
+        args.sampler = "flow-euler" if flow else "ddim"
     mode = choose_mode(args, model, config)
     if mode != "latent" and args.spacing is None:
         args.spacing = DEFAULT_SPACING

@@ -3,5 +3,5 @@
 The top layer of the package (see ARCHITECTURE.md): an experiment imports the chapter modules and
 writes where it is told (every one takes its output path); no chapter module imports it.
 ``ddpm-course bench | nfe-sweep | ablate`` and ``python -m ddpm_course.experiments.<name>``
-run them; the book's committed results name ``book/results/...`` explicitly.
+run them; the book's committed results name ``ddpm_course/results/...`` explicitly.
 """

@@ -12,7 +12,7 @@ digits preset's and Ho et al.'s, fixed in advance so that no variant is chosen o
 the x0 and v objectives and ε with min-SNR-5 weighting. The runs are independent, so ``jobs``
 processes run them side by side (one torch thread each); the results do not depend on ``jobs``.
 
-    ddpm-course ablate --steps 300 --seeds 0 1 2 --jobs 3 --out book/results/04_ablation.json
+    ddpm-course ablate --steps 300 --seeds 0 1 2 --jobs 3 --out ddpm_course/results/04_ablation.json
 """
 
 from __future__ import annotations

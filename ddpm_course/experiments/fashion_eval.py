@@ -13,7 +13,15 @@ Sections (each rewrites its own key of the JSON file named by ``--out``; the oth
 * ``curve``: FD of ``n`` samples (the first seed) from checkpoints of a run (``--checkpoints``),
   against their optimiser steps and the training seconds of the run's log (``--log``); rows of
   an earlier call at the same n, steps and seed are kept, so checkpoints can be measured as
-  the run writes them.
+  the run writes them;
+* ``flow``: FD of ``n`` samples per seed of the shipped flow-matching model ``fashion-flow``
+  (chapter 09) by flow-Euler at 5, 10, 20 and 50 steps and flow-Heun at 5 and 10 steps;
+* ``flow_curve``: the ``curve`` section for checkpoints of the ``fashion-flow`` run (sampled
+  by flow-Euler, ``steps`` steps);
+* ``int8``: what shipping weights in int8 costs: ``n`` DDIM-``steps`` samples (first seed) of
+  the shipped ``fashion`` model and of the same weights through
+  :func:`~ddpm_course.checkpoint.quantize_int8`, from the same noise: both FDs and the mean
+  absolute pixel difference.
 
 Each section records the command that wrote it under ``commands``.
 
@@ -32,7 +40,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, dequantize_int8, quantize_int8
+from ..flow import FlowMatching
 from ..loading import load_model
 from ..metrics import (
     fashion_fd,
@@ -44,12 +53,21 @@ from ..metrics import (
 from ..pretrained import load_pretrained
 from ..samplers import ddim_sample, sample
 
-SECTIONS = ("floor", "fashion", "curve", "nfe")
+SECTIONS = ("floor", "fashion", "curve", "nfe", "flow", "flow_curve", "int8")
 # sampler, steps, network evaluations (Heun: 2·steps - 1) of the nfe section
 NFE_ROWS = (
     ("ddim", 10, 10),
     ("dpm-solver", 10, 10),
     ("edm-heun", 10, 19),
+    ("flow-heun", 10, 19),
+)
+# the same for the shipped flow-matching model fashion-flow (flow section)
+FLOW_ROWS = (
+    ("flow-euler", 5, 5),
+    ("flow-euler", 10, 10),
+    ("flow-euler", 20, 20),
+    ("flow-euler", 50, 50),
+    ("flow-heun", 5, 9),
     ("flow-heun", 10, 19),
 )
 
@@ -69,15 +87,21 @@ def _kid(samples: torch.Tensor, seed: int) -> dict[str, float]:
 def draw(
     model, diffusion, n: int, steps: int, seed: int, size: int = 28, batch: int = 250
 ) -> torch.Tensor:
-    """``n`` DDIM-``steps`` samples (η = 0, trailing spacing) of size×size in [-1, 1], drawn in
-    batches from one generator seeded with ``seed``."""
+    """``n`` DDIM-``steps`` samples (η = 0, trailing spacing; flow-Euler for a flow-matching
+    model) of size×size in [-1, 1], drawn in batches from one generator seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, n, batch):
         shape = (min(batch, n - start), 1, size, size)
-        chunks.append(
-            ddim_sample(model, diffusion, shape, steps=steps, generator=generator)
-        )
+        if isinstance(diffusion, FlowMatching):
+            chunk = sample(
+                "flow-euler", model, diffusion, shape, steps, generator=generator
+            )
+        else:
+            chunk = ddim_sample(
+                model, diffusion, shape, steps=steps, generator=generator
+            )
+        chunks.append(chunk)
     return torch.cat(chunks)
 
 
@@ -100,8 +124,18 @@ def nfe_section(n: int, seeds: list[int]) -> dict[str, Any]:
     DPM-Solver++ diverges on this model's sigmoid schedule, whose last ᾱ is 3e-7 (x̂0 = (x -
     σε̂)/α amplifies the first step's error 1,800-fold; FD above 600,000 at 10 steps)."""
     model, diffusion, _ = load_pretrained("fashion", device="cpu")
+    rows = fd_rows(model, diffusion, NFE_ROWS, n, seeds, clip_denoised=True)
+    return {"n": n, "seeds": seeds, "clip_denoised": True, "rows": rows}
+
+
+def fd_rows(
+    model, diffusion, settings, n: int, seeds: list[int], **kwargs: Any
+) -> list[dict[str, Any]]:
+    """One row per (sampler, steps, nfe) of ``settings``: the FD of ``n`` samples per seed
+    (through the sampler front door, in batches of 250 from one generator per seed) and the
+    median. ``kwargs`` go to the sampler."""
     rows = []
-    for name, steps, nfe in NFE_ROWS:
+    for name, steps, nfe in settings:
         fds = []
         for seed in seeds:
             generator = torch.Generator().manual_seed(seed)
@@ -114,7 +148,7 @@ def nfe_section(n: int, seeds: list[int]) -> dict[str, Any]:
                         (250, 1, 28, 28),
                         steps,
                         generator=generator,
-                        clip_denoised=True,
+                        **kwargs,
                     )
                     for _ in range(-(-n // 250))
                 ]
@@ -130,7 +164,40 @@ def nfe_section(n: int, seeds: list[int]) -> dict[str, Any]:
             }
         )
         print(rows[-1], flush=True)
-    return {"n": n, "seeds": seeds, "clip_denoised": True, "rows": rows}
+    return rows
+
+
+def flow_section(n: int, seeds: list[int], log: Path | None) -> dict[str, Any]:
+    """FD of ``n`` samples of the shipped flow-matching model ``fashion-flow`` by the flow
+    samplers (:data:`FLOW_ROWS`), per seed and as the median; with the run's ``log``, the
+    minutes of training it took to its shipped step."""
+    model, process, config = load_pretrained("fashion-flow", device="cpu")
+    rows = fd_rows(model, process, FLOW_ROWS, n, seeds)
+    result = {"model": "fashion-flow", "n": n, "seeds": seeds, "rows": rows}
+    if log is not None:
+        result["train_minutes"] = training_seconds(log)[config.max_steps] / 60
+    return result
+
+
+@torch.no_grad()
+def int8_section(n: int, steps: int, seed: int) -> dict[str, Any]:
+    """The shipped ``fashion`` model against its int8 copy, sampled from the same noise."""
+    model, diffusion, _ = load_pretrained("fashion", device="cpu")
+    float_samples = draw(model, diffusion, n, steps, seed)
+    state = {name: tensor.float() for name, tensor in model.state_dict().items()}
+    model.load_state_dict(dequantize_int8(quantize_int8(state)))
+    int8_samples = draw(model, diffusion, n, steps, seed)
+    return {
+        "n": n,
+        "steps": steps,
+        "seed": seed,
+        "fd_float16": fashion_fd(float_samples),
+        "fd_int8": fashion_fd(int8_samples),
+        "mean_abs_pixel_difference": float(
+            (float_samples - int8_samples).abs().mean() / 2
+        ),
+        "note": "pixel difference on the [0, 1] scale, same noise for both",
+    }
 
 
 def model_section(
@@ -224,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="step_*.pt files of the curve section",
     )
-    parser.add_argument("--log", type=Path, help="the run's log.jsonl (curve section)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help="the run's log.jsonl (curve sections; flow: its minutes)",
+    )
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     words = sys.argv[1:] if argv is None else argv
@@ -242,30 +313,37 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif section == "nfe":
             value = nfe_section(args.n, args.seeds)
+        elif section == "flow":
+            value = flow_section(args.n, args.seeds, args.log)
+        elif section == "int8":
+            value = int8_section(args.n, args.steps, args.seeds[0])
         else:
             if not args.checkpoints or args.log is None:
                 parser.error(
-                    "the curve section needs --checkpoints FILE... and --log FILE"
+                    f"the {section} section needs --checkpoints FILE... and --log FILE"
                 )
             value = curve_section(
                 args.checkpoints, args.log, args.n, args.steps, args.seeds[0]
             )
+            if section == "flow_curve":
+                value["sampler"] = "flow-euler"
             value["new_rows"] = value["rows"]
-            value["rows"] = _merge_rows(results.get("curve"), value)
+            value["rows"] = _merge_rows(results.get(section), value)
         value["minutes"] = round((time.perf_counter() - start) / 60, 1)
         # read again just before writing: another section may have been written meanwhile
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         results[section] = value
         commands = results.setdefault("commands", {})
-        if section == "curve" and value["rows"] != value.get("new_rows", value["rows"]):
+        curve = section in ("curve", "flow_curve")
+        if curve and value["rows"] != value.get("new_rows", value["rows"]):
             # rows of earlier calls were kept: keep their commands too
-            earlier = commands.get("curve", [])
-            commands["curve"] = [
+            earlier = commands.get(section, [])
+            commands[section] = [
                 *(earlier if isinstance(earlier, list) else [earlier]),
                 command,
             ]
         else:
-            commands[section] = [command] if section == "curve" else command
+            commands[section] = [command] if curve else command
         value.pop("new_rows", None)
         text = json.dumps(results, indent=1, sort_keys=True) + "\n"
         atomic_write(args.out, lambda file, text=text: file.write(text.encode()))

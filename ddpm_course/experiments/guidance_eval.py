@@ -1,6 +1,6 @@
-r"""The measured numbers of chapter 06 (the book's: ``book/results/06_guidance.json``).
+r"""The measured numbers of chapter 06 (the book's: ``ddpm_course/results/06_guidance.json``).
 
-``python -m ddpm_course.experiments.guidance_eval --out book/results/06_guidance.json`` (all sections: each records its ``minutes`` in the file,
+``python -m ddpm_course.experiments.guidance_eval --out ddpm_course/results/06_guidance.json`` (all sections: each records its ``minutes`` in the file,
 together about two and a half hours of one CPU thread, some on a shared machine) or ``--only
 cfg_seeds inpaint`` (the named sections, merged into the file). Every section uses the shipped models, fixed seeds, and the shipped digits classifier of
 :mod:`ddpm_course.metrics` for accuracy, features and FD:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         required=True,
-        help="the JSON to write (the book's: book/results/06_guidance.json)",
+        help="the JSON to write (the book's: ddpm_course/results/06_guidance.json)",
     )
     args = parser.parse_args(argv)
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ wall time of the sampling loop. The distance is the model's metric (:data:`METRI
 ``--n`` real training digits per seed (one random subset each); ``fashion``:
 :func:`ddpm_course.metrics.fashion_fd` against the 10,000 Fashion-MNIST test images, with the
 floor of :func:`ddpm_course.metrics.fashion_fd_floor` (``--n`` real training images, five draws:
-the floor of ``book/results/fashion_eval.json`` at the same n). Every sampler clips
+the floor of ``ddpm_course/results/fashion_eval.json`` at the same n). Every sampler clips
 :math:`\hat x_0` to [-1, 1] (unclipped DPM-Solver++ diverges on ``fashion``'s sigmoid schedule)
 and uses trailing spacing. The JSON is rewritten after every run, so an interrupted sweep keeps
 what it did; ``--append`` adds runs to an existing file (skipping those it holds) and records
@@ -42,7 +42,7 @@ SAMPLERS = tuple(SWEPT)
 COMMAND = "OMP_NUM_THREADS=1 ddpm-course nfe-sweep"
 # the models the sweep can measure: name -> the FD of a batch of its samples
 METRICS = {"digits": digits_fd, "fashion": fashion_fd}
-# fashion's floor: real-image subsets, as in book/results/fashion_eval.json
+# fashion's floor: real-image subsets, as in ddpm_course/results/fashion_eval.json
 FLOOR_DRAWS = 5
 
 

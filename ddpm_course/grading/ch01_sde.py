@@ -16,6 +16,7 @@ from .exercise import (
     ROUNDING,
     ROUNDING_REASON,
     Case,
+    CaseResult,
     Exercise,
     InputFunction,
     Tolerance,
@@ -181,6 +182,194 @@ def cases_euler_maruyama(generator: torch.Generator) -> list[Case]:
     return cases
 
 
+# ------------------------------------------------ simulations graded by their statistics
+# The student's simulation gets its noise as a tensor (the same seed, the same paths) and is
+# judged by the statistics of its paths against closed forms, with a tolerance of a few Monte-Carlo
+# standard errors: not element by element, so any correct simulation passes, and the mistakes
+# (a step of noise ds instead of sqrt(ds), a drift without its 1/2, a constant beta) move the
+# statistics by many standard errors. Cost: well under a second per case.
+PATHS = 20_000
+Z_MAX = 5.0  # how many standard errors a statistic may be off
+
+
+def _ou_em_moments(x0: float, theta: float, sigma: float, T: float, steps: int):
+    """Mean and variance of Euler-Maruyama's X_T for dX = -θ X dt + σ dW on ``steps`` equal
+    steps: x0 (1 - θΔ)^n and σ²Δ Σ_k (1 - θΔ)^(2k) (the scheme's own closed form)."""
+    dt = T / steps
+    factor = 1.0 - theta * dt
+    variance = sigma**2 * dt * sum(factor ** (2 * k) for k in range(steps))
+    return x0 * factor**steps, variance
+
+
+def _ou_moments(x0: float, theta: float, sigma: float, T: float):
+    """Mean and variance of the OU process at T (the SDE's closed form, chapter 01)."""
+    decay = torch.exp(torch.tensor(-theta * T, dtype=torch.float64)).item()
+    return x0 * decay, sigma**2 / (2 * theta) * (1 - decay**2)
+
+
+def reference_ou_endpoint(x0, theta, sigma, T, noise):
+    def drift(x, s):
+        return -theta * x
+
+    def diffusion(s):
+        return sigma
+
+    x = torch.full(noise.shape[1:], x0, dtype=noise.dtype)
+    ds = T / noise.shape[0]
+    for k in range(noise.shape[0]):
+        x = euler_maruyama_step(x, k * ds, ds, drift, diffusion, noise[k])
+    return x
+
+
+def cases_ou_endpoint(generator: torch.Generator) -> list[Case]:
+    cases = []
+    # (θ, steps over T): a fine grid (θΔ = 0.01, EM's variance within 0.5% of the SDE's) and a
+    # coarse one (θΔ = 0.25: EM's variance 14% above the SDE's, many standard errors)
+    # (σ kept away from 1, where σ and σ² would give the same paths)
+    for theta, steps, T, low, high in (
+        (2.0, 100, 0.5, 1.4, 2.0),
+        (1.0, 8, 2.0, 0.5, 0.7),
+    ):
+        x0 = round(_uniform_float(-3.0, 3.0, generator), 3)
+        sigma = round(_uniform_float(low, high, generator), 3)
+        noise = draw_normal((steps, PATHS), torch.float64, generator)
+        label = f"x0 = {x0}, θ = {theta}, σ = {sigma}, T = {T}, {steps} steps, {PATHS} paths"
+        cases.append(Case(label, (x0, theta, sigma, T, noise)))
+    return cases
+
+
+def _z(value: float, target: float, standard_error: float) -> float:
+    return abs(value - target) / standard_error
+
+
+def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
+    """Pass when the paths' mean and variance at T match Euler-Maruyama's own closed form for
+    this grid within :data:`Z_MAX` standard errors; say which closed form they match if not."""
+    x0, theta, sigma, T, noise = case.args
+    x_T = outputs[0]
+    if tuple(x_T.shape) != (noise.shape[1],):
+        return CaseResult(
+            False, f"X_T of shape {tuple(x_T.shape)}, expected ({noise.shape[1]},)"
+        )
+    if not bool(x_T.isfinite().all()):
+        return CaseResult(
+            False, "X_T holds NaN or infinite values: the simulation blew up"
+        )
+    n = x_T.numel()
+    mean, variance = float(x_T.double().mean()), float(x_T.double().var())
+    em_mean, em_variance = _ou_em_moments(x0, theta, sigma, T, noise.shape[0])
+    ou_mean, ou_variance = _ou_moments(x0, theta, sigma, T)
+    z_mean = _z(mean, em_mean, (em_variance / n) ** 0.5)
+    z_variance = _z(variance, em_variance, em_variance * (2 / (n - 1)) ** 0.5)
+    measured = (
+        f"mean {mean:.4f} (Euler-Maruyama on this grid: {em_mean:.4f}, the SDE: {ou_mean:.4f}), "
+        f"variance {variance:.4f} (EM: {em_variance:.4f}, the SDE: {ou_variance:.4f}); "
+        f"{z_mean:.1f} and {z_variance:.1f} standard errors off (allowed {Z_MAX:g})"
+    )
+    if z_mean <= Z_MAX and z_variance <= Z_MAX:
+        return CaseResult(True, measured)
+    dt = T / noise.shape[0]
+    ratio = variance / em_variance
+    if abs(ratio - sigma**2) < 0.1 * sigma**2 and abs(sigma - 1) > 0.1:
+        why = (
+            f"the variance is σ² = {sigma**2:.3g} times the scheme's: the noise of a step is "
+            "σ sqrt(Δ) ξ, not σ² sqrt(Δ) ξ"
+        )
+    elif ratio < 0.5:
+        why = (
+            f"the variance is {ratio:.2g}× the scheme's (Δ = {dt:g}): the noise of a step is "
+            "σ sqrt(Δ) ξ (Brownian increments have variance Δ), not σ Δ ξ"
+        )
+    elif _z(variance, ou_variance, em_variance * (2 / (n - 1)) ** 0.5) <= Z_MAX:
+        why = (
+            "the paths match the SDE's exact marginal, not the Euler-Maruyama scheme on this "
+            f"coarse grid (θΔ = {theta * dt:g}): simulate the scheme step by step, "
+            "x + (-θ x) Δ + σ sqrt(Δ) ξ_k"
+        )
+    elif z_mean > Z_MAX and abs(mean) > abs(x0):
+        why = "the paths moved away from 0: the OU drift is -θ x (towards 0)"
+    else:
+        why = "check one step, x + (-θ x) Δ + σ sqrt(Δ) ξ_k with Δ = T / steps, from x0"
+    return CaseResult(False, f"{measured}: {why}")
+
+
+# VP-SDE forward: x0 from a two-point data set, the path on a uniform grid of s in [0, 1]
+VP_STEPS, VP_TIMES = 200, (50, 100, 200)  # the grid points judged (s = 0.25, 0.5, 1)
+
+
+def reference_vp_sde_path(x0, beta_min, beta_max, noise):
+    sde = VPSDE(beta_min, beta_max)
+    x, ds, path = x0, 1.0 / noise.shape[0], [x0]
+    for k in range(noise.shape[0]):
+        x = euler_maruyama_step(x, k * ds, ds, sde.drift, sde.diffusion, noise[k])
+        path.append(x)
+    return torch.stack(path)
+
+
+def cases_vp_sde_path(generator: torch.Generator) -> list[Case]:
+    cases = []
+    for beta_min, beta_max in ((0.1, 20.0), (0.5, 5.0)):
+        x0 = torch.where(
+            torch.rand(PATHS, generator=generator) < 0.5, -1.0, 1.0
+        ).double()
+        x0 = x0 * round(_uniform_float(1.0, 3.0, generator), 3)
+        noise = draw_normal((VP_STEPS, PATHS), torch.float64, generator)
+        label = f"beta in [{beta_min}, {beta_max}], {VP_STEPS} steps, {PATHS} paths from ±{x0.abs().max():.3f}"
+        cases.append(Case(label, (x0, beta_min, beta_max, noise)))
+    return cases
+
+
+def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
+    """Pass when, at s = 0.25, 0.5 and 1, the paths' regression on x0 and its residual
+    variance match the VP-SDE's marginal (mean exp(-B/2) x0, variance 1 - exp(-B)) within
+    :data:`Z_MAX` standard errors plus Euler-Maruyama's O(Δ) bias."""
+    x0, beta_min, beta_max, noise = case.args
+    path = outputs[0]
+    if tuple(path.shape) != (noise.shape[0] + 1, x0.shape[0]):
+        return CaseResult(
+            False,
+            f"path of shape {tuple(path.shape)}, expected {(noise.shape[0] + 1, x0.shape[0])}",
+        )
+    if not bool(path.isfinite().all()):
+        return CaseResult(False, "the path holds NaN or infinite values")
+    lines, failed, why = [], False, ""
+    for index in VP_TIMES:
+        s = index / noise.shape[0]
+        mean, std = vp_sde_marginal(
+            torch.ones((), dtype=torch.float64), s, beta_min, beta_max
+        )
+        coefficient, variance = float(mean), float(std) ** 2
+        x_s = path[index].double()
+        slope = float((x_s * x0).mean() / (x0 * x0).mean())
+        residual = float((x_s - slope * x0).var())
+        n = x0.numel()
+        se_slope = (variance / float((x0 * x0).sum())) ** 0.5
+        se_variance = variance * (2 / (n - 1)) ** 0.5
+        # Euler-Maruyama's bias at 200 steps: below 1% of each statistic here
+        z_slope = abs(slope - coefficient) / (se_slope + 0.01 * coefficient)
+        z_variance = abs(residual - variance) / (se_variance + 0.01 * variance)
+        lines.append(f"s = {s:g}: mean coefficient {slope:.4f} (SDE {coefficient:.4f}), "
+                     f"variance {residual:.4f} (SDE {variance:.4f})")  # fmt: skip
+        if not failed and (z_slope > Z_MAX or z_variance > Z_MAX):
+            failed = True
+            if z_slope > Z_MAX and slope < coefficient:
+                why = (f"at s = {s:g} the data decay faster than exp(-½∫β): the drift is "
+                       "f(x, s) = -½ β(s) x, with the ½")  # fmt: skip
+            elif z_slope > Z_MAX:
+                why = (f"at s = {s:g} the data decay slower than exp(-½∫β): β(s) = β_min + "
+                       "s (β_max - β_min) grows along the path (s = k / steps at step k)")  # fmt: skip
+            elif residual < variance:
+                why = (f"at s = {s:g} the variance is {residual / variance:.2f}× the SDE's: the "
+                       "noise of a step is sqrt(β(s) Δ) ξ, with the square root of Δ")  # fmt: skip
+            else:
+                why = (f"at s = {s:g} the variance is {residual / variance:.2f}× the SDE's: "
+                       "the diffusion is g(s) = sqrt(β(s)), not β(s)")  # fmt: skip
+    measured = "; ".join(lines)
+    if not failed:
+        return CaseResult(True, measured)
+    return CaseResult(False, f"{measured}: {why}")
+
+
 SDE = "ddpm_course.sde"
 
 EXERCISES = (
@@ -193,9 +382,11 @@ EXERCISES = (
         tolerances={torch.float64: Tolerance(rtol=1e-12, atol=1e-15)},
         tolerance_reason="two float64 evaluations of the same affine function of i",
         hint=(
-            "beta_i = beta(s_i) / N at s_i = i / (N - 1), i = 0..N-1, with "
-            "beta(s) = beta_min + s (beta_max - beta_min): "
-            "torch.linspace(beta_min / N, beta_max / N, N, dtype=torch.float64)."
+            "The betas are off. Compare the first and last with β_min/N and β_max/N: 1000 "
+            "times too large means β(s) was not divided by N; a last beta short of β_max/N "
+            "means the grid stopped before s = 1 (N points span [0, 1] in N − 1 gaps); "
+            "digits wrong after the seventh mean float32. Reread chapter 01, “DDPM's "
+            "forward chain is the discretised VP-SDE”."
         ),
         output_names=("betas",),
         package_functions=(f"{SDE}.VPSDE.discrete_betas",),
@@ -207,7 +398,13 @@ EXERCISES = (
         make_cases=cases_euler_maruyama_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="x + drift(x, s) * ds + diffusion(s) * sqrt(ds) * noise (math.sqrt(ds): ds is a float).",
+        hint=(
+            "The new x is off. If the error shrinks like ds rather than like √ds, the noise "
+            "was scaled by ds, not by its square root; if it grows with the diffusion, g "
+            "was squared; an error only where the drift is large means the drift was "
+            "evaluated at the wrong point. Reread chapter 01, “SDEs and the Euler–Maruyama "
+            "scheme” (one step of the scheme)."
+        ),
         package_functions=(f"{SDE}.euler_maruyama_step", f"{SDE}.euler_maruyama"),
     ),
     Exercise(
@@ -218,9 +415,14 @@ EXERCISES = (
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON
         + " (1 - exp(-B) against -expm1(-B), B >= 0.005: relative 2e-14)",
-        hint="With B = beta_min s + s**2 (beta_max - beta_min) / 2: mean = exp(-B / 2) x0 and std = sqrt(1 - exp(-B)), "
-        "computed in float64 (torch.as_tensor(s, dtype=torch.float64)) and returned in x0's dtype; std has s's shape "
-        "(a 0-d tensor when s is a float).",
+        hint=(
+            "The mean or the std is off (the case line says which). The classic mistakes: "
+            "β(s)·s in place of the integral of β from 0 to s (wrong for every s > 0 unless "
+            "β is constant); the mean's factor without its ½ in the exponent (the mean then "
+            "shrinks as fast as the variance); the std without its square root; a float32 "
+            "computation, which loses the std's digits near s = 0; a std shaped like x0 "
+            "instead of like s. Reread chapter 01, “The variance-preserving SDE”."
+        ),
         output_names=("mean", "std"),
         package_functions=(
             f"{SDE}.vp_sde_marginal",
@@ -240,8 +442,55 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="roundings of up to 50 steps in the data's dtype",
-        hint="Start from x_init and, for k = 0..K-2, take one Euler-Maruyama step from s_grid[k] with "
-        "ds = s_grid[k+1] - s_grid[k] and the noise noises[k]; return the last x.",
+        hint=(
+            "The last state is off. K grid points make K − 1 steps: one step too many or "
+            "too few is the classic off-by-one; each step has its own length (the grid need "
+            "not be even) and its own noise draw, in order; the function returns only the "
+            "final state. If euler_maruyama_step passes, build the loop from it. Reread "
+            "chapter 01, “SDEs and the Euler–Maruyama scheme”."
+        ),
         package_functions=(f"{SDE}.euler_maruyama", f"{SDE}.euler_maruyama_step"),
+    ),
+    Exercise(
+        name="ou_endpoint",
+        signature="ou_endpoint(x0, theta, sigma, T, noise)",
+        reference=reference_ou_endpoint,
+        make_cases=cases_ou_endpoint,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the mean and variance of the "
+        "paths against closed forms, within a few Monte-Carlo standard errors",
+        hint=(
+            "The endpoints' mean or variance is off. Euler–Maruyama adds the drift times "
+            "the step and the diffusion times the square root of the step times a fresh row "
+            "of noise, at every step; classic mistakes: the step in place of its square "
+            "root on the noise, a drift of the wrong sign, one row of noise reused. Reread "
+            "chapter 01, “SDEs and the Euler–Maruyama scheme”."
+        ),
+        output_names=("x_T",),
+        package_functions=(f"{SDE}.euler_maruyama", f"{SDE}.euler_maruyama_step"),
+        judge=judge_ou_endpoint,
+    ),
+    Exercise(
+        name="vp_sde_path",
+        signature="vp_sde_path(x0, beta_min, beta_max, noise)",
+        reference=reference_vp_sde_path,
+        make_cases=cases_vp_sde_path,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the marginals of the paths "
+        "against the VP-SDE's closed form",
+        hint=(
+            "The path's marginals are off. The VP-SDE's drift is minus half of β(s) times x "
+            "and its diffusion the square root of β(s), with β growing linearly from β_min "
+            "to β_max as s goes from 0 to 1; classic mistakes: β in place of its square "
+            "root on the noise, the whole β in the drift, a path without its starting "
+            "point. Reread chapter 01, “The variance-preserving SDE”."
+        ),
+        output_names=("path",),
+        package_functions=(
+            f"{SDE}.euler_maruyama",
+            f"{SDE}.euler_maruyama_step",
+            f"{SDE}.VPSDE",
+        ),
+        judge=judge_vp_sde_path,
     ),
 )

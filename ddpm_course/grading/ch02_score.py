@@ -15,6 +15,7 @@ from .exercise import (
     ROUNDING,
     ROUNDING_REASON,
     Case,
+    CaseResult,
     Exercise,
     InputFunction,
     Tolerance,
@@ -23,7 +24,7 @@ from .exercise import (
     dtype_name,
 )
 
-__all__ = ["EXERCISES", "LinearScore"]
+__all__ = ["EXERCISES", "GaussianScoreFunction", "LinearScore", "NoisyMixtureScore"]
 
 # (dtype, N points, dimension D)
 CONFIGS = (
@@ -143,6 +144,229 @@ def cases_dsm_loss(generator: torch.Generator) -> list[Case]:
     return cases
 
 
+# ------------------------------------------------------ samplers graded by their samples
+# The student's sampler gets its noise as a tensor and is judged by the statistics of its
+# samples against closed forms, within a few Monte-Carlo standard errors. Cost: about a second
+# per case (2-D points, analytic scores).
+CHAINS, Z_MAX = 10_000, 5.0
+
+
+class GaussianScoreFunction(InputFunction):
+    r"""The score of :math:`\mathcal N(\mu, \Sigma)`: :math:`s(x) = -(x - \mu)\Sigma^{-1}`,
+    given by ``mean`` (D,) and ``precision`` :math:`\Sigma^{-1}` (D, D)."""
+
+    kind = "gaussian_score_function"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self.params["mean"].to(x.dtype)
+        return -centred @ self.params["precision"].to(x.dtype)
+
+
+class NoisyMixtureScore(InputFunction):
+    r"""The score of the mixture :math:`\sum_k w_k\,\mathcal N(\mu_k, s_k^2 I)` perturbed by
+    noise of std σ (each component's variance becomes :math:`s_k^2 + \sigma^2`): the exact
+    noise-conditional score ``score(x, sigma)`` of Song & Ermon 2019."""
+
+    kind = "noisy_mixture_score"
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        means = self.params["means"].to(x.dtype)
+        variances = self.params["stds"].to(x.dtype) ** 2 + float(sigma) ** 2
+        log_weights = self.params["weights"].to(x.dtype).log()
+        squared = ((x[:, None, :] - means[None]) ** 2).sum(-1)
+        dim = x.shape[1]
+        log_probs = (
+            log_weights - 0.5 * squared / variances - 0.5 * dim * variances.log()
+        )
+        responsibilities = torch.softmax(log_probs, dim=1)
+        pulls = (means[None] - x[:, None, :]) / variances[None, :, None]
+        return (responsibilities[:, :, None] * pulls).sum(1)
+
+
+def reference_langevin_chain(score, x_init, step_size, noise):
+    x = x_init
+    for k in range(noise.shape[0]):
+        x = langevin_step(x, score(x), step_size, noise[k])
+    return x
+
+
+def cases_langevin_chain(generator: torch.Generator) -> list[Case]:
+    rotation, _ = torch.linalg.qr(draw_normal((2, 2), torch.float64, generator))
+    eigenvalues = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    cov = rotation @ torch.diag(eigenvalues) @ rotation.T
+    mean = draw_uniform((2,), -2.0, 2.0, torch.float64, generator)
+    score = GaussianScoreFunction(mean=mean, precision=torch.linalg.inv(cov))
+    steps, step_size = 400, 0.05
+    x_init = draw_normal((CHAINS, 2), torch.float64, generator)
+    noise = draw_normal((steps, CHAINS, 2), torch.float64, generator)
+    label = f"N(μ, Σ) in 2-D (eigenvalues 0.5 and 2), {CHAINS} chains, {steps} steps of ε = {step_size}"
+    return [Case(label, (score, x_init, step_size, noise))]
+
+
+def _ula_covariance(precision: torch.Tensor, step_size: float) -> torch.Tensor:
+    """The stationary covariance of the unadjusted Langevin chain on a Gaussian: along each
+    eigenvector of Σ (eigenvalue λ), λ / (1 - ε / (2λ)) (the O(ε) bias of the discrete chain)."""
+    eigenvalues, vectors = torch.linalg.eigh(torch.linalg.inv(precision))
+    return (
+        vectors
+        @ torch.diag(eigenvalues / (1 - step_size / (2 * eigenvalues)))
+        @ vectors.T
+    )
+
+
+def judge_langevin_chain(case: Case, outputs: tuple) -> CaseResult:
+    """Pass when the chains' mean and covariance match the Langevin chain's stationary
+    distribution within :data:`Z_MAX` standard errors."""
+    score, x_init, step_size, noise = case.args
+    x = outputs[0]
+    if tuple(x.shape) != tuple(x_init.shape):
+        return CaseResult(
+            False, f"samples of shape {tuple(x.shape)}, expected {tuple(x_init.shape)}"
+        )
+    if not bool(x.isfinite().all()):
+        return CaseResult(
+            False, "the samples hold NaN or infinite values: the chain diverged"
+        )
+    target_mean = score.params["mean"]
+    target_cov = _ula_covariance(score.params["precision"], step_size)
+    n = x.shape[0]
+    mean = x.double().mean(0)
+    cov = torch.cov(x.double().T)
+    # standard errors: of the mean, sqrt(Σ_ii / n); of a covariance entry, sqrt((Σ_ii Σ_jj + Σ_ij²) / n)
+    diagonal = target_cov.diagonal()
+    z_mean = float(((mean - target_mean).abs() / (diagonal / n).sqrt()).max())
+    se_cov = ((diagonal[:, None] * diagonal[None] + target_cov**2) / n).sqrt()
+    z_cov = float(((cov - target_cov).abs() / se_cov).max())
+    spread = float(
+        torch.linalg.eigvalsh(cov).sum() / torch.linalg.eigvalsh(target_cov).sum()
+    )
+    measured = (
+        f"mean {[round(v, 3) for v in mean.tolist()]} (target {[round(v, 3) for v in target_mean.tolist()]}), "
+        f"total variance {spread:.3f}× the chain's stationary one; {z_mean:.1f} and {z_cov:.1f} "
+        f"standard errors off (allowed {Z_MAX:g})"
+    )
+    if z_mean <= Z_MAX and z_cov <= Z_MAX:
+        return CaseResult(True, measured)
+    if spread < 0.1:
+        why = (
+            "the samples collapsed onto the mode: without the noise term Langevin is gradient "
+            "ascent on log p; add sqrt(2ε) z"
+        )
+    elif 0.35 < spread < 0.65:
+        why = (
+            "the spread is about half the target's: the noise of a step is sqrt(2ε) z, not "
+            "sqrt(ε) z (x + ε ∇log p + sqrt(2ε) z; with α = 2ε: x + α/2 ∇log p + sqrt(α) z)"
+        )
+    elif z_mean > Z_MAX and spread > 2:
+        why = (
+            "the chains ran away from the mode: a step goes UP the score, x + ε ∇log p"
+        )
+    else:
+        why = "check one step, x + ε score(x) + sqrt(2ε) z_k, applied to every chain"
+    return CaseResult(False, f"{measured}: {why}")
+
+
+# annealed Langevin on a two-mode mixture with unequal weights: only the annealing finds them
+MODES = ((-3.0, -3.0), (3.0, 3.0))
+MODE_WEIGHTS, MODE_STD = (0.2, 0.8), 0.5
+
+
+def reference_annealed_langevin_sample(score, sigmas, x_init, step_lr, noise):
+    x = x_init
+    steps_each = noise.shape[0] // sigmas.shape[0]
+    sigma_last = float(sigmas[-1])
+    for level, sigma in enumerate(sigmas.tolist()):
+        alpha = step_lr * sigma**2 / sigma_last**2
+        for k in range(steps_each):
+            z = noise[level * steps_each + k]
+            x = langevin_step(x, score(x, sigma), alpha / 2, z)
+    return x
+
+
+def cases_annealed_langevin_sample(generator: torch.Generator) -> list[Case]:
+    from ..score import geometric_sigmas
+
+    order = torch.randperm(2, generator=generator)
+    means = torch.tensor(MODES, dtype=torch.float64)[order]
+    weights = torch.tensor(MODE_WEIGHTS, dtype=torch.float64)[order]
+    score = NoisyMixtureScore(means=means, stds=torch.full((2,), MODE_STD, dtype=torch.float64),
+                              weights=weights)  # fmt: skip
+    sigmas = geometric_sigmas(8.0, 0.1, 10).double()
+    steps_each, step_lr = 100, 5e-3
+    x_init = draw_uniform((CHAINS // 2, 2), -8.0, 8.0, torch.float64, generator)
+    noise = draw_normal(
+        (steps_each * sigmas.shape[0], CHAINS // 2, 2), torch.float64, generator
+    )
+    label = (f"two modes of weights {weights.tolist()}, σ from 8 to 0.1 in 10 levels, "
+             f"{steps_each} steps each, {CHAINS // 2} chains")  # fmt: skip
+    return [Case(label, (score, sigmas, x_init, step_lr, noise))]
+
+
+def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
+    """Pass when the share of samples at each mode matches the mixture's weights and the
+    spread around the modes matches their std, within :data:`Z_MAX` standard errors (plus 5%
+    of the std for the last level's σ and the chain's step)."""
+    score, sigmas, x_init = case.args[:3]
+    x = outputs[0]
+    if tuple(x.shape) != tuple(x_init.shape):
+        return CaseResult(
+            False, f"samples of shape {tuple(x.shape)}, expected {tuple(x_init.shape)}"
+        )
+    if not bool(x.isfinite().all()):
+        return CaseResult(
+            False, "the samples hold NaN or infinite values: the chain diverged"
+        )
+    means, weights = score.params["means"], score.params["weights"]
+    distances = torch.cdist(x.double(), means)
+    nearest = distances.argmin(1)
+    n = x.shape[0]
+    minor = int(weights.argmin())
+    share = float((nearest == minor).double().mean())
+    target = float(weights[minor])
+    z_share = abs(share - target) / (target * (1 - target) / n) ** 0.5
+    # the spread per coordinate around the nearest mode: MODE_STD, plus the last σ's blur
+    residual = x.double() - means[nearest]
+    std = float(residual.std())
+    expected_std = (MODE_STD**2 + float(sigmas[-1]) ** 2) ** 0.5
+    std_ok = abs(std / expected_std - 1) < 0.05 + Z_MAX / (2 * n) ** 0.5
+    measured = (
+        f"{share:.1%} of the samples at the mode of weight {target:.0%}, spread {std:.3f} "
+        f"around the modes (target {expected_std:.3f}); the share is {z_share:.1f} standard "
+        f"errors off (allowed {Z_MAX:g})"
+    )
+    if z_share <= Z_MAX and std_ok:
+        return CaseResult(True, measured)
+    if abs(std / expected_std - 0.5**0.5) < 0.07:
+        why = (
+            f"the spread around the modes is {std / expected_std:.2f}× the target's, about "
+            "1/sqrt(2), as with half the noise's variance (which also sharpens the shares "
+            "towards the heavier mode): the noise of a step is sqrt(α_i) z with "
+            "x + α_i/2 score (Algorithm 1 of Song & Ermon 2019)"
+        )
+    elif z_share > Z_MAX and abs(share - 0.5) < 0.1:
+        why = (
+            "the samples split between the modes as the starting points do, not as the weights: "
+            "the chain never crossed between them. Anneal from the LARGEST σ down, with steps "
+            "α_i = step_lr σ_i² / σ_L² that are large while σ is large"
+        )
+    elif z_share > Z_MAX:
+        why = (
+            "the modes' shares are wrong: at each level i take the steps with that level's "
+            "σ_i (score(x, σ_i)) and α_i = step_lr σ_i² / σ_L², from the largest σ down"
+        )
+    elif std < expected_std:
+        why = (
+            f"the spread around the modes is {std / expected_std:.2f}× the target's: the noise "
+            "of a step is sqrt(α_i) z with x + α_i/2 score (Algorithm 1 of Song & Ermon 2019)"
+        )
+    else:
+        why = (
+            f"the spread around the modes is {std / expected_std:.2f}× the target's: does the "
+            "last level run with the smallest σ, and α_i scale with σ_i² / σ_L²?"
+        )
+    return CaseResult(False, f"{measured}: {why}")
+
+
 SCORE = "ddpm_course.score"
 
 EXERCISES = (
@@ -153,7 +377,13 @@ EXERCISES = (
         make_cases=cases_langevin_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="x + step_size * score + sqrt(2 * step_size) * noise (math.sqrt: step_size is a float).",
+        hint=(
+            "The new x is off. An error that scales with the noise by a factor near 1.41 "
+            "means the noise was scaled by the square root of the step size instead of the "
+            "root of twice it (the chain then samples a law that is too narrow); an error "
+            "that scales with the score means its step size is wrong. Reread chapter 02, "
+            "“Langevin dynamics: from a score to samples”."
+        ),
         output_names=("x_next",),
         package_functions=(
             f"{SCORE}.langevin_step",
@@ -172,7 +402,13 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="a linear solve (or an inverse) of a covariance with condition number at most 4",
-        hint="-(x - mean) @ inv(cov).T for each row of x; torch.linalg.solve(cov, (x - mean).T).T avoids the inverse.",
+        hint=(
+            "The score is off. A got/expected ratio of −1 is the sign (the score points "
+            "towards the mean); an error that vanishes when the covariance is the identity "
+            "means the covariance multiplied where its inverse belongs (or a transpose on "
+            "the wrong side). Reread chapter 02, “The score of a Gaussian and of a Gaussian "
+            "mixture”."
+        ),
         output_names=("score",),
         package_functions=(f"{SCORE}.gaussian_score",),
     ),
@@ -185,10 +421,12 @@ EXERCISES = (
         tolerance_reason=ROUNDING_REASON
         + ", scaled by the largest component score |mu_k - x| / s_k^2 of each point",
         hint=(
-            "The score is sum_k r_k(x) (mu_k - x) / s_k^2 with responsibilities "
-            "r_k = softmax_k(log w_k + log N(x; mu_k, s_k^2 I)); keep the normalising constant "
-            "-D/2 log(2 pi s_k^2) (the stds differ) and use torch.softmax on the log-probabilities, "
-            "since far from the means every exp() underflows to 0."
+            "The score is off. NaN far from the means: the responsibilities were formed "
+            "from exponentiated densities, which underflow; work with log-probabilities and "
+            "normalise them together. Wrong only when the components' stds differ: the "
+            "Gaussian's normalising constant was dropped. Off by the component's std: each "
+            "component's score divides by its variance. Reread chapter 02, “The score of a "
+            "Gaussian and of a Gaussian mixture”."
         ),
         output_names=("score",),
         package_functions=(
@@ -209,11 +447,52 @@ EXERCISES = (
         },
         tolerance_reason="sums of up to 64 squares in a different order",
         hint=(
-            "With sigma as a column ((N, 1) when it is an (N,) tensor): x_noisy = x + sigma * noise, "
-            "and the loss is the mean over points of 0.5 * ||sigma * score_fn(x_noisy, sigma) + noise||^2 "
-            "(sum over D); pass sigma to score_fn as given."
+            "The loss is off. Twice the reference: the factor ½ is missing; D times "
+            "smaller: a mean over the dimensions where the squared norm sums them; much "
+            "larger, growing with σ: the sign of the noise term (the σ-scaled score should "
+            "cancel the noise, not add to it), or σ not shaped as one value per point. "
+            "Reread chapter 02, “Denoising score matching”."
         ),
         output_names=("loss",),
         package_functions=(f"{SCORE}.dsm_loss",),
+    ),
+    Exercise(
+        name="langevin_chain",
+        signature="langevin_chain(score, x_init, step_size, noise)",
+        reference=reference_langevin_chain,
+        make_cases=cases_langevin_chain,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the samples' mean and "
+        "covariance against the chain's stationary distribution",
+        hint=(
+            "The chains' statistics are off. Each Langevin step moves x by the step size "
+            "times the score and adds noise of variance twice the step size, with the next "
+            "row of noise; classic mistakes: the step size itself as the noise's scale (too "
+            "cold a chain), the score subtracted, the same noise at every step. Reread "
+            "chapter 02, “Langevin dynamics: from a score to samples”."
+        ),
+        output_names=("samples",),
+        package_functions=(f"{SCORE}.langevin_sample", f"{SCORE}.langevin_step"),
+        judge=judge_langevin_chain,
+    ),
+    Exercise(
+        name="annealed_langevin_sample",
+        signature="annealed_langevin_sample(score, sigmas, x_init, step_lr, noise)",
+        reference=reference_annealed_langevin_sample,
+        make_cases=cases_annealed_langevin_sample,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the share of samples at each "
+        "mode and their spread",
+        hint=(
+            "The modes' shares or spread are off. Annealed Langevin runs a Langevin chain "
+            "at each noise level from the largest to the smallest, its step size scaled by "
+            "the level's variance over the smallest level's (Song & Ermon 2019, Algorithm "
+            "1); classic mistakes: the levels in the wrong order, one step size for every "
+            "level, σ where σ² belongs. Reread chapter 02, “Noise-conditional scores and "
+            "annealed Langevin dynamics”."
+        ),
+        output_names=("samples",),
+        package_functions=(f"{SCORE}.annealed_langevin", f"{SCORE}.langevin_step"),
+        judge=judge_annealed_langevin_sample,
     ),
 )

@@ -223,8 +223,13 @@ EXERCISES = (
         make_cases=cases_q_sample,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="x_t = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * noise, with alphas_cumprod[t] "
-        "reshaped to (N, 1, ..., 1) so that it broadcasts against x0; return x0's dtype.",
+        hint=(
+            "x_t is off. By a lot: the classic ᾱ_t in place of its square root, or the "
+            "one-step α_t in place of the cumulative ᾱ_t; errors along the wrong axis mean "
+            "ᾱ_t was not shaped as one value per example; a dtype message means the float64 "
+            "table leaked into the result. Reread chapter 03, “The latent-variable view” "
+            "(q(x_t | x_0) in closed form)."
+        ),
         package_functions=(
             f"{DIFFUSION}.GaussianDiffusion.q_sample",
             f"{DIFFUSION}.GaussianDiffusion.q_mean_variance",
@@ -238,8 +243,13 @@ EXERCISES = (
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON
         + ", scaled by (|x_t| + |eps|) / sqrt(abar_t) where the division amplifies them",
-        hint="Solve x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for x0; reshape abar_t = alphas_cumprod[t] "
-        "to (N, 1, ..., 1) and return x_t's dtype.",
+        hint=(
+            "x̂0 is off. The error grows as t grows: the division by √ᾱ_t is missing or "
+            "uses ᾱ_t; an error proportional to the noise prediction: its coefficient is 1 "
+            "− ᾱ_t where its square root belongs, or the sign is flipped. Solve the closed "
+            "form of q(x_t | x_0) for x_0: chapter 03, “Three ways to predict the mean: ε, "
+            "x0 and v”."
+        ),
         package_functions=(f"{DIFFUSION}.GaussianDiffusion.predict_x0_from_eps",),
     ),
     Exercise(
@@ -256,8 +266,14 @@ EXERCISES = (
         tolerance_reason=(
             "exp of a difference and a ratio of exps round differently (relative error up to |logvar| · eps)"
         ),
-        hint="KL = 0.5 * (logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)**2 * exp(-logvar2) - 1), "
-        "element-wise, with broadcasting.",
+        hint=(
+            "The KL is off. It must be 0 when the two Gaussians are equal: a constant "
+            "offset is the missing −1; an error that grows with the mean difference: that "
+            "term is not divided by the second variance; a factor 2: the overall ½; "
+            "negative values, impossible for a KL: a sign, or the two log-variances swapped "
+            "in one term. Note the arguments are log-variances. Reread chapter 03, “The "
+            "three kinds of terms” (the KL of two Gaussians)."
+        ),
         package_functions=(f"{DIFFUSION}.normal_kl",),
     ),
     Exercise(
@@ -267,9 +283,13 @@ EXERCISES = (
         make_cases=cases_q_posterior,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + " (with the schedule computed in float64)",
-        hint="Compute alphas_cumprod and alphas_cumprod_prev (1 at t = 0) in float64 from betas; the mean is "
-        "beta_t sqrt(abar_{t-1}) / (1 - abar_t) * x0 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) * x_t and the "
-        "variance beta_t (1 - abar_{t-1}) / (1 - abar_t), shaped (N, 1, ..., 1); return x0's dtype.",
+        hint=(
+            "The posterior mean or variance is off (the case line says which). Wrong only "
+            "at t = 0: ᾱ_{t−1} must be 1 there; the variance larger than β_t: the factors "
+            "(1 − ᾱ_{t−1}) and (1 − ᾱ_t) swapped. The case inputs are betas: the α and ᾱ "
+            "tables come from them, in float64. Reread chapter 03, “The forward posterior "
+            "q(x_{t−1} | x_t, x_0)”."
+        ),
         output_names=("mean", "variance"),
         package_functions=(f"{DIFFUSION}.GaussianDiffusion.q_posterior",),
     ),
@@ -285,9 +305,13 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-9, atol=1e-10),
         },
         tolerance_reason="in float32 a difference of two CDF values near 1 keeps only ~3 digits of a bin mass of 1e-4",
-        hint="Each bin is [x - 1/255, x + 1/255]; its mass is Phi(upper) - Phi(lower) with Phi = torch.special.ndtr "
-        "(or from the other tail, Phi(-lower) - Phi(-upper), when lower > 0, which keeps float32 digits); "
-        "the bin at x = -1 extends to -inf and the bin at x = 1 to +inf.",
+        hint=(
+            "The log-likelihood is off. Wrong only at the pixels at −1 or 1: the edge bins "
+            "extend to ∓∞; everywhere by a similar amount: the bin's half-width (the 256 "
+            "levels on [−1, 1] are 2/255 apart); −inf or large errors in float32 where the "
+            "bin is far in the upper tail: take its mass from the other tail. Reread "
+            "chapter 03, “The three kinds of terms” (L_0)."
+        ),
         package_functions=(f"{DIFFUSION}.discretized_gaussian_log_likelihood",),
     ),
     Exercise(
@@ -300,9 +324,14 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-9, atol=1e-10),
         },
         tolerance_reason="the KL and the decoder log-likelihood, averaged over up to 256 elements",
-        hint="For t > 0: the mean over all but the first dimension of KL(q(x_{t-1} | x_t, x0) || N(model_mean, "
-        "exp(model_log_variance))) divided by log 2; for t = 0: minus the mean of the discretised Gaussian "
-        "log-likelihood of x0 with log_scales = model_log_variance / 2, divided by log 2. Use torch.where on t == 0.",
+        hint=(
+            "The bound term is off. Wrong only at t = 0: that term is the decoder's "
+            "negative log-likelihood, the others a KL; off by a factor 0.693 or 1.44: nats "
+            "against bits (the term is in bits); off by the number of pixels: a sum where a "
+            "mean over all but the first dimension belongs; the log-scale of the decoder is "
+            "half the log-variance. Reread chapter 03, “The three kinds of terms: L_T, "
+            "L_{t−1}, L_0”."
+        ),
         output_names=("bits_per_dim",),
         package_functions=(
             f"{DIFFUSION}.GaussianDiffusion.vb_terms_bpd",

@@ -231,15 +231,15 @@ def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRe
     if loss < THRESHOLD:
         return CaseResult(True, f"held-out denoising loss {loss:.3f} < {THRESHOLD}")
     if stats["moved"] > 2.0:
-        why = ("the weights moved far from where they started: gradients pile up from step to step; "
-               "is optimizer.zero_grad() called before loss.backward()?")  # fmt: skip
+        why = ("the weights moved far from where they started, as when gradients pile up "
+               "from step to step: are the old gradients cleared before each backward pass?")  # fmt: skip
     elif stats["mean_square"] < 0.05:
-        why = ("the model predicts about 0 everywhere, as if the noise were never added to x_t: "
-               "x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε")  # fmt: skip
+        why = ("the model predicts about 0 everywhere, as if the noise were never added to "
+               "x_t: reread the closed form of x_t in chapter 04's L_simple equation")  # fmt: skip
     elif stats["x0_mse"] < stats["eps_mse"]:
         why = "the model predicts the clean image x0, not the noise ε: the target should be the noise"
     elif stats["time_moved"] == 0.0:
-        why = "the model never used the timestep: pass t to the model, model(x_t, t)"
+        why = "the model never used the timestep: the network must be given each example's t"
     elif stats["eps_mse_t0"] < loss:
         why = "the model does better when told t = 0 than its own t: give the model each example's t"
     else:
@@ -259,8 +259,13 @@ EXERCISES = (
         # angles t·ω up to 1000 rad: float32 spacing there is 6e-5, so sin and cos agree to ~1e-4
         tolerances={torch.float32: Tolerance(rtol=0.0, atol=2e-4)},
         tolerance_reason="float32 angles up to t = 1000 carry rounding errors of about 1e-4 rad",
-        hint="half = dim // 2 frequencies exp(-log(10000) * i / (half - 1)), i = 0..half-1; the angles "
-        "t[:, None] * freqs[None]; return torch.cat([sin, cos], dim=1) in float32.",
+        hint=(
+            "The embedding is off. Right magnitudes but in the wrong columns: the sine half "
+            "comes first, then the cosine half; right at t = 0 but wrong elsewhere: the "
+            "frequencies (they fall geometrically from 1 to 1/10000 over the half, both "
+            "ends included); a dtype message: the result is float32 whatever t's dtype. "
+            "Reread chapter 04, “U-Net anatomy, block by block” (the time embedding)."
+        ),
         output_names=("embedding",),
         package_functions=("ddpm_course.nn.timestep_embedding",),
     ),
@@ -271,8 +276,14 @@ EXERCISES = (
         make_cases=cases_l_simple_loss,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + " (a mean over up to 192 squared errors)",
-        hint="x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise with abar_t = alphas_cumprod[t] shaped (N, 1, ..., 1) "
-        "in x0's dtype; the loss is ((model(x_t, t) - noise) ** 2).mean().",
+        hint=(
+            "The loss is off. By a lot: x_t not formed as the closed form says (ᾱ_t in "
+            "place of its square root, or the one-step α_t in place of ᾱ_t), or the error "
+            "measured against x0 instead of the noise; off by a constant factor: a sum "
+            "where the mean belongs; wrong broadcasting when ᾱ_t is not one value per "
+            "example. Reread chapter 04, “From the algorithm to code” (the displayed "
+            "equation of L_simple)."
+        ),
         output_names=("loss",),
         package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.q_sample"),
     ),
@@ -283,8 +294,12 @@ EXERCISES = (
         make_cases=cases_ema_update,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON,
-        hint="Change ema itself (in place: ema.mul_(decay).add_(weights, alpha=1 - decay), or ema.lerp_): "
-        "ema <- decay * ema + (1 - decay) * weights. Assigning ema = ... only renames it.",
+        hint=(
+            "The average is off. Unchanged from the start: a new tensor was made and the "
+            "name rebound, but the exercise changes ema itself, in place; moved almost all "
+            "the way to the weights: decay and 1 − decay swapped. Reread chapter 04, “EMA: "
+            "sampling with averaged weights” (the displayed update)."
+        ),
         output_names=("ema",),
         package_functions=("ddpm_course.ema.ema_update",),
         driver="in_place",
@@ -296,8 +311,14 @@ EXERCISES = (
         make_cases=cases_cosine_betas,
         tolerances={torch.float64: Tolerance(rtol=1e-10, atol=1e-12)},
         tolerance_reason=ROUNDING_REASON + " in float64",
-        hint="f(u) = cos((u + s) / (1 + s) * pi / 2) ** 2 and abar(u) = f(u) / f(0) for u = t / T; "
-        "beta_t = min(1 - abar((t + 1) / T) / abar(t / T), 0.999) for t = 0..T-1, in float64.",
+        hint=(
+            "The betas are off. Wrong everywhere by a little: the offset s is missing from "
+            "the cosine's argument or from its normalisation at 0; too large at the end: "
+            "the clip at 0.999 is missing (the last ratio of ᾱ goes to 0); shifted by one "
+            "step: each beta is one minus the ratio of consecutive ᾱ, from t/T to (t + "
+            "1)/T. In float64. Reread Nichol and Dhariwal's Eq. (17) and chapter 04, "
+            "“Design choices, measured at an equal training budget”."
+        ),
         output_names=("betas",),
         package_functions=(
             "ddpm_course.schedules.cosine",
@@ -311,8 +332,14 @@ EXERCISES = (
         make_cases=cases_training_step,
         tolerances=ROUNDING,
         tolerance_reason="not compared element-wise: judged by the held-out loss of the trained weights",
-        hint="t = torch.randint(0, T, (n,), generator=generator); noise = torch.randn(x0.shape, generator=generator); "
-        "x_t from the closed form; loss = MSE(model(x_t, t), noise); then zero_grad, backward, step; return the loss.",
+        hint=(
+            "The trained weights denoise badly (the case line names the mistake they look "
+            "like). Algorithm 1 is six parts: a timestep per example, the noise, x_t in "
+            "closed form, the noise prediction given x_t and t, the mean squared error "
+            "against the noise, then clear the old gradients, backpropagate and step; draw "
+            "t and the noise from the given generator. Reread chapter 04, “From the "
+            "algorithm to code” and its L_simple equation."
+        ),
         output_names=("weights", "losses"),
         package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.q_sample"),
         driver="train_tiny_denoiser",

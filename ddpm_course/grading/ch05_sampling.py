@@ -1,10 +1,19 @@
-r"""The exercises of chapter 05 (DDIM and fast sampling): one step of each sampler, respacing, slerp.
+r"""The exercises of chapter 05 (DDIM and fast sampling): one step of each sampler, slerp, and
+two whole samplers graded by their samples.
 
-Each exercise is a standalone function of explicit tensors and floats; its reference calls
-:mod:`ddpm_course.samplers`. The alpha-bars of a step are Python floats taken from real schedules
-(linear and cosine, T = 1000), including the ends: :math:`\bar\alpha = 1` (the data) and the
-cosine schedule's last :math:`\bar\alpha \approx 2\times10^{-9}`. Data tensors are float32 or
-float64 and every answer comes back in the data's dtype.
+The step exercises are standalone functions of explicit tensors and floats; their references
+call :mod:`ddpm_course.samplers`. The alpha-bars of a step are Python floats taken from real
+schedules (linear and cosine, T = 1000), including the ends: :math:`\bar\alpha = 1` (the data)
+and the cosine schedule's last :math:`\bar\alpha \approx 2\times10^{-9}`. Data tensors are
+float32 or float64 and every answer comes back in the data's dtype.
+
+``ddim_sample`` (a whole DDIM loop) and ``respaced_ddpm_sample`` (a bug hunt: an ancestral
+sampler on 10 timesteps with two planted bugs) run the shipped ``digits`` model, sent to the
+student's code as a TorchScript program (:mod:`~ddpm_course.grading.outcome`). They are judged
+by their samples: the Fréchet distance against the test digits must lie within a band of the
+package's own sampler on the same noise, and the samples must follow from that noise (median
+RMS distance per sample at most :data:`TIE`); a failure says what the samples look like (noise
+left from a missing last step, white noise, flat images) and which classic bug does that.
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ from ..diffusion import GaussianDiffusion
 from ..samplers import (
     ddim_inversion_step,
     ddim_step,
+    ddpm_step,
     dpm_solver_2m_step,
-    respace,
     slerp,
 )
 from ..schedules import get_betas
@@ -24,11 +33,13 @@ from .exercise import (
     ROUNDING,
     ROUNDING_REASON,
     Case,
+    CaseResult,
     Exercise,
     Tolerance,
     draw_normal,
     dtype_name,
 )
+from .outcome import median_rmse, traced_model
 
 __all__ = ["EXERCISES"]
 
@@ -86,38 +97,6 @@ def cases_ddim_step(generator: torch.Generator) -> list[Case]:
                 + f", eta {eta}"
             )
             cases.append(Case(label, args))
-    return cases
-
-
-# ---------------------------------------------------------------------------- respaced_betas
-def reference_respaced_betas(alphas_cumprod, timesteps):
-    alphas_cumprod64 = alphas_cumprod.double()
-    previous = torch.cat([alphas_cumprod64.new_ones(1), alphas_cumprod64[:-1]])
-    diffusion = GaussianDiffusion(1.0 - alphas_cumprod64 / previous)
-    return respace(diffusion, timesteps.tolist()).betas.to(alphas_cumprod.dtype)
-
-
-def cases_respaced_betas(generator: torch.Generator) -> list[Case]:
-    cases = []
-    # (schedule, T, kept timesteps, dtype of alphas_cumprod): float64 as in the package, and float32
-    for schedule, T_case, n_kept, dtype in (
-        ("linear", 1000, 10, torch.float64),
-        ("cosine", 1000, 50, torch.float64),
-        ("linear", 50, 7, torch.float32),
-        ("cosine", 200, 1, torch.float64),
-        ("cosine", 1000, 1000, torch.float64),
-        ("linear", 1000, 20, torch.float32),
-    ):
-        alphas_cumprod = torch.cumprod(1.0 - get_betas(schedule, T_case), dim=0).to(
-            dtype
-        )
-        kept = torch.randperm(T_case, generator=generator)[:n_kept].sort().values
-        if n_kept > 2:
-            kept[-1] = (
-                T_case - 1
-            )  # include the last trained step, as trailing spacing does
-        label = f"{dtype_name(dtype)}, {schedule} T={T_case}, {n_kept} kept timesteps"
-        cases.append(Case(label, (alphas_cumprod, kept)))
     return cases
 
 
@@ -203,6 +182,196 @@ def cases_inversion(generator: torch.Generator) -> list[Case]:
     return cases
 
 
+# ----------------------------------------------------- whole samplers, graded by their samples
+# The shipped `digits` model (16×16, linear schedule, T = 1000) is sent to the student's code as
+# a TorchScript program (grading/outcome.py). One case of SAMPLES images from noise drawn from the
+# seed; the judge measures the samples' FD against the test digits and their distance to the
+# package's samples from the same noise. Cost of one case in check(): two loops of STEPS network
+# calls on 200 images (the student's and the package's), about 10 s of CPU on one thread.
+SAMPLES, STEPS = 200, 10
+FD_FACTOR, FD_SLACK = 1.5, 20.0  # the FD band: at most max(1.5 x, + 20) the package's
+TIE = 0.1  # the largest median RMS distance per sample to the package's samples (pixels in [-1, 1])
+FLOOR_NOTE = "real digits score about 45 at n = 200"
+
+
+def _trailing(steps: int) -> torch.Tensor:
+    """The visited timesteps, noisiest first: 999, 899, ..., 99 for 10 steps (trailing)."""
+    return torch.arange(T - 1, -1, -(T // steps))[:steps]
+
+
+def _digits_inputs(generator: torch.Generator) -> tuple:
+    model = traced_model("digits")
+    x_T = torch.randn((SAMPLES, 1, 16, 16), generator=generator)
+    return model, _alphas_cumprod("linear"), _trailing(STEPS), x_T
+
+
+def _visits(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
+    """(k, t, ᾱ_t, ᾱ of the next visited timestep or 1 after the last) for each step."""
+    visited = timesteps.tolist()
+    for k, t in enumerate(visited):
+        prev = visited[k + 1] if k + 1 < len(visited) else -1
+        yield (
+            k,
+            t,
+            float(alphas_cumprod[t]),
+            1.0 if prev < 0 else float(alphas_cumprod[prev]),
+        )
+
+
+def _predictions(diffusion: GaussianDiffusion, model, x: torch.Tensor, t: int):
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
+    return diffusion.p_mean_variance(model, x, t_batch, clip_denoised=True)
+
+
+@torch.no_grad()
+def reference_ddim_sample(model, alphas_cumprod, timesteps, x_T):
+    diffusion = _diffusion_from_alphas_cumprod(alphas_cumprod)
+    x = x_T
+    for _, t, alpha_bar, alpha_bar_prev in _visits(alphas_cumprod, timesteps):
+        p = _predictions(diffusion, model, x, t)
+        x = ddim_step(p.pred_x0, p.pred_eps, alpha_bar, alpha_bar_prev, 0.0)
+    return x
+
+
+@torch.no_grad()
+def reference_respaced_ddpm_sample(model, alphas_cumprod, timesteps, x_T, noise):
+    diffusion = _diffusion_from_alphas_cumprod(alphas_cumprod)
+    x = x_T
+    for k, t, alpha_bar, alpha_bar_prev in _visits(alphas_cumprod, timesteps):
+        p = _predictions(diffusion, model, x, t)
+        z = noise[k] if alpha_bar_prev < 1.0 else None
+        x = ddpm_step(x, p.pred_x0, alpha_bar, alpha_bar_prev, z)
+    return x
+
+
+def _diffusion_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> GaussianDiffusion:
+    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    return GaussianDiffusion(1.0 - alphas_cumprod.double() / previous.double())
+
+
+def cases_ddim_sample(generator: torch.Generator) -> list[Case]:
+    label = (
+        f"{SAMPLES} samples of the shipped digits model, DDIM {STEPS} steps (trailing)"
+    )
+    return [Case(label, _digits_inputs(generator))]
+
+
+def cases_respaced_ddpm_sample(generator: torch.Generator) -> list[Case]:
+    model, alphas_cumprod, timesteps, x_T = _digits_inputs(generator)
+    noise = torch.randn((STEPS, *x_T.shape), generator=generator)
+    label = f"{SAMPLES} samples of the shipped digits model, DDPM on {STEPS} timesteps"
+    return [Case(label, (model, alphas_cumprod, timesteps, x_T, noise))]
+
+
+def _measure(samples: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
+    from ..metrics import digits_fd
+
+    reference_fd = digits_fd(expected.float())
+    return {
+        "fd": digits_fd(samples.float().clamp(-1, 1)),
+        "band": max(FD_FACTOR * reference_fd, reference_fd + FD_SLACK),
+        "reference_fd": reference_fd,
+        "distance": median_rmse(samples, expected),
+    }
+
+
+def _judge_sampler(case: Case, outputs: tuple, reference, diagnose) -> CaseResult:
+    """Pass when the samples' FD lies in the band and they follow from the given noise;
+    otherwise say what the samples look like (``diagnose``)."""
+    samples, x_T = outputs[0], case.args[3]
+    if tuple(samples.shape) != tuple(x_T.shape):
+        return CaseResult(
+            False,
+            f"samples of shape {tuple(samples.shape)}, expected x_T's {tuple(x_T.shape)}",
+        )
+    if not bool(samples.isfinite().all()):
+        return CaseResult(
+            False, "the samples hold NaN or infinite values: a step divided by 0"
+        )
+    expected = reference(*case.args)
+    m = _measure(samples, expected)
+    measured = (
+        f"FD {m['fd']:.0f} against the test digits (band: at most {m['band']:.0f}, from the "
+        f"package's {m['reference_fd']:.0f} on this noise; {FLOOR_NOTE}), median distance "
+        f"{m['distance']:.3f} per sample from the package's samples of the same noise "
+        f"(allowed {TIE})"
+    )
+    if m["fd"] <= m["band"] and m["distance"] <= TIE:
+        return CaseResult(True, measured)
+    if m["fd"] <= m["band"]:
+        why = (
+            "good digits, but not the ones this noise leads to: the sampler is a function of "
+            "the x_T (and noise) it is given; start from them and visit the given timesteps"
+        )
+    else:
+        why = diagnose(samples, expected, case)
+    return CaseResult(False, f"{measured}: {why}")
+
+
+def _noise_left(
+    samples: torch.Tensor, expected: torch.Tensor, alpha_bar: float
+) -> bool:
+    """Do the samples look like the reference's image noised to ᾱ (the last visited level)?"""
+    residual = samples.double() - alpha_bar**0.5 * expected.double()
+    return abs(float(residual.std()) / (1 - alpha_bar) ** 0.5 - 1) < 0.35
+
+
+def _noise_like(samples: torch.Tensor) -> float:
+    """var(x[i+1] - x[i]) / (2 var(x)) along rows: 1 for white noise, small for digits."""
+    x = samples.double()
+    return float((x[..., 1:] - x[..., :-1]).var() / (2 * x.var()))
+
+
+def _diagnose_ddim(samples: torch.Tensor, expected: torch.Tensor, case: Case) -> str:
+    alphas_cumprod, timesteps = case.args[1], case.args[2]
+    last = float(alphas_cumprod[int(timesteps[-1])])
+    if _noise_left(samples, expected, last):
+        return (
+            f"the samples still carry noise of std about sqrt(1 - ᾱ) = {(1 - last) ** 0.5:.2f} "
+            f"of the last visited timestep t = {int(timesteps[-1])}: the loop stops one step "
+            "early; the last step goes to ᾱ = 1 and returns x̂0 (Eq. (12) with ᾱ_prev = 1)"
+        )
+    if _noise_like(samples) > 0.5:
+        return (
+            f"the samples look like noise (neighbouring pixels as unrelated as in white "
+            f"noise: {_noise_like(samples):.2f}, digits {_noise_like(expected):.2f}): the "
+            "noise was not removed; each step goes from ᾱ_t to the ᾱ of the NEXT VISITED "
+            "timestep, not alphas_cumprod[t - 1] (one step of the 1000-step chain), and the "
+            "timesteps are walked from the noisiest down"
+        )
+    return (
+        "check x̂0 = (x_t - sqrt(1 - ᾱ_t) ε̂) / sqrt(ᾱ_t), clipped to [-1, 1] with ε̂ "
+        "recomputed from it, and Eq. (12) with σ = 0; the model takes (x_t, t) with t the "
+        "trained timestep as an int64 tensor of shape (N,)"
+    )
+
+
+def _diagnose_ddpm(samples: torch.Tensor, expected: torch.Tensor, case: Case) -> str:
+    spread = float(samples.double().std())
+    if spread < 0.1:
+        return (
+            f"the samples are almost flat (std {spread:.2f}; digits about 0.8): the steps "
+            "barely move x towards x̂0, and the last one (ᾱ_prev = 1) returns almost nothing, "
+            "as with the trained chain's tiny β_t. Between two VISITED timesteps the step's "
+            "β is that of the respaced process, 1 - ᾱ_t / ᾱ_prev (Appendix of Nichol & "
+            "Dhariwal 2021), in the posterior mean and variance, Eqs. (6)-(7)"
+        )
+    return (
+        f"the samples spread with std {spread:.2f} (digits about 0.8) and are far from "
+        "digits: the model removed the wrong amount of noise at each step, as it does when "
+        "it is told the wrong t. What t does the model see: the step's index k, or the "
+        "trained timestep?"
+    )
+
+
+def judge_ddim_sample(case: Case, outputs: tuple) -> CaseResult:
+    return _judge_sampler(case, outputs, reference_ddim_sample, _diagnose_ddim)
+
+
+def judge_respaced_ddpm_sample(case: Case, outputs: tuple) -> CaseResult:
+    return _judge_sampler(case, outputs, reference_respaced_ddpm_sample, _diagnose_ddpm)
+
+
 SAMPLERS = "ddpm_course.samplers"
 
 EXERCISES = (
@@ -213,28 +382,19 @@ EXERCISES = (
         make_cases=cases_ddim_step,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + " (coefficients formed from floats)",
-        hint="sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev); then "
-        "x_prev = sqrt(abar_prev) pred_x0 + sqrt(1 - abar_prev - sigma**2) pred_eps + sigma noise. At "
-        "abar_prev = 1 sigma is 0 (and 1 - abar_prev - sigma**2 may round below 0: clamp it at 0).",
+        hint=(
+            "x_{t−1} is off. Wrong only when η > 0: σ_t, the added noise's std (DDIM's Eq. "
+            "(16)), or the direction's coefficient, which is what remains of 1 − ᾱ_{t−1} "
+            "after σ_t²; NaN at the last step, where ᾱ_{t−1} is 1: that remainder rounds "
+            "below zero and needs clamping. Wrong at η = 0: the x̂0 term takes √ᾱ_{t−1}. "
+            "Reread chapter 05, “1. DDIM: a family of processes with DDPM's marginals” (Eq. "
+            "(12) of the paper)."
+        ),
         package_functions=(
             f"{SAMPLERS}.ddim_step",
             f"{SAMPLERS}.ddim_sigma",
             f"{SAMPLERS}.ddim_sample",
         ),
-    ),
-    Exercise(
-        name="respaced_betas",
-        signature="respaced_betas(alphas_cumprod, timesteps)",
-        reference=reference_respaced_betas,
-        make_cases=cases_respaced_betas,
-        tolerances=ROUNDING,
-        tolerance_reason=ROUNDING_REASON
-        + " (a product of up to 1000 terms, in float64)",
-        hint="Keep abar at the kept timesteps, S = timesteps (increasing): beta_i = 1 - abar[S_i] / "
-        "abar[S_{i-1}], with abar[S_{-1}] = 1 for the first one. Return a tensor of shape (len(S),) "
-        "in alphas_cumprod's dtype.",
-        output_names=("betas",),
-        package_functions=(f"{SAMPLERS}.respace",),
     ),
     Exercise(
         name="slerp",
@@ -248,9 +408,13 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-10, atol=1e-12),
         },
         tolerance_reason="theta is the arccos of a float32 dot product over up to 256 elements",
-        hint="Per example (flatten all but the first dimension): cos(theta) = <x0, x1> / (|x0| |x1|), "
-        "then sin((1 - f) theta) / sin(theta) * x0 + sin(f theta) / sin(theta) * x1, with the weights "
-        "reshaped to (N, 1, ..., 1). Clamp the cosine to [-1, 1] before arccos.",
+        hint=(
+            "The interpolation is off. Right at f = 0 and 1 but too short in between: a "
+            "linear blend; NaN: the cosine of the angle rounded just beyond ±1 before the "
+            "arccos; wrong for all but the first example: the angle must be one per "
+            "example, over all its pixels. Reread chapter 05, “5. Deterministic inversion "
+            "and interpolation” (slerp)."
+        ),
         package_functions=(f"{SAMPLERS}.slerp",),
     ),
     Exercise(
@@ -260,9 +424,13 @@ EXERCISES = (
         make_cases=cases_first_order,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by |x_s| + |pred_x0|",
-        hint="alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), h = lambda_t - lambda_s; "
-        "x_t = (sigma_t / sigma_s) x_s - alpha_t (exp(-h) - 1) pred_x0. At abar_t = 1, sigma_t = 0 and "
-        "lambda_t = +inf: exp(-h) = 0 and the step returns pred_x0 (math.log(0) raises; torch.log gives -inf).",
+        hint=(
+            "x_t is off. The step is in λ, the half log-SNR: h is the target's λ minus the "
+            "source's; a sign error in h sends the x̂0 coefficient the wrong way; NaN or an "
+            "error at ᾱ_t = 1: there σ_t is 0, λ_t is +∞ and the step must return x̂0 (a "
+            "float log of 0 raises). Reread chapter 05, “6. DPM-Solver++: an exponential "
+            "integrator in λ” (the first-order step is DDIM's)."
+        ),
         package_functions=(f"{SAMPLERS}.dpm_solver_2m_step", f"{SAMPLERS}.ddim_step"),
     ),
     Exercise(
@@ -272,8 +440,60 @@ EXERCISES = (
         make_cases=cases_inversion,
         tolerances=ROUNDING,
         tolerance_reason=ROUNDING_REASON + ", scaled by |x_t| + |pred_eps|",
-        hint="The implied clean image is x0 = (x_t - sqrt(1 - abar_t) pred_eps) / sqrt(abar_t); the step up "
-        "is x_next = sqrt(abar_next) x0 + sqrt(1 - abar_next) pred_eps (abar_t = 1 for the clean image).",
+        hint=(
+            "x_{t+1} is off. Inversion runs the η = 0 DDIM step upwards: first the implied "
+            "clean image from x_t and the predicted noise, then the same two terms at the "
+            "higher noise level; wrong only from the clean image: there ᾱ_t is 1. Reread "
+            "chapter 05, “5. Deterministic inversion and interpolation”."
+        ),
         package_functions=(f"{SAMPLERS}.ddim_inversion_step", f"{SAMPLERS}.ddim_step"),
+    ),
+    Exercise(
+        name="ddim_sample",
+        signature="ddim_sample(model, alphas_cumprod, timesteps, x_T)",
+        reference=reference_ddim_sample,
+        make_cases=cases_ddim_sample,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the samples' FD and their "
+        "distance to the package's samples of the same noise",
+        hint=(
+            "The samples are off. At each visited timestep the loop forms the implied clean "
+            "image from the predicted noise (clipped to the data range, the noise "
+            "recomputed from it), then takes the deterministic step to the next visited "
+            "timestep's ᾱ, which is 1 after the last; classic mistakes: the model given the "
+            "position in the visited list in place of the timestep, the next level read "
+            "from the full table's neighbour. Reread chapter 05, “1. DDIM: a family of "
+            "processes with DDPM's marginals”."
+        ),
+        output_names=("samples",),
+        package_functions=(
+            f"{SAMPLERS}.ddim_sample",
+            f"{SAMPLERS}.ddim_step",
+            f"{SAMPLERS}.sample",
+        ),
+        judge=judge_ddim_sample,
+    ),
+    Exercise(
+        name="respaced_ddpm_sample",
+        signature="respaced_ddpm_sample(model, alphas_cumprod, timesteps, x_T, noise)",
+        reference=reference_respaced_ddpm_sample,
+        make_cases=cases_respaced_ddpm_sample,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the samples' FD and their "
+        "distance to the package's samples of the same noise",
+        hint=(
+            "A bug hunt: the given sampler makes no digits. Read each line against Ho et "
+            "al.'s Eqs. (6)-(7) on a respaced process: what timestep does the model see, "
+            "and which β belongs to a step between two visited timesteps? Reread chapter "
+            "05, “2. Which timesteps to visit”."
+        ),
+        output_names=("samples",),
+        package_functions=(
+            f"{SAMPLERS}.ddpm_sample",
+            f"{SAMPLERS}.ddpm_step",
+            f"{SAMPLERS}.respace",
+        ),
+        judge=judge_respaced_ddpm_sample,
+        copy_check=False,
     ),
 )

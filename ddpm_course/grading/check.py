@@ -3,7 +3,9 @@
 It runs a student's function and the package's reference on the same randomised inputs (several
 shapes, float32 and float64), prints one line per case with the largest error, a hint when something
 fails, and "not attempted" while the function still raises ``NotImplementedError``. It never raises
-on a wrong answer, so that a notebook always runs to its end.
+on a wrong answer, so that a notebook always runs to its end. Its cases are public (seed 0 by
+default); the grader draws other inputs for every student, so the summary says "public checks
+passed", never that the exercise passed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class CheckResult:
     def __str__(self) -> str:
         if not self.attempted:
             return f"{self.name}: not attempted"
-        return f"{self.name}: {self.passed}/{self.total} cases passed"
+        return f"{self.name}: {self.passed}/{self.total} public checks passed"
 
     def _ipython_display_(self) -> None:
         """Show nothing in a notebook: :func:`check` has already printed the summary."""
@@ -93,7 +95,7 @@ def check(fn: Callable, exercise: str | None = None, seed: int = 0) -> CheckResu
         )
     summary = CheckResult(name, passed, len(cases))
     if summary.all_passed:
-        print(f"{summary}. Well done!")
+        print(f"{summary}. Well done! The grader runs the same checks on other inputs.")
     else:
         print(f"{summary}. Hint: {spec.hint}")
     return summary

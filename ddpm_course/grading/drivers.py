@@ -27,7 +27,14 @@ __all__ = [
     "TinyDenoiser",
     "tiny_denoiser",
     "train_tiny_denoiser",
+    "TinyVelocity",
+    "tiny_velocity",
+    "train_tiny_flow",
     "in_place",
+    "guided_ddim",
+    "TinyVAE",
+    "tiny_vae",
+    "train_tiny_vae",
 ]
 
 
@@ -95,6 +102,71 @@ def train_tiny_denoiser(training_step: Callable[..., Any], seed: int, images: to
     )
 
 
+# ------------------------------------------------ chapter 09: a flow-matching loss, trained
+class TinyVelocity(nn.Module):
+    """A velocity model for 2-D points: ``model(x_s, s) -> (N, 2)``, s (N,) the flow time in [0, 1].
+
+    An MLP on the point; s enters through fixed random Fourier features and a linear layer added
+    to the first hidden layer. ``model(x_s)`` (s left out) runs without any time input, so a
+    loss that forgets s trains a model that never learns when it is.
+    """
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        frequencies = torch.randn(8, generator=torch.Generator().manual_seed(0)) * 4.0
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.time = nn.Linear(16, hidden)
+        self.inp = nn.Linear(2, hidden)
+        self.mid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(x)
+        if s is not None:
+            s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1)
+            angles = 2 * torch.pi * s.expand(x.shape[0])[:, None] * self.frequencies
+            h = h + self.time(torch.cat([angles.sin(), angles.cos()], dim=1))
+        return self.out(F.silu(self.mid(F.silu(h))))
+
+
+def tiny_velocity(seed: int) -> TinyVelocity:
+    """The :class:`TinyVelocity` initialised from ``seed`` (without touching the global random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyVelocity()
+
+
+def train_tiny_flow(flow_matching_loss: Callable[..., Any], seed: int, points: torch.Tensor,
+                    steps: int, batch_size: int, lr: float):  # fmt: skip
+    """Train a :func:`tiny_velocity` of ``seed`` with Adam at ``lr`` for ``steps`` steps, each on
+    ``flow_matching_loss(model, x0, noise, s)``: x0 a random batch of ``points`` (N, 2), noise
+    ~ N(0, I) and s ~ U(0, 1) (batch_size,), drawn here. Returns ``(weights, losses)``: the final
+    parameters as one vector and the (steps,) losses."""
+    model = tiny_velocity(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)  # the noise and the times
+    batches = torch.Generator().manual_seed(seed + 1)  # which points each step sees
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(0, points.shape[0], (batch_size,), generator=batches)
+        x0 = points[index]
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        s = torch.rand(batch_size, generator=generator, dtype=x0.dtype)
+        loss = flow_matching_loss(model, x0, noise, s)
+        if not torch.is_tensor(loss) or loss.ndim != 0:
+            raise TypeError(
+                "flow_matching_loss must return the loss as a 0-d tensor (a mean), got "
+                f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}"
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(
+        losses
+    )
+
+
 def in_place(fn: Callable[..., Any], target: torch.Tensor, *args: Any) -> torch.Tensor:
     """Call ``fn(target, *args)`` and return ``target`` itself: graded by what ``fn`` did to its
     first argument in place (its return value is not looked at)."""
@@ -102,9 +174,98 @@ def in_place(fn: Callable[..., Any], target: torch.Tensor, *args: Any) -> torch.
     return target
 
 
+# ------------------------------------------------------- chapter 06: a guided noise prediction
+def guided_ddim(guided_eps: Callable[..., Any], model: Any, classifier: Any,
+                alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, x_T: torch.Tensor,
+                labels: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
+    """DDIM (η = 0, x̂0 clipped to [-1, 1]) from ``x_T`` over the visited ``timesteps``
+    (noisiest first), with the noise prediction of every step given by
+    ``guided_eps(model, classifier, x_t, t, labels, scale, alpha_bar_t)`` (t: (N,) int64,
+    alpha_bar_t: a float). Returns the samples like ``x_T``."""
+    x = x_T
+    visited = [int(step) for step in timesteps]
+    for k, step in enumerate(visited):
+        alpha_bar = float(alphas_cumprod[step])
+        alpha_bar_prev = (
+            float(alphas_cumprod[visited[k + 1]]) if k + 1 < len(visited) else 1.0
+        )
+        t = torch.full((x.shape[0],), step, dtype=torch.long)
+        eps = guided_eps(model, classifier, x, t, labels, scale, alpha_bar)
+        if not torch.is_tensor(eps) or eps.shape != x.shape:
+            raise TypeError(
+                f"classifier_guidance_eps returned {type(eps).__name__} "
+                f"{tuple(getattr(eps, 'shape', ()))}; return a tensor shaped like x_t"
+            )
+        eps = eps.detach().to(x.dtype)
+        x0 = ((x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5).clamp(-1, 1)
+        eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+        x = alpha_bar_prev**0.5 * x0 + (1 - alpha_bar_prev) ** 0.5 * eps
+    return x
+
+
+# ----------------------------------------------------------- chapter 07: a VAE training step
+class TinyVAE(nn.Module):
+    """A variational autoencoder of 8×8 one-channel images with a 4-d latent (MLPs).
+
+    ``vae.encode(x) -> (mean, logvar)``, each (N, 4), the encoder's Gaussian q(z|x);
+    ``vae.decode(z) -> (N, 1, 8, 8)``, the decoder's mean.
+    """
+
+    latent_dim = 4
+
+    def __init__(self, pixels: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(pixels, hidden), nn.SiLU(), nn.Linear(hidden, 2 * self.latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(self.latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, pixels)
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder(x.flatten(1)).chunk(2, dim=1)
+        return mean, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, 1, 8, 8)
+
+
+def tiny_vae(seed: int) -> TinyVAE:
+    """The :class:`TinyVAE` initialised from ``seed`` (without touching the global random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyVAE()
+
+
+def train_tiny_vae(training_step: Callable[..., Any], seed: int, images: torch.Tensor,
+                   kl_weight: float, steps: int, batch_size: int, lr: float):  # fmt: skip
+    """Run ``training_step(vae, optimizer, x, kl_weight, generator)`` ``steps`` times on random
+    batches of ``images`` (N, 1, 8, 8), from a :func:`tiny_vae` of ``seed`` and Adam at ``lr``.
+    Returns ``(weights, losses)``: the final parameters as one vector and the (steps,) losses
+    that the step returned."""
+    vae = tiny_vae(seed)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)  # the step's noise
+    batches = torch.Generator().manual_seed(seed + 1)  # which images each step sees
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(0, images.shape[0], (batch_size,), generator=batches)
+        loss = training_step(vae, optimizer, images[index], kl_weight, generator)
+        if loss is None:
+            raise TypeError(
+                "vae_training_step returned None; return the loss (a 0-d tensor)"
+            )
+        losses.append(float(torch.as_tensor(loss).detach()))
+    weights = nn.utils.parameters_to_vector(vae.parameters()).detach()
+    return weights, torch.tensor(losses)
+
+
 DRIVERS: dict[str, Callable[..., Any]] = {
     "train_tiny_denoiser": train_tiny_denoiser,
+    "train_tiny_flow": train_tiny_flow,
     "in_place": in_place,
+    "guided_ddim": guided_ddim,
+    "train_tiny_vae": train_tiny_vae,
 }
 
 

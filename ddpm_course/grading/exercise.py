@@ -178,6 +178,9 @@ class Exercise:
         judge: ``judge(case, outputs) -> CaseResult``, run in the grader's process (and in
             ``check()``) instead of comparing with the reference's outputs; ``reference`` is then
             the package's answer that the judge must accept (tests show it does).
+        copy_check: whether the copy check compares this exercise's answers with each other's
+            and the package's; False for a bug hunt, whose answers all start from the same
+            given code and differ from it by a few lines.
     """
 
     name: str
@@ -191,6 +194,7 @@ class Exercise:
     package_functions: tuple[str, ...] = field(default=())
     driver: str | None = None
     judge: Callable[[Case, tuple[torch.Tensor, ...]], CaseResult] | None = None
+    copy_check: bool = True
 
     @property
     def n_outputs(self) -> int:
@@ -277,10 +281,17 @@ class Exercise:
                     for i in torch.unravel_index(torch.tensor(flat), want64.shape)
                 )
                 where = f" at index {index}" if index else ""
+                want_value, got_value = want64[index].item(), got64[index].item()
+                # the ratio names a factor (√2, 2, -1, ...), the most common shape of a mistake
+                ratio = (
+                    f", got/expected {got_value / want_value:.4g}"
+                    if want_value != 0 and math.isfinite(got_value / want_value)
+                    else ""
+                )
                 return CaseResult(
                     False,
                     f"{label}largest error {difference[index].item():.2e}{where}: "
-                    f"expected {want64[index].item():.6g}, got {got64[index].item():.6g} "
+                    f"expected {want_value:.6g}, got {got_value:.6g}{ratio} "
                     f"(allowed error there: {allowed[index].item():.1e})",
                 )
             errors.append(largest)

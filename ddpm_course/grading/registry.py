@@ -16,6 +16,7 @@ from . import (
     ch06_guidance,
     ch07_latent,
     ch08_evaluation,
+    ch09_flow,
 )
 from .exercise import Exercise
 
@@ -30,6 +31,7 @@ CHAPTERS = (
     ch06_guidance,
     ch07_latent,
     ch08_evaluation,
+    ch09_flow,
 )
 
 EXERCISES: dict[str, Exercise] = {

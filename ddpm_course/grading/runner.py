@@ -37,9 +37,10 @@ class Limits:
     cannot make an honest one run out of time; each has a wall-clock backstop for a notebook
     that sleeps or waits: :data:`WALL_FACTOR` times ``timeout`` plus :data:`WALL_SLACK` seconds
     (``wall_timeout``), and :data:`WALL_FACTOR` times ``cell_timeout`` plus ``timeout``
-    (``cell_wall_timeout``). memory_mb: address space each process may
-    add beyond the runner's (RLIMIT_AS), and sandbox_memory_mb: the memory all its processes
-    together may hold (the watchdog); output_chars: characters of output kept; processes:
+    (``cell_wall_timeout``). memory_mb: address space each process may add beyond the
+    runner's (RLIMIT_AS), and sandbox_memory_mb: the memory all its processes together may
+    hold beyond the fork server's own (the watchdog; counted from the same start, so that one
+    process meets its MemoryError first); output_chars: characters of output kept; processes:
     RLIMIT_NPROC (its processes, itself included); open_files: RLIMIT_NOFILE; tmp_mb: the size
     of its private /tmp and of /dev/shm; job_folder_mb: the most its job folder may hold.
     """

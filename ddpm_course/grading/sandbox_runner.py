@@ -27,7 +27,9 @@ request per line on stdin:
 It writes ``{"id": id, "exit": code, "reason": ...}`` on stdout once C and G have both been
 reaped, i.e. once no process of that notebook exists (the zygote is a child subreaper, so an
 orphaned G is reaped here). A watchdog (4 Hz) stands in for a memory and CPU cgroup (see
-ARCHITECTURE.md): it kills a job whose processes together hold more than the memory limit
+ARCHITECTURE.md): it kills a job whose processes together hold more than the memory limit beyond what the
+server held when it began to serve (its torch import, which every notebook starts from, as the
+address-space rlimit counts from the server's size: one process meets its own MemoryError first)
 (their proportional share of anonymous and shared memory, Pss_Anon + Pss_Shmem, summed over the
 namespace's processes, so that memory shared copy-on-write after a fork counts in full), or that
 used more CPU time than the notebook's limit (utime + stime of every process of the namespace,
@@ -791,6 +793,7 @@ def _folder_bytes(folder: str, cap_entries: int = 20000) -> int:
 def serve(program: bytes) -> None:
     """The zygote's loop (see the module docstring); ``program``: the notebooks' seccomp filter."""
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    baseline = _charged_bytes([os.getpid()])  # what every notebook starts from
     reports = os.fdopen(os.dup(1), "w")
     reports.write(json.dumps({"ready": True}) + "\n")
     reports.flush()
@@ -925,7 +928,7 @@ def serve(program: bytes) -> None:
                     continue
                 limits = job.request["limits"]
                 tree = _tree(job.cpid)[1:]
-                budget = int(limits["sandbox_memory_mb"]) * 2**20
+                budget = int(limits["sandbox_memory_mb"]) * 2**20 + baseline
                 if _resident_bytes(tree) > budget and _charged_bytes(tree) > budget:
                     kill(job, "memory")
                 elif _cpu_seconds(tree) > float(limits["timeout"]):

@@ -1,0 +1,185 @@
+"""Progressive distillation (ddpm_course.distill) on Gaussian data, where the flow's velocity
+field and its exact flow map are known in closed form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm_course.distill import (
+    ConsistencyDistillation,
+    ProgressiveDistillation,
+    consistency_function,
+    consistency_sample,
+    two_step_target,
+)
+from ddpm_course.flow import flow_sample
+
+MU, SIGMA = 0.7, 0.3  # 1-D data x0 ~ N(MU, SIGMA^2); x_s = (1 - s) x0 + s eps
+
+
+def mean_var(s):
+    return (1 - s) * MU, (1 - s) ** 2 * SIGMA**2 + s**2
+
+
+def exact_velocity(x, s):
+    """E[eps - x0 | x_s = x] for Gaussian x0: -MU + Cov(eps - x0, x_s)/Var(x_s) (x - E x_s)."""
+    m, v = mean_var(s)
+    return -MU + (s - (1 - s) * SIGMA**2) / v * (x - m)
+
+
+def flow_map(x, s, s_next):
+    """The exact ODE map from time s to s_next: the monotone map between the two Gaussians."""
+    (m, v), (m_next, v_next) = mean_var(s), mean_var(s_next)
+    return m_next + (v_next / v) ** 0.5 * (x - m)
+
+
+class Field(torch.nn.Module):
+    """A velocity "network" called as model(x, 1000·s), like a trained flow model."""
+
+    def __init__(self, velocity):
+        super().__init__()
+        self.velocity = velocity
+
+    def forward(self, x, time_input):
+        s = time_input.double().reshape(-1, *[1] * (x.ndim - 1)) / 1000
+        return self.velocity(x.double(), s).to(x.dtype)
+
+
+def test_the_target_is_the_average_velocity_of_two_hand_computed_euler_steps():
+    x = torch.tensor([[-1.2], [0.3], [2.0]], dtype=torch.float64)
+    s = torch.tensor([0.5, 0.75, 1.0], dtype=torch.float64)
+    h = 0.25
+    target = two_step_target(Field(exact_velocity), x, s, h)
+    for i in range(3):
+        xi, si = float(x[i]), float(s[i])
+        x_mid = xi - h * exact_velocity(xi, si)
+        x_end = x_mid - h * exact_velocity(x_mid, si - h)
+        assert float(target[i]) == pytest.approx((xi - x_end) / (2 * h), rel=1e-12)
+
+
+def test_a_perfect_two_step_teacher_gives_the_exact_one_step_map():
+    # the perfect student of an earlier round: its Euler step of 1/2 is the exact flow map
+    def perfect_half_step(x, s):
+        return (x - flow_map(x, s, s - 0.5)) / 0.5
+
+    x1 = torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None]
+    ones = torch.ones(7, dtype=torch.float64)
+    target = two_step_target(Field(perfect_half_step), x1, ones, 0.5)
+    # one Euler step of 1 from s = 1 must land on the data: x1 - target = MU + SIGMA x1
+    torch.testing.assert_close(x1 - target, MU + SIGMA * x1, rtol=0, atol=1e-12)
+    # so the perfect one-step student is u(x1) = (1 - SIGMA) x1 - MU, and sampling with it
+    # in one step gives exactly N(MU, SIGMA^2)
+    student = Field(lambda x, s: (1 - SIGMA) * x - MU)
+    samples = flow_sample(
+        student, (200_000, 1), 1, generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )  # fmt: skip
+    assert float(samples.mean()) == pytest.approx(MU, abs=0.005)
+    assert float(samples.std()) == pytest.approx(SIGMA, abs=0.005)
+
+
+def test_the_objective_draws_student_times_and_scores_a_perfect_student_zero():
+    teacher = Field(exact_velocity)
+    objective = ProgressiveDistillation(teacher, teacher_steps=8)
+    assert objective.num_timesteps == 4
+    torch.testing.assert_close(
+        objective.student_time(torch.arange(4)),
+        torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64),
+    )
+    x0 = MU + SIGMA * torch.randn(64, 1, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(64, 1, generator=torch.Generator().manual_seed(2))
+    t = torch.arange(64) % 4
+
+    def student_velocity(x, s):  # the target itself, recomputed by hand: loss 0
+        x_mid = x - exact_velocity(x, s) / 8
+        return (x - (x_mid - exact_velocity(x_mid, s - 1 / 8) / 8)) * 4
+
+    perfect = objective.training_losses(
+        Field(student_velocity), x0.double(), t, noise=noise.double()
+    )
+    assert float(perfect["loss"].max()) < 1e-20
+    # the teacher itself as the student is not perfect: Euler's error over two steps
+    teacher_as_student = objective.training_losses(
+        teacher, x0.double(), t, noise=noise.double()
+    )["loss"]
+    assert float(teacher_as_student.mean()) > 1e-6
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="even integer"):
+        ProgressiveDistillation(Field(exact_velocity), teacher_steps=5)
+    with pytest.raises(ValueError, match="s >= 2h"):
+        two_step_target(
+            Field(exact_velocity), torch.zeros(1, 1), torch.tensor([0.3]), 0.25
+        )
+    with pytest.raises(ValueError, match="min_snr_gamma=None"):
+        ProgressiveDistillation(Field(exact_velocity), 4).training_losses(
+            Field(exact_velocity), torch.zeros(2, 1), min_snr_gamma=5.0
+        )
+
+
+# ------------------------------------------------------------- consistency distillation
+def exact_consistency(x, s):
+    """The exact consistency function of the Gaussian data: the flow map from s to 0."""
+    m, v = mean_var(s)
+    return MU + SIGMA / v**0.5 * (x - m)
+
+
+def test_the_consistency_function_meets_the_boundary_and_starts_as_the_x0_prediction():
+    teacher = Field(exact_velocity)
+    x = torch.tensor([[-1.0], [0.5], [2.0]], dtype=torch.float64)
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert torch.equal(consistency_function(teacher, x, zero), x)
+    s = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    # x - s·E[eps - x0 | x] = E[x0 | x] (the teacher's x0 prediction), by hand for Gaussians
+    m, v = mean_var(s[:, None])
+    posterior_mean = MU + (1 - s[:, None]) * SIGMA**2 / v * (x - m)
+    torch.testing.assert_close(consistency_function(teacher, x, s), posterior_mean)
+
+
+def test_consistency_distillation_scores_the_exact_flow_map_zero_and_others_not():
+    # with an exact teacher step the only consistent function is the exact flow map to 0
+    objective = ConsistencyDistillation(Field(exact_velocity), num_steps=8)
+    objective.teacher_step = lambda x, s, s_next, kwargs=None: flow_map(
+        x, s.reshape(-1, 1), s_next.reshape(-1, 1)
+    )
+    x0 = MU + SIGMA * torch.randn(256, 1, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(256, 1, generator=torch.Generator().manual_seed(4))
+    t = torch.arange(256) % 8
+
+    def network_of(function):  # F = (x - f)/s, so that f(x, s) = function(x, s)
+        return Field(lambda x, s: (x - function(x, s)) / s.clamp_min(1e-12))
+
+    exact = objective.training_losses(
+        network_of(exact_consistency), x0.double(), t, noise=noise.double()
+    )["loss"]
+    assert float(exact.max()) < 1e-20
+    # the teacher's own x0 prediction is not consistent along its trajectories
+    teacher_as_student = objective.training_losses(
+        Field(exact_velocity), x0.double(), t, noise=noise.double()
+    )["loss"]
+    assert float(teacher_as_student.mean()) > 1e-4
+
+
+def test_the_heun_teacher_step_is_exact_to_second_order_and_euler_at_the_end():
+    objective = ConsistencyDistillation(Field(exact_velocity), num_steps=50)
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None]
+    s = torch.full((5,), 0.6, dtype=torch.float64)
+    errors = []
+    for h in (0.02, 0.01):
+        step = objective.teacher_step(x, s, s - h)
+        errors.append(float((step - flow_map(x, 0.6, 0.6 - h)).abs().max()))
+    assert errors[1] < errors[0] / 6  # local error O(h^3): halving h divides it by ~8
+    last = objective.teacher_step(x, torch.full((5,), 0.02, dtype=torch.float64), 0 * s)
+    torch.testing.assert_close(last, x - 0.02 * exact_velocity(x, 0.02))
+
+
+def test_multistep_consistency_sampling_with_the_exact_function_gives_the_data_law():
+    student = Field(lambda x, s: (x - exact_consistency(x, s)) / s)
+    for steps in (1, 2, 4):
+        samples = consistency_sample(
+            student, (100_000, 1), steps, generator=torch.Generator().manual_seed(steps)
+        )
+        assert float(samples.mean()) == pytest.approx(MU, abs=0.006)
+        assert float(samples.std()) == pytest.approx(SIGMA, abs=0.006)

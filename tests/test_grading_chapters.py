@@ -1,0 +1,138 @@
+"""``ddpm-course grade`` on chapters 05-07, whose outcome-graded exercises run shipped models
+in the sandbox: in one batch, the solutions notebook earns full marks, the exercises notebook
+nothing, and a hostile notebook (the solutions with each outcome-graded answer replaced by a
+way to look right without doing the work) earns nothing for those exercises and full marks for
+the rest.
+
+The hostile answers: import the package's sampler (the answer key is not importable in the
+sandbox, and the static check flags it), draw good samples from noise other than the given one,
+guide by brute force along another path, return the known image itself as its completion,
+decode the latents without their scale. Each chapter's batch costs about twice its check()
+cost (the student's run and the grader's reference), a minute or two of CPU.
+
+These tests need bubblewrap (as tests/test_hostile.py); without it they are skipped, except in
+CI.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ddpm_course.cli import main
+from ddpm_course.grading import sandbox
+from ddpm_course.grading.notebook import exercise_points
+from ddpm_course.grading.registry import get_exercise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOSTILE = {
+    "05_fast_sampling": {
+        "ddim_sample": """def ddim_sample(model, alphas_cumprod, timesteps, x_T):
+    from ddpm_course.samplers import ddim_step  # the answer key
+
+    return ddim_step(x_T, x_T, 0.5, 1.0)
+""",
+        "respaced_ddpm_sample": """def respaced_ddpm_sample(model, alphas_cumprod, timesteps, x_T, noise):
+    return ddim_sample(model, alphas_cumprod, timesteps, x_T.flip(0))
+""",
+    },
+    "06_guidance": {
+        "classifier_guidance_eps": """def classifier_guidance_eps(model, classifier, x_t, t, y, scale, alpha_bar_t):
+    with torch.no_grad():
+        eps = model(x_t, t)
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        chosen = classifier(x, t)[torch.arange(x.shape[0]), y].sum()
+        (grad,) = torch.autograd.grad(chosen, x)
+    return (eps - 30.0 * grad).detach()
+""",
+        "inpaint_ddim": """def inpaint_ddim(model, alphas_cumprod, timesteps, known, mask, x_T, noise):
+    return known.clone()
+""",
+    },
+    "07_latent": {
+        "vae_training_step": """def vae_training_step(vae, optimizer, x, kl_weight, generator):
+    from ddpm_course.autoencoder import vae_loss  # the answer key
+
+    mean, logvar = vae.encode(x)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    loss = vae_loss(x, vae.decode(z), mean, logvar, kl_weight)["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+""",
+        "latent_ddim_sample": """def latent_ddim_sample(
+    denoiser, decoder, scale_factor, alphas_cumprod, timesteps, z_T, labels
+):
+    return decoder(z_T / scale_factor)
+""",
+    },
+}
+
+
+def _hostile(solutions: nbformat.NotebookNode, answers: dict[str, str]):
+    notebook = nbformat.from_dict(solutions)
+    for name, source in answers.items():
+        cells = [
+            cell
+            for cell in notebook.cells
+            if cell.cell_type == "code" and cell.source.startswith(f"def {name}(")
+        ]
+        assert len(cells) == 1, name
+        cells[0].source = source
+    return notebook
+
+
+@pytest.fixture(scope="module", params=sorted(HOSTILE))
+def graded(request, tmp_path_factory):
+    if sandbox.bwrap_path() is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("bubblewrap is not installed: in CI the sandbox tests must run")
+        pytest.skip("bubblewrap is not installed (make sandbox-deps)")
+    chapter = request.param
+    solutions_path = ROOT / "solutions" / f"{chapter}.ipynb"
+    solutions = nbformat.read(solutions_path, as_version=4)
+    submissions = tmp_path_factory.mktemp(f"submissions_{chapter}")
+    nbformat.write(solutions, submissions / "solutions.ipynb")
+    exercises = nbformat.read(ROOT / "exercises" / f"{chapter}.ipynb", as_version=4)
+    nbformat.write(exercises, submissions / "exercises.ipynb")
+    nbformat.write(_hostile(solutions, HOSTILE[chapter]), submissions / "hostile.ipynb")
+    out = tmp_path_factory.mktemp(f"grades_{chapter}")
+    arguments = ["grade", str(solutions_path), str(submissions), "--out", str(out)]
+    arguments += ["--jobs", "2", "--cell-timeout", "120", "--timeout", "300"]
+    assert main(arguments) == 0
+    with open(out / "grades.csv", newline="") as handle:
+        rows = {row["student"]: row for row in csv.DictReader(handle)}
+    return chapter, exercise_points(solutions), rows, out
+
+
+def _feedback(out: Path, student: str) -> str:
+    return (out / "feedback" / f"{student}.md").read_text()
+
+
+def test_the_solutions_earn_full_marks(graded):
+    chapter, points, rows, out = graded
+    row = rows["solutions"]
+    assert float(row["total"]) == sum(points.values()), _feedback(out, "solutions")
+    assert row["status"] == "ok", _feedback(out, "solutions")
+
+
+def test_the_exercises_earn_nothing(graded):
+    chapter, points, rows, out = graded
+    assert float(rows["exercises"]["total"]) == 0, _feedback(out, "exercises")
+
+
+def test_a_hostile_notebook_earns_nothing_for_the_outcome_graded_exercises(graded):
+    chapter, points, rows, out = graded
+    row = rows["hostile"]
+    for name in HOSTILE[chapter]:
+        assert get_exercise(name).judge is not None
+        assert float(row[name]) == 0, (name, _feedback(out, "hostile"))
+    for name in set(points) - set(HOSTILE[chapter]):
+        assert float(row[name]) == points[name], (name, _feedback(out, "hostile"))

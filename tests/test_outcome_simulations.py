@@ -1,0 +1,220 @@
+"""The statistics-graded simulations of chapters 01-02: the judges accept a correct simulation
+written independently of the package, and reject each classic mistake their feedback names by
+many standard errors (the cases hold 20,000 paths; each check costs well under a second)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpm_course.grading.registry import get_exercise
+
+
+def judged(name: str, function, case):
+    spec = get_exercise(name)
+    return spec.grade_case(case, spec.call(function, case.args))
+
+
+# ------------------------------------------------------------------------------ ou_endpoint
+def student_ou(mistake: str | None = None):
+    def ou_endpoint(x0, theta, sigma, T, noise):
+        steps = noise.shape[0]
+        dt = T / steps
+        x = torch.full(noise.shape[1:], float(x0), dtype=noise.dtype)
+        if mistake == "exact transition":  # the SDE's marginal, not the scheme's
+            decay = math.exp(-theta * T)
+            return (
+                x0 * decay + sigma * math.sqrt((1 - decay**2) / (2 * theta)) * noise[0]
+            )
+        for k in range(steps):
+            size = {"dt noise": sigma * dt, "sigma squared": sigma**2 * math.sqrt(dt)}
+            scale = size.get(mistake, sigma * math.sqrt(dt))
+            drift = theta * x if mistake == "drift sign" else -theta * x
+            x = x + drift * dt + scale * noise[k]
+        return x
+
+    return ou_endpoint
+
+
+@pytest.fixture(scope="module")
+def ou_cases():
+    return get_exercise("ou_endpoint").cases(seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_correct_ou_simulation_passes_on_every_seed(seed):
+    for case in get_exercise("ou_endpoint").cases(seed=seed):
+        result = judged("ou_endpoint", student_ou(), case)
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("dt noise", "not σ Δ ξ"),
+        ("sigma squared", "not σ² sqrt(Δ) ξ"),
+        ("drift sign", "towards 0"),
+    ],
+)
+def test_each_classic_ou_mistake_fails_and_is_named(ou_cases, mistake, named):
+    for case in ou_cases:
+        result = judged("ou_endpoint", student_ou(mistake), case)
+        assert not result.passed, case.label
+        assert named in result.message, result.message
+
+
+def test_the_sdes_exact_marginal_passes_the_fine_grid_but_not_the_coarse_one(ou_cases):
+    fine, coarse = ou_cases
+    assert judged("ou_endpoint", student_ou("exact transition"), fine).passed
+    result = judged("ou_endpoint", student_ou("exact transition"), coarse)
+    assert not result.passed and "not the Euler-Maruyama scheme" in result.message
+
+
+def test_the_em_closed_form_is_the_monte_carlo_variance_of_many_paths():
+    """The judge's reference, EM's own variance on a coarse grid, against 200,000 paths."""
+    from ddpm_course.grading.ch01_sde import _ou_em_moments
+
+    noise = torch.randn(
+        8, 200_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    x = student_ou()(1.5, 1.0, 0.8, 2.0, noise)
+    mean, variance = _ou_em_moments(1.5, 1.0, 0.8, 2.0, 8)
+    assert float(x.mean()) == pytest.approx(mean, abs=4 * math.sqrt(variance / 2e5))
+    assert float(x.var()) == pytest.approx(variance, rel=4 * math.sqrt(2 / 2e5))
+
+
+# ------------------------------------------------------------------------------ vp_sde_path
+def student_vp(mistake: str | None = None):
+    def vp_sde_path(x0, beta_min, beta_max, noise):
+        steps = noise.shape[0]
+        ds = 1.0 / steps
+        x, path = x0, [x0]
+        for k in range(steps):
+            s = 0.0 if mistake == "constant beta" else k * ds
+            beta = beta_min + s * (beta_max - beta_min)
+            half = 1.0 if mistake == "no half" else 0.5
+            noise_scale = (
+                beta * math.sqrt(ds)
+                if mistake == "beta diffusion"
+                else math.sqrt(beta * ds)
+            )
+            if mistake == "dt noise":
+                noise_scale = math.sqrt(beta) * ds
+            x = x - half * beta * x * ds + noise_scale * noise[k]
+            path.append(x)
+        return torch.stack(path)
+
+    return vp_sde_path
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_correct_vp_sde_simulation_passes(seed):
+    for case in get_exercise("vp_sde_path").cases(seed=seed):
+        result = judged("vp_sde_path", student_vp(), case)
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("no half", "with the ½"),
+        ("beta diffusion", "not β(s)"),
+        ("constant beta", "grows along the path"),
+        ("dt noise", "square root of Δ"),
+    ],
+)
+def test_each_classic_vp_sde_mistake_fails_and_is_named(mistake, named):
+    case = get_exercise("vp_sde_path").cases(seed=0)[0]
+    result = judged("vp_sde_path", student_vp(mistake), case)
+    assert not result.passed
+    assert named in result.message, result.message
+
+
+# --------------------------------------------------------------------------- langevin_chain
+def student_langevin(mistake: str | None = None):
+    def langevin_chain(score, x_init, step_size, noise):
+        x = x_init
+        for k in range(noise.shape[0]):
+            scale = {"sqrt eps": math.sqrt(step_size), "no noise": 0.0}.get(
+                mistake, math.sqrt(2 * step_size)
+            )
+            sign = -1.0 if mistake == "descent" else 1.0
+            x = x + sign * step_size * score(x) + scale * noise[k]
+        return x
+
+    return langevin_chain
+
+
+def test_a_correct_langevin_chain_passes():
+    for seed in (0, 1):
+        case = get_exercise("langevin_chain").cases(seed=seed)[0]
+        result = judged("langevin_chain", student_langevin(), case)
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("sqrt eps", "not sqrt(ε) z"),
+        ("no noise", "collapsed onto the mode"),
+        ("descent", "UP the score"),
+    ],
+)
+def test_each_classic_langevin_mistake_fails_and_is_named(mistake, named):
+    case = get_exercise("langevin_chain").cases(seed=0)[0]
+    result = judged("langevin_chain", student_langevin(mistake), case)
+    assert not result.passed
+    assert named in result.message, result.message
+
+
+# ----------------------------------------------------------------- annealed_langevin_sample
+def student_annealed(mistake: str | None = None):
+    def annealed_langevin_sample(score, sigmas, x_init, step_lr, noise):
+        x = x_init
+        levels = sigmas.tolist()
+        steps_each = noise.shape[0] // len(levels)
+        if mistake == "ascending":
+            levels = levels[::-1]
+        for i, sigma in enumerate(levels):
+            alpha = (
+                step_lr
+                if mistake == "unscaled step"
+                else step_lr * sigma**2 / levels[-1] ** 2
+            )
+            if mistake == "no annealing":
+                sigma, alpha = levels[-1], step_lr
+            for k in range(steps_each):
+                z = noise[i * steps_each + k]
+                noise_scale = (
+                    math.sqrt(alpha / 2)
+                    if mistake == "half noise"
+                    else math.sqrt(alpha)
+                )
+                x = x + alpha / 2 * score(x, sigma) + noise_scale * z
+        return x
+
+    return annealed_langevin_sample
+
+
+def test_a_correct_annealed_langevin_sampler_passes():
+    for seed in (0, 1):
+        case = get_exercise("annealed_langevin_sample").cases(seed=seed)[0]
+        result = judged("annealed_langevin_sample", student_annealed(), case)
+        assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("no annealing", "never crossed between them"),
+        ("unscaled step", "never crossed between them"),
+        ("half noise", "sqrt(α_i) z"),
+    ],
+)
+def test_each_classic_annealing_mistake_fails_and_is_named(mistake, named):
+    case = get_exercise("annealed_langevin_sample").cases(seed=0)[0]
+    result = judged("annealed_langevin_sample", student_annealed(mistake), case)
+    assert not result.passed
+    assert named in result.message, result.message

@@ -1,6 +1,7 @@
 r"""Chapter 08's measurements: the metrics' biases, likelihood, memorisation and every classic
-bug beside its fix → ``book/results/08_evaluation.json`` (and a few images per section in
-``08_evaluation_<section>.safetensors`` beside it, uint8).
+bug beside its fix → ``ddpm_course/results/08_evaluation.json`` (and a few images per section
+in ``08_evaluation_<section>.safetensors`` beside it, uint8; the chapter reads both through
+:mod:`ddpm_course.results`).
 
 Sections (``--only``; each rewrites its own key of the JSON file named by ``--out``, and records
 its command under ``commands``):

@@ -363,19 +363,27 @@ def test_grade_gives_the_solutions_full_marks_and_the_exercises_zero(tmp_path):
 
 # --------------------------------------------------------------- the committed results file
 def test_the_committed_results_record_their_command_n_and_seeds():
-    import json
+    from safetensors.torch import load
 
-    results_dir = ROOT / "book" / "results"
-    results = json.loads((results_dir / "08_evaluation.json").read_text())
-    prefix = "OMP_NUM_THREADS=1 python -m ddpm_course.experiments.evaluation --out "
-    for section in ("fd", "memorisation", "likelihood", "gallery", "duplication"):
-        command = results["commands"][section]
-        assert command.startswith(prefix) and section in command.split("--only")[1]
-    assert results["gallery"]["floor"]["n"] == results["gallery"]["n"]
-    assert len(results["gallery"]["seeds"]) >= 2
-    assert results["likelihood"]["n"] >= 500 and results["fd"]["pool_size"] >= 500
-    # the images the page shows stay small (the weight budget is full)
-    shown = sum(
-        p.stat().st_size for p in results_dir.glob("08_evaluation_*.safetensors")
+    from ddpm_course import results
+
+    measured = results.load("08_evaluation")
+    prefix = (
+        "OMP_NUM_THREADS=1 python -m ddpm_course.experiments.evaluation "
+        "--out ddpm_course/results/08_evaluation.json "
     )
+    for section in ("fd", "memorisation", "likelihood", "gallery", "duplication"):
+        command = measured["commands"][section]
+        assert command.startswith(prefix) and section in command.split("--only")[1]
+    assert measured["gallery"]["floor"]["n"] == measured["gallery"]["n"]
+    assert len(measured["gallery"]["seeds"]) >= 2
+    assert measured["likelihood"]["n"] >= 500 and measured["fd"]["pool_size"] >= 500
+    # the images the page shows ship with the package and stay small (the weight budget
+    # is full)
+    shown = 0
+    for section in ("gallery", "memorisation", "duplication"):
+        data = results.path(f"08_evaluation_{section}.safetensors").read_bytes()
+        images = load(data)
+        assert images and all(v.dtype == torch.uint8 for v in images.values())
+        shown += len(data)
     assert shown < 500_000

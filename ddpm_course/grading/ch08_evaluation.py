@@ -299,9 +299,15 @@ EXERCISES = (
             torch.float64: Tolerance(rtol=1e-8, atol=1e-9),
         },
         tolerance_reason="a matrix square root of up to 32×32 by another route (eigh, sqrtm)",
-        hint="FD = |mu1 - mu2|² + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)); the trace of the "
-        "square root is the sum of the square roots of the eigenvalues of sigma1 sigma2. "
-        "Return a 0-d tensor in the inputs' dtype.",
+        hint=(
+            "The FD is off. It is the squared distance of the means plus the trace of both "
+            "covariances less twice the trace of the square root of their product, a matrix "
+            "square root (the sum of the square roots of the product's eigenvalues); classic "
+            "mistakes: the square root taken entry by entry, the means' distance not "
+            "squared, the factor 2 of the cross term missing, a complex or negative result "
+            "from eigenvalues that rounding made slightly negative. Reread chapter 08, “The "
+            "Fréchet distance, and what it cannot tell you”."
+        ),
         output_names=("fd",),
         package_functions=(f"{METRICS}.frechet_distance", f"{METRICS}.fashion_fd"),
     ),
@@ -312,9 +318,15 @@ EXERCISES = (
         make_cases=cases_kid_unbiased,
         tolerances=ROUNDING,
         tolerance_reason="sums of m² kernel values in another order",
-        hint="k(x, y) = (x·y / d + 1)³; average k over the pairs i ≠ j within each set (leave "
-        "the diagonal out: that is what makes it unbiased), and subtract twice the mean of k "
-        "over all pairs across the sets. Return a 0-d tensor.",
+        hint=(
+            "The KID is off. The kernel is the cubic polynomial of the features' dot product "
+            "divided by their dimension, plus 1; within each set it is averaged over the "
+            "pairs i ≠ j only, across the sets over all pairs, and the cross average counts "
+            "twice; classic mistakes: the diagonal terms kept (biased upwards, more so for "
+            "small sets), the cross term counted once, the dot product not divided by the "
+            "dimension. Reread chapter 08, “The Fréchet distance, and what it cannot tell "
+            "you” (KID is unbiased)."
+        ),
         output_names=("kid",),
         package_functions=(
             f"{METRICS}.kernel_inception_distance",
@@ -329,8 +341,14 @@ EXERCISES = (
         tolerances={torch.float32: Tolerance(rtol=0.0, atol=0.0)},
         tolerance_reason="not compared element-wise: judged by the copies it catches and "
         "the fresh images it leaves alone",
-        hint="For each sample, the distance d1 to its nearest training image and d2 to the "
-        "second nearest (flatten the images); a copy has d1 far below d2 (d1 < d2 / 3).",
+        hint=(
+            "The copies flagged are off. A fixed threshold on the distance to the nearest "
+            "training image cannot work at every pixel scale: compare that distance d1 with "
+            "d2, the distance to the second nearest, on the flattened images; a copy has d1 "
+            "below a third of d2. Classic mistakes: an absolute threshold, distances "
+            "between images that were not flattened, d2 taken as the nearest distance "
+            "again. Reread chapter 08, “Memorisation”."
+        ),
         output_names=("is_copy",),
         package_functions=(f"{METRICS}.memorisation", f"{METRICS}.nearest_neighbours"),
         judge=judge_find_copies,
@@ -342,8 +360,12 @@ EXERCISES = (
         make_cases=cases_ddpm_sampler,
         tolerances={torch.float32: Tolerance(rtol=0.0, atol=0.0)},
         tolerance_reason="not compared element-wise: judged by what its samples look like",
-        hint="Run buggy_ddpm_sampler and look at its samples near ±1; compare each line with "
-        "Algorithm 2 of Ho et al. (2020), which adds noise only while t > 0.",
+        hint=(
+            "A bug hunt: the given sampler's samples do not sit exactly at ±1. Read each "
+            "line against Algorithm 2 of Ho et al. (2020): which coefficients form the "
+            "mean, and at which steps is noise added? Reread chapter 08, “Each classic bug, "
+            "live”."
+        ),
         output_names=("x0",),
         package_functions=(
             "ddpm_course.samplers.ddpm_sample",

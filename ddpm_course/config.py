@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .diffusion import LOSS_TYPES, OBJECTIVES, VAR_TYPES, GaussianDiffusion
+from .distill import ConsistencyDistillation, ProgressiveDistillation
 from .flow import TIME_SAMPLINGS, FlowMatching
 from .schedules import SCHEDULES, get_betas
 from .utils import check_choice
@@ -26,6 +27,7 @@ __all__ = [
     "QUICK_OVERRIDES",
     "DATASETS",
     "TRAIN_OBJECTIVES",
+    "DISTILLATIONS",
     "PRECISIONS",
     "RESUME_INVARIANTS",
     "build_model",
@@ -38,10 +40,15 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 # what the network is trained to predict: a VP diffusion's eps, x0 or v, or a flow-matching
 # model's velocity ("flow": build_diffusion returns a FlowMatching, chapter 09)
 TRAIN_OBJECTIVES = (*OBJECTIVES, "flow")
+# chapter 10: a flow student trained from a flow teacher (ddpm_course.distill)
+DISTILLATIONS = {
+    "consistency": ConsistencyDistillation,
+    "progressive": ProgressiveDistillation,
+}
 # Settings that a resumed run must share with its checkpoint (anything else, e.g. lr or max_steps, may change).
 RESUME_INVARIANTS = ("preset", "dataset", "image_size", "channels", "class_conditional", "num_classes", "schedule",
                      "timesteps", "objective", "time_sampling", "var_type", "loss_type", "min_snr_gamma",
-                     "batch_size", "grad_accum", "seed")  # fmt: skip
+                     "distill", "teacher", "distill_steps", "batch_size", "grad_accum", "seed")  # fmt: skip
 
 
 def _option(default: Any, help: str) -> Any:
@@ -89,6 +96,18 @@ class TrainConfig:
     time_sampling: str = _option(
         "uniform",
         "flow objective only: the flow time's law, uniform or logit_normal (Esser et al. 2024)",
+    )
+    distill: str | None = _option(
+        None,
+        "distil the teacher into a few-step student: consistency or progressive (None: off)",
+    )
+    teacher: str | None = _option(
+        None,
+        "distillation: the flow teacher, a shipped name (fashion-flow) or a run folder",
+    )
+    distill_steps: int = _option(
+        18,
+        "distillation: the consistency grid's N, or the teacher's steps (progressive)",
     )
     var_type: str = _option(
         "fixed_small", "reverse variance: fixed_small, fixed_large or learned_range"
@@ -185,6 +204,14 @@ class TrainConfig:
                 f"time_sampling {self.time_sampling!r} applies to objective 'flow' only; a VP "
                 f"diffusion (objective {self.objective!r}) draws t uniformly"
             )
+        if self.distill is not None:
+            check_choice("distill", self.distill, DISTILLATIONS)
+            _check_int("distill_steps", self.distill_steps, minimum=1)
+            if self.objective != "flow" or self.teacher is None:
+                raise ValueError(
+                    f"distill {self.distill!r} trains a flow student from a flow teacher: set "
+                    f"objective='flow' and teacher (got {self.objective!r}, {self.teacher!r})"
+                )
         if self.max_steps is not None:
             _check_int("max_steps", self.max_steps, minimum=1)
         if self.max_seconds is not None and not self.max_seconds > 0:
@@ -296,6 +323,13 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                          warmup_steps=100, grad_clip=1.0, ema_decay=0.999, objective="flow",
                          max_steps=9000, log_every=50, sample_every=1000, checkpoint_every=500,
                          keep_checkpoints=10),
+    # consistency distillation of the shipped fashion-flow (chapter 10): the student starts as
+    # its teacher; N = 18 as Song et al. (2023) on CIFAR-10, a small lr for a fine-tune
+    "fashion-fewstep": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=1e-4,
+                            warmup_steps=100, grad_clip=1.0, ema_decay=0.999, objective="flow",
+                            distill="consistency", teacher="fashion-flow", distill_steps=18,
+                            max_steps=3000, log_every=50, sample_every=500, sample_steps=2,
+                            checkpoint_every=250, keep_checkpoints=20),
     # the diffusion transformer of chapter 10 (ddpm_course.dit) on the `fashion` recipe, with
     # a lower peak learning rate and a longer warm-up, as transformers want
     "fashion-dit": dict(dataset="fashion_mnist", image_size=28, channels=1, batch_size=64, lr=1e-3,
@@ -329,10 +363,20 @@ def build_model(config: TrainConfig) -> nn.Module:
     return unet_from_preset(config.preset, **{**overrides, **config.model_overrides})
 
 
-def build_diffusion(config: TrainConfig) -> GaussianDiffusion | FlowMatching:
+def build_diffusion(
+    config: TrainConfig,
+) -> (
+    GaussianDiffusion | FlowMatching | ConsistencyDistillation | ProgressiveDistillation
+):
     """The process of ``config``: a :class:`~ddpm_course.flow.FlowMatching` with T time bins for
     objective ``"flow"``, else the :class:`~ddpm_course.diffusion.GaussianDiffusion` of its
-    schedule, T, objective and variance."""
+    schedule, T, objective and variance; for ``distill``, the distillation objective on
+    ``distill_steps`` with no teacher yet (the :class:`~ddpm_course.train.Trainer` attaches
+    ``config.teacher``; a loaded student samples without it)."""
+    if config.distill is not None:
+        return DISTILLATIONS[config.distill](
+            None, config.distill_steps, time_scale=float(config.timesteps)
+        )
     if config.objective == "flow":
         return FlowMatching(config.timesteps, time_sampling=config.time_sampling)
     betas = get_betas(config.schedule, config.timesteps)

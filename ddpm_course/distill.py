@@ -77,13 +77,16 @@ class ProgressiveDistillation:
     The :class:`~ddpm_course.train.Trainer` draws integer t uniformly in {0, ..., N_s - 1}
     (``num_timesteps`` = N_s); the student's time is s = (t + 1)/N_s (its grid without s = 0),
     and :meth:`training_losses` returns the MSE between the student's velocity and
-    :func:`two_step_target`. ``teacher``: a velocity model in eval mode (frozen here);
-    ``time_scale``: the time input scale of both networks (``FlowMatching.num_timesteps``).
+    :func:`two_step_target`. ``teacher``: a velocity model (frozen here; None until the
+    trainer attaches it, as a loaded student needs none to sample); ``time_scale``: the time
+    input scale of both networks (``FlowMatching.num_timesteps``).
     """
+
+    default_sampler = "flow-euler"  # the student samples by Euler on its own grid
 
     def __init__(
         self,
-        teacher: Model,
+        teacher: Model | None,
         teacher_steps: int,
         time_scale: float = DEFAULT_TIME_SCALE,
     ) -> None:
@@ -144,11 +147,26 @@ class ProgressiveDistillation:
         s = self.student_time(t).to(x0.device)
         x_s = flow_interpolant(x0, noise, s.reshape(-1, *[1] * (x0.ndim - 1)))
         target = two_step_target(
-            self.teacher, x_s, s, 1 / self.teacher_steps, self.time_scale, model_kwargs
+            _frozen_teacher(self),
+            x_s,
+            s,
+            1 / self.teacher_steps,
+            self.time_scale,
+            model_kwargs,
         )
         predicted = _velocity(model, x_s, s, self.time_scale, model_kwargs)
         mse = mean_flat((predicted - target) ** 2)
         return {"loss": mse, "mse": mse}
+
+
+def _frozen_teacher(process: Any) -> Model:
+    """The process's teacher, or a clear error when none was attached."""
+    if process.teacher is None:
+        raise ValueError(
+            f"{process!r} has no teacher: set its teacher (TrainConfig.teacher names one "
+            "for the trainer) before training"
+        )
+    return process.teacher
 
 
 # ------------------------------------------------------------- consistency distillation
@@ -181,11 +199,14 @@ class ConsistencyDistillation:
     s_{n+1}\epsilon` with the same function, without gradient, at :math:`\hat x_{s_n}`, one
     Heun step of the teacher's ODE from :math:`s_{n+1}` to :math:`s_n` (Euler on the last
     interval): the mean squared difference per example, times N (the λ = 1/Δs weighting).
+    ``teacher`` is None until the trainer attaches it (a loaded student samples without it).
     """
+
+    default_sampler = "consistency"
 
     def __init__(
         self,
-        teacher: Model,
+        teacher: Model | None,
         num_steps: int = 18,
         time_scale: float = DEFAULT_TIME_SCALE,
     ) -> None:
@@ -212,11 +233,10 @@ class ConsistencyDistillation:
         s_next = 0, as :func:`~ddpm_course.flow.flow_sample` does)."""
         shape = (-1, *[1] * (x.ndim - 1))
         step = (s_next - s).to(x.dtype).reshape(shape)
-        slope = _velocity(self.teacher, x, s, self.time_scale, model_kwargs)
+        teacher = _frozen_teacher(self)
+        slope = _velocity(teacher, x, s, self.time_scale, model_kwargs)
         euler = x + step * slope
-        slope_next = _velocity(
-            self.teacher, euler, s_next, self.time_scale, model_kwargs
-        )
+        slope_next = _velocity(teacher, euler, s_next, self.time_scale, model_kwargs)
         heun = x + step * (slope + slope_next) / 2
         return torch.where((s_next > 0).reshape(shape), heun, euler)
 
@@ -276,16 +296,19 @@ def consistency_sample(
     generator: torch.Generator | None = None,
     model_kwargs: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Multistep consistency sampling (Song et al. 2023, Algorithm 1) in the flow view:
     :math:`x_0 = f(z, 1)`, then for s = 1 − k/steps, k = 1..steps − 1, re-noise
     :math:`x = (1-s)\,x_0 + s\,\epsilon` and :math:`x_0 = f(x, s)`. ``steps`` network calls;
-    shape (N, C, ...); the noise is drawn with ``generator``."""
+    shape (N, C, ...); z is ``x_T`` when given, and the noise is drawn with ``generator``."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     device = device or model_device(model) or "cpu"
     n = shape[0]
-    x = torch.randn(shape, generator=generator, device=device)
+    if x_T is not None and tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+    x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T
     x0 = consistency_function(
         model, x, torch.ones(n, dtype=torch.float64, device=device), time_scale,
         model_kwargs,

@@ -429,6 +429,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_res_blocks": 2, "attention_resolutions": (), "dropout": 0.0, "num_groups": 8,
         "patch_size": 2,
     },
+    # the student of fashion-flow distilled to few steps (chapter 10): the teacher's network
+    "fashion-fewstep": {
+        "image_size": 28, "in_channels": 1, "model_channels": 48, "channel_mults": (1, 2),
+        "num_res_blocks": 2, "attention_resolutions": (), "dropout": 0.0, "num_groups": 8,
+        "patch_size": 2,
+    },
     # the same, conditioned on the 10 classes (plus the null class of classifier-free guidance)
     "fashion-cond": {
         "image_size": 28, "in_channels": 1, "model_channels": 48, "channel_mults": (1, 2),

@@ -29,38 +29,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distill
 from .diffusion import GaussianDiffusion, Model, PMeanVariance
 from .edm import edm_sample
 from .flow import DEFAULT_TIME_SCALE, FlowMatching, flow_sample
 from .schedules import DEFAULT_SPACING, SPACINGS, timestep_sequence
-from .utils import (
-    cast_like,
-    check_choice,
-    float64_on,
-    initial_noise,
-    model_device,
-)
+from .utils import cast_like, check_choice, float64_on, initial_noise, model_device
 from .vp_wrappers import VPDenoiser, VPVelocity, vp_flow_times
 
 __all__ = [
-    "SAMPLERS",
-    "sample",
-    "SPACINGS",
-    "DEFAULT_SPACING",
-    "timestep_sequence",
-    "respace",
-    "ddim_sigma",
-    "ddpm_step",
-    "ddim_step",
-    "ddim_inversion_step",
-    "dpm_solver_2m_step",
-    "slerp",
-    "ddpm_sample",
-    "ddim_sample",
-    "ddim_invert",
-    "dpm_solver_sample",
-    "usable_timesteps",
-]
+    "SAMPLERS", "sample", "SPACINGS", "DEFAULT_SPACING", "timestep_sequence", "respace",
+    "ddim_sigma", "ddpm_step", "ddim_step", "ddim_inversion_step", "dpm_solver_2m_step", "slerp",
+    "ddpm_sample", "ddim_sample", "ddim_invert", "dpm_solver_sample", "usable_timesteps",
+]  # fmt: skip
 
 AlphaBar = float | torch.Tensor
 
@@ -535,7 +516,13 @@ def dpm_solver_sample(
     return (x, torch.stack(trajectory)) if trajectory is not None else x
 
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "flow-euler", "flow-heun", "edm-heun")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver", "flow-euler", "flow-heun", "edm-heun", "consistency")  # fmt: skip
+# the processes of a velocity network (chapters 09 and 10)
+FLOW_PROCESSES = (
+    FlowMatching,
+    distill.ConsistencyDistillation,
+    distill.ProgressiveDistillation,
+)
 
 
 def sample(
@@ -557,16 +544,22 @@ def sample(
     a velocity (:class:`~ddpm_course.vp_wrappers.VPVelocity`) on the flow times of the
     ``spacing`` timesteps (flow-Euler there is DDIM); ``"edm-heun"``: Karras et al.'s
     :func:`~ddpm_course.edm.edm_sample` of a VP model as a denoiser, on the ρ = 7 σ schedule
-    within the model's σ range (``steps`` intervals: 2·steps − 1 network calls).
+    within the model's σ range (``steps`` intervals: 2·steps − 1 network calls). Chapter 10's
+    ``"consistency"``: :func:`~ddpm_course.distill.consistency_sample` of a flow model (a
+    distilled student such as ``fashion-fewstep``), ``steps`` network calls.
     Only DDIM takes ``eta`` ≠ 0. ``kwargs`` go to the loop (``x_T``: for chapter 09's, the unit
     noise their first state scales; ``generator``, ``model_kwargs``, ``clip_denoised``, ...).
     """
     check_choice("sampler", name, SAMPLERS)
     if eta != 0.0 and name != "ddim":
         raise ValueError(f"only the ddim sampler takes eta: eta must be 0, got {eta}")
-    if isinstance(diffusion, FlowMatching) and not name.startswith("flow-"):
+    flow_model = isinstance(diffusion, FLOW_PROCESSES)
+    allowed = (
+        ("flow-euler", "flow-heun", "consistency") if flow_model else SAMPLERS[:-1]
+    )
+    if name not in allowed:  # a velocity model by its ODE or as a consistency model
         raise ValueError(
-            f"a flow-matching model samples with flow-euler or flow-heun, not {name!r}"
+            f"{type(diffusion).__name__} samples with {allowed}, not {name!r}"
         )
     if name == "ddpm":
         return ddpm_sample(model, respace(diffusion, steps, spacing), shape, **kwargs)
@@ -575,6 +568,8 @@ def sample(
     if name == "dpm-solver":
         return dpm_solver_sample(model, diffusion, shape, steps, spacing, **kwargs)
     x_T, clip = kwargs.pop("x_T", None), kwargs.pop("clip_denoised", True)
+    if name == "consistency":
+        return distill.consistency_sample(model, tuple(shape), steps, diffusion.time_scale, x_T=x_T, **kwargs)  # fmt: skip
     if name == "edm-heun":
         denoiser = VPDenoiser(model, diffusion, clip_denoised=clip)
         sigma_max = min(80.0, denoiser.sigma_max)
@@ -583,8 +578,8 @@ def sample(
             sigma_max=sigma_max, x_init=None if x_T is None else sigma_max * x_T, **kwargs,
         )  # fmt: skip
     method = name.removeprefix("flow-")
-    if isinstance(diffusion, FlowMatching):
-        scale, times, model_time = 1.0, None, diffusion.num_timesteps
+    if flow_model:
+        scale, times, model_time = 1.0, None, diffusion.time_scale
     else:  # the VP model on the flow times of its own timesteps (trained t: quantize)
         times = vp_flow_times(
             diffusion, timestep_sequence(diffusion.num_timesteps, steps, spacing)

@@ -77,7 +77,7 @@ from .distributed import (
     wrap_model,
 )
 from .ema import ema_decay_at, ema_update
-from .flow import FlowMatching  # chapter 09's process: sample grids by flow-Euler
+from .pretrained import load_any  # a distillation's teacher, by name or path
 from .samplers import sample
 from .viz import save_image_grid
 
@@ -160,25 +160,24 @@ class Trainer:
 
         # identical initial weights on every process, then one random stream per process
         seed_everything(config.seed)
-        self.model = (model if model is not None else build_model(config)).to(
-            self.device
-        )
+        model = model if model is not None else build_model(config)
+        self.model = model.to(self.device)
         self.channels_last = config.channels_last and self.device.type in (
             "cuda",
             "cpu",
         )
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = build_diffusion(config)
+        if config.distill is not None:  # chapter 10: the student starts as its teacher
+            teacher = load_any(config.teacher, device=self.device)[0]
+            self.diffusion.teacher = teacher.eval().requires_grad_(False)
+            self.model.load_state_dict(teacher.state_dict())
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         # one kernel for all tensors
         fused = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            **fused,
-        )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), config.lr,
+                                           weight_decay=config.weight_decay, **fused)  # fmt: skip
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.autocast_dtype == torch.float16
         )
@@ -201,9 +200,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(process_seed)
 
         # the model that the step calls: DDP's wrapper under torchrun, compiled when asked
-        self.train_model = wrap_model(
-            self.model, self.device, self.world_size, config.compile
-        )
+        self.train_model = wrap_model(self.model, self.device, self.world_size, config.compile)  # fmt: skip
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         # seconds of training before this invocation (from the checkpoint)
@@ -494,15 +491,15 @@ class Trainer:
         steps: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Images from the EMA model by DDIM (η = 0, ``steps`` trailing timesteps; flow-Euler for a
-        flow model): (num_samples, C, H, W) in [-1, 1] on the CPU. Class-conditional: labels 0,
-        1, 2, ... in turn. Uses only ``generator``, never the training random state."""
+        """Images from the EMA model by the process's ``default_sampler`` (flow-Euler,
+        consistency; else DDIM, η = 0, trailing): (num_samples, C, H, W) in [-1, 1] on the CPU.
+        Class-conditional: labels 0, 1, ... in turn. Uses only ``generator``."""
         config = self.config
         n = num_samples or config.num_samples
         labels = torch.arange(n, device=self.device) % config.num_classes
         model_kwargs = {"y": labels} if config.class_conditional else None
         with self._autocast():
-            name = "flow-euler" if isinstance(self.diffusion, FlowMatching) else "ddim"
+            name = getattr(self.diffusion, "default_sampler", "ddim")
             images = sample(
                 name, self.ema_model, self.diffusion, (n, config.channels, config.image_size, config.image_size),
                 steps=steps or config.sample_steps, spacing="trailing", generator=generator,

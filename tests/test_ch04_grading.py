@@ -106,3 +106,70 @@ def test_the_driver_returns_the_weights_and_the_losses(cases):
     )
     assert weights.ndim == 1 and losses.shape == (ch04.STEPS,)
     assert float(losses[-20:].mean()) < float(losses[:20].mean())  # it trained
+
+
+# --------------------------------------------------------------------------- v_training_step
+def student_v_step(mistake: str | None = None):
+    """A v-objective training step as a student writes it, with at most one classic mistake:
+    v's sign flipped, its two coefficients swapped, ε or x0 as the target."""
+
+    def v_training_step(model, optimizer, x0, alphas_cumprod, generator):
+        n = x0.shape[0]
+        t = torch.randint(0, alphas_cumprod.shape[0], (n,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        target = {
+            "sign": (1 - abar).sqrt() * x0 - abar.sqrt() * noise,
+            "swapped": (1 - abar).sqrt() * noise - abar.sqrt() * x0,
+            "eps": noise,
+            "x0": x0,
+        }.get(mistake, abar.sqrt() * noise - (1 - abar).sqrt() * x0)
+        loss = F.mse_loss(model(x_t, t), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return v_training_step
+
+
+def v_judged(step, case):
+    spec = get_exercise("v_training_step")
+    return spec.grade_case(case, spec.call(step, case.args))
+
+
+def test_the_correct_v_step_passes_on_every_seed(cases):
+    """The package's reference (GaussianDiffusion with objective "v") and a student's
+    plain-torch step, on the cases of two seeds."""
+    more = get_exercise("v_training_step").cases(seed=7)
+    for case in cases + more:
+        for step in (get_exercise("v_training_step").reference, student_v_step()):
+            result = v_judged(step, case)
+            assert result.passed, result.message
+
+
+@pytest.mark.parametrize(
+    "mistake, named",
+    [
+        ("sign", "sign of v is flipped"),
+        ("swapped", "coefficients are swapped"),
+        ("eps", "still the noise ε"),
+        ("x0", "the clean image x0, not v"),
+    ],
+)
+def test_each_classic_v_mistake_fails_and_is_named(cases, mistake, named):
+    result = v_judged(student_v_step(mistake), cases[0])
+    assert not result.passed
+    assert named in result.message, result.message
+
+
+def test_a_v_step_that_never_updates_fails_and_says_so(cases):
+    """Untrained weights fail, and the message says that they never changed."""
+
+    def no_step(model, optimizer, x0, alphas_cumprod, generator):
+        return torch.zeros(())
+
+    result = v_judged(no_step, cases[0])
+    assert not result.passed
+    assert "never changed" in result.message, result.message

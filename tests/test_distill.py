@@ -183,3 +183,85 @@ def test_multistep_consistency_sampling_with_the_exact_function_gives_the_data_l
         )
         assert float(samples.mean()) == pytest.approx(MU, abs=0.006)
         assert float(samples.std()) == pytest.approx(SIGMA, abs=0.006)
+
+
+# ------------------------------------------------- distillation on the trainer (chapter 10)
+def _tiny_flow_config(tmp_path, **overrides):
+    from ddpm_course.config import TrainConfig
+
+    return TrainConfig.from_preset(
+        "fashion-flow", image_size=8, max_steps=2, batch_size=8, warmup_steps=0,
+        log_every=1, sample_every=0, checkpoint_every=0, precision="fp32", num_samples=4,
+        sample_steps=2, out_dir=str(tmp_path), model_overrides=dict(model_channels=8),
+        **overrides,
+    )  # fmt: skip
+
+
+def test_a_distillation_config_names_its_method_and_its_flow_teacher():
+    from ddpm_course.config import TrainConfig, build_diffusion
+
+    with pytest.raises(ValueError, match="distill"):
+        TrainConfig.from_preset(
+            "fashion-flow", distill="reflow", teacher="fashion-flow"
+        )
+    with pytest.raises(ValueError, match="objective='flow' and teacher"):
+        TrainConfig.from_preset("fashion-flow", distill="consistency")
+    with pytest.raises(ValueError, match="objective='flow' and teacher"):
+        TrainConfig.from_preset(
+            "fashion", distill="consistency", teacher="fashion-flow"
+        )
+    config = TrainConfig.from_preset("fashion-fewstep")
+    process = build_diffusion(config)
+    assert isinstance(process, ConsistencyDistillation)
+    assert process.num_timesteps == 18 and process.time_scale == 1000.0
+    assert process.teacher is None  # a loaded student samples without its teacher
+    with pytest.raises(ValueError, match="has no teacher"):
+        process.training_losses(lambda x, t: x, torch.zeros(2, 1, 4, 4))
+
+
+def test_the_trainer_distils_from_a_teacher_run_and_the_student_samples_alone(tmp_path):
+    from ddpm_course.loading import load_model
+    from ddpm_course.samplers import sample
+    from ddpm_course.train import Trainer
+
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    data = (images, torch.zeros(16, dtype=torch.long))
+    Trainer(_tiny_flow_config(tmp_path / "teacher"), dataset=data).train()
+    teacher, teacher_process, _ = load_model(tmp_path / "teacher", device="cpu")
+    config = _tiny_flow_config(
+        tmp_path / "student", distill="consistency", teacher=str(tmp_path / "teacher"),
+        distill_steps=4,
+    )  # fmt: skip
+    trainer = Trainer(config, dataset=data)
+    # the student starts as its teacher, which is frozen inside the objective
+    for mine, theirs in zip(
+        trainer.model.parameters(), teacher.parameters(), strict=True
+    ):
+        assert torch.equal(mine, theirs)
+    assert trainer.diffusion.teacher is not None
+    assert not any(p.requires_grad for p in trainer.diffusion.teacher.parameters())
+    # at the start, one consistency step is the teacher's one Euler step over [0, 1]
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    one_step = sample("consistency", trainer.model, trainer.diffusion, (3, 1, 8, 8), 1,
+                      x_T=noise)  # fmt: skip
+    euler = flow_sample(teacher, (3, 1, 8, 8), 1, "euler", x_init=noise,
+                        time_scale=teacher_process.time_scale)  # fmt: skip
+    torch.testing.assert_close(one_step, euler, rtol=1e-5, atol=1e-5)
+    trainer.train()
+    student, process, loaded = load_model(tmp_path / "student", device="cpu")
+    assert isinstance(process, ConsistencyDistillation) and process.teacher is None
+    assert loaded.distill == "consistency" and process.default_sampler == "consistency"
+    for steps in (1, 2):
+        out = sample("consistency", student, process, (2, 1, 8, 8), steps)
+        assert out.shape == (2, 1, 8, 8) and bool(torch.isfinite(out).all())
+    with pytest.raises(ValueError, match="samples with"):
+        sample("ddim", student, process, (2, 1, 8, 8), 2)
+    with pytest.raises(ValueError, match="samples with"):
+        sample("consistency", teacher, GaussianDiffusionForTest(), (2, 1, 8, 8), 1)
+
+
+def GaussianDiffusionForTest():
+    from ddpm_course.diffusion import GaussianDiffusion
+    from ddpm_course.schedules import linear
+
+    return GaussianDiffusion(linear(10))

@@ -14,7 +14,15 @@ from .sampling import draw, eta, labels, save, torch_generator
 SPACINGS = ("leading", "trailing", "linspace")
 DEFAULT_SPACING = "trailing"
 LATENT_SPACING = "leading"  # latent.latent_sample's default (unclipped latents)
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "flow-euler", "flow-heun", "edm-heun")
+SAMPLERS = (
+    "ddpm",
+    "ddim",
+    "dpm-solver",
+    "flow-euler",
+    "flow-heun",
+    "edm-heun",
+    "consistency",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sampler",
         choices=SAMPLERS,
         default=None,
-        help="default ddim, or flow-euler for a flow-matching model (e.g. fashion-flow)",
+        help="default: the model's own (ddim; flow-euler for fashion-flow; consistency for a "
+        "distilled student)",
     )
     parser.add_argument(
         "--steps",
@@ -99,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"--steps must lie in 1..{diffusion.num_timesteps} (the trained T), got {args.steps}"
         )
-    if args.sampler is None:
-        flow = getattr(config, "objective", None) == "flow"
-        args.sampler = "flow-euler" if flow else "ddim"
+    if args.sampler is None:  # the model's own: ddim, flow-euler, consistency
+        args.sampler = getattr(diffusion, "default_sampler", "ddim")
     mode = choose_mode(args, model, config)
     if mode != "latent" and args.spacing is None:
         args.spacing = DEFAULT_SPACING

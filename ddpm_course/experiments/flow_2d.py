@@ -1,12 +1,12 @@
 r"""Chapter 09's 2-D measurements over seeds: the results file ``ddpm_course/results/09_flow_2d.json``.
 
 On the ``8gaussians`` toy set, the same :class:`~ddpm_course.mlp.MLP2D` is trained with
-:func:`~ddpm_course.flow.train_toy_model` (``--steps`` steps, batches of 256, one seed per run)
+:func:`~ddpm_course.flow_toy.train_toy_model` (``--steps`` steps, batches of 256, one seed per run)
 three ways: flow matching with uniform times, flow matching with logit-normal times (Esser et
 al. 2024; m = 0, s = 1) and a VP ε-model (linear β, T = 1000). Each trained model is sampled
 from the same ``--n`` noise draws by the flow's Euler sampler (the VP model by DDIM, which is
 the same Euler step after the change of variables, chapter 09) at each of ``--sampler-steps``
-steps, and the samples' sliced Wasserstein distance (:func:`~ddpm_course.flow.sliced_wasserstein`,
+steps, and the samples' sliced Wasserstein distance (:func:`~ddpm_course.flow_toy.sliced_wasserstein`,
 256 directions) to one fixed draw of ``--n`` data points is recorded per seed, with the
 median and range over the seeds; the floor is the same distance between independent draws of
 the data. The command that wrote the file is recorded in it.
@@ -28,7 +28,8 @@ import torch
 from ..checkpoint import atomic_write
 from ..data import toy_2d
 from ..diffusion import GaussianDiffusion
-from ..flow import FlowMatching, flow_sample, sliced_wasserstein, train_toy_model
+from ..flow import FlowMatching, flow_sample
+from ..flow_toy import sliced_wasserstein, train_toy_model
 from ..mlp import MLP2D
 from ..samplers import ddim_sample
 from ..schedules import linear

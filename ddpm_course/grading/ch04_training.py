@@ -13,6 +13,11 @@ on the held-out digits. The threshold lies between what the correct step reaches
 every seed) and what the classic mistakes reach (0.45 or more: t not given to the model, one fixed
 t, no noise added, x0 as the target, a missing ``zero_grad``); the message names the mistake that
 the trained weights look like.
+
+The sixth, ``v_training_step``, is the same step for the v-objective (Salimans & Ho 2022), graded
+the same way by :func:`judge_v_training_step`: the error of the :math:`\hat x_0` that the trained
+model's v gives on the held-out digits, below :data:`V_THRESHOLD`; a failing case names the
+target (−v, v with its coefficients swapped, ε or x0) that the model's output is closest to.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from functools import lru_cache
 
 import torch
 
+from ..diffusion import GaussianDiffusion
 from ..ema import ema_update
 from ..nn import timestep_embedding
 from ..schedules import cosine, get_betas
@@ -45,6 +51,9 @@ __all__ = [
     "judge_training_step",
     "held_out_losses",
     "THRESHOLD",
+    "judge_v_training_step",
+    "held_out_v",
+    "V_THRESHOLD",
 ]
 
 
@@ -140,7 +149,7 @@ def cases_cosine_betas(generator: torch.Generator) -> list[Case]:
 # ---------------------------------------------------------------------------- training_step
 STEPS, BATCH_SIZE, LR, T_TINY = 300, 128, 1e-3, 100
 THRESHOLD = (
-    0.38  # the correct step reaches about 0.32 on every seed; the mistakes 0.45 or more
+    0.38  # the correct step reaches about 0.32 on every seed; the mistakes 0.45+
 )
 
 
@@ -249,6 +258,112 @@ def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRe
     )
 
 
+# --------------------------------------------------------------------------- v_training_step
+# The held-out x̂0-MSE of a model trained for v, on the 24 training seeds of cases(0)...cases(11)
+# with tests/test_ch04_grading.py's student steps: the correct step (and the reference)
+# 0.164-0.166; v's coefficients swapped 0.405-0.422, ε as the target 0.532-0.557, x0 as the
+# target 1.005-1.021, v's sign flipped 1.092-1.136.
+V_THRESHOLD = 0.25
+
+
+def reference_v_training_step(model, optimizer, x0, alphas_cumprod, generator):
+    betas = _diffusion_from_alphas_cumprod(alphas_cumprod.double()).betas
+    diffusion = GaussianDiffusion(betas, objective="v")
+    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    loss = diffusion.training_losses(model, x0, t, noise=noise)["loss"].mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+# What a step with each classic mistake trains the model to output, and how the message says it.
+V_MISTAKES = {
+    "minus_v": "the sign of v is flipped: in v the noise carries the plus sign and the "
+    "clean image the minus sign",
+    "swapped": "the two coefficients are swapped: in v the noise is weighted by the square "
+    "root of ᾱ_t and the clean image by that of 1 − ᾱ_t",
+    "noise": "the target is still the noise ε, as in exercise 5, not v",
+    "x0": "the target is the clean image x0, not v",
+}
+# A mistake is named when the output's MSE to its target is below this fraction of the MSE to v:
+# 0.08-0.35 for the four mistakes above on the same 24 seeds; 0.85 for untrained weights (seed 0).
+V_NAMED_RATIO = 0.6
+
+
+@torch.no_grad()
+def held_out_v(seed: int, weights: torch.Tensor) -> dict[str, float]:
+    r"""What weights trained for v do on the held-out digits.
+
+    ``x0_mse``: the MSE of :math:`\hat x_0 = \sqrt{\bar\alpha_t}\,x_t -
+    \sqrt{1-\bar\alpha_t}\,\hat v` against x0 (the graded number); ``v``: the MSE of the
+    model's output against v; and for each key of :data:`V_MISTAKES`, its MSE against what that
+    mistake makes the target (-v; v with its coefficients swapped; ε; x0); ``moved``: how far
+    the weights moved from their initialisation, relative to its norm.
+    """
+    model = tiny_denoiser(seed, T_TINY)
+    torch.nn.utils.vector_to_parameters(weights.float(), model.parameters())
+    x0, t, noise, x_t = _held_out()
+    abar = _tiny_alphas_cumprod()[t].view(-1, 1, 1, 1)
+    out = model(x_t, t)
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    targets = {
+        "v": v,
+        "minus_v": -v,
+        "swapped": (1 - abar).sqrt() * noise - abar.sqrt() * x0,
+        "noise": noise,
+        "x0": x0,
+    }
+    x0_hat = abar.sqrt() * x_t - (1 - abar).sqrt() * out
+    initial = torch.nn.utils.parameters_to_vector(
+        tiny_denoiser(seed, T_TINY).parameters()
+    )
+    stats = {
+        "x0_mse": float(((x0_hat - x0) ** 2).mean()),
+        "moved": float((weights.float() - initial).norm() / initial.norm()),
+    }
+    stats.update({k: float(((out - y) ** 2).mean()) for k, y in targets.items()})
+    return stats
+
+
+def judge_v_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseResult:
+    """Pass when the x̂0 read from the trained model's v on held-out digits has an MSE below
+    :data:`V_THRESHOLD`; otherwise name the classic mistake whose target the model's output is
+    much closer to than to v (:data:`V_NAMED_RATIO`), or say that the weights never moved."""
+    weights, seed = outputs[0], case.args[0]
+    if weights.shape != (
+        sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),
+    ):
+        return CaseResult(
+            False, f"the driver returned weights of shape {tuple(weights.shape)}"
+        )
+    if not bool(weights.isfinite().all()):
+        return CaseResult(
+            False, "the weights became NaN or infinite: the training diverged"
+        )
+    stats = held_out_v(seed, weights)
+    loss = stats["x0_mse"]
+    measured = f"held-out MSE of the x̂0 that the model's v gives: {loss:.3f}"
+    if loss < V_THRESHOLD:
+        return CaseResult(True, f"{measured} < {V_THRESHOLD}")
+    closest = min(V_MISTAKES, key=stats.__getitem__)
+    if stats["moved"] == 0.0:
+        why = "the weights never changed: does the step call the optimizer's step?"
+    elif stats[closest] < V_NAMED_RATIO * stats["v"]:
+        why = (
+            f"{V_MISTAKES[closest]} (the output's MSE to that mistake's target is "
+            f"{stats[closest]:.3f}, to v {stats['v']:.3f})"
+        )
+    else:
+        why = (
+            f"the output is as far from v (MSE {stats['v']:.3f}) as from any classic "
+            "mistake's target: check t, ε and x_t, that the old gradients are cleared, "
+            "and the target"
+        )
+    return CaseResult(False, f"{measured}, not below {V_THRESHOLD}: {why}")
+
+
 DIFFUSION = "ddpm_course.diffusion.GaussianDiffusion"
 EXERCISES = (
     Exercise(
@@ -344,5 +459,29 @@ EXERCISES = (
         package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.q_sample"),
         driver="train_tiny_denoiser",
         judge=judge_training_step,
+    ),
+    Exercise(
+        name="v_training_step",
+        signature="v_training_step(model, optimizer, x0, alphas_cumprod, generator)",
+        reference=reference_v_training_step,
+        make_cases=cases_training_step,
+        tolerances=ROUNDING,
+        tolerance_reason="not compared element-wise: judged by the held-out error of the x0 "
+        "that the trained model's v gives",
+        hint=(
+            "The x̂0 that the trained model's v gives is poor (the case line names the "
+            "target the model learned instead). Everything but the target is exercise 5's "
+            "step. Picture x_t on a quarter circle: the square root of ᾱ_t is the cosine "
+            "of an angle, that of 1 − ᾱ_t its sine, x0 and ε the two axes; v is the "
+            "velocity of x_t as the angle grows, and x0 is read back by turning against "
+            "it. A flipped sign runs the circle backwards, swapped coefficients use the "
+            "sine where the cosine belongs, and ε as the target is exercise 5 again. "
+            "Reread chapter 04, “Design choices, measured at an equal training budget” "
+            "(the three objectives) and Salimans and Ho's Sec. 4."
+        ),
+        output_names=("weights", "losses"),
+        package_functions=(f"{DIFFUSION}.training_losses", f"{DIFFUSION}.predict_v"),
+        driver="train_tiny_denoiser",
+        judge=judge_v_training_step,
     ),
 )

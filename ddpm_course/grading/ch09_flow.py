@@ -12,7 +12,7 @@ The sixth, ``flow_matching_loss``, is graded by its outcome: the driver ``train_
 :class:`~ddpm_course.grading.drivers.TinyVelocity` with it for 600 steps on 2-D points of a
 two-component Gaussian mixture, and :func:`judge_flow_matching_loss` (in the grader's process)
 samples the trained model with 50 Euler steps from fixed noise and measures the sliced
-Wasserstein distance (:func:`~ddpm_course.flow.sliced_wasserstein`) to fresh draws of the
+Wasserstein distance (:func:`~ddpm_course.flow_toy.sliced_wasserstein`) to fresh draws of the
 mixture. The threshold lies between what the correct loss reaches (0.07 to 0.08 on the seeds
 tried) and what the classic mistakes reach (0.2 or more: the velocity's sign flipped, t and
 1 − t swapped in the interpolant or in the model's input, x0 or ε as the target, s not given
@@ -33,12 +33,11 @@ from ..flow import (
     flow_interpolant,
     flow_sample,
     flow_velocity_target,
-    gaussian_mixture_velocity,
     heun_step,
-    sliced_wasserstein,
     velocity_from_x0_eps,
     x0_from_eps,
 )
+from ..flow_toy import gaussian_mixture_velocity, sliced_wasserstein
 from .drivers import tiny_velocity
 from .exercise import (
     ROUNDING,
@@ -325,7 +324,7 @@ def held_out_errors(seed: int, weights: torch.Tensor) -> dict[str, float]:
     r"""What the trained weights do: the sliced Wasserstein distance of their Euler samples to the
     target (the graded number); the relative squared error of their output against what each
     loss would have taught, computed from the mixture's exact velocity :math:`u^*`
-    (:func:`~ddpm_course.flow.gaussian_mixture_velocity`) on held-out points of the path that
+    (:func:`~ddpm_course.flow_toy.gaussian_mixture_velocity`) on held-out points of the path that
     loss trains on; and how far the time pathway moved from its start.
 
     Each loss's minimiser: the right one :math:`u^*(x, s)`; the sign flipped :math:`-u^*`; t and

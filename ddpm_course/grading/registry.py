@@ -15,6 +15,7 @@ from . import (
     ch05_sampling,
     ch06_guidance,
     ch07_latent,
+    ch08_evaluation,
     ch09_flow,
 )
 from .exercise import Exercise
@@ -29,6 +30,7 @@ CHAPTERS = (
     ch05_sampling,
     ch06_guidance,
     ch07_latent,
+    ch08_evaluation,
     ch09_flow,
 )
 

@@ -416,7 +416,11 @@ VARIANCE_NAMES = {"posterior": "β̃_t", "exact": "Var(x_{t-1} | x_t)", "beta": 
 
 
 def _bound_cases(
-    generator: torch.Generator, configs: tuple, shape: tuple, model_class
+    generator: torch.Generator,
+    configs: tuple,
+    shape: tuple,
+    model_class,
+    points: int = BOUND_POINTS,
 ) -> list[Case]:
     cases = []
     for label, betas, variance, mean, std in configs:
@@ -428,7 +432,7 @@ def _bound_cases(
         }[variance].clone()
         model_variance[0] = _true_reverse_variance(betas, std)[0]
         model = model_class(alphas_cumprod=schedule.alphas_cumprod, mean=mean, std=std)
-        x0 = _gaussian_bytes((BOUND_POINTS, *shape), mean, std, generator)
+        x0 = _gaussian_bytes((points, *shape), mean, std, generator)
         noise = torch.randn(
             (len(betas), *x0.shape), generator=generator, dtype=torch.float64
         )

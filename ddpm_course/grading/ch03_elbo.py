@@ -679,9 +679,9 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the mean excess of the bound "
         "over the data's exact NLL against its closed form, within five standard errors",
         hint=(
-            "The bound's mean misses its closed form. Near 0.69 of it: nats, not bits; "
-            "near the number of dimensions times it: a sum where each example's mean over "
-            "its dimensions belongs; below the data's exact NLL, which no bound can be: a "
+            "The bound's mean misses its closed form. About 0.69 times the expected bound: "
+            "nats, not bits; about the number of dimensions times it: a sum where each "
+            "example's mean over its dimensions belongs; below the data's exact NLL, which no bound can be: a "
             "term is missing (the decoder at the first step carries about 7 bits, the prior "
             "matters on a schedule that stops short of pure noise). Each step draws its noisy "
             "point from its own row of the given noise, the model's noise prediction gives "

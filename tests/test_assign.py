@@ -256,9 +256,10 @@ def test_every_registered_exercise_is_in_exactly_one_solutions_notebook():
     assert sorted(graded) == sorted(EXERCISES)
 
 
-def test_chapter_exercises_are_three_to_six_per_notebook():
+def test_chapter_exercises_are_three_to_eight_per_notebook():
+    # at most eight: chapter 03 has six small pieces of the bound and the whole bound twice
     for path in SOLUTIONS:
-        assert 3 <= len(exercise_points(nbformat.read(path, as_version=4))) <= 6
+        assert 3 <= len(exercise_points(nbformat.read(path, as_version=4))) <= 8
 
 
 def test_the_assign_command_writes_one_notebook_per_solution(tmp_path, capsys):

@@ -1,14 +1,16 @@
-"""``ddpm-course grade`` on chapters 05-07, whose outcome-graded exercises run shipped models
-in the sandbox: in one batch, the solutions notebook earns full marks, the exercises notebook
-nothing, and a hostile notebook (the solutions with each outcome-graded answer replaced by a
-way to look right without doing the work) earns nothing for those exercises and full marks for
-the rest.
+"""``ddpm-course grade`` on chapters 03 and 05-07, whose outcome-graded exercises run a
+closed-form model (03) or shipped models (05-07) in the sandbox: in one batch, the solutions
+notebook earns full marks, the exercises notebook nothing, and a hostile notebook (the solutions
+with each outcome-graded answer replaced by a way to look right without doing the work) earns
+nothing for those exercises and full marks for the rest.
 
-The hostile answers: import the package's sampler (the answer key is not importable in the
-sandbox, and the static check flags it), draw good samples from noise other than the given one,
-guide by brute force along another path, return the known image itself as its completion,
-decode the latents without their scale. Each chapter's batch costs about twice its check()
-cost (the student's run and the grader's reference), a minute or two of CPU.
+The hostile answers: report the data's own entropy as the bound (the truth, read off the batch
+without the model), rescale the given buggy bound until one of its bugs hides, import the
+package's sampler (the answer key is not importable in the sandbox, and the static check flags
+it), draw good samples from noise other than the given one, guide by brute force along another
+path, return the known image itself as its completion, decode the latents without their scale.
+Each chapter's batch costs about twice its check() cost (the student's run and the grader's
+reference), a minute or two of CPU (a few seconds for chapter 03).
 
 These tests need bubblewrap (as tests/test_hostile.py); without it they are skipped, except in
 CI.
@@ -31,6 +33,18 @@ from ddpm_course.grading.registry import get_exercise
 ROOT = Path(__file__).resolve().parents[1]
 
 HOSTILE = {
+    "03_elbo": {
+        "bound_bpd": """def bound_bpd(eps_model, betas, model_variance, x0, noise):
+    values, counts = torch.unique(x0, return_counts=True)
+    probability = counts.double() / x0.numel()
+    nll = -torch.log2(probability[torch.searchsorted(values, x0)])
+    return nll.flatten(1).mean(1)
+""",
+        "bound_bpd_x0": """def bound_bpd_x0(x0_model, betas, model_variance, x0, noise):
+    bound = buggy_bound_bpd_x0(x0_model, betas, model_variance, x0, noise)
+    return bound / x0[0].numel()
+""",
+    },
     "05_fast_sampling": {
         "ddim_sample": """def ddim_sample(model, alphas_cumprod, timesteps, x_T):
     from ddpm_course.samplers import ddim_step  # the answer key

@@ -34,6 +34,7 @@ from ddpm_course.grading.students import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 import hostile_round2 as round2  # noqa: E402
+from elbo_key import write_key  # noqa: E402  (chapter 03's six-exercise key)
 
 
 def _deep_tree(top: Path, depth: int, name: str = "d") -> None:
@@ -236,7 +237,7 @@ def test_without_the_sandbox_the_batch_completes_and_leaves_nothing(tmp_path, na
     for each in (name, round2.LATIN1_NAME):
         with open(os.path.join(os.fsencode(submissions), each), "w") as handle:
             nbformat.write(notebooks[each], handle)
-    arguments = ["grade", str(ROOT / "solutions/03_elbo.ipynb"), str(submissions)]
+    arguments = ["grade", str(write_key(tmp_path / "key")), str(submissions)]
     arguments += ["--out", str(tmp_path / "o"), "--no-sandbox", "--timeout", "60"]
     arguments += ["--copy-policy", "zero"]
     import tempfile

@@ -41,10 +41,10 @@ from ddpm_course.grading.seccomp import syscall_number
 from ddpm_course.grading.students import file_stem, student_id
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS = ROOT / "solutions" / "03_elbo.ipynb"
 SOLUTIONS_04 = ROOT / "solutions" / "04_training.ipynb"
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 import hostile_round2 as round2  # noqa: E402  (the second red team's notebooks, issue 26)
+from elbo_key import write_key  # noqa: E402  (chapter 03's six-exercise key, 10 points)
 
 MAKE = ROOT / "tests" / "fixtures" / "submissions" / "make_submissions.py"
 _namespace: dict = {"__file__": str(MAKE)}
@@ -426,6 +426,9 @@ def _run_batch(request, tmp_path_factory, solutions: Path, notebooks: dict) -> d
             finally:
                 tempfile.tempdir = None
 
+    if request.param == "unprivileged" and as_root:  # a key the user nobody can read
+        shutil.copy(solutions, home / solutions.name)
+        solutions = home / solutions.name
     paths = [str(solutions), str(submissions / "honest_plain.ipynb")]
     for name, nb in notebooks.items():
         if name == b"hostile_snoop.ipynb":
@@ -467,7 +470,8 @@ def batch(request, tmp_path_factory):
     notebooks = {
         f"{name}.ipynb".encode(): nb for name, nb in {**HONEST, **HOSTILE}.items()
     }
-    return _run_batch(request, tmp_path_factory, SOLUTIONS, {**notebooks, **ROUND2})
+    key = write_key(tmp_path_factory.mktemp("elbo-key"))
+    return _run_batch(request, tmp_path_factory, key, {**notebooks, **ROUND2})
 
 
 @pytest.fixture(scope="module", params=["root", "unprivileged"])
@@ -733,7 +737,7 @@ def test_grade_refuses_without_bubblewrap_and_says_how_to_install_it(
     code = main(
         [
             "grade",
-            str(SOLUTIONS),
+            str(write_key(tmp_path / "key")),
             str(tmp_path / "a.ipynb"),
             "--out",
             str(tmp_path / "o"),
@@ -779,7 +783,7 @@ def test_no_sandbox_is_recorded_and_copy_policy_zero_and_the_gradebook(tmp_path)
     out = tmp_path / "o"
     arguments = [
         "grade",
-        str(SOLUTIONS),
+        str(write_key(tmp_path / "key")),
         str(submissions),
         "--out",
         str(out),

@@ -52,6 +52,7 @@ TRAINED_STEPS = {
     "digits-cond": 4000,
     "fashion": 9000,
     "fashion-cond": 5000,
+    "fashion-flow": 9000,
 }
 
 
@@ -84,6 +85,11 @@ PRETRAINED = {
         "fashion-cond",
         "class-conditional patch-2 U-Net with a null class (p_uncond 0.2) on Fashion-MNIST",
         _command("fashion-cond"),
+    ),
+    "fashion-flow": Pretrained(
+        "fashion-flow",
+        "the fashion U-Net and recipe trained by flow matching (chapter 09); int8 weights",
+        _command("fashion-flow") + " --int8",
     ),
     "fashion-sr": Pretrained(
         "fashion-sr",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddpm_course.diffusion import GaussianDiffusion
-from ddpm_course.grading import ch03_elbo
+from ddpm_course.grading import elbo_bound
 from ddpm_course.grading.registry import get_exercise
 from ddpm_course.schedules import NoiseSchedule
 from ddpm_course.score import gaussian_eps_model
@@ -172,10 +172,10 @@ def test_the_exact_models_sent_to_the_sandbox_are_the_chapters():
     t = torch.randint(0, 50, (64,), generator=generator)
     params = {"alphas_cumprod": schedule.alphas_cumprod, "mean": 0.3, "std": 0.15}
     eps = gaussian_eps_model(schedule.alphas_cumprod, 0.3, 0.15)(x_t, t)
-    torch.testing.assert_close(ch03_elbo.GaussianEpsModel(**params)(x_t, t), eps)
+    torch.testing.assert_close(elbo_bound.GaussianEpsModel(**params)(x_t, t), eps)
     x0 = GaussianDiffusion(schedule.betas).predict_x0_from_eps(x_t, t, eps)
     torch.testing.assert_close(
-        ch03_elbo.GaussianX0Model(**params)(x_t, t), x0, rtol=1e-9, atol=1e-9
+        elbo_bound.GaussianX0Model(**params)(x_t, t), x0, rtol=1e-9, atol=1e-9
     )
 
 
@@ -201,7 +201,7 @@ def test_the_reference_is_the_packages_calc_bpd_loop_on_the_same_noise():
     noise = torch.stack(
         [torch.randn(x0.shape, generator=draws, dtype=x0.dtype) for _ in betas]
     ).flip(0)
-    expected = ch03_elbo.reference_bound_bpd(model, betas, model_variance, x0, noise)
+    expected = elbo_bound.reference_bound_bpd(model, betas, model_variance, x0, noise)
     torch.testing.assert_close(out["total_bpd"], expected, rtol=1e-9, atol=1e-9)
 
 
@@ -212,26 +212,26 @@ def test_the_closed_form_excess_holds_on_many_points(configs):
     mean on H."""
     spec = get_exercise("bound_bpd" if configs == "BOUND_CONFIGS" else "bound_bpd_x0")
     model_class = (
-        ch03_elbo.GaussianEpsModel
+        elbo_bound.GaussianEpsModel
         if configs == "BOUND_CONFIGS"
-        else ch03_elbo.GaussianX0Model
+        else elbo_bound.GaussianX0Model
     )
-    cases = ch03_elbo._bound_cases(
+    cases = elbo_bound._bound_cases(
         torch.Generator().manual_seed(3),
-        getattr(ch03_elbo, configs),
+        getattr(elbo_bound, configs),
         (1,),
         model_class,
-        points=8 * ch03_elbo.BOUND_POINTS,
+        points=8 * elbo_bound.BOUND_POINTS,
     )
     for case in cases:
         model, betas, model_variance, x0, _ = case.args
         mean, std = model.params["mean"], model.params["std"]
-        nll = ch03_elbo._exact_nll_bits(x0, mean, std).flatten(1).mean(1)
+        nll = elbo_bound._exact_nll_bits(x0, mean, std).flatten(1).mean(1)
         difference = spec.reference(*case.args) - nll
-        excess, _ = ch03_elbo._closed_form_excess(betas, model_variance, mean, std)
+        excess, _ = elbo_bound._closed_form_excess(betas, model_variance, mean, std)
         standard_error = float(difference.std()) / math.sqrt(len(difference))
         assert abs(float(difference.mean()) - excess) <= 5 * standard_error, case.label
-        entropy = ch03_elbo._entropy_bits(mean, std)
+        entropy = elbo_bound._entropy_bits(mean, std)
         assert abs(float(nll.mean()) - entropy) <= 5 * float(nll.std()) / math.sqrt(
             len(nll)
         ), case.label

@@ -20,9 +20,9 @@ from ddpm_course import checkpoint as ckpt
 from ddpm_course.checkpoint import CheckpointError
 from ddpm_course.cli import main as cli_main
 from ddpm_course.config import TRAIN_PRESETS, TrainConfig
+from ddpm_course.dit import DIT_PRESETS
 from ddpm_course.ema import ema_decay_at, ema_update
 from ddpm_course.loading import load_model
-from ddpm_course.dit import DIT_PRESETS
 from ddpm_course.nn import PRESETS as NN_PRESETS
 from ddpm_course.nn import UNet, unet_from_preset
 from ddpm_course.train import NonFiniteLossError, ResumableSampler, Trainer

@@ -18,6 +18,9 @@ Sections (each rewrites its own key of the JSON file named by ``--out``; the oth
   (chapter 09) by flow-Euler at 5, 10, 20 and 50 steps and flow-Heun at 5 and 10 steps;
 * ``flow_curve``: the ``curve`` section for checkpoints of the ``fashion-flow`` run (sampled
   by flow-Euler, ``steps`` steps);
+* ``fewstep``: chapter 10's distilled student (one ``--checkpoints`` file of a
+  ``fashion-fewstep`` run) by consistency sampling at 1, 2 and 4 steps, per seed, beside its
+  teacher ``fashion-flow`` by Euler at the same numbers of network evaluations;
 * ``int8``: what shipping weights in int8 costs: ``n`` DDIM-``steps`` samples (first seed) of
   the shipped ``fashion`` model and of the same weights through
   :func:`~ddpm_course.checkpoint.quantize_int8`, from the same noise: both FDs and the mean
@@ -40,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write, dequantize_int8, quantize_int8
+from ..checkpoint import atomic_write, dequantize_int8, load_checkpoint, quantize_int8
 from ..flow import FlowMatching
 from ..loading import load_model
 from ..metrics import (
@@ -53,7 +56,7 @@ from ..metrics import (
 from ..pretrained import load_pretrained
 from ..samplers import ddim_sample, sample
 
-SECTIONS = ("floor", "fashion", "curve", "nfe", "flow", "flow_curve", "int8")
+SECTIONS = ("floor", "fashion", "curve", "nfe", "flow", "flow_curve", "fewstep", "int8")
 # sampler, steps, network evaluations (Heun: 2·steps - 1) of the nfe section
 NFE_ROWS = (
     ("ddim", 10, 10),
@@ -61,6 +64,9 @@ NFE_ROWS = (
     ("edm-heun", 10, 19),
     ("flow-heun", 10, 19),
 )
+# the distilled student (fewstep section) and its teacher at the same evaluations
+FEWSTEP_ROWS = (("consistency", 1, 1), ("consistency", 2, 2), ("consistency", 4, 4))
+TEACHER_ROWS = (("flow-euler", 1, 1), ("flow-euler", 2, 2), ("flow-euler", 4, 4))
 # the same for the shipped flow-matching model fashion-flow (flow section)
 FLOW_ROWS = (
     ("flow-euler", 5, 5),
@@ -84,6 +90,20 @@ def _kid(samples: torch.Tensor, seed: int) -> dict[str, float]:
 
 
 @torch.no_grad()
+def fewstep_section(checkpoint: Path, n: int, seeds: list[int]) -> dict[str, Any]:
+    """FD of ``n`` samples per seed of a distilled student (:data:`FEWSTEP_ROWS`) and of its
+    teacher ``fashion-flow`` by Euler at the same network evaluations (:data:`TEACHER_ROWS`)."""
+    student, process, config = load_model(checkpoint, device="cpu")
+    teacher, flow_process, _ = load_pretrained(config.teacher, device="cpu")
+    return {
+        "checkpoint": str(checkpoint),
+        "step": load_checkpoint(checkpoint)["step"] if checkpoint.suffix == ".pt" else None,
+        "teacher": config.teacher, "n": n, "seeds": seeds,
+        "rows": fd_rows(student, process, FEWSTEP_ROWS, n, seeds),
+        "teacher_rows": fd_rows(teacher.float(), flow_process, TEACHER_ROWS, n, seeds),
+    }  # fmt: skip
+
+
 def draw(
     model, diffusion, n: int, steps: int, seed: int, size: int = 28, batch: int = 250
 ) -> torch.Tensor:
@@ -317,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             value = flow_section(args.n, args.seeds, args.log)
         elif section == "int8":
             value = int8_section(args.n, args.steps, args.seeds[0])
+        elif section == "fewstep":
+            if not args.checkpoints:
+                parser.error(
+                    "the fewstep section needs --checkpoints FILE (the student's)"
+                )
+            value = fewstep_section(args.checkpoints[-1], args.n, args.seeds)
         else:
             if not args.checkpoints or args.log is None:
                 parser.error(

@@ -99,3 +99,16 @@ def test_digits_fd_separates_real_digits_from_noise():
     # real digits sit at the floor; noise and blank images are far from the test split
     assert digits_fd(noise) > 10 * floor
     assert digits_fd(blank) > 10 * floor
+
+
+def test_inception_features_refuse_offline_with_a_clear_error(tmp_path, monkeypatch):
+    """Chapter 08: with no cached Inception weights and downloading off (the quick profile),
+    the Inception path raises an error that says why, never a silent fallback."""
+    from ddpm_course import metrics
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(RuntimeError, match="not in torch's hub cache.*downloading is off"):
+        metrics.inception_features(torch.zeros(2, 1, 28, 28), download=False)
+    monkeypatch.setenv("DDPM_COURSE_PROFILE", "quick")
+    with pytest.raises(RuntimeError, match="the `quick` profile never downloads"):
+        metrics.inception_features(torch.zeros(2, 1, 28, 28))

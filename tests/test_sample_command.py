@@ -9,26 +9,43 @@ import torch
 from ddpm_course.cli import main
 
 
-def _sample(tmp_path, sampler: str, seed: int = 0) -> torch.Tensor:
-    out = tmp_path / f"{sampler}-{seed}.png"
-    tensor = tmp_path / f"{sampler}-{seed}.pt"
-    arguments = ["sample", "--checkpoint", "digits", "--n", "3", "--steps", "4"]
-    arguments += ["--sampler", sampler, "--seed", str(seed), "--device", "cpu"]
+def _sample(
+    tmp_path, sampler: str | None, seed: int = 0, checkpoint: str = "digits"
+) -> torch.Tensor:
+    out = tmp_path / f"{checkpoint}-{sampler}-{seed}.png"
+    tensor = tmp_path / f"{checkpoint}-{sampler}-{seed}.pt"
+    arguments = ["sample", "--checkpoint", checkpoint, "--n", "3", "--steps", "4"]
+    arguments += ["--seed", str(seed), "--device", "cpu"]
+    arguments += ["--sampler", sampler] if sampler else []
     assert main([*arguments, "--out", str(out), "--save-tensor", str(tensor)]) == 0
     assert out.stat().st_size > 0
     return torch.load(tensor, weights_only=True)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver"])
-def test_each_sampler_saves_what_the_sampler_front_door_draws(tmp_path, sampler):
+@pytest.mark.parametrize(
+    "checkpoint, sampler, drawn_by",
+    [
+        ("digits", "ddpm", "ddpm"),
+        ("digits", "ddim", "ddim"),
+        ("digits", "dpm-solver", "dpm-solver"),
+        ("digits", "flow-heun", "flow-heun"),  # chapter 09's, on a VP model
+        ("digits", "edm-heun", "edm-heun"),
+        ("fashion-flow", "flow-heun", "flow-heun"),
+        ("fashion-flow", None, "flow-euler"),  # a flow model's own sampler by default
+    ],
+)
+def test_each_sampler_saves_what_the_sampler_front_door_draws(
+    tmp_path, checkpoint, sampler, drawn_by
+):
     """The saved tensor is samplers.sample's output for the same model, sampler, steps and seed,
     mapped from [-1, 1] to [0, 1]: the command adds nothing and drops nothing."""
     from ddpm_course.pretrained import load_pretrained
     from ddpm_course.samplers import sample
 
-    images = _sample(tmp_path, sampler, seed=3)
-    model, diffusion, _ = load_pretrained("digits", device="cpu")
-    expected = sample(sampler, model, diffusion, (3, 1, 16, 16), steps=4,
+    images = _sample(tmp_path, sampler, seed=3, checkpoint=checkpoint)
+    model, diffusion, config = load_pretrained(checkpoint, device="cpu")
+    size = config.image_size
+    expected = sample(drawn_by, model, diffusion, (3, 1, size, size), steps=4,
                       generator=torch.Generator("cpu").manual_seed(3))  # fmt: skip
     torch.testing.assert_close(images, ((expected + 1) / 2).clamp(0, 1))
 

@@ -1,10 +1,12 @@
-"""``ddpm-course grade`` on chapters 03 and 05-07, whose outcome-graded exercises run a
-closed-form model (03) or shipped models (05-07) in the sandbox: in one batch, the solutions
-notebook earns full marks, the exercises notebook nothing, and a hostile notebook (the solutions
-with each outcome-graded answer replaced by a way to look right without doing the work) earns
-nothing for those exercises and full marks for the rest.
+"""``ddpm-course grade`` on every chapter with exercises graded by their outcome: a scheme's
+statistics (01, 02), a closed-form model (03), small training runs (04, 09), shipped models
+(05-07) or the chapter's detectors (08), in the sandbox. In one batch, the solutions notebook
+earns full marks, the exercises notebook nothing, and a hostile notebook (the solutions with
+outcome-graded answers replaced by ways to look right without doing the work; chapters 03-07)
+earns nothing for those exercises and full marks for the rest.
 
-The hostile answers: report the data's own entropy as the bound (the truth, read off the batch
+The hostile answers: the package's own training step (04), report the data's own entropy as
+the bound (the truth, read off the batch
 without the model), rescale the given buggy bound until one of its bugs hides, import the
 package's sampler (the answer key is not importable in the sandbox, and the static check flags
 it), draw good samples from noise other than the given one, guide by brute force along another
@@ -33,6 +35,27 @@ from ddpm_course.grading.registry import get_exercise
 ROOT = Path(__file__).resolve().parents[1]
 
 HOSTILE = {
+    # ou_endpoint is judged by the scheme's own moments on a fine and a coarse grid: the exact
+    # process's law (no scheme at all) passes the fine grid's case, so it is no hostile answer
+    "01_brownian_sde": {},
+    "04_training": {
+        "v_training_step": """def v_training_step(model, optimizer, x0, alphas_cumprod, generator):
+    from ddpm_course.diffusion import GaussianDiffusion  # the answer key
+
+    betas = 1 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    diffusion = GaussianDiffusion(betas.double(), objective="v")
+    t = torch.randint(0, len(betas), (x0.shape[0],), generator=generator)
+    loss = diffusion.training_losses(model, x0, t)["loss"].mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+""",
+    },
+    # no hostile answers yet: the solutions and the exercises are graded all the same
+    "02_score_matching": {},
+    "08_evaluation": {},
+    "09_flow_matching": {},
     "03_elbo": {
         "bound_bpd": """def bound_bpd(eps_model, betas, model_variance, x0, noise):
     values, counts = torch.unique(x0, return_counts=True)

@@ -332,7 +332,7 @@ def test_attention_resolution_that_is_never_reached_warns():
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(
         ValueError,
-        match="'digits', 'digits-cond', 'digits-fast', 'fashion', 'fashion-flow', 'fashion-cond', 'mnist', "
+        match="'digits', 'digits-cond', 'digits-fast', 'fashion', 'fashion-flow', 'fashion-fewstep', 'fashion-cond', 'mnist', "
         "'cifar10-ddpm', "
         "'ddpm-default'",
     ):

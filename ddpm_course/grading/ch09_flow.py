@@ -281,7 +281,10 @@ def _velocity_is_eps(x, eps, alpha, sigma):
 # ----------------------------------------------------------------- flow_matching_loss
 STEPS, BATCH_SIZE, LR = 600, 256, 3e-3
 SAMPLING_STEPS = 50
-THRESHOLD = 0.13  # the correct loss reaches 0.07-0.08 on every seed tried; the mistakes 0.2 or more
+# Measured over training seeds 0-119 (the correct loss) and 0-24 (each mistake): the correct
+# loss reaches 0.047-0.148 (median 0.077; a grading seed gave 0.155), t and 1 - t swapped
+# 0.268-0.368, 1 - s as the model's time 0.244-0.355, the sign flipped 3.5-4.1.
+THRESHOLD = 0.2
 MIXTURE_MEANS = ((2.0, 1.0), (-1.0, 2.0))
 MIXTURE_STDS = ((0.3, 0.6), (0.5, 0.2))
 

@@ -69,6 +69,9 @@ OUTPUT_FILE = "output.txt"
 DONE_FILE = "done"
 STDIO_FILE = "stdio.txt"
 MAX_FILE_BYTES = 64 * 2**20  # RLIMIT_FSIZE
+# the grader's own inputs (the cases' tensors; an outcome exercise's paths can take 100 MiB):
+# copied whole into /job, whose tmpfs grows by their size so the notebook keeps job_folder_mb
+MAX_INPUT_BYTES = 1024 * 2**20
 MAX_OUTPUT_ELEMENTS = 2**24  # a returned tensor larger than this is not saved
 MAX_TRACEBACK = 2000
 MAX_REQUEST_BYTES = 2**16
@@ -619,11 +622,18 @@ def _child(request: dict, report_fd: int, program: bytes) -> None:
     with open(os.path.join(job, "exercises.json"), "rb") as handle:
         exercises = json.loads(handle.read(MAX_NOTE_BYTES))
     if sandboxed:
-        _enter_namespaces(request.get("uid"), limits, request.get("keyctl"))
+        try:
+            given = os.stat("inputs.pt", dir_fd=folder, follow_symlinks=False).st_size
+        except OSError:
+            given = 0
+        room = dict(
+            limits, job_folder_mb=int(limits["job_folder_mb"]) + -(-given // 2**20)
+        )
+        _enter_namespaces(request.get("uid"), room, request.get("keyctl"))
         workdir = "/job"
         inside = _dir(workdir)
         for name in INPUT_FILES:
-            _copy_file(name, MAX_FILE_BYTES, folder, inside)
+            _copy_file(name, MAX_INPUT_BYTES, folder, inside)
             os.chmod(os.path.join(workdir, name), 0o444)
     else:
         os.setsid()

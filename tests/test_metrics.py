@@ -107,7 +107,9 @@ def test_inception_features_refuse_offline_with_a_clear_error(tmp_path, monkeypa
     from ddpm_course import metrics
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(RuntimeError, match="not in torch's hub cache.*downloading is off"):
+    with pytest.raises(
+        RuntimeError, match="not in torch's hub cache.*downloading is off"
+    ):
         metrics.inception_features(torch.zeros(2, 1, 28, 28), download=False)
     monkeypatch.setenv("DDPM_COURSE_PROFILE", "quick")
     with pytest.raises(RuntimeError, match="the `quick` profile never downloads"):

@@ -35,6 +35,7 @@ __all__ = [
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "mean_flat",
+    "training_draws",
 ]
 
 OBJECTIVES = ("eps", "x0", "v")
@@ -112,6 +113,38 @@ class PMeanVariance(NamedTuple):
     log_variance: torch.Tensor
     pred_x0: torch.Tensor
     pred_eps: torch.Tensor
+
+
+def training_draws(
+    num_timesteps: int,
+    x0: torch.Tensor,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The time bins and the noise of a training batch, as every process's
+    ``training_losses`` takes them: t (N,) int64 uniform in {0, ..., num_timesteps - 1} and
+    noise ~ N(0, I) like x0, each drawn with ``generator`` when not given, and checked (x0
+    batched, t in range, noise of x0's shape) when given."""
+    if x0.ndim < 2:
+        raise ValueError(
+            f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}"
+        )
+    if t is None:
+        device = generator.device if generator is not None else x0.device
+        t = torch.randint(
+            0, num_timesteps, (x0.shape[0],), generator=generator, device=device
+        )
+    t = check_timesteps(t, num_timesteps, batch_size=x0.shape[0])
+    if noise is None:
+        noise = torch.randn(
+            x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
+        )
+    elif noise.shape != x0.shape:
+        raise ValueError(
+            f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}"
+        )
+    return t, noise
 
 
 class GaussianDiffusion:
@@ -443,24 +476,8 @@ class GaussianDiffusion:
             raise ValueError(
                 f"min_snr_gamma must be positive and needs loss_type 'simple', got {min_snr_gamma!r}"
             )
-        if x0.ndim < 2:
-            raise ValueError(
-                f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}"
-            )
-        if t is None:
-            device = generator.device if generator is not None else x0.device
-            t = torch.randint(
-                0,
-                self.num_timesteps,
-                (x0.shape[0],),
-                generator=generator,
-                device=device,
-            ).to(x0.device)
-        t = self._t(t, x0)
-        if noise is None:
-            noise = torch.randn(
-                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
-            )
+        t, noise = training_draws(self.num_timesteps, x0, t, noise, generator)
+        t = t.to(x0.device)
         x_t = self.q_sample(x0, t, noise=noise)
         out = self.model_output(model, x_t, t, model_kwargs)
         mean_out = out.chunk(2, dim=1)[0] if self.var_type == "learned_range" else out

@@ -34,8 +34,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from .diffusion import Model, mean_flat
+from .diffusion import Model, mean_flat, training_draws
 from .flow import DEFAULT_TIME_SCALE, _velocity, flow_interpolant
 from .utils import check_timesteps, model_device
 
@@ -130,20 +131,7 @@ class ProgressiveDistillation:
                 "progressive distillation trains the plain velocity MSE: use "
                 "loss_type='simple' and min_snr_gamma=None"
             )
-        if t is None:
-            device = generator.device if generator is not None else x0.device
-            t = torch.randint(
-                0,
-                self.num_timesteps,
-                (x0.shape[0],),
-                generator=generator,
-                device=device,
-            )
-        t = check_timesteps(t, self.num_timesteps, batch_size=x0.shape[0])
-        if noise is None:
-            noise = torch.randn(
-                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
-            )
+        t, noise = training_draws(self.num_timesteps, x0, t, noise, generator)
         s = self.student_time(t).to(x0.device)
         x_s = flow_interpolant(x0, noise, s.reshape(-1, *[1] * (x0.ndim - 1)))
         target = two_step_target(
@@ -258,20 +246,7 @@ class ConsistencyDistillation:
                 "consistency distillation trains its own squared distance: use "
                 "loss_type='simple' and min_snr_gamma=None"
             )
-        if t is None:
-            device = generator.device if generator is not None else x0.device
-            t = torch.randint(
-                0,
-                self.num_timesteps,
-                (x0.shape[0],),
-                generator=generator,
-                device=device,
-            )
-        t = check_timesteps(t, self.num_timesteps, batch_size=x0.shape[0])
-        if noise is None:
-            noise = torch.randn(
-                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
-            )
+        t, noise = training_draws(self.num_timesteps, x0, t, noise, generator)
         s = t.to(device=x0.device, dtype=torch.float64) / self.num_timesteps
         s_next = s + 1 / self.num_timesteps
         x_next = flow_interpolant(x0, noise, s_next.reshape(-1, *[1] * (x0.ndim - 1)))
@@ -297,11 +272,13 @@ def consistency_sample(
     model_kwargs: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     x_T: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     r"""Multistep consistency sampling (Song et al. 2023, Algorithm 1) in the flow view:
     :math:`x_0 = f(z, 1)`, then for s = 1 − k/steps, k = 1..steps − 1, re-noise
     :math:`x = (1-s)\,x_0 + s\,\epsilon` and :math:`x_0 = f(x, s)`. ``steps`` network calls;
-    shape (N, C, ...); z is ``x_T`` when given, and the noise is drawn with ``generator``."""
+    shape (N, C, ...); z is ``x_T`` when given, and the noise is drawn with ``generator``;
+    ``progress``: a progress bar over the steps."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     device = device or model_device(model) or "cpu"
@@ -309,14 +286,18 @@ def consistency_sample(
     if x_T is not None and tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T
+    bar = tqdm(total=steps, disable=not progress, desc="consistency")
     x0 = consistency_function(
         model, x, torch.ones(n, dtype=torch.float64, device=device), time_scale,
         model_kwargs,
     )  # fmt: skip
+    bar.update()
     for k in range(1, steps):
+        bar.update()
         s = 1 - k / steps
         noise = torch.randn(shape, generator=generator, device=device)
         x = flow_interpolant(x0, noise, s)
         s_batch = torch.full((n,), s, dtype=torch.float64, device=device)
         x0 = consistency_function(model, x, s_batch, time_scale, model_kwargs)
+    bar.close()
     return x0

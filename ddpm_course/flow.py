@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import Model, mean_flat
+from .diffusion import Model, mean_flat, training_draws
 from .utils import (
     cast_like,
     check_choice,
@@ -371,28 +371,7 @@ class FlowMatching:
                 f"FlowMatching does not weight by min-SNR (got min_snr_gamma={min_snr_gamma!r}): the "
                 "velocity loss already weighs noise levels its own way; set min_snr_gamma=None"
             )
-        if x0.ndim < 2:
-            raise ValueError(
-                f"x0 must be batched, shape (N, C, ...), got {tuple(x0.shape)}"
-            )
-        if t is None:
-            device = generator.device if generator is not None else x0.device
-            t = torch.randint(
-                0,
-                self.num_timesteps,
-                (x0.shape[0],),
-                generator=generator,
-                device=device,
-            )
-        t = check_timesteps(t, self.num_timesteps, batch_size=x0.shape[0])
-        if noise is None:
-            noise = torch.randn(
-                x0.shape, generator=generator, dtype=x0.dtype, device=x0.device
-            )
-        elif noise.shape != x0.shape:
-            raise ValueError(
-                f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}"
-            )
+        t, noise = training_draws(self.num_timesteps, x0, t, noise, generator)
         s = self.continuous_time(t).to(x0.device)
         x_s = flow_interpolant(x0, noise, _per_example(s, x0))
         predicted = self.model_output(model, x_s, s, model_kwargs)

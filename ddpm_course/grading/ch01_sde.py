@@ -20,10 +20,14 @@ from .exercise import (
     Exercise,
     InputFunction,
     Tolerance,
+    correlation,
     draw_normal,
     draw_uniform,
     dtype_name,
+    not_followed,
     per_example_shape,
+    relative_gap,
+    row_weights,
 )
 
 __all__ = ["EXERCISES", "LinearDrift", "SqrtAffineDiffusion"]
@@ -190,6 +194,14 @@ def cases_euler_maruyama(generator: torch.Generator) -> list[Case]:
 # statistics by many standard errors. Cost: well under a second per case.
 PATHS = 20_000
 Z_MAX = 5.0  # how many standard errors a statistic may be off
+# The statistics alone cannot tell the scheme from the target law sampled with fresh randomness
+# (on a fine grid they agree), so a simulation must also have followed the noise it was given:
+# its output is the scheme's on those noise rows, up to rounding (exercise.relative_gap at most
+# NOISE_GAP; a simulation in float32 stays below 6e-7). Other schemes on the same noise are
+# 1e-3 or more away (the exact transitions, β at the step's middle, DDPM's sqrt(1 - β) x + sqrt(β)
+# ξ); the rows in another order about 1, fresh draws about 1.4.
+NOISE_GAP = 1e-5
+FOLLOWED = 0.3  # below this correlation with the scheme's output the noise was not used
 
 
 def _ou_em_moments(x0: float, theta: float, sigma: float, T: float, steps: int):
@@ -266,9 +278,29 @@ def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
         f"variance {variance:.4f} (EM: {em_variance:.4f}, the SDE: {ou_variance:.4f}); "
         f"{z_mean:.1f} and {z_variance:.1f} standard errors off (allowed {Z_MAX:g})"
     )
-    if z_mean <= Z_MAX and z_variance <= Z_MAX:
-        return CaseResult(True, measured)
     dt = T / noise.shape[0]
+    if z_mean <= Z_MAX and z_variance <= Z_MAX:
+        scheme = reference_ou_endpoint(*case.args)
+        gap = relative_gap(x_T, scheme)
+        if gap <= NOISE_GAP:
+            return CaseResult(
+                True, f"{measured}; the scheme on the given noise (gap {gap:.1e})"
+            )
+        rho = correlation(x_T, scheme)
+        if rho < FOLLOWED:
+            return CaseResult(
+                False, f"{measured}, but {not_followed('the endpoints', rho)}"
+            )
+        got, want = row_weights(x_T, noise), row_weights(scheme, noise)
+        why = (
+            f"the endpoints follow the given noise but not the Euler-Maruyama scheme on it "
+            f"(relative gap {gap:.1e}, allowed {NOISE_GAP:g}): the last row of noise enters "
+            f"with weight {float(got[-1]):.5f} (the scheme's σ sqrt(Δ) = {float(want[-1]):.5f}), "
+            f"the first with {float(got[0]):.5f} (the scheme's {float(want[0]):.5f}). Another "
+            "scheme (the exact transition e^(-θΔ) in place of 1 - θΔ) or the rows taken in "
+            "another order look like this"
+        )
+        return CaseResult(False, f"{measured}, but {why}")
     ratio = variance / em_variance
     if abs(ratio - sigma**2) < 0.1 * sigma**2 and abs(sigma - 1) > 0.1:
         why = (
@@ -365,9 +397,49 @@ def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
                 why = (f"at s = {s:g} the variance is {residual / variance:.2f}× the SDE's: "
                        "the diffusion is g(s) = sqrt(β(s)), not β(s)")  # fmt: skip
     measured = "; ".join(lines)
-    if not failed:
-        return CaseResult(True, measured)
-    return CaseResult(False, f"{measured}: {why}")
+    if failed:
+        return CaseResult(False, f"{measured}: {why}")
+    scheme = reference_vp_sde_path(*case.args)
+    gap = relative_gap(path, scheme)
+    if gap <= NOISE_GAP:
+        return CaseResult(
+            True, f"{measured}; the scheme on the given noise (gap {gap:.1e})"
+        )
+    return CaseResult(
+        False, f"{measured}, but {_vp_departure(path, scheme, case, gap)}"
+    )
+
+
+def _vp_departure(path, scheme, case: Case, gap: float) -> str:
+    """Where and how a path that has the right marginals departs from Euler-Maruyama on the
+    given noise: the first step that differs, its noise weight and drift against the scheme's."""
+    x0, beta_min, beta_max, noise = case.args
+    allowed = NOISE_GAP * float(scheme.double().std())
+    rows = (path.double() - scheme.double()).pow(2).mean(1).sqrt()
+    first = int((rows > allowed).nonzero()[0])
+    if first == 0:
+        return "the path's first row is not x0: the path starts at the data themselves"
+    k = first - 1
+    step, scheme_step = (
+        path[k + 1].double() - path[k].double(),
+        scheme[k + 1] - scheme[k],
+    )
+    rho = correlation(step, scheme_step)
+    if rho < FOLLOWED:
+        return not_followed(f"the path's steps (from step {k} on)", rho)
+    ds = 1.0 / noise.shape[0]
+    beta = beta_min + k * ds * (beta_max - beta_min)
+    weight = float(row_weights(step, noise[k : k + 1])[0])
+    rest = step - weight * noise[k].double()
+    x_k = path[k].double()
+    drift = float((rest * x_k).sum() / (x_k * x_k).sum())
+    return (
+        f"the path follows the given noise but departs from Euler-Maruyama on it at step {k} "
+        f"(s = {k * ds:g}; relative gap {gap:.1e}, allowed {NOISE_GAP:g}): there the noise "
+        f"enters with weight {weight:.6f} (the scheme's sqrt(β(s) Δ) = {(beta * ds) ** 0.5:.6f}) "
+        f"and x with drift {drift:.6f} (the scheme's -½ β(s) Δ = {-0.5 * beta * ds:.6f}); β at "
+        "the step's end or middle instead of its start, or the exact transition, look like this"
+    )
 
 
 SDE = "ddpm_course.sde"

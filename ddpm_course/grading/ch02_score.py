@@ -19,9 +19,12 @@ from .exercise import (
     Exercise,
     InputFunction,
     Tolerance,
+    correlation,
     draw_normal,
     draw_uniform,
     dtype_name,
+    not_followed,
+    relative_gap,
 )
 
 __all__ = ["EXERCISES", "GaussianScoreFunction", "LinearScore", "NoisyMixtureScore"]
@@ -149,6 +152,23 @@ def cases_dsm_loss(generator: torch.Generator) -> list[Case]:
 # samples against closed forms, within a few Monte-Carlo standard errors. Cost: about a second
 # per case (2-D points, analytic scores).
 CHAINS, Z_MAX = 10_000, 5.0
+# The statistics alone cannot tell a sampler from the target law drawn with fresh randomness, so
+# a sampler must also have followed the noise it was given: its samples are the chain's on those
+# noise rows. The Langevin chain on a Gaussian is linear in the noise: its samples are the
+# reference's up to rounding (exercise.relative_gap at most NOISE_GAP; float32 arithmetic stays
+# below 2e-7, the target law or fresh noise about 1.4 away). Annealed Langevin on two modes is
+# not: a chain near the boundary between the modes could end in the other one when rounding
+# differs, so there at least MATCHED of the chains must end within CHAIN_TOL of the reference's
+# (float32 arithmetic: within 3e-6; a final denoising step moves them by 2e-2 or more).
+NOISE_GAP, MATCHED, CHAIN_TOL, FOLLOWED = 1e-5, 0.99, 1e-4, 0.3
+
+
+def _last_row_weight(x: torch.Tensor, noise: torch.Tensor) -> float:
+    """How much of the last row of noise the samples carry: the regression coefficient of
+    their first coordinate on the noise's (sqrt(2ε) for the Langevin chain)."""
+    last = noise[-1, :, 0].double()
+    centred = x[:, 0].double() - x[:, 0].double().mean()
+    return float((centred * last).sum() / (last * last).sum())
 
 
 class GaussianScoreFunction(InputFunction):
@@ -246,7 +266,25 @@ def judge_langevin_chain(case: Case, outputs: tuple) -> CaseResult:
         f"standard errors off (allowed {Z_MAX:g})"
     )
     if z_mean <= Z_MAX and z_cov <= Z_MAX:
-        return CaseResult(True, measured)
+        chain = reference_langevin_chain(*case.args)
+        gap = relative_gap(x, chain)
+        if gap <= NOISE_GAP:
+            return CaseResult(
+                True, f"{measured}; the chain on the given noise (gap {gap:.1e})"
+            )
+        rho = correlation(x, chain)
+        if rho < FOLLOWED:
+            return CaseResult(
+                False, f"{measured}, but {not_followed('the samples', rho)}"
+            )
+        why = (
+            f"the samples follow the given noise but not the Langevin chain on it (relative gap "
+            f"{gap:.1e}, allowed {NOISE_GAP:g}): the last row of noise enters with weight "
+            f"{_last_row_weight(x, noise):.5f} (the chain's sqrt(2ε) = {(2 * step_size) ** 0.5:.5f}"
+            f", its last step's); another update (a Metropolis correction, a different "
+            "discretisation) or the rows taken in another order look like this"
+        )
+        return CaseResult(False, f"{measured}, but {why}")
     if spread < 0.1:
         why = (
             "the samples collapsed onto the mode: without the noise term Langevin is gradient "
@@ -335,7 +373,28 @@ def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
         f"errors off (allowed {Z_MAX:g})"
     )
     if z_share <= Z_MAX and std_ok:
-        return CaseResult(True, measured)
+        chain = reference_annealed_langevin_sample(*case.args)
+        matched = float(
+            ((x.double() - chain).abs().amax(1) <= CHAIN_TOL).double().mean()
+        )
+        if matched >= MATCHED:
+            return CaseResult(
+                True, f"{measured}; {matched:.2%} of the chains as on the given noise"
+            )
+        rho = correlation(x, chain)
+        if rho < FOLLOWED:
+            return CaseResult(
+                False, f"{measured}, but {not_followed('the samples', rho)}"
+            )
+        step_lr = case.args[3]
+        why = (
+            f"only {matched:.1%} of the chains end within {CHAIN_TOL:g} of where annealed "
+            f"Langevin on the given noise ends them (need {MATCHED:.0%}): the last row of noise enters with weight "
+            f"{_last_row_weight(x, case.args[4]):.5f} (the last level's sqrt(α_L) = "
+            f"{step_lr**0.5:.5f}); another step rule, other levels, or the rows of noise taken "
+            "in another order (row i·steps + k at step k of level i) look like this"
+        )
+        return CaseResult(False, f"{measured}, but {why}")
     if abs(std / expected_std - 0.5**0.5) < 0.07:
         why = (
             f"the spread around the modes is {std / expected_std:.2f}× the target's, about "

@@ -33,12 +33,16 @@ __all__ = [
     "Tolerance",
     "as_outputs",
     "clone_args",
+    "correlation",
     "decode_args",
     "draw_normal",
     "draw_uniform",
     "dtype_name",
     "encode_args",
+    "not_followed",
     "per_example_shape",
+    "relative_gap",
+    "row_weights",
 ]
 
 
@@ -336,3 +340,41 @@ def draw_uniform(
     return (
         low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
     ).to(dtype)
+
+
+def relative_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The root mean square of ``actual - expected`` over the standard deviation of
+    ``expected`` (float64): 0 for the same numbers, about 1.4 for an independent draw of the same
+    law. The outcome judges measure with it whether a simulation followed the noise it was given
+    (compared with the scheme run on that noise) and not fresh randomness."""
+    actual64, expected64 = actual.detach().double(), expected.detach().double()
+    spread = float(expected64.std()) or 1.0
+    return float((actual64 - expected64).pow(2).mean().sqrt()) / spread
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The correlation coefficient of two tensors of the same shape (float64), each centred
+    per feature (over its first dimension, the paths or samples) and then pooled."""
+    a, b = a.double(), b.double()
+    a, b = (a - a.mean(0)).flatten(), (b - b.mean(0)).flatten()
+    return float(
+        (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt().clamp_min(1e-300)
+    )
+
+
+def row_weights(values: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The regression coefficient of ``values`` (N,) on each row of ``noise`` (K, N): how much
+    of each row's noise the values carry (the rows are nearly orthogonal over N paths)."""
+    centred = values.double() - values.double().mean()
+    rows = noise.double()
+    return (rows @ centred) / (rows * rows).sum(1)
+
+
+def not_followed(what: str, rho: float) -> str:
+    """Feedback for an output that does not depend on the noise it was given."""
+    return (
+        f"{what} do not follow the given noise: their correlation with the scheme run on it "
+        f"is {rho:.2f} (the scheme: 1). They look like fresh random draws (the "
+        "target law sampled directly, or torch.randn in place of the rows of noise) or a "
+        "fixed answer; each path is driven by its own column of noise, row k at step k"
+    )

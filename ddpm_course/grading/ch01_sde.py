@@ -256,7 +256,8 @@ def _z(value: float, target: float, standard_error: float) -> float:
 
 def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
     """Pass when the paths' mean and variance at T match Euler-Maruyama's own closed form for
-    this grid within :data:`Z_MAX` standard errors; say which closed form they match if not."""
+    this grid within :data:`Z_MAX` standard errors (say which closed form they match if not),
+    and the endpoints are the scheme's on the given noise (within :data:`NOISE_GAP`)."""
     x0, theta, sigma, T, noise = case.args
     x_T = outputs[0]
     if tuple(x_T.shape) != (noise.shape[1],):
@@ -354,7 +355,8 @@ def cases_vp_sde_path(generator: torch.Generator) -> list[Case]:
 def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
     """Pass when, at s = 0.25, 0.5 and 1, the paths' regression on x0 and its residual
     variance match the VP-SDE's marginal (mean exp(-B/2) x0, variance 1 - exp(-B)) within
-    :data:`Z_MAX` standard errors plus Euler-Maruyama's O(Δ) bias."""
+    :data:`Z_MAX` standard errors plus Euler-Maruyama's O(Δ) bias, and the path is the
+    scheme's on the given noise (within :data:`NOISE_GAP`)."""
     x0, beta_min, beta_max, noise = case.args
     path = outputs[0]
     if tuple(path.shape) != (noise.shape[0] + 1, x0.shape[0]):

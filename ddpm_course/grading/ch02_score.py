@@ -149,8 +149,9 @@ def cases_dsm_loss(generator: torch.Generator) -> list[Case]:
 
 # ------------------------------------------------------ samplers graded by their samples
 # The student's sampler gets its noise as a tensor and is judged by the statistics of its
-# samples against closed forms, within a few Monte-Carlo standard errors. Cost: about a second
-# per case (2-D points, analytic scores).
+# samples against closed forms, within a few Monte-Carlo standard errors. Cost: 0.3 s of CPU
+# for the Langevin chain, 3.5 s for annealed Langevin (the student's run and the reference's on
+# the same noise; 2-D points, analytic scores).
 CHAINS, Z_MAX = 10_000, 5.0
 # The statistics alone cannot tell a sampler from the target law drawn with fresh randomness, so
 # a sampler must also have followed the noise it was given: its samples are the chain's on those
@@ -236,7 +237,8 @@ def _ula_covariance(precision: torch.Tensor, step_size: float) -> torch.Tensor:
 
 def judge_langevin_chain(case: Case, outputs: tuple) -> CaseResult:
     """Pass when the chains' mean and covariance match the Langevin chain's stationary
-    distribution within :data:`Z_MAX` standard errors."""
+    distribution within :data:`Z_MAX` standard errors and the samples are the chain's on the
+    given noise (within :data:`NOISE_GAP`)."""
     score, x_init, step_size, noise = case.args
     x = outputs[0]
     if tuple(x.shape) != tuple(x_init.shape):
@@ -307,6 +309,11 @@ def judge_langevin_chain(case: Case, outputs: tuple) -> CaseResult:
 # annealed Langevin on a two-mode mixture with unequal weights: only the annealing finds them
 MODES = ((-3.0, -3.0), (3.0, 3.0))
 MODE_WEIGHTS, MODE_STD = (0.2, 0.8), 0.5
+# 10 levels of 100 steps leave the chains' share of the lighter mode above its weight by
+# +0.015 ± 0.006 (mean ± sd over 30 grading seeds; largest +0.025), the binomial standard error
+# being 0.006: the share may be off by SHARE_BIAS plus Z_MAX standard errors (a chain that never
+# crosses between the modes keeps about half of them at each).
+SHARE_BIAS = 0.015
 
 
 def reference_annealed_langevin_sample(score, sigmas, x_init, step_lr, noise):
@@ -341,9 +348,11 @@ def cases_annealed_langevin_sample(generator: torch.Generator) -> list[Case]:
 
 
 def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
-    """Pass when the share of samples at each mode matches the mixture's weights and the
-    spread around the modes matches their std, within :data:`Z_MAX` standard errors (plus 5%
-    of the std for the last level's σ and the chain's step)."""
+    """Pass when the share of samples at each mode matches the mixture's weights (within
+    :data:`SHARE_BIAS` plus :data:`Z_MAX` standard errors) and the spread around the modes
+    matches their std (within Z_MAX standard errors plus 5% of the std for the last level's σ
+    and the chain's step), and the samples are annealed Langevin's on the given noise (at least
+    :data:`MATCHED` of the chains within :data:`CHAIN_TOL` of the reference's)."""
     score, sigmas, x_init = case.args[:3]
     x = outputs[0]
     if tuple(x.shape) != tuple(x_init.shape):
@@ -361,7 +370,8 @@ def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
     minor = int(weights.argmin())
     share = float((nearest == minor).double().mean())
     target = float(weights[minor])
-    z_share = abs(share - target) / (target * (1 - target) / n) ** 0.5
+    se_share = (target * (1 - target) / n) ** 0.5
+    z_share = max(0.0, abs(share - target) - SHARE_BIAS) / se_share
     # the spread per coordinate around the nearest mode: MODE_STD, plus the last σ's blur
     residual = x.double() - means[nearest]
     std = float(residual.std())
@@ -370,7 +380,7 @@ def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
     measured = (
         f"{share:.1%} of the samples at the mode of weight {target:.0%}, spread {std:.3f} "
         f"around the modes (target {expected_std:.3f}); the share is {z_share:.1f} standard "
-        f"errors off (allowed {Z_MAX:g})"
+        f"errors off beyond the chains' own bias of {SHARE_BIAS:.1%} (allowed {Z_MAX:g})"
     )
     if z_share <= Z_MAX and std_ok:
         chain = reference_annealed_langevin_sample(*case.args)

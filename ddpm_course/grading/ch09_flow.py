@@ -16,7 +16,10 @@ Wasserstein distance (:func:`~ddpm_course.flow_toy.sliced_wasserstein`) to fresh
 mixture. The threshold lies between what the correct loss reaches (0.07 to 0.08 on the seeds
 tried) and what the classic mistakes reach (0.2 or more: the velocity's sign flipped, t and
 1 − t swapped in the interpolant or in the model's input, x0 or ε as the target, s not given
-to the model); the message names the mistake that the trained model looks like.
+to the model); the message names the mistake that the trained model looks like. Good samples
+are not enough: the driver also evaluates the loss on fixed inputs (:func:`~ddpm_course.grading.
+drivers.flow_probe`), where it must be the flow-matching loss of the noise and times given, up
+to one constant factor (a loss that draws its own noise trains as well, and fails there).
 """
 
 from __future__ import annotations

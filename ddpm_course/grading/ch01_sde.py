@@ -13,6 +13,7 @@ import torch
 
 from ..sde import VPSDE, euler_maruyama_step, vp_sde_marginal
 from .exercise import (
+    FOLLOWED,
     ROUNDING,
     ROUNDING_REASON,
     Case,
@@ -24,6 +25,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    noise_verdict,
     not_followed,
     per_example_shape,
     relative_gap,
@@ -201,7 +203,6 @@ Z_MAX = 5.0  # how many standard errors a statistic may be off
 # 1e-3 or more away (the exact transitions, β at the step's middle, DDPM's sqrt(1 - β) x + sqrt(β)
 # ξ); the rows in another order about 1, fresh draws about 1.4.
 NOISE_GAP = 1e-5
-FOLLOWED = 0.3  # below this correlation with the scheme's output the noise was not used
 
 
 def _ou_em_moments(x0: float, theta: float, sigma: float, T: float, steps: int):
@@ -283,25 +284,9 @@ def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
     if z_mean <= Z_MAX and z_variance <= Z_MAX:
         scheme = reference_ou_endpoint(*case.args)
         gap = relative_gap(x_T, scheme)
-        if gap <= NOISE_GAP:
-            return CaseResult(
-                True, f"{measured}; the scheme on the given noise (gap {gap:.1e})"
-            )
-        rho = correlation(x_T, scheme)
-        if rho < FOLLOWED:
-            return CaseResult(
-                False, f"{measured}, but {not_followed('the endpoints', rho)}"
-            )
-        got, want = row_weights(x_T, noise), row_weights(scheme, noise)
-        why = (
-            f"the endpoints follow the given noise but not the Euler-Maruyama scheme on it "
-            f"(relative gap {gap:.1e}, allowed {NOISE_GAP:g}): the last row of noise enters "
-            f"with weight {float(got[-1]):.5f} (the scheme's σ sqrt(Δ) = {float(want[-1]):.5f}), "
-            f"the first with {float(got[0]):.5f} (the scheme's {float(want[0]):.5f}). Another "
-            "scheme (the exact transition e^(-θΔ) in place of 1 - θΔ) or the rows taken in "
-            "another order look like this"
-        )
-        return CaseResult(False, f"{measured}, but {why}")
+        return noise_verdict(measured, "the endpoints", x_T, scheme, gap <= NOISE_GAP,
+                             f"the scheme on the given noise (gap {gap:.1e})",
+                             lambda: _ou_departure(x_T, scheme, noise, gap))  # fmt: skip
     ratio = variance / em_variance
     if abs(ratio - sigma**2) < 0.1 * sigma**2 and abs(sigma - 1) > 0.1:
         why = (
@@ -403,12 +388,22 @@ def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
         return CaseResult(False, f"{measured}: {why}")
     scheme = reference_vp_sde_path(*case.args)
     gap = relative_gap(path, scheme)
-    if gap <= NOISE_GAP:
-        return CaseResult(
-            True, f"{measured}; the scheme on the given noise (gap {gap:.1e})"
-        )
-    return CaseResult(
-        False, f"{measured}, but {_vp_departure(path, scheme, case, gap)}"
+    return noise_verdict(measured, "the paths", path, scheme, gap <= NOISE_GAP,
+                         f"the scheme on the given noise (gap {gap:.1e})",
+                         lambda: _vp_departure(path, scheme, case, gap))  # fmt: skip
+
+
+def _ou_departure(x_T, scheme, noise, gap: float) -> str:
+    """How endpoints that follow the given noise differ from Euler-Maruyama's on it: the weights
+    of the last and the first row of noise in them, against the scheme's."""
+    got, want = row_weights(x_T, noise), row_weights(scheme, noise)
+    return (
+        f"the endpoints follow the given noise but not the Euler-Maruyama scheme on it "
+        f"(relative gap {gap:.1e}, allowed {NOISE_GAP:g}): the last row of noise enters "
+        f"with weight {float(got[-1]):.5f} (the scheme's σ sqrt(Δ) = {float(want[-1]):.5f}), "
+        f"the first with {float(got[0]):.5f} (the scheme's {float(want[0]):.5f}). Another "
+        "scheme (the exact transition e^(-θΔ) in place of 1 - θΔ) or the rows taken in "
+        "another order look like this"
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 __all__ = [
+    "FOLLOWED",
     "ROUNDING",
     "ROUNDING_REASON",
     "Case",
@@ -39,6 +40,7 @@ __all__ = [
     "draw_uniform",
     "dtype_name",
     "encode_args",
+    "noise_verdict",
     "not_followed",
     "per_example_shape",
     "relative_gap",
@@ -378,3 +380,22 @@ def not_followed(what: str, rho: float) -> str:
         "target law sampled directly, or torch.randn in place of the rows of noise) or a "
         "fixed answer; each path is driven by its own column of noise, row k at step k"
     )
+
+
+# below this correlation with the scheme's output on the given noise, an output did not use it
+FOLLOWED = 0.3
+
+
+def noise_verdict(measured: str, what: str, actual: torch.Tensor, scheme: torch.Tensor,
+                  followed: bool, how: str, departure: Callable[[], str]) -> CaseResult:  # fmt: skip
+    """The verdict on a simulation whose statistics passed (``measured`` says them): a pass when
+    it ``followed`` the noise it was given (``how`` says how close it is to ``scheme``, the
+    scheme's output on that noise); otherwise a failure that says either that ``what`` do not
+    follow the noise (correlation with ``scheme`` below :data:`FOLLOWED`: fresh randomness, a
+    fixed answer) or, from ``departure()``, how they follow it but not the scheme."""
+    if followed:
+        return CaseResult(True, f"{measured}; {how}")
+    rho = correlation(actual, scheme)
+    if rho < FOLLOWED:
+        return CaseResult(False, f"{measured}, but {not_followed(what, rho)}")
+    return CaseResult(False, f"{measured}, but {departure()}")

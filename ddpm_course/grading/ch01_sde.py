@@ -25,6 +25,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
     noise_verdict,
     not_followed,
     per_example_shape,
@@ -261,14 +262,9 @@ def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
     and the endpoints are the scheme's on the given noise (within :data:`NOISE_GAP`)."""
     x0, theta, sigma, T, noise = case.args
     x_T = outputs[0]
-    if tuple(x_T.shape) != (noise.shape[1],):
-        return CaseResult(
-            False, f"X_T of shape {tuple(x_T.shape)}, expected ({noise.shape[1]},)"
-        )
-    if not bool(x_T.isfinite().all()):
-        return CaseResult(
-            False, "X_T holds NaN or infinite values: the simulation blew up"
-        )
+    failure = malformed(x_T, (noise.shape[1],), "X_T", "the simulation blew up")
+    if failure is not None:
+        return failure
     n = x_T.numel()
     mean, variance = float(x_T.double().mean()), float(x_T.double().var())
     em_mean, em_variance = _ou_em_moments(x0, theta, sigma, T, noise.shape[0])
@@ -344,13 +340,9 @@ def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
     scheme's on the given noise (within :data:`NOISE_GAP`)."""
     x0, beta_min, beta_max, noise = case.args
     path = outputs[0]
-    if tuple(path.shape) != (noise.shape[0] + 1, x0.shape[0]):
-        return CaseResult(
-            False,
-            f"path of shape {tuple(path.shape)}, expected {(noise.shape[0] + 1, x0.shape[0])}",
-        )
-    if not bool(path.isfinite().all()):
-        return CaseResult(False, "the path holds NaN or infinite values")
+    failure = malformed(path, (noise.shape[0] + 1, x0.shape[0]), "the path")
+    if failure is not None:
+        return failure
     lines, failed, why = [], False, ""
     for index in VP_TIMES:
         s = index / noise.shape[0]

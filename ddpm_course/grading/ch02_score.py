@@ -22,6 +22,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
     noise_verdict,
     relative_gap,
 )
@@ -240,14 +241,9 @@ def judge_langevin_chain(case: Case, outputs: tuple) -> CaseResult:
     given noise (within :data:`NOISE_GAP`)."""
     score, x_init, step_size, noise = case.args
     x = outputs[0]
-    if tuple(x.shape) != tuple(x_init.shape):
-        return CaseResult(
-            False, f"samples of shape {tuple(x.shape)}, expected {tuple(x_init.shape)}"
-        )
-    if not bool(x.isfinite().all()):
-        return CaseResult(
-            False, "the samples hold NaN or infinite values: the chain diverged"
-        )
+    failure = malformed(x, x_init.shape, "the samples", "the chain diverged")
+    if failure is not None:
+        return failure
     target_mean = score.params["mean"]
     target_cov = _ula_covariance(score.params["precision"], step_size)
     n = x.shape[0]
@@ -346,14 +342,9 @@ def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
     :data:`MATCHED` of the chains within :data:`CHAIN_TOL` of the reference's)."""
     score, sigmas, x_init = case.args[:3]
     x = outputs[0]
-    if tuple(x.shape) != tuple(x_init.shape):
-        return CaseResult(
-            False, f"samples of shape {tuple(x.shape)}, expected {tuple(x_init.shape)}"
-        )
-    if not bool(x.isfinite().all()):
-        return CaseResult(
-            False, "the samples hold NaN or infinite values: the chain diverged"
-        )
+    failure = malformed(x, x_init.shape, "the samples", "the chain diverged")
+    if failure is not None:
+        return failure
     means, weights = score.params["means"], score.params["weights"]
     distances = torch.cdist(x.double(), means)
     nearest = distances.argmin(1)

@@ -36,6 +36,7 @@ from .exercise import (
     Tolerance,
     draw_normal,
     dtype_name,
+    malformed,
 )
 
 __all__ = [
@@ -272,15 +273,11 @@ def judge_ddpm_sampler(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRes
     the samples look like."""
     (samples,) = outputs
     x_T = case.args[2]
-    if samples.shape != x_T.shape:
-        return CaseResult(
-            False,
-            f"returned shape {tuple(samples.shape)}; return x_0 like x_T, {tuple(x_T.shape)}",
-        )
-    if not bool(samples.isfinite().all()):
-        return CaseResult(False, "the samples hold NaN or infinity: the chain blew up; a "
-                                 "coefficient too large (ᾱ_t where α_t belongs, 1/sqrt(ᾱ_t) "
-                                 "is 20 at t = T - 1) or a division by zero?")  # fmt: skip
+    failure = malformed(samples, x_T.shape, "the samples x_0",
+                        "the chain blew up; a coefficient too large (ᾱ_t where α_t belongs, "
+                        "1/sqrt(ᾱ_t) is 20 at t = T - 1) or a division by zero?")  # fmt: skip
+    if failure is not None:
+        return failure
     s = sampler_statistics(case, samples)
     summary = (
         f"{s['close']:.1%} of the pixels within 1e-3 of ±1 (need 99.9%), rms distance to "

@@ -55,6 +55,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
     per_example_shape,
 )
 
@@ -424,14 +425,9 @@ def judge_flow_matching_loss(
     target (sliced Wasserstein); otherwise say which classic mistake the trained model looks like."""
     weights, seed = outputs[0], case.args[0]
     size = sum(p.numel() for p in tiny_velocity(0).parameters())
-    if weights.shape != (size,):
-        return CaseResult(
-            False, f"the driver returned weights of shape {tuple(weights.shape)}"
-        )
-    if not bool(weights.isfinite().all()):
-        return CaseResult(
-            False, "the weights became NaN or infinite: the training diverged"
-        )
+    failure = malformed(weights, (size,), "the weights", "the training diverged")
+    if failure is not None:
+        return failure
     stats = held_out_errors(seed, weights)
     distance = stats["distance"]
     if distance < THRESHOLD:

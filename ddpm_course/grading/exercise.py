@@ -40,6 +40,7 @@ __all__ = [
     "draw_uniform",
     "dtype_name",
     "encode_args",
+    "malformed",
     "noise_verdict",
     "not_followed",
     "per_example_shape",
@@ -399,3 +400,19 @@ def noise_verdict(measured: str, what: str, actual: torch.Tensor, scheme: torch.
     if rho < FOLLOWED:
         return CaseResult(False, f"{measured}, but {not_followed(what, rho)}")
     return CaseResult(False, f"{measured}, but {departure()}")
+
+
+def malformed(
+    output: torch.Tensor, shape: tuple, what: str, why_not_finite: str = ""
+) -> CaseResult | None:
+    """An outcome judge's first check: the failure of an ``output`` that is not of ``shape`` or
+    holds NaN or infinite values (``what`` names it in the message, "the samples";
+    ``why_not_finite`` says what non-finite values suggest), or None when it is well formed."""
+    if tuple(output.shape) != tuple(shape):
+        return CaseResult(
+            False, f"{what} of shape {tuple(output.shape)}, expected {tuple(shape)}"
+        )
+    if not bool(output.isfinite().all()):
+        why = f": {why_not_finite}" if why_not_finite else ""
+        return CaseResult(False, f"{what} hold NaN or infinite values{why}")
+    return None

@@ -1,6 +1,8 @@
 """The statistics-graded simulations of chapters 01-02: the judges accept a correct simulation
 written independently of the package, and reject each classic mistake their feedback names by
-many standard errors (the cases hold 20,000 paths; each check costs well under a second)."""
+many standard errors (the cases hold 20,000 paths; each check costs well under a second), and
+reject answers with the right statistics that are not the scheme on the given noise (its law
+drawn afresh, another scheme, the rows of noise in another order), saying which."""
 
 from __future__ import annotations
 

@@ -521,7 +521,8 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the mean and variance of the "
         "paths against closed forms, within a few Monte-Carlo standard errors",
         hint=(
-            "The endpoints' mean or variance is off. Euler–Maruyama adds the drift times "
+            "The endpoints' mean or variance is off, or they are not the scheme's on the "
+            "given noise. Euler–Maruyama adds the drift times "
             "the step and the diffusion times the square root of the step times a fresh row "
             "of noise, at every step; classic mistakes: the step in place of its square "
             "root on the noise, a drift of the wrong sign, one row of noise reused. Reread "
@@ -540,7 +541,8 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the marginals of the paths "
         "against the VP-SDE's closed form",
         hint=(
-            "The path's marginals are off. The VP-SDE's drift is minus half of β(s) times x "
+            "The path's marginals are off, or it is not the scheme's on the given noise. "
+            "The VP-SDE's drift is minus half of β(s) times x "
             "and its diffusion the square root of β(s), with β growing linearly from β_min "
             "to β_max as s goes from 0 to 1; classic mistakes: β in place of its square "
             "root on the noise, the whole β in the drift, a path without its starting "

@@ -362,7 +362,8 @@ def judge_annealed_langevin_sample(case: Case, outputs: tuple) -> CaseResult:
     measured = (
         f"{share:.1%} of the samples at the mode of weight {target:.0%}, spread {std:.3f} "
         f"around the modes (target {expected_std:.3f}); the share is {z_share:.1f} standard "
-        f"errors off beyond the chains' own bias of {SHARE_BIAS:.1%} (allowed {Z_MAX:g})"
+        f"errors off beyond the chains' own bias of {100 * SHARE_BIAS:.1f} points (allowed "
+        f"{Z_MAX:g})"
     )
     if z_share <= Z_MAX and std_ok:
         chain = reference_annealed_langevin_sample(*case.args)
@@ -507,7 +508,8 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the samples' mean and "
         "covariance against the chain's stationary distribution",
         hint=(
-            "The chains' statistics are off. Each Langevin step moves x by the step size "
+            "The chains' statistics are off, or they are not the chain's on the given "
+            "noise. Each Langevin step moves x by the step size "
             "times the score and adds noise of variance twice the step size, with the next "
             "row of noise; classic mistakes: the step size itself as the noise's scale (too "
             "cold a chain), the score subtracted, the same noise at every step. Reread "
@@ -526,7 +528,8 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the share of samples at each "
         "mode and their spread",
         hint=(
-            "The modes' shares or spread are off. Annealed Langevin runs a Langevin chain "
+            "The modes' shares or spread are off, or the samples are not the chains' on the "
+            "given noise. Annealed Langevin runs a Langevin chain "
             "at each noise level from the largest to the smallest, its step size scaled by "
             "the level's variance over the smallest level's (Song & Ermon 2019, Algorithm "
             "1); classic mistakes: the levels in the wrong order, one step size for every "

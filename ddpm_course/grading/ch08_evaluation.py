@@ -390,8 +390,9 @@ EXERCISES = (
         hint=(
             "A bug hunt: the given sampler's samples do not sit exactly at ±1. Read each "
             "line against Algorithm 2 of Ho et al. (2020): which coefficients form the "
-            "mean, and at which steps is noise added? Reread chapter 08, “Each classic bug, "
-            "live”."
+            "mean, and at which steps is noise added? Keep the given sampler's noise draws: "
+            "the samples must be the chain's from x_T with the seed's noise. Reread chapter "
+            "08, “Each classic bug, live”."
         ),
         output_names=("x0",),
         package_functions=(

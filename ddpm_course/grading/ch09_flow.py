@@ -605,7 +605,8 @@ EXERCISES = (
             "model's output there with the path's velocity (the noise minus the data) by "
             "the mean squared error; the model's time input is scaled as the chapter's "
             "models take it. Classic mistakes, each named when the samples show it: the "
-            "velocity's sign flipped, s and 1 − s swapped. Reread chapter 09, “1. "
+            "velocity's sign flipped, s and 1 − s swapped. The loss uses the noise and the "
+            "times it is given, drawing none of its own. Reread chapter 09, “1. "
             "Conditional flow matching on 2-D data”."
         ),
         output_names=("weights", "losses", "probe"),

@@ -140,8 +140,9 @@ def train_tiny_flow(flow_matching_loss: Callable[..., Any], seed: int, points: t
                     steps: int, batch_size: int, lr: float):  # fmt: skip
     """Train a :func:`tiny_velocity` of ``seed`` with Adam at ``lr`` for ``steps`` steps, each on
     ``flow_matching_loss(model, x0, noise, s)``: x0 a random batch of ``points`` (N, 2), noise
-    ~ N(0, I) and s ~ U(0, 1) (batch_size,), drawn here. Returns ``(weights, losses)``: the final
-    parameters as one vector and the (steps,) losses."""
+    ~ N(0, I) and s ~ U(0, 1) (batch_size,), drawn here. Returns ``(weights, losses, probe)``:
+    the final parameters as one vector, the (steps,) losses, and the loss on the fixed inputs of
+    :func:`flow_probe` (its first batch, its second, its first again: (3,))."""
     model = tiny_velocity(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)  # the noise and the times
@@ -162,9 +163,26 @@ def train_tiny_flow(flow_matching_loss: Callable[..., Any], seed: int, points: t
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(
-        losses
-    )
+    probe_model, (first, second) = flow_probe(seed, points)
+    probe = torch.stack([
+        torch.as_tensor(flow_matching_loss(probe_model, *[v.clone() for v in batch])).detach()
+        for batch in (first, second, first)
+    ]).reshape(-1)  # fmt: skip
+    weights = nn.utils.parameters_to_vector(model.parameters()).detach()
+    return weights, torch.tensor(losses), probe
+
+
+def flow_probe(seed: int, points: torch.Tensor):
+    """Fixed inputs on which a flow-matching loss is evaluated after training, so that the judge
+    can compare it with the reference loss on the same noise and times: an untrained
+    :func:`tiny_velocity` of ``seed`` and two batches ``(x0, noise, s)`` of 8 points."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    batches = []
+    for _ in range(2):
+        x0 = points[torch.randint(0, points.shape[0], (8,), generator=generator)]
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        batches.append((x0, noise, torch.rand(8, generator=generator, dtype=x0.dtype)))
+    return tiny_velocity(seed), batches
 
 
 def in_place(fn: Callable[..., Any], target: torch.Tensor, *args: Any) -> torch.Tensor:

@@ -208,7 +208,7 @@ def test_the_correct_loss_passes_on_every_seed(cases):
     "mistake, named",
     [
         ("no stop-gradient", "gradient flows through the target"),
-        ("teacher target", "teacher's x0 estimate"),
+        ("teacher target", "target is an x0 estimate"),
         ("student step", "ran away"),
         ("swapped", "ran away"),
         ("no boundary", "ran away"),

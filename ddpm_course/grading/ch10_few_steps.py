@@ -393,9 +393,9 @@ EXERCISES = (
             hint=(
                 "The tokens are off. Cut the image into p×p patches, list the patches row by "
                 "row (left to right, then down), and flatten each as (row in patch, column in "
-                "patch, channel), channel fastest; classic mistakes: F.unfold's order "
+                "patch, channel), channel fastest; classic mistakes: unfold's order "
                 "(channel first), a reshape without the permutation, the patches listed "
-                "column by column. Reread chapter 10, “1. Diffusion transformers”."
+                "column by column. Reread chapter 10, “Patchify”."
             ),
             output_names=("tokens",),
             package_functions=(f"{DIT}.patchify", f"{DIT}.DiT"),
@@ -418,9 +418,8 @@ EXERCISES = (
             hint=(
                 "The image is off. Undo patchify exactly: split each token into (row in "
                 "patch, column in patch, channel), put the patches back row by row, and "
-                "permute to (N, C, H, W); classic mistakes: F.fold's order (channel first), "
-                "a reshape without the permutation. Reread chapter 10, “1. Diffusion "
-                "transformers”."
+                "permute to (N, C, H, W); classic mistakes: fold's order (channel first), "
+                "a reshape without the permutation. Reread chapter 10, “Patchify”."
             ),
             output_names=("image",),
             package_functions=(f"{DIT}.unpatchify", f"{DIT}.DiT"),
@@ -444,14 +443,14 @@ EXERCISES = (
             tolerance_reason=ROUNDING_REASON
             + " (float32: a LayerNorm and a softmax in another order, 1e-5)",
             hint=(
-                "The block's output is off. Split modulation(c) into six (N, D) chunks in the "
-                "order shift, scale, gate (attention) then shift, scale, gate (MLP); each "
+                "The block's output is off. Split the modulation of c into six (N, D) chunks "
+                "in the order shift, scale, gate (attention) then shift, scale, gate (MLP); each "
                 "sub-block normalises its input (LayerNorm without affine parameters, eps "
                 "1e-6), modulates it by x·(1 + scale) + shift, applies attention or the MLP, "
                 "and adds gate times the result to its input; classic mistakes: no gate, "
                 "x·scale instead of x·(1 + scale), the MLP's LayerNorm of the block's input "
-                "instead of the updated tokens. Reread chapter 10, “1. Diffusion "
-                "transformers”."
+                "instead of the updated tokens. Reread chapter 10, “adaLN-Zero: "
+                "conditioning every block on the noise level”."
             ),
             output_names=("tokens",),
             package_functions=(f"{DIT}.DiTBlock", f"{DIT}.modulate"),
@@ -485,7 +484,7 @@ EXERCISES = (
                 "size h towards the data (the second at the midpoint and at time s − h), and "
                 "return the constant velocity that lands on the end in one step of 2h, (x − "
                 "x'')/(2h); classic mistakes: the second velocity at x or at s, dividing by h, "
-                "returning the end point. Reread chapter 10, “3. Distillation to few steps”."
+                "returning the end point. Reread chapter 10, “Progressive distillation”."
             ),
             output_names=("target",),
             package_functions=(
@@ -515,11 +514,12 @@ EXERCISES = (
             tolerances=ROUNDING,
             tolerance_reason=ROUNDING_REASON,
             hint=(
-                "A scaling or f is off. c_skip is σ_data² over (σ − σ_min)² + σ_data²; c_out "
-                "is σ_data (σ − σ_min) over the square root of σ² + σ_data²; so at σ = σ_min, "
-                "c_skip = 1 and c_out = 0 and f(x, σ_min) = x; f = c_skip·x + c_out·model(x, "
-                "σ); classic mistakes: EDM's own scalings (not shifted by σ_min), the square "
-                "root left out. Reread chapter 10, “3. Distillation to few steps”."
+                "A scaling or f is off. Both scalings are shifted by σ_min so that at σ_min "
+                "c_skip is 1 and c_out is 0, whatever the network says, and f returns x "
+                "itself; f adds c_skip times x and c_out times the network's output at (x, σ); "
+                "classic mistakes: EDM's own scalings (not shifted), the shift under c_out's "
+                "square root, the square root left out, a (N,) scaling left flat so that it "
+                "does not broadcast over x. Reread chapter 10, “Consistency models”."
             ),
             output_names=("c_skip", "c_out", "f"),
             package_functions=(
@@ -546,13 +546,14 @@ EXERCISES = (
         tolerances=ROUNDING,
         tolerance_reason="not compared element-wise: judged by the one-step samples",
         hint=(
-            "The trained model's one-step samples are off. The loss puts x0 on the path at the "
-            "noisier time s, takes one Euler step of the teacher from s down to s − h, and "
-            "asks the student's f at (x_s, s) to match its own f at (x̂, s − h), the latter "
-            "without gradient, with f(x, s) = x − s·model(x, s). Classic mistakes, each named "
-            "when the samples show it: the teacher's x0 estimate as the target, the ODE step "
-            "taken with the student, s and s − h swapped, no stop-gradient. Reread chapter "
-            "10, “3. Distillation to few steps”."
+            "The trained model's one-step samples are off. The loss puts x0 on the path at "
+            "the noisier time s, takes one Euler step of the teacher from s down to s − h, "
+            "and asks the student's consistency function (x minus s times the network's "
+            "output) at the noisier point to match its own value at the teacher's point and "
+            "s − h, the latter without gradient. Classic mistakes, each named when the "
+            "samples show it: the teacher's x0 estimate as the target, the ODE step taken "
+            "with the student, s and s − h swapped, no stop-gradient. Reread chapter 10, "
+            "“Consistency models”."
         ),
         output_names=("weights", "losses", "gradient_rows"),
         package_functions=(

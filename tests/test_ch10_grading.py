@@ -209,10 +209,10 @@ def test_the_correct_loss_passes_on_every_seed(cases):
     [
         ("no stop-gradient", "gradient flows through the target"),
         ("teacher target", "target is an x0 estimate"),
-        ("student step", "ran away"),
+        ("student step", "student's network"),
         ("swapped", "ran away"),
         ("no boundary", "ran away"),
-        ("teacher sign", "check the teacher's step"),
+        ("teacher sign", "towards the data (s going down"),
     ],
 )
 def test_each_classic_loss_mistake_fails_the_judge_and_is_named(cases, mistake, named):

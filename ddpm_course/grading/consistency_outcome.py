@@ -24,7 +24,9 @@ the wrong way (online at the less noisy point) 1.9-7.4·10⁶; f without the bou
 parameterisation 3.9·10⁴ to 2.3·10⁶. :data:`THRESHOLD` 0.3 lies 1.7× above the correct
 loss's worst seed and 2.9× below the nearest mistake. Two variants are not separated by the
 outcome: the teacher's velocity taken at s − h instead of s (0.165-0.187, a first-order step
-like Euler's, which passes) and no stop-gradient (0.138-0.142, see below).
+like Euler's, which passes) and no stop-gradient (0.138-0.142, see below). Over the same seeds
+the judge's message named every mistake (one seed of the student's ODE step was told to check
+the step's direction and whose velocity it takes, rather than that it ran away).
 
 One classic mistake does not show in the outcome here: without the stop-gradient (gradient
 through the target as well as the online point) the symmetric loss has the same minimiser and,

@@ -1,5 +1,5 @@
 """``ddpm-course grade`` on every chapter with exercises graded by their outcome: a scheme's
-statistics (01, 02), a closed-form model (03), small training runs (04, 09), shipped models
+statistics (01, 02), a closed-form model (03), small training runs (04, 09, 10), shipped models
 (05-07) or the chapter's detectors (08), in the sandbox. In one batch, the solutions notebook
 earns full marks, the exercises notebook nothing, and a hostile notebook (the solutions with
 outcome-graded answers replaced by ways to look right without doing the work)
@@ -14,7 +14,8 @@ the bound (the truth, read off the batch
 without the model), rescale the given buggy bound until one of its bugs hides, import the
 package's sampler (the answer key is not importable in the sandbox, and the static check flags
 it), draw good samples from noise other than the given one, guide by brute force along another
-path, return the known image itself as its completion, decode the latents without their scale.
+path, return the known image itself as its completion, decode the latents without their scale,
+train the one-step map straight onto the batch's data without the teacher (10).
 Each chapter's batch costs about twice its check() cost (the student's run and the grader's
 reference), a minute or two of CPU (a few seconds for chapter 03).
 
@@ -107,6 +108,12 @@ HOSTILE = {
     noise, s = torch.randn_like(x0), torch.rand(x0.shape[0])
     x_s = (1 - s[:, None]) * x0 + s[:, None] * noise
     return ((model(x_s, s) - (noise - x0)) ** 2).mean()
+""",
+    },
+    "10_few_steps": {
+        "consistency_loss": """def consistency_loss(model, teacher, x0, noise, s, h):
+    ones = torch.ones_like(s)
+    return ((noise - model(noise, ones) - x0) ** 2).mean()
 """,
     },
     "03_elbo": {

@@ -45,6 +45,7 @@ __all__ = [
     "two_step_target",
     "ConsistencyDistillation",
     "consistency_function",
+    "consistency_scalings",
     "consistency_sample",
 ]
 
@@ -175,6 +176,32 @@ def consistency_function(
     Euler jump to s = 0, i.e. its x̂0 prediction."""
     velocity = _velocity(model, x, s, time_scale, model_kwargs)
     return x - s.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) * velocity
+
+
+def consistency_scalings(
+    sigma: torch.Tensor, sigma_data: float = 0.5, sigma_min: float = 0.002
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Song et al. (2023, Appendix C)'s boundary scalings in EDM's noise level σ, for
+    :math:`f_\theta(x, \sigma) = c_\text{skip}(\sigma)\,x + c_\text{out}(\sigma)\,F_\theta(x, \sigma)`:
+
+    .. math:: c_\text{skip}(\sigma) = \frac{\sigma_\text{data}^2}{(\sigma - \sigma_\text{min})^2
+       + \sigma_\text{data}^2}, \qquad
+       c_\text{out}(\sigma) = \frac{\sigma_\text{data}\,(\sigma - \sigma_\text{min})}
+       {\sqrt{\sigma^2 + \sigma_\text{data}^2}},
+
+    so that :math:`c_\text{skip}(\sigma_\text{min}) = 1`, :math:`c_\text{out}(\sigma_\text{min}) = 0`
+    and f(x, σ_min) = x for any network (EDM's c_skip, c_out with σ shifted by σ_min in the
+    places that make the boundary exact). :func:`consistency_function` is the same condition in
+    the flow's coordinates (σ_min = 0): c_skip = 1, c_out = −s. sigma: a tensor of any shape
+    (≥ sigma_min); returns (c_skip, c_out) of its shape and dtype."""
+    if not sigma_data > 0 or not sigma_min >= 0:
+        raise ValueError(
+            f"sigma_data must be > 0 and sigma_min >= 0, got {sigma_data}, {sigma_min}"
+        )
+    shifted = sigma - sigma_min
+    c_skip = sigma_data**2 / (shifted**2 + sigma_data**2)
+    c_out = sigma_data * shifted / (sigma**2 + sigma_data**2).sqrt()
+    return c_skip, c_out
 
 
 class ConsistencyDistillation:

@@ -299,7 +299,8 @@ def test_find_copies_cases_plant_exactly_the_copies_the_judge_counts():
         for case in exercise.cases(seed):
             samples, train = case.args
             truth = exercise.reference(samples, train)
-            assert int(truth.sum()) == 60  # 60 near-copies and 60 test digits per case
+            # 24 to 40 or 80 to 96 near-copies among 120 samples (never half of them)
+            assert 24 <= int(truth.sum()) <= 40 or 80 <= int(truth.sum()) <= 96
             d, _ = metrics.nearest_neighbours(samples, train, k=2)
             # a wide margin between the two kinds: the judge's truth is not a close call
             assert (d[truth, 0] / d[truth, 1]).max() < 0.25
@@ -317,6 +318,44 @@ def test_an_absolute_threshold_fails_find_copies_and_is_told_why():
     assert results[0].passed  # right on the scale it was tuned for ...
     assert not any(r.passed for r in results[1:])  # ... wrong on the others
     assert all("threshold" in r.message for r in results[1:])
+
+
+def test_flagging_the_nearest_half_fails_find_copies():
+    """A rule that knows the share of copies instead of measuring each sample: the cases never
+    hold half copies."""
+    exercise = _exercise("find_copies")
+
+    def nearest_half(samples, train):
+        d1 = torch.cdist(samples.flatten(1), train.flatten(1)).min(1).values
+        return d1 <= d1.median()
+
+    for seed in range(5):
+        for case in exercise.cases(seed):
+            assert not exercise.grade_case(
+                case, exercise.call(nearest_half, case.args)
+            ).passed
+
+
+def test_coin_flips_in_the_right_proportions_fail_the_bug_hunt():
+    """±1 drawn by a coin of P(+1) read off the ε-model: right values, right proportions, but
+    not the chain from x_T with the seed's noise."""
+    exercise = _exercise("ddpm_sampler")
+
+    def coin(eps_model, betas, x_T, seed):
+        alpha_bar = 1 - betas[0]
+        t = torch.zeros(x_T.shape[0], dtype=torch.long)
+        eps = eps_model(torch.zeros_like(x_T), t)
+        p_plus = (1 - eps * torch.sqrt(1 - alpha_bar) / torch.sqrt(alpha_bar)) / 2
+        generator = torch.Generator().manual_seed(seed)
+        u = torch.rand(x_T.shape, generator=generator, dtype=x_T.dtype)
+        return torch.where(u < p_plus, 1.0, -1.0).to(x_T.dtype)
+
+    for case in exercise.cases(0):
+        result = exercise.grade_case(case, exercise.call(coin, case.args))
+        assert not result.passed and "do not follow x_T and the seed" in result.message
+        assert (
+            "100.0% of the pixels within 1e-3" in result.message
+        )  # its values were right
 
 
 def test_the_checks_of_chapter_08_cost_under_ten_seconds_of_cpu():

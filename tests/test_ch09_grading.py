@@ -175,12 +175,49 @@ def test_each_classic_loss_mistake_fails_the_judge_and_is_named(cases, mistake, 
     assert named in result.message, result.message
 
 
-def test_the_driver_returns_the_weights_and_the_losses(cases):
-    weights, losses = DRIVERS["train_tiny_flow"](
+def test_the_driver_returns_the_weights_the_losses_and_the_probe(cases):
+    weights, losses, probe = DRIVERS["train_tiny_flow"](
         student_loss(), *clone_args(cases[0].args)
     )
     assert weights.ndim == 1 and losses.shape == (ch09.STEPS,)
     assert float(losses[-50:].mean()) < float(losses[:50].mean())  # it trained
+    assert probe.shape == (3,) and float(probe[0]) == float(probe[2])
+
+
+def fresh_noise_loss(model, x0, noise, s):
+    """The right loss in law, on noise and times of its own: it trains as well as the right
+    one, and is not the loss of the noise it was given."""
+    noise, s = torch.randn_like(x0), torch.rand(x0.shape[0])
+    x_s = (1 - s[:, None]) * x0 + s[:, None] * noise
+    return ((model(x_s, s) - (noise - x0)) ** 2).mean()
+
+
+def exact_velocity_loss(model, x0, noise, s):
+    """Regression on the mixture's exact velocity (hand-computed from the data's law): the
+    same minimiser, not the flow-matching loss of the given noise."""
+    from ddpm_course.flow_toy import gaussian_mixture_velocity
+
+    x_s = (1 - s[:, None]) * x0 + s[:, None] * noise
+    means = torch.tensor(ch09.MIXTURE_MEANS, dtype=torch.float64)
+    covariances = torch.diag_embed(torch.tensor(ch09.MIXTURE_STDS) ** 2).double()
+    target = gaussian_mixture_velocity(x_s.double(), s.double(), means, covariances)
+    return ((model(x_s, s) - target.float()) ** 2).mean()
+
+
+def summed_loss(model, x0, noise, s):
+    """The squared error summed over the two coordinates: twice the mean, the same steps under
+    Adam; accepted."""
+    x_s = (1 - s[:, None]) * x0 + s[:, None] * noise
+    return ((model(x_s, s) - (noise - x0)) ** 2).sum(1).mean()
+
+
+def test_a_loss_that_trains_well_but_not_on_its_inputs_fails_and_is_told_why(cases):
+    result = judged(fresh_noise_loss, cases[0])
+    assert not result.passed and "fresh randomness" in result.message, result.message
+    result = judged(exact_velocity_loss, cases[0])
+    assert not result.passed and "another target" in result.message, result.message
+    assert "< 0.2" in result.message  # the samples were good: only the probe failed
+    assert judged(summed_loss, cases[0]).passed
 
 
 # ------------------------------------------------------ the committed notebooks, graded

@@ -11,6 +11,7 @@ from ddpm_course.distill import (
     ProgressiveDistillation,
     consistency_function,
     consistency_sample,
+    consistency_scalings,
     two_step_target,
 )
 from ddpm_course.flow import flow_sample
@@ -136,6 +137,23 @@ def test_the_consistency_function_meets_the_boundary_and_starts_as_the_x0_predic
     m, v = mean_var(s[:, None])
     posterior_mean = MU + (1 - s[:, None]) * SIGMA**2 / v * (x - m)
     torch.testing.assert_close(consistency_function(teacher, x, s), posterior_mean)
+
+
+def test_the_edm_consistency_scalings_meet_the_boundary_and_match_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.CMStochasticIterativeScheduler(
+        sigma_min=0.002, sigma_data=0.5
+    )
+    sigma = torch.tensor([0.002, 0.01, 0.5, 3.0, 80.0], dtype=torch.float64)
+    c_skip, c_out = consistency_scalings(sigma, sigma_data=0.5, sigma_min=0.002)
+    want_skip, want_out = scheduler.get_scalings_for_boundary_condition(sigma)
+    torch.testing.assert_close(c_skip, want_skip, rtol=1e-14, atol=0)
+    torch.testing.assert_close(c_out, want_out, rtol=1e-14, atol=0)
+    assert c_skip[0] == 1 and c_out[0] == 0  # f(x, sigma_min) = x for any network
+    # by hand at sigma = 0.5 + 0.002: c_skip = 0.25 / (0.25 + 0.25) and c_out = 0.25 / |(0.502, 0.5)|
+    c_skip, c_out = consistency_scalings(torch.tensor(0.502, dtype=torch.float64))
+    assert float(c_skip) == pytest.approx(0.5, rel=1e-14)
+    assert float(c_out) == pytest.approx(0.25 / (0.502**2 + 0.25) ** 0.5, rel=1e-14)
 
 
 def test_consistency_distillation_scores_the_exact_flow_map_zero_and_others_not():

@@ -1,16 +1,21 @@
 """``ddpm-course grade`` on every chapter with exercises graded by their outcome: a scheme's
-statistics (01, 02), a closed-form model (03), small training runs (04, 09), shipped models
+statistics (01, 02), a closed-form model (03), small training runs (04, 09, 10), shipped models
 (05-07) or the chapter's detectors (08), in the sandbox. In one batch, the solutions notebook
 earns full marks, the exercises notebook nothing, and a hostile notebook (the solutions with
-outcome-graded answers replaced by ways to look right without doing the work; chapters 03-07)
+outcome-graded answers replaced by ways to look right without doing the work)
 earns nothing for those exercises and full marks for the rest.
 
-The hostile answers: the package's own training step (04), report the data's own entropy as
+The hostile answers: the target law sampled directly with fresh randomness, its parameters read
+off the given arguments (01: the scheme's law at T, the VP-SDE's marginals; 02: the Langevin
+chain's stationary law, the mixture itself; 08: a coin of P(+1) read off the noise predictor;
+09: the flow-matching loss on noise and times of its own), flag the nearest half of the samples
+as copies (08), the package's own training step (04), report the data's own entropy as
 the bound (the truth, read off the batch
 without the model), rescale the given buggy bound until one of its bugs hides, import the
 package's sampler (the answer key is not importable in the sandbox, and the static check flags
 it), draw good samples from noise other than the given one, guide by brute force along another
-path, return the known image itself as its completion, decode the latents without their scale.
+path, return the known image itself as its completion, decode the latents without their scale,
+train the one-step map straight onto the batch's data without the teacher (10).
 Each chapter's batch costs about twice its check() cost (the student's run and the grader's
 reference), a minute or two of CPU (a few seconds for chapter 03).
 
@@ -35,9 +40,23 @@ from ddpm_course.grading.registry import get_exercise
 ROOT = Path(__file__).resolve().parents[1]
 
 HOSTILE = {
-    # ou_endpoint is judged by the scheme's own moments on a fine and a coarse grid: the exact
-    # process's law (no scheme at all) passes the fine grid's case, so it is no hostile answer
-    "01_brownian_sde": {},
+    "01_brownian_sde": {
+        # the scheme's law at T drawn afresh: right mean and variance on both grids, no scheme
+        "ou_endpoint": """def ou_endpoint(x0, theta, sigma, T, noise):
+    steps, n = noise.shape
+    factor = 1 - theta * T / steps
+    variance = sigma**2 * T / steps * sum(factor ** (2 * k) for k in range(steps))
+    return x0 * factor**steps + variance**0.5 * torch.randn(n, dtype=noise.dtype)
+""",
+        # every row drawn from the VP-SDE's closed-form marginal, with noise of its own
+        "vp_sde_path": """def vp_sde_path(x0, beta_min, beta_max, noise):
+    s = torch.linspace(0, 1, noise.shape[0] + 1, dtype=x0.dtype)[:, None]
+    integral = beta_min * s + 0.5 * s**2 * (beta_max - beta_min)
+    fresh = torch.randn(noise.shape, dtype=x0.dtype)
+    rows = torch.exp(-0.5 * integral[1:]) * x0 + torch.sqrt(-torch.expm1(-integral[1:])) * fresh
+    return torch.cat([x0[None], rows])
+""",
+    },
     "04_training": {
         "v_training_step": """def v_training_step(model, optimizer, x0, alphas_cumprod, generator):
     from ddpm_course.diffusion import GaussianDiffusion  # the answer key
@@ -52,10 +71,51 @@ HOSTILE = {
     return loss.detach()
 """,
     },
-    # no hostile answers yet: the solutions and the exercises are graded all the same
-    "02_score_matching": {},
-    "08_evaluation": {},
-    "09_flow_matching": {},
+    "02_score_matching": {
+        # the chain's stationary law (read off the given score's parameters), drawn afresh
+        "langevin_chain": """def langevin_chain(score, x_init, step_size, noise):
+    values, vectors = torch.linalg.eigh(torch.linalg.inv(score.params["precision"]))
+    values = values / (1 - step_size / (2 * values))
+    draws = torch.randn(x_init.shape, dtype=x_init.dtype)
+    return score.params["mean"] + (draws * values.sqrt()) @ vectors.T
+""",
+        # the mixture itself, its shares and spread, drawn afresh: no annealing
+        "annealed_langevin_sample": """def annealed_langevin_sample(score, sigmas, x_init, step_lr, noise):
+    means, weights = score.params["means"], score.params["weights"]
+    component = torch.multinomial(weights, x_init.shape[0], replacement=True)
+    spread = (score.params["stds"][component] ** 2 + sigmas[-1] ** 2).sqrt()[:, None]
+    return means[component] + spread * torch.randn_like(x_init)
+""",
+    },
+    "08_evaluation": {
+        # knows the share of copies instead of measuring each sample
+        "find_copies": """def find_copies(samples, train):
+    d1 = torch.cdist(samples.flatten(1), train.flatten(1)).min(1).values
+    return d1 <= d1.median()
+""",
+        # a coin of P(+1) read off the noise predictor: right values, right proportions
+        "ddpm_sampler": """def ddpm_sampler(eps_model, betas, x_T, seed):
+    alpha_bar = 1 - betas[0]
+    eps = eps_model(torch.zeros_like(x_T), torch.zeros(x_T.shape[0], dtype=torch.long))
+    p_plus = (1 - eps * torch.sqrt(1 - alpha_bar) / torch.sqrt(alpha_bar)) / 2
+    u = torch.rand(x_T.shape, generator=torch.Generator().manual_seed(seed), dtype=x_T.dtype)
+    return torch.where(u < p_plus, 1.0, -1.0).to(x_T.dtype)
+""",
+    },
+    "09_flow_matching": {
+        # the loss in law, on noise and times of its own: it trains as well as the right one
+        "flow_matching_loss": """def flow_matching_loss(model, x0, noise, s):
+    noise, s = torch.randn_like(x0), torch.rand(x0.shape[0])
+    x_s = (1 - s[:, None]) * x0 + s[:, None] * noise
+    return ((model(x_s, s) - (noise - x0)) ** 2).mean()
+""",
+    },
+    "10_few_steps": {
+        "consistency_loss": """def consistency_loss(model, teacher, x0, noise, s, h):
+    ones = torch.ones_like(s)
+    return ((noise - model(noise, ones) - x0) ** 2).mean()
+""",
+    },
     "03_elbo": {
         "bound_bpd": """def bound_bpd(eps_model, betas, model_variance, x0, noise):
     values, counts = torch.unique(x0, return_counts=True)

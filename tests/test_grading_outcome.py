@@ -130,3 +130,20 @@ def test_a_failing_case_names_the_element_with_the_largest_error():
     message = exercise.compare((want,), (got,)).message
     assert "largest error 5.00e-01 at index (1, 2): expected 0, got -0.5" in message
     assert "allowed error there: 1.0e-12" in message
+
+
+def test_an_outcome_judge_refuses_a_wrong_shape_and_non_finite_values_first():
+    from ddpm_course.grading.exercise import malformed
+
+    assert malformed(torch.zeros(3, 2), (3, 2), "the samples") is None
+    result = malformed(torch.zeros(2, 3), (3, 2), "the samples")
+    assert not result.passed
+    assert result.message == "the samples of shape (2, 3), expected (3, 2)"
+    bad = torch.tensor([[0.0, float("nan")], [1.0, 2.0], [3.0, 4.0]])
+    result = malformed(bad, torch.Size([3, 2]), "the samples", "the chain diverged")
+    assert not result.passed
+    assert (
+        result.message == "the samples hold NaN or infinite values: the chain diverged"
+    )
+    inf = torch.tensor([float("inf")])
+    assert malformed(inf, (1,), "X_T").message == "X_T hold NaN or infinite values"

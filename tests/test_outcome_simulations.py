@@ -1,6 +1,8 @@
 """The statistics-graded simulations of chapters 01-02: the judges accept a correct simulation
 written independently of the package, and reject each classic mistake their feedback names by
-many standard errors (the cases hold 20,000 paths; each check costs well under a second)."""
+many standard errors (the cases hold 20,000 paths; each check costs well under a second), and
+reject answers with the right statistics that are not the scheme on the given noise (its law
+drawn afresh, another scheme, the rows of noise in another order), saying which."""
 
 from __future__ import annotations
 
@@ -65,11 +67,72 @@ def test_each_classic_ou_mistake_fails_and_is_named(ou_cases, mistake, named):
         assert named in result.message, result.message
 
 
-def test_the_sdes_exact_marginal_passes_the_fine_grid_but_not_the_coarse_one(ou_cases):
+def test_the_sdes_exact_marginal_fails_the_fine_grid_by_its_noise_and_the_coarse_by_its_law(
+    ou_cases,
+):
     fine, coarse = ou_cases
-    assert judged("ou_endpoint", student_ou("exact transition"), fine).passed
+    result = judged("ou_endpoint", student_ou("exact transition"), fine)
+    # its statistics match on the fine grid; what gives it away is that it ignores the noise rows
+    assert not result.passed
+    assert "(allowed 5), but the endpoints do not follow" in result.message, (
+        result.message
+    )
     result = judged("ou_endpoint", student_ou("exact transition"), coarse)
     assert not result.passed and "not the Euler-Maruyama scheme" in result.message
+
+
+def hostile_ou(kind: str):
+    """Answers with the right statistics that skip the scheme or its noise."""
+
+    def ou_endpoint(x0, theta, sigma, T, noise):
+        steps, n = noise.shape
+        dt = T / steps
+        if (
+            kind == "fresh law"
+        ):  # the scheme's own law at T, drawn afresh (no simulation)
+            factor = 1 - theta * dt
+            variance = sigma**2 * dt * sum(factor ** (2 * k) for k in range(steps))
+            return x0 * factor**steps + math.sqrt(variance) * torch.randn(
+                n, dtype=noise.dtype
+            )
+        if kind == "exact steps":  # the SDE's exact transitions on the given rows
+            decay = math.exp(-theta * dt)
+            x = torch.full((n,), float(x0), dtype=noise.dtype)
+            for k in range(steps):
+                x = (
+                    decay * x
+                    + sigma * math.sqrt((1 - decay**2) / (2 * theta)) * noise[k]
+                )
+            return x
+        return student_ou()(x0, theta, sigma, T, noise.flip(0))  # the rows reversed
+
+    return ou_endpoint
+
+
+@pytest.mark.parametrize(
+    "kind, named",
+    [
+        ("fresh law", "do not follow the given noise"),
+        ("exact steps", "e^(-θΔ) in place of 1 - θΔ"),
+        ("rows reversed", "given noise"),
+    ],
+)
+def test_right_statistics_without_the_scheme_on_the_given_noise_fail(
+    ou_cases, kind, named
+):
+    fine, coarse = ou_cases
+    assert not judged("ou_endpoint", hostile_ou(kind), coarse).passed
+    result = judged("ou_endpoint", hostile_ou(kind), fine)
+    assert not result.passed and named in result.message, result.message
+
+
+def test_a_float32_ou_simulation_passes():
+    def float32_ou(x0, theta, sigma, T, noise):
+        return student_ou()(x0, theta, sigma, T, noise.float())
+
+    for case in get_exercise("ou_endpoint").cases(seed=4):
+        result = judged("ou_endpoint", float32_ou, case)
+        assert result.passed, result.message
 
 
 def test_the_em_closed_form_is_the_monte_carlo_variance_of_many_paths():
@@ -116,6 +179,42 @@ def test_a_correct_vp_sde_simulation_passes(seed):
         assert result.passed, result.message
 
 
+def hostile_vp(kind: str):
+    """Paths with the right marginals that skip the scheme or its noise."""
+
+    def vp_sde_path(x0, beta_min, beta_max, noise):
+        steps = noise.shape[0]
+        if kind == "fresh marginals":  # each row drawn from the closed form, afresh
+            rows = [x0]
+            for k in range(1, steps + 1):
+                s = k / steps
+                integral = beta_min * s + 0.5 * s**2 * (beta_max - beta_min)
+                mean, std = math.exp(-0.5 * integral), math.sqrt(-math.expm1(-integral))
+                rows.append(mean * x0 + std * torch.randn_like(x0))
+            return torch.stack(rows)
+        x, path = (
+            x0,
+            [x0],
+        )  # DDPM's chain, sqrt(1 - β Δ) x + sqrt(β Δ) ξ, on the given rows
+        for k in range(steps):
+            b = (beta_min + k / steps * (beta_max - beta_min)) / steps
+            x = math.sqrt(1 - b) * x + math.sqrt(b) * noise[k]
+            path.append(x)
+        return torch.stack(path)
+
+    return vp_sde_path
+
+
+@pytest.mark.parametrize(
+    "kind, named",
+    [("fresh marginals", "do not follow the given noise"), ("ddpm chain", "departs")],
+)
+def test_right_marginals_without_the_scheme_on_the_given_noise_fail(kind, named):
+    for case in get_exercise("vp_sde_path").cases(seed=3):
+        result = judged("vp_sde_path", hostile_vp(kind), case)
+        assert not result.passed and named in result.message, result.message
+
+
 @pytest.mark.parametrize(
     "mistake, named",
     [
@@ -152,6 +251,22 @@ def test_a_correct_langevin_chain_passes():
         case = get_exercise("langevin_chain").cases(seed=seed)[0]
         result = judged("langevin_chain", student_langevin(), case)
         assert result.passed, result.message
+
+
+def test_the_target_law_drawn_afresh_fails_the_langevin_chain():
+    """A chain's stationary law, sampled directly with fresh noise: right statistics, no chain."""
+    from ddpm_course.grading.ch02_score import _ula_covariance
+
+    def stationary(score, x_init, step_size, noise):
+        cov = _ula_covariance(score.params["precision"], step_size)
+        draws = torch.randn(x_init.shape, dtype=x_init.dtype)
+        return score.params["mean"] + draws @ torch.linalg.cholesky(cov).T
+
+    for seed in (0, 1):
+        case = get_exercise("langevin_chain").cases(seed=seed)[0]
+        result = judged("langevin_chain", stationary, case)
+        assert not result.passed and "do not follow" in result.message, result.message
+        assert "standard errors off" in result.message  # its statistics were right
 
 
 @pytest.mark.parametrize(
@@ -218,3 +333,27 @@ def test_each_classic_annealing_mistake_fails_and_is_named(mistake, named):
     result = judged("annealed_langevin_sample", student_annealed(mistake), case)
     assert not result.passed
     assert named in result.message, result.message
+
+
+@pytest.mark.parametrize(
+    "kind, named",
+    [
+        ("fresh mixture", "do not follow"),
+        ("final denoising", "of the chains end within"),
+    ],
+)
+def test_right_shares_without_the_chain_on_the_given_noise_fail(kind, named):
+    def hostile(score, sigmas, x_init, step_lr, noise):
+        if kind == "fresh mixture":  # the mixture drawn directly (its law, fresh noise)
+            means, weights = score.params["means"], score.params["weights"]
+            component = torch.multinomial(weights, x_init.shape[0], replacement=True)
+            spread = (0.5**2 + float(sigmas[-1]) ** 2) ** 0.5
+            return means[component] + spread * torch.randn_like(x_init)
+        x = student_annealed()(score, sigmas, x_init, step_lr, noise)
+        return x + float(sigmas[-1]) ** 2 * score(
+            x, float(sigmas[-1])
+        )  # Tweedie's step
+
+    case = get_exercise("annealed_langevin_sample").cases(seed=2)[0]
+    result = judged("annealed_langevin_sample", hostile, case)
+    assert not result.passed and named in result.message, result.message

@@ -13,6 +13,7 @@ import torch
 
 from ..sde import VPSDE, euler_maruyama_step, vp_sde_marginal
 from .exercise import (
+    FOLLOWED,
     ROUNDING,
     ROUNDING_REASON,
     Case,
@@ -20,10 +21,16 @@ from .exercise import (
     Exercise,
     InputFunction,
     Tolerance,
+    correlation,
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
+    noise_verdict,
+    not_followed,
     per_example_shape,
+    relative_gap,
+    row_weights,
 )
 
 __all__ = ["EXERCISES", "LinearDrift", "SqrtAffineDiffusion"]
@@ -190,6 +197,13 @@ def cases_euler_maruyama(generator: torch.Generator) -> list[Case]:
 # statistics by many standard errors. Cost: well under a second per case.
 PATHS = 20_000
 Z_MAX = 5.0  # how many standard errors a statistic may be off
+# The statistics alone cannot tell the scheme from the target law sampled with fresh randomness
+# (on a fine grid they agree), so a simulation must also have followed the noise it was given:
+# its output is the scheme's on those noise rows, up to rounding (exercise.relative_gap at most
+# NOISE_GAP; a simulation in float32 stays below 6e-7). Other schemes on the same noise are
+# 1e-3 or more away (the exact transitions, β at the step's middle, DDPM's sqrt(1 - β) x + sqrt(β)
+# ξ); the rows in another order about 1, fresh draws about 1.4.
+NOISE_GAP = 1e-5
 
 
 def _ou_em_moments(x0: float, theta: float, sigma: float, T: float, steps: int):
@@ -244,17 +258,13 @@ def _z(value: float, target: float, standard_error: float) -> float:
 
 def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
     """Pass when the paths' mean and variance at T match Euler-Maruyama's own closed form for
-    this grid within :data:`Z_MAX` standard errors; say which closed form they match if not."""
+    this grid within :data:`Z_MAX` standard errors (say which closed form they match if not),
+    and the endpoints are the scheme's on the given noise (within :data:`NOISE_GAP`)."""
     x0, theta, sigma, T, noise = case.args
     x_T = outputs[0]
-    if tuple(x_T.shape) != (noise.shape[1],):
-        return CaseResult(
-            False, f"X_T of shape {tuple(x_T.shape)}, expected ({noise.shape[1]},)"
-        )
-    if not bool(x_T.isfinite().all()):
-        return CaseResult(
-            False, "X_T holds NaN or infinite values: the simulation blew up"
-        )
+    failure = malformed(x_T, (noise.shape[1],), "X_T", "the simulation blew up")
+    if failure is not None:
+        return failure
     n = x_T.numel()
     mean, variance = float(x_T.double().mean()), float(x_T.double().var())
     em_mean, em_variance = _ou_em_moments(x0, theta, sigma, T, noise.shape[0])
@@ -266,9 +276,13 @@ def judge_ou_endpoint(case: Case, outputs: tuple) -> CaseResult:
         f"variance {variance:.4f} (EM: {em_variance:.4f}, the SDE: {ou_variance:.4f}); "
         f"{z_mean:.1f} and {z_variance:.1f} standard errors off (allowed {Z_MAX:g})"
     )
-    if z_mean <= Z_MAX and z_variance <= Z_MAX:
-        return CaseResult(True, measured)
     dt = T / noise.shape[0]
+    if z_mean <= Z_MAX and z_variance <= Z_MAX:
+        scheme = reference_ou_endpoint(*case.args)
+        gap = relative_gap(x_T, scheme)
+        return noise_verdict(measured, "the endpoints", x_T, scheme, gap <= NOISE_GAP,
+                             f"the scheme on the given noise (gap {gap:.1e})",
+                             lambda: _ou_departure(x_T, scheme, noise, gap))  # fmt: skip
     ratio = variance / em_variance
     if abs(ratio - sigma**2) < 0.1 * sigma**2 and abs(sigma - 1) > 0.1:
         why = (
@@ -322,16 +336,13 @@ def cases_vp_sde_path(generator: torch.Generator) -> list[Case]:
 def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
     """Pass when, at s = 0.25, 0.5 and 1, the paths' regression on x0 and its residual
     variance match the VP-SDE's marginal (mean exp(-B/2) x0, variance 1 - exp(-B)) within
-    :data:`Z_MAX` standard errors plus Euler-Maruyama's O(Δ) bias."""
+    :data:`Z_MAX` standard errors plus Euler-Maruyama's O(Δ) bias, and the path is the
+    scheme's on the given noise (within :data:`NOISE_GAP`)."""
     x0, beta_min, beta_max, noise = case.args
     path = outputs[0]
-    if tuple(path.shape) != (noise.shape[0] + 1, x0.shape[0]):
-        return CaseResult(
-            False,
-            f"path of shape {tuple(path.shape)}, expected {(noise.shape[0] + 1, x0.shape[0])}",
-        )
-    if not bool(path.isfinite().all()):
-        return CaseResult(False, "the path holds NaN or infinite values")
+    failure = malformed(path, (noise.shape[0] + 1, x0.shape[0]), "the path")
+    if failure is not None:
+        return failure
     lines, failed, why = [], False, ""
     for index in VP_TIMES:
         s = index / noise.shape[0]
@@ -365,9 +376,59 @@ def judge_vp_sde_path(case: Case, outputs: tuple) -> CaseResult:
                 why = (f"at s = {s:g} the variance is {residual / variance:.2f}× the SDE's: "
                        "the diffusion is g(s) = sqrt(β(s)), not β(s)")  # fmt: skip
     measured = "; ".join(lines)
-    if not failed:
-        return CaseResult(True, measured)
-    return CaseResult(False, f"{measured}: {why}")
+    if failed:
+        return CaseResult(False, f"{measured}: {why}")
+    scheme = reference_vp_sde_path(*case.args)
+    gap = relative_gap(path, scheme)
+    return noise_verdict(measured, "the paths", path, scheme, gap <= NOISE_GAP,
+                         f"the scheme on the given noise (gap {gap:.1e})",
+                         lambda: _vp_departure(path, scheme, case, gap))  # fmt: skip
+
+
+def _ou_departure(x_T, scheme, noise, gap: float) -> str:
+    """How endpoints that follow the given noise differ from Euler-Maruyama's on it: the weights
+    of the last and the first row of noise in them, against the scheme's."""
+    got, want = row_weights(x_T, noise), row_weights(scheme, noise)
+    return (
+        f"the endpoints follow the given noise but not the Euler-Maruyama scheme on it "
+        f"(relative gap {gap:.1e}, allowed {NOISE_GAP:g}): the last row of noise enters "
+        f"with weight {float(got[-1]):.5f} (the scheme's σ sqrt(Δ) = {float(want[-1]):.5f}), "
+        f"the first with {float(got[0]):.5f} (the scheme's {float(want[0]):.5f}). Another "
+        "scheme (the exact transition e^(-θΔ) in place of 1 - θΔ) or the rows taken in "
+        "another order look like this"
+    )
+
+
+def _vp_departure(path, scheme, case: Case, gap: float) -> str:
+    """Where and how a path that has the right marginals departs from Euler-Maruyama on the
+    given noise: the first step that differs, its noise weight and drift against the scheme's."""
+    x0, beta_min, beta_max, noise = case.args
+    allowed = NOISE_GAP * float(scheme.double().std())
+    rows = (path.double() - scheme.double()).pow(2).mean(1).sqrt()
+    first = int((rows > allowed).nonzero()[0])
+    if first == 0:
+        return "the path's first row is not x0: the path starts at the data themselves"
+    k = first - 1
+    step, scheme_step = (
+        path[k + 1].double() - path[k].double(),
+        scheme[k + 1] - scheme[k],
+    )
+    rho = correlation(step, scheme_step)
+    if rho < FOLLOWED:
+        return not_followed(f"the path's steps (from step {k} on)", rho)
+    ds = 1.0 / noise.shape[0]
+    beta = beta_min + k * ds * (beta_max - beta_min)
+    weight = float(row_weights(step, noise[k : k + 1])[0])
+    rest = step - weight * noise[k].double()
+    x_k = path[k].double()
+    drift = float((rest * x_k).sum() / (x_k * x_k).sum())
+    return (
+        f"the path follows the given noise but departs from Euler-Maruyama on it at step {k} "
+        f"(s = {k * ds:g}; relative gap {gap:.1e}, allowed {NOISE_GAP:g}): there the noise "
+        f"enters with weight {weight:.6f} (the scheme's sqrt(β(s) Δ) = {(beta * ds) ** 0.5:.6f}) "
+        f"and x with drift {drift:.6f} (the scheme's -½ β(s) Δ = {-0.5 * beta * ds:.6f}); β at "
+        "the step's end or middle instead of its start, or the exact transition, look like this"
+    )
 
 
 SDE = "ddpm_course.sde"
@@ -460,7 +521,8 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the mean and variance of the "
         "paths against closed forms, within a few Monte-Carlo standard errors",
         hint=(
-            "The endpoints' mean or variance is off. Euler–Maruyama adds the drift times "
+            "The endpoints' mean or variance is off, or they are not the scheme's on the "
+            "given noise. Euler–Maruyama adds the drift times "
             "the step and the diffusion times the square root of the step times a fresh row "
             "of noise, at every step; classic mistakes: the step in place of its square "
             "root on the noise, a drift of the wrong sign, one row of noise reused. Reread "
@@ -479,7 +541,8 @@ EXERCISES = (
         tolerance_reason="not compared element-wise: judged by the marginals of the paths "
         "against the VP-SDE's closed form",
         hint=(
-            "The path's marginals are off. The VP-SDE's drift is minus half of β(s) times x "
+            "The path's marginals are off, or it is not the scheme's on the given noise. "
+            "The VP-SDE's drift is minus half of β(s) times x "
             "and its diffusion the square root of β(s), with β growing linearly from β_min "
             "to β_max as s goes from 0 to 1; classic mistakes: β in place of its square "
             "root on the noise, the whole β in the drift, a path without its starting "

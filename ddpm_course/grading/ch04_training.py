@@ -43,6 +43,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
 )
 
 __all__ = [
@@ -225,16 +226,10 @@ def judge_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRe
     mistake the trained weights look like."""
     weights = outputs[0]
     seed = case.args[0]
-    if weights.shape != (
-        sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),
-    ):
-        return CaseResult(
-            False, f"the driver returned weights of shape {tuple(weights.shape)}"
-        )
-    if not bool(weights.isfinite().all()):
-        return CaseResult(
-            False, "the weights became NaN or infinite: the training diverged"
-        )
+    size = sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters())
+    failure = malformed(weights, (size,), "the weights", "the training diverged")
+    if failure is not None:
+        return failure
     stats = held_out_losses(seed, weights)
     loss = stats["eps_mse"]
     if loss < THRESHOLD:
@@ -332,16 +327,10 @@ def judge_v_training_step(case: Case, outputs: tuple[torch.Tensor, ...]) -> Case
     :data:`V_THRESHOLD`; otherwise name the classic mistake whose target the model's output is
     much closer to than to v (:data:`V_NAMED_RATIO`), or say that the weights never moved."""
     weights, seed = outputs[0], case.args[0]
-    if weights.shape != (
-        sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters()),
-    ):
-        return CaseResult(
-            False, f"the driver returned weights of shape {tuple(weights.shape)}"
-        )
-    if not bool(weights.isfinite().all()):
-        return CaseResult(
-            False, "the weights became NaN or infinite: the training diverged"
-        )
+    size = sum(p.numel() for p in tiny_denoiser(0, T_TINY).parameters())
+    failure = malformed(weights, (size,), "the weights", "the training diverged")
+    if failure is not None:
+        return failure
     stats = held_out_v(seed, weights)
     loss = stats["x0_mse"]
     measured = f"held-out MSE of the x̂0 that the model's v gives: {loss:.3f}"

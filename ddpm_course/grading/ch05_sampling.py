@@ -38,6 +38,7 @@ from .exercise import (
     Tolerance,
     draw_normal,
     dtype_name,
+    malformed,
 )
 from .outcome import median_rmse, traced_model
 
@@ -279,15 +280,9 @@ def _judge_sampler(case: Case, outputs: tuple, reference, diagnose) -> CaseResul
     """Pass when the samples' FD lies in the band and they follow from the given noise;
     otherwise say what the samples look like (``diagnose``)."""
     samples, x_T = outputs[0], case.args[3]
-    if tuple(samples.shape) != tuple(x_T.shape):
-        return CaseResult(
-            False,
-            f"samples of shape {tuple(samples.shape)}, expected x_T's {tuple(x_T.shape)}",
-        )
-    if not bool(samples.isfinite().all()):
-        return CaseResult(
-            False, "the samples hold NaN or infinite values: a step divided by 0"
-        )
+    failure = malformed(samples, x_T.shape, "the samples", "a step divided by 0")
+    if failure is not None:
+        return failure
     expected = reference(*case.args)
     m = _measure(samples, expected)
     measured = (

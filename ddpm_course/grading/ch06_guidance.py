@@ -23,6 +23,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
     per_example_shape,
 )
 from .outcome import median_rmse, traced_model
@@ -154,10 +155,9 @@ def judge_classifier_guidance_eps(case: Case, outputs: tuple) -> CaseResult:
     from .drivers import guided_ddim
 
     samples, labels = outputs[0], case.args[5]
-    if tuple(samples.shape) != tuple(case.args[4].shape):
-        return CaseResult(False, f"samples of shape {tuple(samples.shape)}")
-    if not bool(samples.isfinite().all()):
-        return CaseResult(False, "the samples hold NaN or infinite values")
+    failure = malformed(samples, case.args[4].shape, "the samples")
+    if failure is not None:
+        return failure
     expected = guided_ddim(reference_classifier_guidance_eps, *case.args)
     accuracy = class_accuracy(samples.float(), labels)
     reference = class_accuracy(expected.float(), labels)
@@ -242,10 +242,9 @@ def judge_inpaint_ddim(case: Case, outputs: tuple) -> CaseResult:
     from ..metrics import seam_error
 
     completions, known, mask = outputs[0], case.args[3], case.args[4]
-    if tuple(completions.shape) != tuple(known.shape):
-        return CaseResult(False, f"completions of shape {tuple(completions.shape)}")
-    if not bool(completions.isfinite().all()):
-        return CaseResult(False, "the completions hold NaN or infinite values")
+    failure = malformed(completions, known.shape, "the completions")
+    if failure is not None:
+        return failure
     expected = reference_inpaint_ddim(*case.args)
     kept = mask.bool().expand_as(known)
     known_error = float(

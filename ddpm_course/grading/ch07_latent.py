@@ -28,6 +28,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
 )
 from .outcome import median_rmse, traced_model
 
@@ -161,14 +162,9 @@ def judge_vae_training_step(case: Case, outputs: tuple) -> CaseResult:
     which classic mistake the trained weights look like."""
     weights, seed = outputs[0], case.args[0]
     size = sum(p.numel() for p in tiny_vae(0).parameters())
-    if weights.shape != (size,):
-        return CaseResult(
-            False, f"the driver returned weights of shape {tuple(weights.shape)}"
-        )
-    if not bool(weights.isfinite().all()):
-        return CaseResult(
-            False, "the weights became NaN or infinite: the training diverged"
-        )
+    failure = malformed(weights, (size,), "the weights", "the training diverged")
+    if failure is not None:
+        return failure
     m = held_out_elbo(seed, weights)
     total = m["reconstruction"] + KL_WEIGHT * m["kl"]
     measured = (
@@ -270,12 +266,9 @@ def judge_latent_ddim_sample(case: Case, outputs: tuple) -> CaseResult:
 
     images = outputs[0]
     n = case.args[5].shape[0]
-    if tuple(images.shape) != (n, 1, 28, 28):
-        return CaseResult(
-            False, f"images of shape {tuple(images.shape)}, expected ({n}, 1, 28, 28)"
-        )
-    if not bool(images.isfinite().all()):
-        return CaseResult(False, "the images hold NaN or infinite values")
+    failure = malformed(images, (n, 1, 28, 28), "the images")
+    if failure is not None:
+        return failure
     latents = _reference_latents(*case.args)
     decoder, scale_factor = case.args[1], case.args[2]
     with torch.no_grad():

@@ -11,8 +11,10 @@ scale of the images changes from case to case, so an absolute threshold fails). 
 is the bug hunt: the notebook gives an ancestral sampler with one classic bug planted; the
 student's fixed sampler is run with the exact ε-predictor of a data set whose pixels are ±1
 (:class:`BinaryPixelsEps`), and :func:`judge_ddpm_sampler` checks what no buggy sampler reaches:
-every pixel within 1e-3 of ±1, in the data's proportions. The message names the bug that a
-wrong result looks like. Each case costs under 0.1 s of CPU.
+every pixel within 1e-3 of ±1, in the data's proportions, and each pixel's sign the one that
+the chain from x_T with the seed's noise gives (a coin of the right bias has the values and the
+proportions, and fails there). The message names the bug that a wrong result looks like. Each
+case costs under 0.5 s of CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .exercise import (
     Tolerance,
     draw_normal,
     dtype_name,
+    malformed,
 )
 
 __all__ = [
@@ -113,20 +116,30 @@ def _copy_candidates() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return train, isolated, fresh
 
 
+SAMPLES = 120  # per case of find_copies
+
+
 def cases_find_copies(generator: torch.Generator) -> list[Case]:
-    """Training digits (8×8), and samples that are half near-copies of training digits (a
-    little noise added) and half test digits, shuffled; each case on another pixel scale."""
+    """Training digits (8×8), and 120 samples: near-copies of training digits (a little noise
+    added) and test digits, shuffled; each case on another pixel scale, with a share of copies
+    drawn from 20-33% or 67-80% (never a half: flagging the half of the samples nearest to the
+    training set, which knows the share instead of measuring each sample, fails)."""
     train, isolated, fresh_digits = _copy_candidates()
     cases = []
     for scale, noise in ((1.0, 0.02), (255.0, 0.05), (0.01, 0.03)):
+        n_copies = 24 + int(torch.randint(0, 17, (), generator=generator))
+        if bool(torch.rand((), generator=generator) < 0.5):
+            n_copies = SAMPLES - n_copies
         originals = isolated[
-            torch.randperm(isolated.shape[0], generator=generator)[:60]
+            torch.randperm(isolated.shape[0], generator=generator)[:n_copies]
         ]
         copies = originals + noise * draw_normal(
             originals.shape, torch.float32, generator
         )
         fresh = fresh_digits[
-            torch.randperm(fresh_digits.shape[0], generator=generator)[:60]
+            torch.randperm(fresh_digits.shape[0], generator=generator)[
+                : SAMPLES - n_copies
+            ]
         ]
         samples = torch.cat([copies, fresh])
         samples = samples[torch.randperm(samples.shape[0], generator=generator)]
@@ -205,6 +218,9 @@ class BinaryPixelsEps(InputFunction):
 
 
 T_SAMPLER = 200
+SAME_SIGNS = (
+    0.99  # the share of pixels whose sign must match the chain's on the same noise
+)
 
 
 def sampler_betas() -> torch.Tensor:
@@ -257,22 +273,33 @@ def judge_ddpm_sampler(case: Case, outputs: tuple[torch.Tensor, ...]) -> CaseRes
     the samples look like."""
     (samples,) = outputs
     x_T = case.args[2]
-    if samples.shape != x_T.shape:
-        return CaseResult(
-            False,
-            f"returned shape {tuple(samples.shape)}; return x_0 like x_T, {tuple(x_T.shape)}",
-        )
-    if not bool(samples.isfinite().all()):
-        return CaseResult(False, "the samples hold NaN or infinity: the chain blew up; a "
-                                 "coefficient too large (ᾱ_t where α_t belongs, 1/sqrt(ᾱ_t) "
-                                 "is 20 at t = T - 1) or a division by zero?")  # fmt: skip
+    failure = malformed(samples, x_T.shape, "the samples x_0",
+                        "the chain blew up; a coefficient too large (ᾱ_t where α_t belongs, "
+                        "1/sqrt(ᾱ_t) is 20 at t = T - 1) or a division by zero?")  # fmt: skip
+    if failure is not None:
+        return failure
     s = sampler_statistics(case, samples)
     summary = (
         f"{s['close']:.1%} of the pixels within 1e-3 of ±1 (need 99.9%), rms distance to "
         f"±1 {s['rms']:.2g}; {s['plus']:.3f} of them positive, P(+1) = {s['p_plus']}"
     )
     if s["close"] >= 0.999 and abs(s["plus"] - s["p_plus"]) < 0.03:
-        return CaseResult(True, summary)
+        # the right values in the right proportions: were they drawn by the chain from x_T with
+        # the seed's noise, or by a coin (fresh randomness)? A coin agrees with the chain on
+        # P(+1)² + P(-1)² of the pixels (58% to 68% here); the fixed sampler on all of them
+        chain = reference_ddpm_sampler(*case.args)
+        same = float(((samples.double() > 0) == (chain.double() > 0)).double().mean())
+        if same >= SAME_SIGNS:
+            return CaseResult(
+                True, f"{summary}; {same:.2%} of the pixels as the chain's"
+            )
+        return CaseResult(False, (
+            f"{summary}, but only {same:.1%} of the pixels have the sign that the chain from "
+            f"x_T with the seed's noise gives (need {SAME_SIGNS:.0%}; independent coin flips "
+            "in the right proportions agree on about P(+1)² + P(-1)² of them): the samples "
+            "do not follow x_T and the seed. Keep the given sampler's noise: one draw per "
+            "step t > 0, from a generator seeded with `seed`, in the given order"
+        ))  # fmt: skip
     if s["close"] < 0.999 and 0.5 * s["sigma_0"] < s["rms"] < 2 * s["sigma_0"]:
         why = (f"the samples sit at ±1 plus noise of size {s['rms']:.2g} ≈ sqrt(β_0) = "
                f"{s['sigma_0']:.2g}: noise is added on the final step (add σ_t z only for t > 0)")  # fmt: skip
@@ -363,8 +390,9 @@ EXERCISES = (
         hint=(
             "A bug hunt: the given sampler's samples do not sit exactly at ±1. Read each "
             "line against Algorithm 2 of Ho et al. (2020): which coefficients form the "
-            "mean, and at which steps is noise added? Reread chapter 08, “Each classic bug, "
-            "live”."
+            "mean, and at which steps is noise added? Keep the given sampler's noise draws: "
+            "the samples must be the chain's from x_T with the seed's noise. Reread chapter "
+            "08, “Each classic bug, live”."
         ),
         output_names=("x0",),
         package_functions=(

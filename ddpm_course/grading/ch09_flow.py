@@ -16,7 +16,10 @@ Wasserstein distance (:func:`~ddpm_course.flow_toy.sliced_wasserstein`) to fresh
 mixture. The threshold lies between what the correct loss reaches (0.07 to 0.08 on the seeds
 tried) and what the classic mistakes reach (0.2 or more: the velocity's sign flipped, t and
 1 − t swapped in the interpolant or in the model's input, x0 or ε as the target, s not given
-to the model); the message names the mistake that the trained model looks like.
+to the model); the message names the mistake that the trained model looks like. Good samples
+are not enough: the driver also evaluates the loss on fixed inputs (:func:`~ddpm_course.grading.
+drivers.flow_probe`), where it must be the flow-matching loss of the noise and times given, up
+to one constant factor (a loss that draws its own noise trains as well, and fails there).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ..flow import (
     x0_from_eps,
 )
 from ..flow_toy import gaussian_mixture_velocity, sliced_wasserstein
-from .drivers import tiny_velocity
+from .drivers import flow_probe, tiny_velocity
 from .exercise import (
     ROUNDING,
     ROUNDING_REASON,
@@ -52,6 +55,7 @@ from .exercise import (
     draw_normal,
     draw_uniform,
     dtype_name,
+    malformed,
     per_example_shape,
 )
 
@@ -381,6 +385,39 @@ MISTAKES = {
 }
 
 
+PROBE_RTOL = 1e-4  # float32 losses of 8 points, evaluated in another order: about 1e-7
+
+
+def _probe_problem(case: Case, probe: torch.Tensor) -> str | None:
+    """What is wrong with the loss on the driver's fixed inputs (:func:`flow_probe`), or None:
+    the same inputs must give the same loss, and the two batches' losses must be the reference
+    loss's on them up to one constant factor (a sum over the two coordinates instead of their
+    mean only rescales Adam's steps). A loss that draws its own noise or times, or regresses on
+    another target, trains a model just as well but is not the loss of the noise it was given."""
+    seed, points = case.args[0], case.args[1]
+    if probe.shape != (3,) or not bool(probe.isfinite().all()):
+        return f"the loss on fixed inputs is {probe.tolist()}, not three finite numbers"
+    model, batches = flow_probe(seed, points)
+    with torch.no_grad():
+        want = [float(reference_flow_matching_loss(model, *batch)) for batch in batches]
+    first, second, again = (float(v) for v in probe)
+    if abs(first - again) > PROBE_RTOL * abs(first):
+        return (
+            f"the loss of the same model on the same (x0, noise, s) came out {first:.6g} and then "
+            f"{again:.6g}: it draws fresh randomness of its own instead of using the noise and "
+            "the times it is given"
+        )
+    ratios = first / want[0], second / want[1]
+    if abs(ratios[0] / ratios[1] - 1) > PROBE_RTOL or not 0.25 <= ratios[0] <= 4:
+        return (
+            f"on two fixed batches the loss is {first:.6g} and {second:.6g}, where the flow-"
+            f"matching loss of those x0, noise and s is {want[0]:.6g} and {want[1]:.6g} (ratios "
+            f"{ratios[0]:.4g} and {ratios[1]:.4g}, which must agree): the loss ignores the given "
+            "noise or times, or regresses on another target than ε - x0 at x_s = (1 - s) x0 + s ε"
+        )
+    return None
+
+
 def judge_flow_matching_loss(
     case: Case, outputs: tuple[torch.Tensor, ...]
 ) -> CaseResult:
@@ -388,21 +425,19 @@ def judge_flow_matching_loss(
     target (sliced Wasserstein); otherwise say which classic mistake the trained model looks like."""
     weights, seed = outputs[0], case.args[0]
     size = sum(p.numel() for p in tiny_velocity(0).parameters())
-    if weights.shape != (size,):
-        return CaseResult(
-            False, f"the driver returned weights of shape {tuple(weights.shape)}"
-        )
-    if not bool(weights.isfinite().all()):
-        return CaseResult(
-            False, "the weights became NaN or infinite: the training diverged"
-        )
+    failure = malformed(weights, (size,), "the weights", "the training diverged")
+    if failure is not None:
+        return failure
     stats = held_out_errors(seed, weights)
     distance = stats["distance"]
     if distance < THRESHOLD:
-        return CaseResult(
-            True,
-            f"distance of 50-step Euler samples to the data {distance:.3f} < {THRESHOLD}",
-        )
+        measured = f"distance of 50-step Euler samples to the data {distance:.3f} < {THRESHOLD}"
+        problem = _probe_problem(case, outputs[2])
+        if problem is None:
+            return CaseResult(
+                True, f"{measured}; the loss is the flow-matching loss of its inputs"
+            )
+        return CaseResult(False, f"{measured}, but {problem}")
     if stats["time_moved"] == 0.0:
         why = "the model never used the time: pass s to the model, model(x_s, s)"
     else:
@@ -570,10 +605,11 @@ EXERCISES = (
             "model's output there with the path's velocity (the noise minus the data) by "
             "the mean squared error; the model's time input is scaled as the chapter's "
             "models take it. Classic mistakes, each named when the samples show it: the "
-            "velocity's sign flipped, s and 1 − s swapped. Reread chapter 09, “1. "
+            "velocity's sign flipped, s and 1 − s swapped. The loss uses the noise and the "
+            "times it is given, drawing none of its own. Reread chapter 09, “1. "
             "Conditional flow matching on 2-D data”."
         ),
-        output_names=("weights", "losses"),
+        output_names=("weights", "losses", "probe"),
         package_functions=(f"{FLOW}.FlowMatching", f"{FLOW}.flow_interpolant"),
         driver="train_tiny_flow",
         judge=judge_flow_matching_loss,

@@ -35,6 +35,7 @@ __all__ = [
     "TinyVAE",
     "tiny_vae",
     "train_tiny_vae",
+    "train_tiny_consistency",
 ]
 
 
@@ -140,8 +141,9 @@ def train_tiny_flow(flow_matching_loss: Callable[..., Any], seed: int, points: t
                     steps: int, batch_size: int, lr: float):  # fmt: skip
     """Train a :func:`tiny_velocity` of ``seed`` with Adam at ``lr`` for ``steps`` steps, each on
     ``flow_matching_loss(model, x0, noise, s)``: x0 a random batch of ``points`` (N, 2), noise
-    ~ N(0, I) and s ~ U(0, 1) (batch_size,), drawn here. Returns ``(weights, losses)``: the final
-    parameters as one vector and the (steps,) losses."""
+    ~ N(0, I) and s ~ U(0, 1) (batch_size,), drawn here. Returns ``(weights, losses, probe)``:
+    the final parameters as one vector, the (steps,) losses, and the loss on the fixed inputs of
+    :func:`flow_probe` (its first batch, its second, its first again: (3,))."""
     model = tiny_velocity(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)  # the noise and the times
@@ -162,9 +164,26 @@ def train_tiny_flow(flow_matching_loss: Callable[..., Any], seed: int, points: t
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    return nn.utils.parameters_to_vector(model.parameters()).detach(), torch.tensor(
-        losses
-    )
+    probe_model, (first, second) = flow_probe(seed, points)
+    probe = torch.stack([
+        torch.as_tensor(flow_matching_loss(probe_model, *[v.clone() for v in batch])).detach()
+        for batch in (first, second, first)
+    ]).reshape(-1)  # fmt: skip
+    weights = nn.utils.parameters_to_vector(model.parameters()).detach()
+    return weights, torch.tensor(losses), probe
+
+
+def flow_probe(seed: int, points: torch.Tensor):
+    """Fixed inputs on which a flow-matching loss is evaluated after training, so that the judge
+    can compare it with the reference loss on the same noise and times: an untrained
+    :func:`tiny_velocity` of ``seed`` and two batches ``(x0, noise, s)`` of 8 points."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    batches = []
+    for _ in range(2):
+        x0 = points[torch.randint(0, points.shape[0], (8,), generator=generator)]
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        batches.append((x0, noise, torch.rand(8, generator=generator, dtype=x0.dtype)))
+    return tiny_velocity(seed), batches
 
 
 def in_place(fn: Callable[..., Any], target: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -260,12 +279,83 @@ def train_tiny_vae(training_step: Callable[..., Any], seed: int, images: torch.T
     return weights, torch.tensor(losses)
 
 
+# ------------------------------------------- chapter 10: a consistency-distillation loss, trained
+class _GradientProbe(nn.Module):
+    """Calls ``model`` and counts the rows of its outputs that the loss's gradient reaches."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows_reached = 0
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model(x, s)
+        if out.requires_grad:
+            out.register_hook(self._count)
+        return out
+
+    def _count(self, grad: torch.Tensor) -> None:
+        self.rows_reached += int((grad.reshape(grad.shape[0], -1) != 0).any(1).sum())
+
+
+def train_tiny_consistency(consistency_loss: Callable[..., Any], seed: int, teacher: Any,
+                           points: torch.Tensor, steps: int, batch_size: int, lr: float,
+                           num_steps: int):  # fmt: skip
+    """Train a :func:`tiny_velocity` F of ``seed`` as a consistency model f(x, s) = x - s F(x, s)
+    with Adam at ``lr`` (decayed to 0 on a cosine) for ``steps`` steps, each on
+    ``consistency_loss(model, teacher, x0, noise, s, h)``: x0 a random batch of ``points``
+    (N, 2), noise ~ N(0, I), h = 1 / num_steps and s (batch_size,) drawn uniformly from the grid
+    {h, 2h, ..., 1}. Returns ``(weights, losses, gradient_rows)``: the final parameters as one
+    vector, the (steps,) losses, and, from one more batch after training, how many rows of the
+    model's outputs the loss's gradient reached per example (1 when only the online point's
+    output carries gradient, 2 when the target's does too)."""
+    model = tiny_velocity(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    generator = torch.Generator().manual_seed(seed)  # the noise and the times
+    batches = torch.Generator().manual_seed(seed + 1)  # which points each step sees
+    h = 1.0 / num_steps
+
+    def batch_loss(network: nn.Module) -> torch.Tensor:
+        index = torch.randint(0, points.shape[0], (batch_size,), generator=batches)
+        x0 = points[index]
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        grid = torch.randint(1, num_steps + 1, (batch_size,), generator=generator)
+        loss = consistency_loss(network, teacher, x0, noise, grid.to(x0.dtype) * h, h)
+        if not torch.is_tensor(loss) or loss.ndim != 0:
+            raise TypeError(
+                "consistency_loss must return the loss as a 0-d tensor (a mean), got "
+                f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}"
+            )
+        return loss
+
+    losses = []
+    for _ in range(steps):
+        loss = batch_loss(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    probe = _GradientProbe(model)
+    probe_loss = batch_loss(probe)
+    if probe_loss.requires_grad:
+        probe_loss.backward()
+    optimizer.zero_grad()
+    return (
+        nn.utils.parameters_to_vector(model.parameters()).detach(),
+        torch.tensor(losses),
+        torch.tensor(probe.rows_reached / batch_size),
+    )
+
+
 DRIVERS: dict[str, Callable[..., Any]] = {
     "train_tiny_denoiser": train_tiny_denoiser,
     "train_tiny_flow": train_tiny_flow,
     "in_place": in_place,
     "guided_ddim": guided_ddim,
     "train_tiny_vae": train_tiny_vae,
+    "train_tiny_consistency": train_tiny_consistency,
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 __all__ = [
+    "FOLLOWED",
     "ROUNDING",
     "ROUNDING_REASON",
     "Case",
@@ -33,12 +34,18 @@ __all__ = [
     "Tolerance",
     "as_outputs",
     "clone_args",
+    "correlation",
     "decode_args",
     "draw_normal",
     "draw_uniform",
     "dtype_name",
     "encode_args",
+    "malformed",
+    "noise_verdict",
+    "not_followed",
     "per_example_shape",
+    "relative_gap",
+    "row_weights",
 ]
 
 
@@ -336,3 +343,76 @@ def draw_uniform(
     return (
         low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
     ).to(dtype)
+
+
+def relative_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The root mean square of ``actual - expected`` over the standard deviation of
+    ``expected`` (float64): 0 for the same numbers, about 1.4 for an independent draw of the same
+    law. The outcome judges measure with it whether a simulation followed the noise it was given
+    (compared with the scheme run on that noise) and not fresh randomness."""
+    actual64, expected64 = actual.detach().double(), expected.detach().double()
+    spread = float(expected64.std()) or 1.0
+    return float((actual64 - expected64).pow(2).mean().sqrt()) / spread
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The correlation coefficient of two tensors of the same shape (float64), each centred
+    per feature (over its first dimension, the paths or samples) and then pooled."""
+    a, b = a.double(), b.double()
+    a, b = (a - a.mean(0)).flatten(), (b - b.mean(0)).flatten()
+    return float(
+        (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt().clamp_min(1e-300)
+    )
+
+
+def row_weights(values: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The regression coefficient of ``values`` (N,) on each row of ``noise`` (K, N): how much
+    of each row's noise the values carry (the rows are nearly orthogonal over N paths)."""
+    centred = values.double() - values.double().mean()
+    rows = noise.double()
+    return (rows @ centred) / (rows * rows).sum(1)
+
+
+def not_followed(what: str, rho: float) -> str:
+    """Feedback for an output that does not depend on the noise it was given."""
+    return (
+        f"{what} do not follow the given noise: their correlation with the scheme run on it "
+        f"is {rho:.2f} (the scheme: 1). They look like fresh random draws (the "
+        "target law sampled directly, or torch.randn in place of the rows of noise) or a "
+        "fixed answer; each path is driven by its own column of noise, row k at step k"
+    )
+
+
+# below this correlation with the scheme's output on the given noise, an output did not use it
+FOLLOWED = 0.3
+
+
+def noise_verdict(measured: str, what: str, actual: torch.Tensor, scheme: torch.Tensor,
+                  followed: bool, how: str, departure: Callable[[], str]) -> CaseResult:  # fmt: skip
+    """The verdict on a simulation whose statistics passed (``measured`` says them): a pass when
+    it ``followed`` the noise it was given (``how`` says how close it is to ``scheme``, the
+    scheme's output on that noise); otherwise a failure that says either that ``what`` do not
+    follow the noise (correlation with ``scheme`` below :data:`FOLLOWED`: fresh randomness, a
+    fixed answer) or, from ``departure()``, how they follow it but not the scheme."""
+    if followed:
+        return CaseResult(True, f"{measured}; {how}")
+    rho = correlation(actual, scheme)
+    if rho < FOLLOWED:
+        return CaseResult(False, f"{measured}, but {not_followed(what, rho)}")
+    return CaseResult(False, f"{measured}, but {departure()}")
+
+
+def malformed(
+    output: torch.Tensor, shape: tuple, what: str, why_not_finite: str = ""
+) -> CaseResult | None:
+    """An outcome judge's first check: the failure of an ``output`` that is not of ``shape`` or
+    holds NaN or infinite values (``what`` names it in the message, "the samples";
+    ``why_not_finite`` says what non-finite values suggest), or None when it is well formed."""
+    if tuple(output.shape) != tuple(shape):
+        return CaseResult(
+            False, f"{what} of shape {tuple(output.shape)}, expected {tuple(shape)}"
+        )
+    if not bool(output.isfinite().all()):
+        why = f": {why_not_finite}" if why_not_finite else ""
+        return CaseResult(False, f"{what} hold NaN or infinite values{why}")
+    return None

@@ -17,6 +17,7 @@ from . import (
     ch07_latent,
     ch08_evaluation,
     ch09_flow,
+    ch10_few_steps,
 )
 from .exercise import Exercise
 
@@ -32,6 +33,7 @@ CHAPTERS = (
     ch07_latent,
     ch08_evaluation,
     ch09_flow,
+    ch10_few_steps,
 )
 
 EXERCISES: dict[str, Exercise] = {

@@ -53,6 +53,7 @@ TRAINED_STEPS = {
     "fashion": 9000,
     "fashion-cond": 5000,
     "fashion-flow": 9000,
+    "fashion-fewstep": 3000,
 }
 
 
@@ -91,21 +92,33 @@ PRETRAINED = {
         "the fashion U-Net and recipe trained by flow matching (chapter 09); int8 weights",
         _command("fashion-flow") + " --int8",
     ),
+    "fashion-fewstep": Pretrained(
+        "fashion-fewstep",
+        "fashion-flow consistency-distilled to sample in 1-4 steps (chapter 10); int8 weights",
+        _command("fashion-fewstep") + " --int8",
+    ),
     "fashion-sr": Pretrained(
         "fashion-sr",
-        "14×14 → 28×28 super-resolution U-Net conditioned by concatenation (SR3, chapter 06)",
-        "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models fashion-sr",
+        "14×14 → 28×28 super-resolution U-Net conditioned by concatenation (SR3, chapter 06); "
+        "int8 weights",
+        "OMP_NUM_THREADS=1 python -m ddpm_course.guidance_models fashion-sr "
+        "--out runs/fashion-sr.safetensors && "
+        "python -m ddpm_course.pretrained export runs/fashion-sr.safetensors fashion-sr --int8",
     ),
     "fashion-vae": Pretrained(
         "fashion-vae",
-        "KL-regularised autoencoder 28×28×1 → 7×7×4 with its latent scale factor (chapter 07)",
-        "OMP_NUM_THREADS=1 ddpm-course train --preset fashion-vae",
+        "KL-regularised autoencoder 28×28×1 → 7×7×4 with its latent scale factor (chapter 07); "
+        "int8 weights",
+        "OMP_NUM_THREADS=1 ddpm-course train --preset fashion-vae "
+        "--out runs/fashion-vae.safetensors && "
+        "python -m ddpm_course.pretrained export runs/fashion-vae.safetensors fashion-vae --int8",
     ),
     "fashion-ldm": Pretrained(
         "fashion-ldm",
-        "latent U-Net on fashion-vae latents, prompted by the garment's name (chapter 07)",
+        "latent U-Net on fashion-vae latents, prompted by the garment's name (chapter 07); "
+        "int8 weights",
         "OMP_NUM_THREADS=1 ddpm-course train --preset fashion-ldm --out runs/fashion-ldm && "
-        "python -m ddpm_course.pretrained export runs/fashion-ldm fashion-ldm",
+        "python -m ddpm_course.pretrained export runs/fashion-ldm fashion-ldm --int8",
     ),
     "digits-noisy-classifier": Pretrained(
         "digits-noisy-classifier",
@@ -200,13 +213,17 @@ def evaluate_fd(
 
 
 def export(run_dir: str | Path, name: str, int8: bool = False) -> Path:
-    """Copy a run's EMA weights into ``weights/<name>.safetensors`` in float16 (half the size; sampling
+    """Copy a run's EMA weights (``run_dir``: a run folder, or a ``.safetensors`` file that a
+    training command wrote with its sidecar) into ``weights/<name>.safetensors`` in float16 (half the size; sampling
     quality is unchanged at this precision), with its JSON sidecar, by the one weights writer
     (:func:`~ddpm_course.checkpoint.save_weights`). ``int8``: the convolution and linear weights in
     int8 with one scale per output channel instead (:func:`~ddpm_course.checkpoint.quantize_int8`,
     about half the float16 size; the sidecar says so and loading dequantizes), for the models
     the 25 MB budget of shipped weights could not hold otherwise; measure such a model as shipped."""
-    state, metadata = load_weights(Path(run_dir) / "model.safetensors")
+    source = Path(run_dir)
+    if source.suffix != ".safetensors":
+        source = source / "model.safetensors"
+    state, metadata = load_weights(source)
     if int8:
         return save_weights(
             quantize_int8(state),
@@ -232,19 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     exporter = sub.add_parser(
         "export", help="copy a run's EMA weights into the package (float16)"
     )
-    exporter.add_argument("run_dir")
     exporter.add_argument(
-        "name",
-        choices=(
-            "digits",
-            "digits-cond",
-            "digits-ldm",
-            "fashion",
-            "fashion-cond",
-            "fashion-flow",
-            "fashion-ldm",
-        ),
+        "run_dir", help="a run folder, or a .safetensors file with its sidecar"
     )
+    exporter.add_argument("name", choices=sorted(PRETRAINED))
     exporter.add_argument(
         "--int8",
         action="store_true",

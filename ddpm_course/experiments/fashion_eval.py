@@ -18,9 +18,17 @@ Sections (each rewrites its own key of the JSON file named by ``--out``; the oth
   (chapter 09) by flow-Euler at 5, 10, 20 and 50 steps and flow-Heun at 5 and 10 steps;
 * ``flow_curve``: the ``curve`` section for checkpoints of the ``fashion-flow`` run (sampled
   by flow-Euler, ``steps`` steps);
-* ``fewstep``: chapter 10's distilled student (one ``--checkpoints`` file of a
-  ``fashion-fewstep`` run) by consistency sampling at 1, 2 and 4 steps, per seed, beside its
-  teacher ``fashion-flow`` by Euler at the same numbers of network evaluations;
+* ``fewstep``: chapter 10's distilled student (the shipped ``fashion-fewstep``, or one
+  ``--checkpoints`` file of a ``fashion-fewstep`` run) by consistency sampling at 1, 2 and 4
+  steps, per seed, beside its teacher ``fashion-flow`` by Euler at the same numbers of network
+  evaluations and by Heun at 3, and ``fashion`` by DDIM and DPM-Solver++ at 1, 2 and 4; with
+  ``--log`` (the run's log.jsonl), the minutes distillation took;
+* ``dit_curve``: the ``curve`` section for checkpoints of a ``fashion-dit`` run (chapter 10's
+  diffusion transformer; ``--checkpoints``, ``--log``) and, in ``unet_rows``, for checkpoints
+  of the ``fashion`` U-Net's run (``--baseline-checkpoints``, ``--baseline-log``) at the same
+  n, DDIM steps and seed, with the seconds per training step of both measured side by side in
+  this process (:func:`step_seconds`), so that both curves can be drawn against training time
+  on one machine at one load;
 * ``int8``: what shipping weights in int8 costs: ``n`` DDIM-``steps`` samples (first seed) of
   the shipped ``fashion`` model and of the same weights through
   :func:`~ddpm_course.checkpoint.quantize_int8`, from the same noise: both FDs and the mean
@@ -43,7 +51,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write, dequantize_int8, load_checkpoint, quantize_int8
+from ..checkpoint import atomic_write, dequantize_int8, quantize_int8
 from ..flow import FlowMatching
 from ..loading import load_model
 from ..metrics import (
@@ -53,10 +61,20 @@ from ..metrics import (
     fashion_test_features,
     kernel_inception_distance,
 )
-from ..pretrained import load_pretrained
+from ..pretrained import load_any, load_pretrained
 from ..samplers import ddim_sample, sample
 
-SECTIONS = ("floor", "fashion", "curve", "nfe", "flow", "flow_curve", "fewstep", "int8")
+SECTIONS = (
+    "floor",
+    "fashion",
+    "curve",
+    "nfe",
+    "flow",
+    "flow_curve",
+    "fewstep",
+    "int8",
+    "dit_curve",
+)
 # sampler, steps, network evaluations (Heun: 2·steps - 1) of the nfe section
 NFE_ROWS = (
     ("ddim", 10, 10),
@@ -66,7 +84,16 @@ NFE_ROWS = (
 )
 # the distilled student (fewstep section) and its teacher at the same evaluations
 FEWSTEP_ROWS = (("consistency", 1, 1), ("consistency", 2, 2), ("consistency", 4, 4))
-TEACHER_ROWS = (("flow-euler", 1, 1), ("flow-euler", 2, 2), ("flow-euler", 4, 4))
+TEACHER_ROWS = (
+    ("flow-euler", 1, 1),
+    ("flow-euler", 2, 2),
+    ("flow-euler", 4, 4),
+    ("flow-heun", 2, 3),
+)
+# chapter 05's samplers on the ε-model `fashion` at few evaluations (fewstep section)
+FEW_NFE_ROWS = tuple(
+    (name, steps, steps) for name in ("ddim", "dpm-solver") for steps in (1, 2, 4)
+)
 # the same for the shipped flow-matching model fashion-flow (flow section)
 FLOW_ROWS = (
     ("flow-euler", 5, 5),
@@ -90,18 +117,33 @@ def _kid(samples: torch.Tensor, seed: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def fewstep_section(checkpoint: Path, n: int, seeds: list[int]) -> dict[str, Any]:
-    """FD of ``n`` samples per seed of a distilled student (:data:`FEWSTEP_ROWS`) and of its
-    teacher ``fashion-flow`` by Euler at the same network evaluations (:data:`TEACHER_ROWS`)."""
-    student, process, config = load_model(checkpoint, device="cpu")
+def fewstep_section(
+    student: str | Path, n: int, seeds: list[int], log: Path | None
+) -> dict[str, Any]:
+    """FD of ``n`` samples per seed of a distilled student (``student``: the shipped
+    ``fashion-fewstep`` or a checkpoint of a ``fashion-fewstep`` run; :data:`FEWSTEP_ROWS`),
+    of its teacher ``fashion-flow`` by Euler and Heun at as many network evaluations or fewer
+    (:data:`TEACHER_ROWS`), and of the ε-model ``fashion`` by DDIM and DPM-Solver++ at 1, 2 and 4
+    (:data:`FEW_NFE_ROWS`, x̂0 clipped as in the nfe section); with the run's ``log``, the
+    minutes that distillation took to the student's step."""
+    model, process, config = load_any(str(student), device="cpu")
     teacher, flow_process, _ = load_pretrained(config.teacher, device="cpu")
-    return {
-        "checkpoint": str(checkpoint),
-        "step": load_checkpoint(checkpoint)["step"] if checkpoint.suffix == ".pt" else None,
+    fashion, diffusion, _ = load_pretrained("fashion", device="cpu")
+    teacher_rows = [
+        *({"model": config.teacher, **row} for row in fd_rows(
+            teacher.float(), flow_process, TEACHER_ROWS, n, seeds)),
+        *({"model": "fashion", **row} for row in fd_rows(
+            fashion.float(), diffusion, FEW_NFE_ROWS, n, seeds, clip_denoised=True)),
+    ]  # fmt: skip
+    result = {
+        "student": str(student), "step": config.max_steps,
         "teacher": config.teacher, "n": n, "seeds": seeds,
-        "rows": fd_rows(student, process, FEWSTEP_ROWS, n, seeds),
-        "teacher_rows": fd_rows(teacher.float(), flow_process, TEACHER_ROWS, n, seeds),
+        "rows": fd_rows(model.float(), process, FEWSTEP_ROWS, n, seeds),
+        "teacher_rows": teacher_rows,
     }  # fmt: skip
+    if log is not None:
+        result["distill_minutes"] = training_seconds(log)[config.max_steps] / 60
+    return result
 
 
 def draw(
@@ -288,6 +330,50 @@ def curve_section(
     return {"log": str(log), "n": n, "steps": steps, "seed": seed, "rows": rows}
 
 
+def step_seconds(
+    presets: tuple[str, ...] = ("fashion", "fashion-dit"),
+    rounds: int = 5,
+    steps: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Seconds per training step of each preset's model and objective (batch of the preset,
+    28×28 noise images, the loss, backward and an AdamW step), timed in interleaved rounds of
+    ``steps`` steps after one untimed step: the median over rounds and every round's value."""
+    from ..config import TrainConfig, build_diffusion, build_model
+
+    torch.manual_seed(seed)
+    setups = {}
+    for name in presets:
+        config = TrainConfig.from_preset(name)
+        model = build_model(config)
+        batch = torch.randn(config.batch_size, 1, 28, 28)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+        setups[name] = (model.train(), build_diffusion(config), optimizer, batch)
+
+    def train_steps(name: str, count: int) -> float:
+        model, objective, optimizer, batch = setups[name]
+        start = time.perf_counter()
+        for _ in range(count):
+            loss = objective.training_losses(model, batch)["loss"].mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - start) / count
+
+    for name in presets:
+        train_steps(name, 1)
+    per_round: dict[str, list[float]] = {name: [] for name in presets}
+    for _ in range(rounds):
+        for name in presets:
+            per_round[name].append(train_steps(name, steps))
+    return {
+        "median": {name: statistics.median(v) for name, v in per_round.items()},
+        "rounds": per_round,
+        "steps_per_round": steps,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def _merge_rows(previous: dict[str, Any] | None, new: dict[str, Any]) -> list[dict]:
     """The curve's rows: those of an earlier run with the same n, steps and seed, replaced or
     joined by the new ones (so checkpoints can be measured as a run produces them)."""
@@ -295,6 +381,20 @@ def _merge_rows(previous: dict[str, Any] | None, new: dict[str, Any]) -> list[di
     rows = {row["step"]: row for row in (previous["rows"] if same else [])}
     rows.update({row["step"]: row for row in new["rows"]})
     return [rows[step] for step in sorted(rows)]
+
+
+def _baseline_rows(
+    args: argparse.Namespace, previous: dict[str, Any] | None, new: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """dit_curve's U-Net rows: measured from ``--baseline-checkpoints`` when given, else those
+    of an earlier call at the same n, steps and seed (None when there are none)."""
+    if args.baseline_checkpoints and args.baseline_log is not None:
+        return curve_section(
+            args.baseline_checkpoints, args.baseline_log, new["n"], new["steps"],
+            new["seed"],
+        )["rows"]  # fmt: skip
+    same = previous and all(previous.get(k) == new[k] for k in ("n", "steps", "seed"))
+    return previous.get("unet_rows") if same else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         "--log",
         type=Path,
         help="the run's log.jsonl (curve sections; flow: its minutes)",
+    )
+    parser.add_argument(
+        "--baseline-checkpoints",
+        type=Path,
+        nargs="+",
+        help="dit_curve: step_*.pt files of the fashion U-Net's run",
+    )
+    parser.add_argument(
+        "--baseline-log", type=Path, help="dit_curve: the U-Net run's log.jsonl"
     )
     args = parser.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -338,21 +447,34 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "int8":
             value = int8_section(args.n, args.steps, args.seeds[0])
         elif section == "fewstep":
-            if not args.checkpoints:
-                parser.error(
-                    "the fewstep section needs --checkpoints FILE (the student's)"
-                )
-            value = fewstep_section(args.checkpoints[-1], args.n, args.seeds)
+            student = args.checkpoints[-1] if args.checkpoints else "fashion-fewstep"
+            value = fewstep_section(student, args.n, args.seeds, args.log)
         else:
             if not args.checkpoints or args.log is None:
                 parser.error(
                     f"the {section} section needs --checkpoints FILE... and --log FILE"
+                )
+            baseline = args.baseline_checkpoints and args.baseline_log is not None
+            if section == "dit_curve" and not (
+                baseline or results.get(section, {}).get("unet_rows")
+            ):
+                parser.error(
+                    "the dit_curve section needs --baseline-checkpoints FILE... and "
+                    "--baseline-log FILE (the fashion U-Net's run)"
                 )
             value = curve_section(
                 args.checkpoints, args.log, args.n, args.steps, args.seeds[0]
             )
             if section == "flow_curve":
                 value["sampler"] = "flow-euler"
+            if section == "dit_curve":
+                value["unet_rows"] = _baseline_rows(args, results.get(section), value)
+                if value["unet_rows"] is None:
+                    parser.error(
+                        "the U-Net rows were measured at another n, steps or seed: give "
+                        "--baseline-checkpoints and --baseline-log again"
+                    )
+                value["seconds_per_step"] = step_seconds()
             value["new_rows"] = value["rows"]
             value["rows"] = _merge_rows(results.get(section), value)
         value["minutes"] = round((time.perf_counter() - start) / 60, 1)
@@ -360,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         results[section] = value
         commands = results.setdefault("commands", {})
-        curve = section in ("curve", "flow_curve")
+        curve = section in ("curve", "flow_curve", "dit_curve")
         if curve and value["rows"] != value.get("new_rows", value["rows"]):
             # rows of earlier calls were kept: keep their commands too
             earlier = commands.get(section, [])

@@ -5,19 +5,15 @@ and zero (exercises) with `ddpm-course grade`."""
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm_course.cli import main
 from ddpm_course.flow_toy import gaussian_mixture_velocity
 from ddpm_course.grading import ch10_few_steps as ch10
-from ddpm_course.grading import consistency_outcome, sandbox
+from ddpm_course.grading import consistency_outcome
 from ddpm_course.grading.drivers import DRIVERS
 from ddpm_course.grading.exercise import clone_args
 from ddpm_course.grading.registry import get_exercise
@@ -228,24 +224,3 @@ def test_the_driver_returns_the_weights_the_losses_and_where_the_gradient_went(c
     assert weights.ndim == 1 and losses.shape == (consistency_outcome.STEPS,)
     assert float(gradient_rows) == 1.0  # the online point's output only
     assert math.isfinite(float(losses[-1]))
-
-
-# ------------------------------------------------------ the committed notebooks, graded
-def test_the_solutions_get_full_marks_and_the_exercises_zero(tmp_path):
-    if sandbox.bwrap_path() is None:  # the grader refuses without its sandbox
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("bubblewrap is not installed: in CI the sandbox tests must run")
-        pytest.skip("bubblewrap is not installed (make sandbox-deps)")
-    solutions = ROOT / "solutions" / "10_few_steps.ipynb"
-    submissions = tmp_path / "submissions"
-    submissions.mkdir()
-    shutil.copy(solutions, submissions / "solutions.ipynb")
-    shutil.copy(
-        ROOT / "exercises" / "10_few_steps.ipynb", submissions / "exercises.ipynb"
-    )
-    out = tmp_path / "grades"
-    assert main(["grade", str(solutions), str(submissions), "--out", str(out)]) == 0
-    with open(out / "grades.csv", newline="") as handle:
-        rows = {row["student"]: row for row in csv.DictReader(handle)}
-    assert rows["solutions"]["total"] == "10", rows["solutions"]
-    assert rows["exercises"]["total"] == "0", rows["exercises"]
